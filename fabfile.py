@@ -1,0 +1,116 @@
+"""Thunder lane: the operator's tasks. Each is thin: parse flags, call ``thunderlane``, print a
+table (or ``--json``), exit non-zero when any host fails. The inventory is ``hosts.yaml``, or the
+file named by ``$THUNDER_INVENTORY`` (the lab's is ``.lab/hosts.yaml``).
+"""
+import json as jsonlib
+import sys
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from thunderlane import inventory, lab
+from thunderlane.cache import FIGURES as CACHE_FIGURES
+from thunderlane.dataset import FIGURES as DATASET_FIGURES
+from thunderlane.report import human_bytes
+from thunderlane.sync import SyncError, sync_cache as run_sync
+from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
+
+
+def _inventory():
+    try:
+        return inventory.load()
+    except inventory.InventoryError as e:
+        raise Exit(f"inventory: {e}", code=2) from None
+
+
+def _hosts(inv, hosts):
+    try:
+        return inv.select(hosts)
+    except inventory.InventoryError as e:
+        raise Exit(str(e), code=2) from None
+
+
+def _finish(report, columns, as_json):
+    print(report.to_json() if as_json else report.to_table(columns))
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"hosts": "comma-separated host names (default: every host in the inventory)",
+            "json": "print JSON instead of a table"})
+def verify_dataset(c, hosts="", json=False):
+    """Prove the corpus is present, valid and identical on local and every host."""
+    inv = _inventory()
+    _finish(run_verify_dataset(inv, _hosts(inv, hosts)), DATASET_FIGURES, json)
+
+
+@task(auto_shortflags=False, help={"hosts": "comma-separated host names (default: every host in the inventory)",
+            "deep": "re-hash every blob against its name (reads every byte)",
+            "json": "print JSON instead of a table"})
+def verify_cache(c, hosts="", deep=False, json=False):
+    """Prove the model's HF cache is complete on every host, in parity with local's."""
+    inv = _inventory()
+    report, _ = run_verify_cache(inv, _hosts(inv, hosts), deep=deep)
+    _finish(report, CACHE_FIGURES, json)
+
+
+@task(auto_shortflags=False,
+      help={"host": "inventory name of the host to sync (default: every host)",
+            "dry_run": "print the plan (what would be sent and removed); change nothing",
+            "json": "print JSON instead of a summary"})
+def sync_cache(c, host="", dry_run=False, json=False):
+    """Make a host's model cache complete, sending only what it lacks; then verify it."""
+    inv = _inventory()
+    outcomes, failures = [], []
+    for h in _hosts(inv, host):
+        try:
+            outcomes.append(run_sync(inv, h, dry_run=dry_run, out=sys.stderr if json else sys.stdout))
+        except SyncError as e:
+            failures.append(str(e))
+    rows = [_sync_row(o) for o in outcomes]
+    if json:
+        print(jsonlib.dumps({"ok": not failures and all(o.ok or dry_run for o in outcomes),
+                             "results": rows, "errors": failures}, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['host']}: {r['before']} -> {r['after']}; file data sent "
+                  f"{human_bytes(r['literal_bytes'])} of {human_bytes(r['missing_bytes'])} missing"
+                  f" (ratio {r['ratio']}); {r['seconds']}s" + (f"; {r['detail']}" if r['detail'] else ""))
+        for f in failures:
+            print(f"FAILED {f}", file=sys.stderr)
+    if failures or not all(o.ok or dry_run for o in outcomes):
+        raise Exit(code=1)
+
+
+def _sync_row(o):
+    return {"host": o.host, "before": o.before.verdict,
+            "after": o.after.verdict if o.after else "dry-run",
+            "detail": "" if o.after is None or o.after.ok else o.after.detail,
+            "missing_bytes": o.missing_bytes, "literal_bytes": o.literal_bytes,
+            "total_sent": o.total_sent, "ratio": None if o.ratio is None else round(o.ratio, 4),
+            "seconds": round(o.seconds, 2), "command": o.command}
+
+
+@task(auto_shortflags=False, help={"hosts": "comma-separated lab host names (default: mac4,mac5)",
+            "model_mb": "approximate weight bytes of the generated model, in MB",
+            "reseed": "put the fixtures back to the handoff's situation"})
+def lab_up(c, hosts="mac4,mac5", model_mb=4.0, reseed=False):
+    """Start the lab: one real sshd per host on loopback, fixtures seeded (mac4 partial)."""
+    names = [n.strip() for n in hosts.split(",") if n.strip()]
+    try:
+        path = lab.up(names, model_mb=float(model_mb), reseed=reseed)
+    except (lab.LabError, ValueError) as e:
+        raise Exit(f"lab-up: {e}", code=1) from None
+    for name, pid in lab.status().items():
+        print(f"{name}: {'sshd pid ' + str(pid) if pid else 'stopped'}")
+    print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
+
+
+@task
+def lab_down(c):
+    """Stop exactly the lab's sshd processes."""
+    stopped = lab.down()
+    for name, pid in stopped:
+        print(f"{name}: stopped sshd pid {pid}")
+    if not stopped:
+        print("lab: nothing running")

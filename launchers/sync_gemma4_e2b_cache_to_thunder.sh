@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Push one model's whole Hugging Face cache folder (models--ORG--NAME: blobs, snapshots, refs)
+# from this machine to a compute host with rsync over ssh. Runs on macOS bash 3.2 with BSD tools
+# and accepts rsync 2.6.9 / openrsync on either side.
+set -euo pipefail
+
+EX_USAGE=64     # bad arguments
+EX_REFUSED=65   # a path outside the cache root, an unsafe link, a bad name
+EX_SOURCE=66    # the local cache is not usable as a source
+EX_REMOTE=67    # the cleanup/preparation step on the host failed (255 if ssh itself failed)
+# any other non-zero code is rsync's own (23 partial transfer, 30 timeout, 255 ssh failed, ...)
+
+usage() {
+  cat >&2 <<'EOF'
+usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
+  Push models--ORG--NAME from the local HF hub cache to HOST's hub cache, symlinks kept,
+  leftovers (*.incomplete blobs, locks) removed on HOST first; only missing files are sent.
+  HOST               ssh destination: an ssh config alias or user@host
+  --dest-cache DIR   absolute hub cache root on HOST (the folder holding models--*)
+  --src-cache DIR    local hub cache root (default: $HF_HUB_CACHE, else $HF_HOME/hub,
+                     else ~/.cache/huggingface/hub)
+  --repo ID          model repo id (default: mlx-community/gemma-4-e2b-4bit)
+  --ssh CMD          ssh command for rsync -e and the cleanup (default: ssh; split on spaces)
+  --rsync-path PATH  rsync program on HOST (default: rsync)
+  --dry-run          print what would be sent and removed; change nothing
+exit: 0 ok, 64 usage, 65 refused path, 66 bad local cache, 67 remote cleanup failed,
+      other codes are rsync's (23 partial transfer, 24 vanished, 30 timeout, 255 ssh)
+EOF
+}
+
+die() { code=$1; shift; echo "sync: $*" >&2; exit "$code"; }
+
+# single-quote a value for the remote shell (sh, bash or zsh)
+sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
+check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control characters
+  case "$2" in
+    /) die "$EX_REFUSED" "$1 '/' is not a cache root" ;;
+    /*) ;;
+    *) die "$EX_REFUSED" "$1 '$2' is not an absolute path" ;;
+  esac
+  case "/$2/" in
+    */../*) die "$EX_REFUSED" "$1 '$2' climbs with '..'" ;;
+  esac
+  case "$2" in
+    *[[:cntrl:]]*) die "$EX_REFUSED" "$1 has a control character" ;;
+  esac
+}
+
+link_stays_inside() {   # REL_DIR TARGET: does REL_DIR/TARGET stay inside the repo folder?
+  local depth=0 part joined="$1/$2"
+  local IFS=/
+  # shellcheck disable=SC2086  # split on / on purpose
+  set -- $joined
+  for part in "$@"; do
+    case "$part" in
+      ''|.) ;;
+      ..) depth=$((depth - 1)); [ "$depth" -ge 0 ] || return 1 ;;
+      *) depth=$((depth + 1)) ;;
+    esac
+  done
+  return 0
+}
+
+check_links() {   # every symlink in the repo folder: relative, and resolving inside it
+  local repo=$1 link rel target
+  while IFS= read -r link; do
+    rel=${link#"$repo"/}
+    target=$(readlink "$link")
+    case "$target" in
+      /*) die "$EX_REFUSED" "$rel is an absolute link ($target); refusing to sync it" ;;
+    esac
+    link_stays_inside "$(dirname "$rel")" "$target" ||
+      die "$EX_REFUSED" "$rel links outside the repo folder ($target); refusing to sync it"
+  done <<EOF
+$(find "$repo" -type l)
+EOF
+}
+
+sum_stat() {   # LABEL LOGFILE: add up an rsync --stats figure over every pass ("1,234" or "1234")
+  awk -v label="$1" 'index($0, label) == 1 { v = $0; sub(label, "", v); gsub(/[^0-9]/, "", v);
+                      s += v; n++ } END { if (n) print s; else print "unknown" }' "$2"
+}
+
+repo_id=mlx-community/gemma-4-e2b-4bit
+src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; dry_run=0; host=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
+    --src-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; src_cache=$2; shift 2 ;;
+    --repo) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; repo_id=$2; shift 2 ;;
+    --ssh) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; ssh_cmd=$2; shift 2 ;;
+    --rsync-path) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; rsync_path=$2; shift 2 ;;
+    --dry-run|-n) dry_run=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; break ;;
+    -*) echo "sync: unknown option $1" >&2; usage; exit "$EX_USAGE" ;;
+    *) [ -z "$host" ] || { echo "sync: one HOST only" >&2; usage; exit "$EX_USAGE"; }; host=$1; shift ;;
+  esac
+done
+if [ -z "$host" ] || [ -z "$dest_cache" ]; then usage; exit "$EX_USAGE"; fi
+case "$host" in
+  -*|*[!A-Za-z0-9_.@:-]*) die "$EX_REFUSED" "host '$host' is not an ssh destination" ;;
+esac
+repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
+[[ "$repo_id" =~ $repo_re ]] || die "$EX_REFUSED" "repo id '$repo_id' is not ORG/NAME"
+case "$rsync_path" in
+  -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
+esac
+
+if [ -z "$src_cache" ]; then
+  if [ -n "${HF_HUB_CACHE:-}" ]; then src_cache=$HF_HUB_CACHE
+  elif [ -n "${HF_HOME:-}" ]; then src_cache=$HF_HOME/hub
+  else src_cache=$HOME/.cache/huggingface/hub; fi
+fi
+check_abs_path --dest-cache "$dest_cache"
+check_abs_path --src-cache "$src_cache"
+
+folder="models--$(printf '%s' "$repo_id" | sed 's#/#--#')"
+src_repo=$src_cache/$folder
+dest_repo=$dest_cache/$folder
+lock_dir=$dest_cache/.locks/$folder
+
+[ -d "$src_repo" ] || die "$EX_SOURCE" "no $src_repo on this machine"
+[ -f "$src_repo/refs/main" ] || die "$EX_SOURCE" "$src_repo/refs/main is missing"
+revision=$(cat "$src_repo/refs/main")
+[ -d "$src_repo/snapshots/$revision" ] ||
+  die "$EX_SOURCE" "refs/main names $revision but $src_repo/snapshots/$revision is missing"
+check_links "$src_repo"
+
+read -r -a ssh_argv <<EOF
+$ssh_cmd
+EOF
+flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/"
+       -e "$ssh_cmd" "--rsync-path=$rsync_path")
+log=$(mktemp "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")
+trap 'rm -f "$log"' EXIT
+
+echo "sync: $src_repo -> $host:$dest_repo (revision $revision)"
+if [ "$dry_run" -eq 1 ]; then
+  echo "sync: dry run: would remove *.incomplete in $dest_repo/blobs and *.lock in $lock_dir"
+  if ! "${ssh_argv[@]}" "$host" "test -d $(sq "$dest_cache")"; then
+    echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
+    exit 0
+  fi
+  rsync -n -i "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$log"
+  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$log") bytes of file data"
+  exit 0
+fi
+
+# shellcheck disable=SC2016  # expanded by the remote sh, not here
+cleanup='set -e; mkdir -p "$1/blobs"
+find "$1/blobs" -type f -name "*.incomplete" -print -exec rm -f {} \;
+if [ -d "$2" ]; then find "$2" -type f -name "*.lock" -print -exec rm -f {} \; ; fi'
+set +e
+"${ssh_argv[@]}" "$host" "sh -c $(sq "$cleanup") sh $(sq "$dest_repo") $(sq "$lock_dir")" |
+  sed 's/^/sync: removed leftover /'
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -eq 255 ]; then
+  die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
+elif [ "$rc" -ne 0 ]; then
+  die "$EX_REMOTE" "could not prepare $host:$dest_repo (exit $rc; is the disk full or read-only?)"
+fi
+
+# pass 1: blobs and snapshots; pass 2: refs/main, so refs only ever name a snapshot that arrived
+rsync "${flags[@]}" --exclude=/refs/ "$src_repo/" "$host:$dest_repo/" | tee "$log"
+rsync "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee -a "$log"
+echo "sync: done: file data sent $(sum_stat 'Literal data:' "$log") bytes," \
+     "total sent $(sum_stat 'Total bytes sent:' "$log") bytes"

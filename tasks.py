@@ -1,0 +1,44 @@
+"""Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`. The operator's tasks are in
+fabfile.py (`fab --list`). Run with .venv/bin/inv after ./bootstrap."""
+import os
+import sys
+from pathlib import Path
+
+from invoke import task
+from invoke.exceptions import Exit
+
+ROOT = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+LAB_INVENTORY = ROOT / ".lab" / "hosts.yaml"
+
+
+@task(help={"k": "only tests matching this pytest -k expression", "unit": "unit tests only (no lab)"})
+def test(c, k="", unit=False):
+    """Run the test suite: unit tests, then the lab's integration tests (real sshd, rsync, mlx)."""
+    target = "tests/unit" if unit else "tests"
+    select = f" -k {k!r}" if k else ""
+    c.run(f"{BIN / 'python'} -m pytest {target}{select}", pty=False)
+
+
+@task
+def lint(c):
+    """Launcher portability lint (bash 3.2, BSD tools, old rsync) and shellcheck."""
+    c.run(f"{BIN / 'python'} -m thunderlane.portability launchers/*.sh")
+    c.run("shellcheck -s bash launchers/*.sh")
+
+
+@task(help={"hosts": "lab hosts (default mac4,mac5)", "model_mb": "model size in MB"})
+def demo(c, hosts="mac4,mac5", model_mb=4.0):
+    """The handoff on the lab: lab-up (mac4 partial), verify-dataset, verify-cache (mac4 fails),
+    sync-cache --host mac4, verify-cache again (all complete)."""
+    fab = BIN / "fab"
+    env = {"THUNDER_INVENTORY": str(LAB_INVENTORY)}
+    c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env)
+    steps = [("verify-dataset", True), ("verify-cache", False),
+             (f"sync-cache --host {hosts.split(',')[0]}", True), ("verify-cache --deep", True)]
+    for step, must_pass in steps:
+        print(f"\n$ THUNDER_INVENTORY={os.path.relpath(LAB_INVENTORY)} fab {step}", flush=True)
+        r = c.run(f"{fab} {step}", env=env, warn=True)
+        if must_pass and not r.ok:
+            raise Exit(f"demo: `fab {step}` failed", code=1)
+    print("\nThe lab is still up: `.venv/bin/fab lab-down` stops it.")

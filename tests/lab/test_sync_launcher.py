@@ -1,0 +1,53 @@
+"""The sync launcher by itself: usage, refusals, and that a refusal writes nothing."""
+import os
+import subprocess
+
+import pytest
+
+from thunderlane.sync import LAUNCHER, launcher_argv
+
+
+def run(argv):
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def test_usage_line():
+    p = run(["bash", str(LAUNCHER)])
+    assert p.returncode == 64 and p.stderr.startswith("usage: sync_gemma4_e2b_cache_to_thunder.sh")
+    p = run(["bash", str(LAUNCHER), "--bogus", "x"])
+    assert p.returncode == 64 and "unknown option --bogus" in p.stderr
+
+
+@pytest.mark.parametrize("dest,why", [("/", "not a cache root"), ("relative/hub", "not an absolute path"),
+                                      ("/x/../etc", "climbs"), ("/x/y\n/z", "control character")])
+def test_bad_destination_is_refused(lab_inv, dest, why):
+    argv = launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest)
+    p = run(argv)
+    assert p.returncode == 65 and why in p.stderr
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch /tmp/x", "a;b", "$(id)"])
+def test_bad_host_is_refused(lab_inv, host):
+    argv = launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, "/tmp/hub")[:-1] + [host]
+    p = run(argv)
+    assert p.returncode in (64, 65) and not os.path.exists("/tmp/x")
+
+
+def snapshot_link(inv, name):
+    repo = os.path.join(inv.local.hf_cache, "models--mlx-community--gemma-4-e2b-4bit")
+    with open(os.path.join(repo, "refs", "main")) as f:
+        rev = f.read().strip()
+    return os.path.join(repo, "snapshots", rev, name)
+
+
+@pytest.mark.parametrize("target", ["/etc/hostname", "../../../../outside.json", "../../../escape/x"])
+def test_unsafe_source_link_is_refused_before_any_transfer(lab_inv, lab_dir, target):
+    link = snapshot_link(lab_inv, "config.json")
+    os.unlink(link)
+    os.symlink(target, link)
+    dest = str(lab_dir / "mac4" / ".cache" / "huggingface" / "hub")
+    blobs = os.path.join(dest, "models--mlx-community--gemma-4-e2b-4bit", "blobs")
+    before = sorted(os.listdir(blobs))
+    p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
+    assert p.returncode == 65 and "config.json" in p.stderr and "refusing" in p.stderr
+    assert sorted(os.listdir(blobs)) == before  # not even the leftover cleanup ran

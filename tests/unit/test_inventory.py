@@ -1,0 +1,114 @@
+import copy
+
+import pytest
+import yaml
+
+from thunderlane import inventory
+from thunderlane.inventory import InventoryError
+
+GOOD = {
+    "model": {"repo": "mlx-community/gemma-4-e2b-4bit"},
+    "ssh": {"known_hosts": "/home/me/.ssh/known_hosts", "connect_timeout": 7},
+    "local": {"dataset_root": "/data/nko", "runs_root": "/runs"},
+    "hosts": {
+        "mac4": {"ssh_name": "mac4", "hostname": "mac4.local", "user": "me", "port": 22,
+                 "data_ip": "169.254.10.4", "python": "/opt/venv/bin/python",
+                 "dataset_root": "/Users/me/data/nko", "runs_root": "/Users/me/runs"},
+        "mac5": {"ssh_name": "mac5", "hostname": "mac5.local", "user": "me", "port": 22,
+                 "data_ip": "169.254.10.5", "python": "/opt/venv/bin/python",
+                 "dataset_root": "/Users/me/data/nko", "runs_root": "/Users/me/runs",
+                 "hf_cache": "/Users/me/hf/hub", "rsync_path": "/opt/homebrew/bin/rsync"},
+    },
+}
+
+
+def bad(mutate):
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    with pytest.raises(InventoryError) as e:
+        inventory.parse(data, "inv.yaml")
+    return str(e.value)
+
+
+def test_good_inventory_parses():
+    inv = inventory.parse(copy.deepcopy(GOOD), "inv.yaml")
+    assert list(inv.hosts) == ["mac4", "mac5"]
+    assert inv.hosts["mac4"].destination == "me@mac4.local"
+    assert inv.hosts["mac4"].hf_cache is None and inv.hosts["mac5"].hf_cache == "/Users/me/hf/hub"
+    assert inv.hosts["mac4"].rsync_path == "rsync"
+    assert inv.ssh.connect_timeout == 7
+    assert inv.local.is_local and inv.local.python  # defaults to this interpreter
+
+
+def test_missing_field_names_host_and_field():
+    msg = bad(lambda d: d["hosts"]["mac4"].pop("python"))
+    assert "host mac4" in msg and "'python'" in msg and "missing" in msg
+
+
+def test_unknown_key_is_refused():
+    msg = bad(lambda d: d["hosts"]["mac5"].update(pyhton="/x"))
+    assert "host mac5" in msg and "'pyhton'" in msg and "unknown" in msg
+
+
+@pytest.mark.parametrize("name", ["Mac4", "mac 4", "mac4;rm", "$(id)", "local", "m" * 40, ""])
+def test_host_names_outside_charset_are_refused(name):
+    msg = bad(lambda d: d["hosts"].update({name: d["hosts"].pop("mac4")}))
+    assert "[a-z0-9_-]" in msg
+
+
+@pytest.mark.parametrize("path", ["relative/path", "~", "~/data", "/", "/data/../etc", "", "/a\nb", 5])
+def test_bad_paths_are_refused(path):
+    msg = bad(lambda d: d["hosts"]["mac4"].update(dataset_root=path))
+    assert "host mac4" in msg and "dataset_root" in msg
+
+
+def test_relative_path_message_says_relative():
+    assert "relative" in bad(lambda d: d["local"].update(runs_root="runs"))
+
+
+@pytest.mark.parametrize("field,value", [("port", 0), ("port", "22"), ("data_ip", "10.0.0.300"),
+                                         ("user", "me; rm -rf /"), ("hostname", "-oProxyCommand=x"),
+                                         ("ssh_name", "a b"), ("rsync_path", "--rsync-path=x")])
+def test_bad_values_are_refused(field, value):
+    msg = bad(lambda d: d["hosts"]["mac5"].update({field: value}))
+    assert "host mac5" in msg and field in msg
+
+
+def test_duplicate_endpoint_is_refused():
+    msg = bad(lambda d: d["hosts"]["mac5"].update(hostname="mac4.local"))
+    assert "share" in msg
+
+
+def test_tilde_is_expanded_for_control_side_ssh_files(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/tester")
+    data = copy.deepcopy(GOOD)
+    data["ssh"]["known_hosts"] = "~/.ssh/known_hosts"
+    assert inventory.parse(data).ssh.known_hosts == "/home/tester/.ssh/known_hosts"
+
+
+def test_select_refuses_unknown_host_and_lists_known():
+    inv = inventory.parse(copy.deepcopy(GOOD))
+    assert [h.name for h in inv.select("mac5")] == ["mac5"]
+    assert [h.name for h in inv.select("")] == ["mac4", "mac5"]
+    with pytest.raises(InventoryError, match="mac4, mac5"):
+        inv.select("mac6")
+
+
+def test_env_var_selects_inventory(tmp_path, monkeypatch):
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    monkeypatch.setenv(inventory.ENV_VAR, str(path))
+    assert inventory.load().path == str(path)
+
+
+def test_unreadable_or_invalid_yaml(tmp_path):
+    with pytest.raises(InventoryError, match="cannot read"):
+        inventory.load(tmp_path / "nope.yaml")
+    (tmp_path / "x.yaml").write_text("hosts: [unclosed")
+    with pytest.raises(InventoryError, match="not valid YAML"):
+        inventory.load(tmp_path / "x.yaml")
+
+
+def test_committed_inventory_is_valid():
+    inv = inventory.load(inventory.DEFAULT_PATH)
+    assert {"mac4", "mac5"} <= set(inv.hosts)

@@ -1,0 +1,89 @@
+"""verify-dataset's judgement: one host's dataset facts, against its manifest and against local."""
+import hashlib
+
+from .probe import DATA_FILES, MANIFEST
+from .report import HostResult
+
+FIGURES = ("rows", "bytes", "digest")
+
+
+def digest(facts):
+    """A short content digest of the dataset: sha256 over each file's name and sha256."""
+    h = hashlib.sha256()
+    for name in DATA_FILES:
+        h.update(f"{name} {facts['files'].get(name, {}).get('sha256')}\n".encode())
+    h.update(f"{MANIFEST} {(facts.get('manifest') or {}).get('sha256')}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def judge(host, facts, reference=None):
+    """A :class:`HostResult` for one host. ``reference`` is local's facts (None for local itself)."""
+    problem = _own_problem(host, facts) or _manifest_problem(facts)
+    figures = _figures(facts)
+    if problem:
+        verdict, detail = problem
+        return HostResult(host, verdict, False, detail, figures)
+    if reference is not None:
+        if _own_problem("local", reference) or _manifest_problem(reference):
+            return HostResult(host, "unchecked", False, "local, the reference, is not valid", figures)
+        differs = differing_files(facts, reference)
+        if differs:
+            return HostResult(host, "differs", False,
+                              "content differs from local: " + ", ".join(differs), figures)
+    return HostResult(host, "ok", True, f"{len(DATA_FILES)} files + manifest", figures)
+
+
+def _figures(facts):
+    files = [f for f in facts.get("files", {}).values() if f.get("present")]
+    if not files:
+        return {}
+    return {"rows": sum(f["lines"] for f in files), "bytes": sum(f["bytes"] for f in files),
+            "digest": digest(facts)}
+
+
+def _own_problem(host, facts):
+    if not facts.get("exists"):
+        return "absent", f"dataset root {facts.get('root')} does not exist"
+    missing = [n for n in DATA_FILES if not facts["files"].get(n, {}).get("present")]
+    if not (facts.get("manifest") or {}).get("present"):
+        missing.append(MANIFEST)
+    if missing:
+        return "missing", f"missing in {facts['root']}: {', '.join(missing)}"
+    for name in DATA_FILES:
+        bad = facts["files"][name]["bad"]
+        if bad:
+            return "invalid", f"{host}:{name}:{bad['line']}: {bad['reason']}"
+    if facts["files"]["train.jsonl"]["lines"] == 0:
+        return "invalid", f"{host}:train.jsonl:0: the train split is empty"
+    return None
+
+
+def _manifest_problem(facts):
+    manifest = facts["manifest"]
+    if manifest.get("error"):
+        return "invalid", f"{MANIFEST}: {manifest['error']}"
+    listed = manifest["data"].get("files") if isinstance(manifest["data"], dict) else None
+    if not isinstance(listed, dict):
+        return "invalid", f"{MANIFEST}: no 'files' mapping"
+    for name in DATA_FILES:
+        want = listed.get(name)
+        if not isinstance(want, dict):
+            return "manifest", f"{MANIFEST} does not list {name}"
+        have = facts["files"][name]
+        for key in ("lines", "bytes", "sha256"):
+            if want.get(key) != have[key]:
+                return "manifest", (f"{name}: {key} is {have[key]}, {MANIFEST} says {want.get(key)}")
+    return None
+
+
+def differing_files(facts, reference):
+    """Files whose content differs from the reference, by sha256 (a same-length edit counts)."""
+    out = []
+    for name in DATA_FILES:
+        mine, theirs = facts["files"][name], reference["files"][name]
+        if mine["sha256"] != theirs["sha256"]:
+            same = " (same line count)" if mine["lines"] == theirs["lines"] else ""
+            out.append(f"{name}{same}")
+    if facts["manifest"]["sha256"] != reference["manifest"]["sha256"]:
+        out.append(MANIFEST)
+    return out

@@ -1,0 +1,248 @@
+"""The inventory: the control side and the compute hosts, read from ``hosts.yaml``.
+
+Every value here ends up in an ssh command line, an rsync argument or a remote shell, so each one
+is validated by shape before anything runs, and a bad one is refused naming the host and field.
+"""
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ENV_VAR = "THUNDER_INVENTORY"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "hosts.yaml"
+LOCAL = "local"
+
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+SSH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
+               "dataset_root", "hf_cache", "runs_root", "rsync_path"}
+HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path"}
+LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
+LOCAL_REQUIRED = {"dataset_root", "runs_root"}
+SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout"}
+MODEL_FIELDS = {"repo"}
+TOP_FIELDS = {"model", "local", "ssh", "hosts"}
+
+
+class InventoryError(ValueError):
+    """A bad inventory; the message names the file, the host and the field."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of the lane. ``name`` is the inventory key; ``local`` has no SSH fields."""
+    name: str
+    python: str
+    dataset_root: str
+    runs_root: str
+    hf_cache: str | None = None
+    ssh_name: str | None = None
+    hostname: str | None = None
+    user: str | None = None
+    port: int = 22
+    data_ip: str | None = None
+    rsync_path: str = "rsync"
+
+    @property
+    def is_local(self):
+        return self.name == LOCAL
+
+    @property
+    def destination(self):
+        """``user@hostname`` as ssh and rsync take it."""
+        return f"{self.user}@{self.hostname}"
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """What Fabric, rsync and ssh all use: one config, one pinned known_hosts, one key."""
+    known_hosts: str
+    config: str | None = None
+    identity: str | None = None
+    connect_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: str
+    repo_id: str
+    local: Host
+    hosts: dict = field(default_factory=dict)
+    ssh: SshSettings = None
+
+    def host(self, name):
+        """The host called ``name`` (``local`` included); refuse names not in the inventory."""
+        if name == LOCAL:
+            return self.local
+        if name not in self.hosts:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise InventoryError(f"{self.path}: no host named {name!r} (hosts: {known})")
+        return self.hosts[name]
+
+    def select(self, names=None):
+        """Compute hosts by name (a comma list or iterable); all of them when ``names`` is empty."""
+        if not names:
+            return list(self.hosts.values())
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        return [self.host(n) for n in names if n != LOCAL]
+
+
+def resolve_path():
+    """The inventory file: ``$THUNDER_INVENTORY`` if set, else the repo's ``hosts.yaml``."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load(path=None):
+    """Read and validate an inventory file."""
+    path = Path(path) if path else resolve_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InventoryError(f"{path}: cannot read inventory: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InventoryError(f"{path}: not valid YAML: {e}") from None
+    return parse(data, str(path))
+
+
+def parse(data, where="<inventory>"):
+    """Validate an inventory mapping and build the :class:`Inventory`."""
+    _mapping(data, where, "inventory", TOP_FIELDS, {"local", "hosts"})
+    model = data.get("model") or {}
+    _mapping(model, where, "model", MODEL_FIELDS, set())
+    repo = model.get("repo", "mlx-community/gemma-4-e2b-4bit")
+    if not isinstance(repo, str) or not REPO_RE.match(repo):
+        raise InventoryError(f"{where}: model.repo: {repo!r} is not an org/name repo id")
+    ssh = _ssh(data.get("ssh") or {}, where)
+    local = _local(data["local"], where)
+    hosts_data = data["hosts"]
+    if not isinstance(hosts_data, dict) or not hosts_data:
+        raise InventoryError(f"{where}: hosts: must map host names to their settings")
+    hosts = {}
+    for name, spec in hosts_data.items():
+        hosts[name] = _host(name, spec, where)
+    _unique([(h.hostname, h.port) for h in hosts.values()], where, "hostname and port")
+    return Inventory(path=where, repo_id=repo, local=local, hosts=hosts, ssh=ssh)
+
+
+def _mapping(value, where, what, allowed, required):
+    if not isinstance(value, dict):
+        raise InventoryError(f"{where}: {what}: expected a mapping, got {type(value).__name__}")
+    unknown = sorted(set(map(str, value)) - allowed)
+    if unknown:
+        raise InventoryError(f"{where}: {what}: unknown field {unknown[0]!r} "
+                             f"(known: {', '.join(sorted(allowed))})")
+    missing = sorted(required - set(value))
+    if missing:
+        raise InventoryError(f"{where}: {what}: missing field {missing[0]!r}")
+
+
+def _local(spec, where):
+    _mapping(spec, where, "host local", LOCAL_FIELDS, LOCAL_REQUIRED)
+    values = {k: abs_path(spec[k], where, LOCAL, k) for k in LOCAL_FIELDS if spec.get(k) is not None}
+    return Host(name=LOCAL, python=values.pop("python", None) or _own_python(), **values)
+
+
+def _own_python():
+    import sys
+    return sys.executable
+
+
+def _host(name, spec, where):
+    if not isinstance(name, str) or not NAME_RE.match(name) or name == LOCAL:
+        raise InventoryError(f"{where}: host {name!r}: a host name must match [a-z0-9_-] "
+                             f"(1-32 characters) and not be 'local'")
+    _mapping(spec, where, f"host {name}", HOST_FIELDS, HOST_REQUIRED)
+    values = {}
+    for key in ("python", "dataset_root", "runs_root", "hf_cache", "rsync_path"):
+        if spec.get(key) is not None:
+            values[key] = abs_path(spec[key], where, name, key) if key != "rsync_path" \
+                else _rsync_path(spec[key], where, name)
+    values["ssh_name"] = _match(spec["ssh_name"], SSH_NAME_RE, where, name, "ssh_name")
+    values["hostname"] = _match(spec["hostname"], HOSTNAME_RE, where, name, "hostname")
+    values["user"] = _match(spec["user"], USER_RE, where, name, "user")
+    values["port"] = _port(spec["port"], where, name)
+    values["data_ip"] = _ip(spec["data_ip"], where, name)
+    return Host(name=name, **values)
+
+
+def _ssh(spec, where):
+    _mapping(spec, where, "ssh", SSH_FIELDS, set())
+    timeout = spec.get("connect_timeout", 10)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 120:
+        raise InventoryError(f"{where}: ssh.connect_timeout: {timeout!r} is not 1-120 seconds")
+    known = spec.get("known_hosts", "~/.ssh/known_hosts")
+    return SshSettings(
+        known_hosts=_local_file(known, where, "ssh.known_hosts"),
+        config=_local_file(spec["config"], where, "ssh.config") if spec.get("config") else None,
+        identity=_local_file(spec["identity"], where, "ssh.identity") if spec.get("identity") else None,
+        connect_timeout=timeout,
+    )
+
+
+def _local_file(value, where, key):
+    """A control-side file: absolute, or ``~/...`` expanded here."""
+    if isinstance(value, str) and value.startswith("~/"):
+        value = os.path.expanduser(value)
+    return abs_path(value, where, LOCAL, key)
+
+
+def abs_path(value, where, host, key):
+    """An absolute, normalised path with no ``..``, not ``/`` and no control characters."""
+    if not isinstance(value, str) or not value:
+        raise InventoryError(f"{where}: host {host}: {key}: expected an absolute path, got {value!r}")
+    if PATH_BAD_CHARS.search(value):
+        raise InventoryError(f"{where}: host {host}: {key}: control character in path {value!r}")
+    if not value.startswith("/"):
+        raise InventoryError(f"{where}: host {host}: {key}: {value!r} is a relative path; "
+                             f"give an absolute one")
+    parts = value.split("/")
+    if ".." in parts:
+        raise InventoryError(f"{where}: host {host}: {key}: {value!r} climbs with '..'")
+    norm = os.path.normpath(value)
+    if norm == "/":
+        raise InventoryError(f"{where}: host {host}: {key}: '/' is not an acceptable root")
+    return norm
+
+
+def _rsync_path(value, where, host):
+    if isinstance(value, str) and re.match(r"^[A-Za-z0-9_./+-]+$", value) and not value.startswith("-"):
+        return value
+    raise InventoryError(f"{where}: host {host}: rsync_path: {value!r} must be a program name or path")
+
+
+def _match(value, regex, where, host, key):
+    if isinstance(value, str) and regex.match(value):
+        return value
+    raise InventoryError(f"{where}: host {host}: {key}: {value!r} is not a valid {key}")
+
+
+def _port(value, where, host):
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    raise InventoryError(f"{where}: host {host}: port: {value!r} is not a port number")
+
+
+def _ip(value, where, host):
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise InventoryError(f"{where}: host {host}: data_ip: {value!r} is not an IP address") from None
+
+
+def _unique(items, where, what):
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise InventoryError(f"{where}: two hosts share the same {what}: {item}")
+        seen.add(item)

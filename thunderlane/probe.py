@@ -1,0 +1,373 @@
+"""Facts gathered on a host. Stdlib only: this file is sent as-is to each host's interpreter
+(``python -c <this file> dataset|cache ...``) and prints one JSON document. It reads, never writes.
+
+The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
+"""
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+import time
+
+CHUNK = 1 << 20
+DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
+MANIFEST = "manifest.json"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+CHAT_ROLES = {"system", "user", "assistant", "tool"}
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+MAX_HEADER = 100_000_000
+STALE_LOCK_SECONDS = 600
+
+
+# --- hashing -------------------------------------------------------------------------------------
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes (the hub's name for an LFS blob)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_blob_sha1_file(path):
+    """Hex git blob sha1 of a file: sha1(b"blob <size>\\0" + bytes), the hub's name for a small file."""
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def blob_hash_matches(path, name):
+    """Re-hash a blob against its name: (ok, actual). Names that are no hash cannot be checked."""
+    if HEX64.match(name):
+        actual = sha256_file(path)
+    elif HEX40.match(name):
+        actual = git_blob_sha1_file(path)
+    else:
+        return False, None
+    return actual == name, actual
+
+
+# --- safetensors ---------------------------------------------------------------------------------
+
+def safetensors_check(path):
+    """Structural check without loading: (ok, reason). The header's tensors must tile the data
+    region exactly, and the file size must be 8 + header length + end of the last tensor."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False, f"{size} bytes: shorter than the 8-byte header length"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                return False, f"header length {n} does not fit in {size} bytes"
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return False, f"unreadable header: {e}"
+    return _check_header(header, size - 8 - n)
+
+
+def _check_header(header, data_len):
+    if not isinstance(header, dict):
+        return False, "header is not a JSON object"
+    spans = []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = t["data_offsets"]
+            count = 1
+            for dim in t["shape"]:
+                count *= dim
+            width = DTYPE_SIZES[t["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            return False, f"tensor {name}: malformed entry"
+        if end - start != count * width:
+            return False, f"tensor {name}: {end - start} bytes for shape {t['shape']} {t['dtype']}"
+        spans.append((start, end, name))
+    spans.sort()
+    pos = 0
+    for start, end, name in spans:
+        if start != pos:
+            return False, f"tensor {name}: starts at {start}, expected {pos}"
+        pos = end
+    if pos != data_len:
+        return False, f"data is {data_len} bytes, tensors cover {pos}"
+    return True, f"{len(spans)} tensors, {data_len} data bytes"
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+def row_format(row):
+    """The mlx-lm format a row is in ('chat', 'completions', 'text'), or raise ValueError why not.
+    mlx-lm picks a file's format from its first row: prompt+completion, then messages, then text."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    if "prompt" in row and "completion" in row:
+        if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
+            raise ValueError("prompt and completion must be strings")
+        return "completions"
+    if "messages" in row:
+        _check_messages(row["messages"])
+        return "chat"
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"]:
+            raise ValueError("text must be a non-empty string")
+        return "text"
+    raise ValueError("no 'messages', 'prompt'+'completion' or 'text' field")
+
+
+def _check_messages(messages):
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+            raise ValueError(f"message {i}: role must be one of {sorted(CHAT_ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i}: content must be a string")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("no assistant turn to learn from")
+
+
+def jsonl_facts(path):
+    """Lines, bytes, sha256, row format and the first bad row of a JSONL file, in one pass."""
+    h = hashlib.sha256()
+    size = lines = 0
+    fmt = bad = None
+    ends_with_newline = True
+    with open(path, "rb") as f:
+        for raw in f:
+            lines += 1
+            size += len(raw)
+            h.update(raw)
+            ends_with_newline = raw.endswith(b"\n")
+            if bad is None:
+                fmt, bad = _judge_row(raw, lines, fmt)
+    if bad is None and lines and not ends_with_newline:
+        bad = {"line": lines, "reason": "last line has no newline (truncated file?)"}
+    if bad is None and lines == 0:
+        bad = {"line": 0, "reason": "file is empty"}
+    return {"lines": lines, "bytes": size, "sha256": h.hexdigest(), "format": fmt, "bad": bad}
+
+
+def _judge_row(raw, line, fmt):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return fmt, {"line": line, "reason": f"not UTF-8 (byte {e.start})"}
+    try:
+        this = row_format(json.loads(text))
+    except ValueError as e:
+        return fmt, {"line": line, "reason": str(e) if not isinstance(e, json.JSONDecodeError)
+                     else f"not JSON: {e.msg} at column {e.colno}"}
+    if fmt is not None and this != fmt:
+        return fmt, {"line": line, "reason": f"{this} row in a {fmt} file"}
+    return this, None
+
+
+def dataset_facts(root):
+    """Everything verify-dataset needs to know about one dataset root."""
+    out = {"root": root, "exists": os.path.isdir(root), "files": {}, "manifest": None}
+    if not out["exists"]:
+        return out
+    for name in DATA_FILES:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            out["files"][name] = {"present": False}
+            continue
+        try:
+            out["files"][name] = dict(present=True, **jsonl_facts(path))
+        except OSError as e:
+            out["files"][name] = {"present": False, "error": e.strerror}
+    out["manifest"] = _read_manifest(os.path.join(root, MANIFEST))
+    return out
+
+
+def _read_manifest(path):
+    if not os.path.isfile(path):
+        return {"present": False}
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        return {"present": True, "sha256": hashlib.sha256(raw).hexdigest(),
+                "data": json.loads(raw.decode("utf-8"))}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"present": True, "error": f"not valid JSON: {e}"}
+
+
+# --- HF cache ------------------------------------------------------------------------------------
+
+def resolve_cache_root(configured=None):
+    """The hub cache root as this interpreter sees it: (path, how it was found)."""
+    if configured:
+        return configured, "inventory"
+    try:
+        from huggingface_hub import constants
+        return constants.HF_HUB_CACHE, "huggingface_hub"
+    except ImportError:
+        pass
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"], "HF_HUB_CACHE"
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub"), "HF_HOME"
+    return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub"), "default"
+
+
+def repo_folder(repo_id):
+    return "models--" + repo_id.replace("/", "--")
+
+
+def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
+    """Everything verify-cache needs to know about one repo in one cache."""
+    repo_dir = os.path.join(cache_root, repo_folder(repo_id))
+    out = {"cache_root": cache_root, "resolved_by": resolved_by, "repo_dir": repo_dir,
+           "exists": os.path.isdir(repo_dir), "ref": None, "snapshot_exists": False,
+           "revisions": [], "files": {}, "blobs": {}, "incomplete": [], "locks": [],
+           "shards": {}, "index_error": None, "deep": None}
+    out["locks"] = _locks(os.path.join(cache_root, ".locks", repo_folder(repo_id)))
+    if not out["exists"]:
+        return out
+    out["blobs"], out["incomplete"] = _blobs(os.path.join(repo_dir, "blobs"))
+    snaps = os.path.join(repo_dir, "snapshots")
+    out["revisions"] = sorted(os.listdir(snaps)) if os.path.isdir(snaps) else []
+    out["ref"] = _read_ref(os.path.join(repo_dir, "refs", "main"))
+    if not out["ref"] or not HEX40.match(out["ref"]):
+        return out
+    snap = os.path.join(snaps, out["ref"])
+    out["snapshot_exists"] = os.path.isdir(snap)
+    if out["snapshot_exists"]:
+        out["files"] = _snapshot_files(repo_dir, snap)
+        out["shards"], out["index_error"] = _shards(snap, out["files"])
+        if deep:
+            out["deep"] = _rehash(repo_dir, out["files"])
+    return out
+
+
+def _read_ref(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _blobs(blob_dir):
+    blobs, incomplete = {}, []
+    if not os.path.isdir(blob_dir):
+        return blobs, incomplete
+    for name in sorted(os.listdir(blob_dir)):
+        path = os.path.join(blob_dir, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        size = os.path.getsize(path)
+        if name.endswith(".incomplete"):
+            incomplete.append({"name": name, "size": size})
+        else:
+            blobs[name] = size
+    return blobs, incomplete
+
+
+def _locks(lock_dir):
+    now = time.time()
+    found = []
+    for dirpath, _, names in os.walk(lock_dir):
+        for name in names:
+            if name.endswith(".lock"):
+                age = now - os.path.getmtime(os.path.join(dirpath, name))
+                found.append({"name": name, "age_s": int(age), "stale": age > STALE_LOCK_SECONDS})
+    return sorted(found, key=lambda x: x["name"])
+
+
+def _snapshot_files(repo_dir, snap):
+    files = {}
+    real_repo = os.path.realpath(repo_dir)
+    for dirpath, dirnames, names in os.walk(snap):
+        dirnames.sort()
+        for name in sorted(names):
+            path = os.path.join(dirpath, name)
+            files[os.path.relpath(path, snap)] = _snapshot_entry(path, real_repo)
+    return files
+
+
+def _snapshot_entry(path, real_repo):
+    entry = {"link": None, "blob": None, "size": None, "dangling": False, "escapes": False}
+    if os.path.islink(path):
+        target = os.readlink(path)
+        entry["link"] = target
+        resolved = os.path.realpath(path)
+        inside = resolved.startswith(real_repo + os.sep)
+        entry["escapes"] = os.path.isabs(target) or not inside
+        entry["blob"] = os.path.basename(target)
+        if not os.path.isfile(path):
+            entry["dangling"] = True
+            return entry
+    elif not os.path.isfile(path):
+        return entry
+    entry["size"] = os.path.getsize(path)
+    return entry
+
+
+def _shards(snap, files):
+    """Every shard the index names, checked for structure; a lone model.safetensors otherwise."""
+    index_path = os.path.join(snap, "model.safetensors.index.json")
+    names, error = [], None
+    if "model.safetensors.index.json" in files:
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            error = f"model.safetensors.index.json unreadable: {e}"
+    elif "model.safetensors" in files:
+        names = ["model.safetensors"]
+    else:
+        error = "no model.safetensors.index.json and no model.safetensors"
+    shards = {}
+    for name in names:
+        path = os.path.join(snap, name)
+        if not os.path.isfile(path):
+            shards[name] = {"ok": False, "reason": "missing"}
+        else:
+            ok, reason = safetensors_check(path)
+            shards[name] = {"ok": ok, "reason": reason}
+    return shards, error
+
+
+def _rehash(repo_dir, files):
+    out = {}
+    for entry in files.values():
+        blob = entry["blob"]
+        if not blob or entry["dangling"] or blob in out:
+            continue
+        ok, actual = blob_hash_matches(os.path.join(repo_dir, "blobs", blob), blob)
+        out[blob] = {"ok": ok, "actual": actual}
+    return out
+
+
+# --- entry ---------------------------------------------------------------------------------------
+
+def main(argv):
+    """``dataset ROOT`` or ``cache REPO_ID [CACHE_ROOT|-] [--deep]``: print facts as JSON."""
+    if argv[:1] == ["dataset"] and len(argv) == 2:
+        facts = dataset_facts(argv[1])
+    elif argv[:1] == ["cache"] and len(argv) in (3, 4):
+        root, how = resolve_cache_root(None if argv[2] == "-" else argv[2])
+        facts = cache_facts(root, argv[1], deep="--deep" in argv[3:], resolved_by=how)
+    else:
+        sys.stderr.write("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]\n")
+        return 2
+    facts["python"] = sys.version.split()[0]
+    sys.stdout.write(json.dumps(facts, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,144 @@
+"""sync-cache: make a cold host's model cache complete with the sync launcher, then prove it.
+
+Plan (verify local and the host, work out what is missing), act (the launcher's rsync over the
+inventory's ssh settings), check (verify the host again; bytes sent against bytes missing).
+"""
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .inventory import InventoryError, abs_path
+from .remote import HostError, ssh_command
+from .report import human_bytes
+from .verify import cache_args, gather, judge_caches
+
+LAUNCHER = Path(__file__).resolve().parent.parent / "launchers" / "sync_gemma4_e2b_cache_to_thunder.sh"
+
+EXIT_MEANINGS = {
+    23: "rsync: partial transfer (some files could not be sent: permissions, or the disk is full?)",
+    24: "rsync: some source files vanished while sending (is something writing the local cache?)",
+    30: "rsync: timeout while sending or receiving data (the link dropped?)",
+    255: "ssh failed: host unreachable, refused, or its host key unknown/changed",
+    64: "launcher: bad arguments",
+    65: "launcher refused a path (outside the cache root, or an unsafe link)",
+    66: "launcher: the local cache is not usable as the source",
+    67: "launcher: could not clean up or prepare the host's cache folder",
+}
+
+
+class SyncError(RuntimeError):
+    pass
+
+
+@dataclass
+class SyncOutcome:
+    host: str
+    before: object          # HostResult before
+    after: object           # HostResult after (None on dry run)
+    missing_bytes: int
+    literal_bytes: int | None
+    total_sent: int | None
+    command: str
+    seconds: float
+
+    @property
+    def ok(self):
+        return self.after is not None and self.after.ok
+
+    @property
+    def ratio(self):
+        if not self.missing_bytes or self.literal_bytes is None:
+            return None
+        return self.literal_bytes / self.missing_bytes
+
+
+def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False):
+    """The exact launcher command line for ``host``."""
+    ssh = ssh_command(inv, host)
+    for path in filter(None, (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity)):
+        if re.search(r"\s", path):
+            raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
+    argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
+            "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path]
+    return argv + (["--dry-run"] if dry_run else []) + [host.destination]
+
+
+def dest_cache_of(host, facts):
+    """The host's cache root: the inventory's, else as the host's lane interpreter resolved it."""
+    root = host.hf_cache or facts["cache_root"]
+    try:
+        return abs_path(root, "cache root", host.name, "hf_cache")
+    except InventoryError as e:
+        raise SyncError(str(e)) from None
+
+
+def stream(argv, prefix, out=sys.stdout):
+    """Run ``argv``, echoing its output prefixed by host (progress lines as they come); return
+    (exit code, all output)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen, buf, last_progress = [], b"", 0.0
+    tty = out.isatty()
+    while True:
+        chunk = p.stdout.read1(65536) if hasattr(p.stdout, "read1") else p.stdout.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+        parts = re.split(rb"(\r|\n)", buf)
+        buf = parts.pop()
+        for text, sep in zip(parts[::2], parts[1::2]):
+            line = text.decode("utf-8", "replace")
+            seen.append(line)
+            if sep == b"\r":
+                now = time.monotonic()
+                if tty or now - last_progress >= 2:
+                    out.write(f"[{prefix}] {line}" + ("\r" if tty else "\n"))
+                    last_progress = now
+            elif line:
+                out.write(f"[{prefix}] {line}\n")
+            out.flush()
+    if buf:
+        seen.append(buf.decode("utf-8", "replace"))
+        out.write(f"[{prefix}] {seen[-1]}\n")
+    return p.wait(), "\n".join(seen)
+
+
+def parse_summary(output):
+    """(file data bytes sent, total bytes sent) from the launcher's closing line; None if unknown."""
+    m = re.search(r"sync: done: file data sent (\w+) bytes, total sent (\w+) bytes", output)
+    if not m:
+        return None, None
+    return tuple(int(x) if x.isdigit() else None for x in m.groups())
+
+
+def sync_cache(inv, host, dry_run=False, out=sys.stdout):
+    """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure."""
+    t0 = time.monotonic()
+    facts = gather(inv, [host], lambda h: cache_args(inv, h))
+    before = judge_caches(facts)
+    for name, f in facts.items():
+        if isinstance(f, HostError):
+            raise SyncError(f"{name}: {f.message}")
+    ref = before.results[0]
+    if not ref.ok:
+        raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
+    host_before = before.results[1]
+    missing = host_before.figures.get("missing_bytes") or 0
+    argv = launcher_argv(inv, host, facts["local"]["cache_root"], dest_cache_of(host, facts[host.name]),
+                         dry_run)
+    command = shlex.join(argv)
+    out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
+              f"missing {human_bytes(missing)}\n$ {command}\n")
+    code, output = stream(argv, host.name, out)
+    if code:
+        meaning = EXIT_MEANINGS.get(code, "see the output above")
+        raise SyncError(f"{host.name}: sync failed with exit {code}: {meaning}")
+    literal, total = parse_summary(output)
+    after = None
+    if not dry_run:
+        after = judge_caches(gather(inv, [host], lambda h: cache_args(inv, h))).results[1]
+    return SyncOutcome(host.name, host_before, after, missing, literal, total, command,
+                       time.monotonic() - t0)
