@@ -8,7 +8,8 @@ import sys
 from fabric import task
 from invoke.exceptions import Exit
 
-from thunderlane import inventory, lab
+from thunderlane import handoff as handoff_mod
+from thunderlane import inventory, lab, mirror, profiles, status as status_mod, window
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.report import human_bytes
@@ -28,6 +29,13 @@ def _hosts(inv, hosts):
         return inv.select(hosts)
     except inventory.InventoryError as e:
         raise Exit(str(e), code=2) from None
+
+
+def _profile(name):
+    try:
+        return profiles.load(name)
+    except profiles.ProfileError as e:
+        raise Exit(f"profile: {e}", code=2) from None
 
 
 def _finish(report, columns, as_json):
@@ -94,7 +102,7 @@ def _sync_row(o):
 @task(auto_shortflags=False, help={"hosts": "comma-separated lab host names (default: mac4,mac5)",
             "model_mb": "approximate weight bytes of the generated model, in MB",
             "reseed": "put the fixtures back to the handoff's situation"})
-def lab_up(c, hosts="mac4,mac5", model_mb=4.0, reseed=False):
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False):
     """Start the lab: one real sshd per host on loopback, fixtures seeded (mac4 partial)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
     try:
@@ -114,3 +122,75 @@ def lab_down(c):
         print(f"{name}: stopped sshd pid {pid}")
     if not stopped:
         print("lab: nothing running")
+
+
+PROFILE_HELP = "profile name in launchers/profiles/ (default: partial_real_stage1_stable)"
+
+
+@task(auto_shortflags=False,
+      help={"profile": PROFILE_HELP, "target": "absolute step to reach (default 10)",
+            "window": "at most this many steps per window (default 10)",
+            "watchdog": "end a window after this many seconds without progress (default: the profile's)",
+            "skip_preflight": "launch without the preflight checks (for diagnosis only)",
+            "json": "print JSON instead of a summary"})
+def train_window(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0,
+                 skip_preflight=False, json=False):
+    """Train a profile to an absolute step in bounded windows across its hosts; gate on checkpoint.json."""
+    inv, prof = _inventory(), _profile(profile)
+    if int(target) < 1 or int(window_) < 1:
+        raise Exit("train-window: --target and --window must be positive", code=2)
+    try:
+        result = window.train_window(inv, prof, int(target), int(window_), watchdog=int(watchdog) or None,
+                                     skip_preflight=skip_preflight, out=sys.stderr if json else sys.stdout)
+    except window.WindowError as e:
+        raise Exit(f"train-window: {e}", code=1) from None
+    summary = handoff_mod.train_summary(result)
+    if json:
+        print(jsonlib.dumps(summary, indent=2, default=str))
+    else:
+        if not result.preflight.ok:
+            print(result.preflight.to_table(["python", "mlx", "mlx_lm", "free", "step"]))
+        if summary["command"]:
+            print(f"command: {summary['command']}")
+            for launch in summary["launches"]:
+                print(f"mlx.launch: {launch}")
+        if result.gate:
+            print(f"gate: {result.gate.host} {result.gate.verdict}: {result.gate.detail}")
+        print(f"train-window: {result.verdict}: {result.explanation}")
+    if not result.ok:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": "print JSON"})
+def mirror_back(c, profile="partial_real_stage1_stable", json=False):
+    """Bring the run directory back from the writer host, verified, replacing the local mirror only then."""
+    inv, prof = _inventory(), _profile(profile)
+    try:
+        result = mirror.mirror_back(inv, prof)
+    except (mirror.MirrorError, window.WindowError) as e:
+        raise Exit(f"mirror-back: {e}", code=1) from None
+    print(jsonlib.dumps(vars(result), indent=2) if json else f"mirror-back: {mirror.describe(result)}")
+
+
+@task(auto_shortflags=False,
+      help={"profile": PROFILE_HELP, "target": "absolute step to reach (default 10)",
+            "window": "at most this many steps per window (default 10)",
+            "watchdog": "seconds without progress before a window is ended (default: the profile's)",
+            "json": "print the report as JSON"})
+def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0, json=False):
+    """The whole bounded job: verify, sync cold hosts, train, mirror back, report."""
+    inv, prof = _inventory(), _profile(profile)
+    data = handoff_mod.run(inv, prof, int(target), int(window_), watchdog=int(watchdog) or None,
+                           out=sys.stderr if json else sys.stdout)
+    print(jsonlib.dumps(data, indent=2, default=str) if json else "\n" + handoff_mod.render_markdown(data))
+    print(f"report: {data.get('report_local')} (and {data.get('report_remote') or 'not on the writer'})",
+          file=sys.stderr if json else sys.stdout)
+    if not data["ok"]:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": "print JSON"})
+def status(c, profile="partial_real_stage1_stable", json=False):
+    """One table: reachable, dataset, cache, versions, last committed step, window running."""
+    inv, prof = _inventory(), _profile(profile)
+    _finish(status_mod.status(inv, prof), status_mod.FIGURES, json)

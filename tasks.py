@@ -28,7 +28,7 @@ def lint(c):
 
 
 @task(help={"hosts": "lab hosts (default mac4,mac5)", "model_mb": "model size in MB"})
-def demo(c, hosts="mac4,mac5", model_mb=4.0):
+def demo(c, hosts="mac4,mac5", model_mb=2.0):
     """The handoff on the lab: lab-up (mac4 partial), verify-dataset, verify-cache (mac4 fails),
     sync-cache --host mac4, verify-cache again (all complete)."""
     fab = BIN / "fab"

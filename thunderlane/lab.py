@@ -133,7 +133,7 @@ def _previous_ports(lab):
         return {}
 
 
-def up(names=("mac4", "mac5"), lab=LAB, model_mb=4.0, reseed=False):
+def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False):
     """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures."""
     names = list(names)
     for n in names:

@@ -1,5 +1,6 @@
 """Facts gathered on a host. Stdlib only: this file is sent as-is to each host's interpreter
-(``python -c <this file> dataset|cache ...``) and prints one JSON document. It reads, never writes.
+(``python -c <this file> dataset|cache|lane ...``) and prints one JSON document. It reads and never
+writes; the one exception, ``reap``, ends the lane's own training processes by their recorded PIDs.
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
@@ -352,17 +353,133 @@ def _rehash(repo_dir, files):
     return out
 
 
+# --- a training run ------------------------------------------------------------------------------
+
+LANE_MARKER = "thunderlane-lane-train"
+
+
+def lane_facts(runs_root, run_name):
+    """What train-window, the gate and mirror-back need of one host: versions, free disk, the run
+    directory's checkpoint and files (hashed), running ranks, leftover temp files."""
+    run_dir = os.path.join(runs_root, run_name)
+    out = {"run_dir": run_dir, "exists": os.path.isdir(run_dir), "versions": _versions(),
+           "free_bytes": _free_bytes(runs_root), "checkpoint": None, "files": {}, "ranks": [],
+           "temp_files": []}
+    if not out["exists"]:
+        return out
+    out["checkpoint"] = _read_manifest(os.path.join(run_dir, "checkpoint.json"))
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if name.startswith("."):
+            if ".tmp" in name:
+                out["temp_files"].append(name)
+            continue
+        if os.path.isfile(path) and not os.path.islink(path):
+            out["files"][name] = _run_file(path, name)
+    out["ranks"] = _ranks(os.path.join(run_dir, ".lane"))
+    return out
+
+
+def _run_file(path, name):
+    entry = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+    if name.endswith(".safetensors"):
+        entry["whole"], entry["reason"] = safetensors_check(path)
+    return entry
+
+
+def _versions():
+    out = {"python": sys.version.split()[0]}
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:
+        return out
+    for dist in ("mlx", "mlx-lm"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _free_bytes(path):
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or "/")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def process_alive(pid):
+    """Is ``pid`` a live training rank (its command line carries the lane's marker)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return LANE_MARKER.encode() in f.read()
+    except OSError:
+        import subprocess
+        p = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
+        return LANE_MARKER in p.stdout
+
+
+def _ranks(lane_dir):
+    ranks = []
+    if not os.path.isdir(lane_dir):
+        return ranks
+    for name in sorted(os.listdir(lane_dir)):
+        if name.startswith("rank") and name.endswith(".pid"):
+            try:
+                with open(os.path.join(lane_dir, name), encoding="utf-8") as f:
+                    info = json.load(f)
+                pid = int(info["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            ranks.append({"file": name, "pid": pid, "alive": process_alive(pid)})
+    return ranks
+
+
+def reap(runs_root, run_name, grace=3.0):
+    """The one thing here that acts: end this host's live training ranks of one run, by the PIDs
+    they recorded (checked against the lane's marker), TERM then KILL. Returns what was ended."""
+    import signal
+    lane_dir = os.path.join(runs_root, run_name, ".lane")
+    ended = []
+    for rank in _ranks(lane_dir):
+        if not rank["alive"]:
+            continue
+        os.kill(rank["pid"], signal.SIGTERM)
+        deadline = time.time() + grace
+        while process_alive(rank["pid"]) and time.time() < deadline:
+            time.sleep(0.1)
+        if process_alive(rank["pid"]):
+            os.kill(rank["pid"], signal.SIGKILL)
+        ended.append(rank)
+    return {"ended": ended, "left": [r for r in _ranks(lane_dir) if r["alive"]]}
+
+
 # --- entry ---------------------------------------------------------------------------------------
 
 def main(argv):
-    """``dataset ROOT`` or ``cache REPO_ID [CACHE_ROOT|-] [--deep]``: print facts as JSON."""
+    """``dataset ROOT``, ``cache REPO_ID CACHE_ROOT|- [--deep]`` or ``lane RUNS_ROOT RUN_NAME``:
+    print facts as JSON."""
     if argv[:1] == ["dataset"] and len(argv) == 2:
         facts = dataset_facts(argv[1])
     elif argv[:1] == ["cache"] and len(argv) in (3, 4):
         root, how = resolve_cache_root(None if argv[2] == "-" else argv[2])
         facts = cache_facts(root, argv[1], deep="--deep" in argv[3:], resolved_by=how)
+    elif argv[:1] == ["lane"] and len(argv) == 3:
+        facts = lane_facts(argv[1], argv[2])
+    elif argv[:1] == ["reap"] and len(argv) == 3:
+        facts = reap(argv[1], argv[2])
     else:
-        sys.stderr.write("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]\n")
+        sys.stderr.write("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
+                         " | lane|reap RUNS_ROOT RUN_NAME\n")
         return 2
     facts["python"] = sys.version.split()[0]
     sys.stdout.write(json.dumps(facts, sort_keys=True) + "\n")

@@ -98,7 +98,7 @@ def test_stopped_host_is_unreachable_while_other_is_verified(lab_inv, lab_dir):
         assert hosts["mac4"]["verdict"] == "ok" and hosts["local"]["verdict"] == "ok"
         assert elapsed < lab_inv.ssh.connect_timeout + 10
     finally:
-        lab.up(("mac4", "mac5"), lab=lab_dir, model_mb=2.0)
+        lab.up(("mac4", "mac5"), lab=lab_dir, model_mb=1.0)
 
 
 def test_hung_host_is_reported_within_connect_timeout(lab_inv, lab_dir):
@@ -180,5 +180,5 @@ def test_each_host_has_its_own_home_and_key(lab_inv, lab_dir):
 
 def test_lab_up_is_idempotent(lab_inv, lab_dir):
     pids = lab.status(lab_dir)
-    lab.up(("mac4", "mac5"), lab=lab_dir, model_mb=2.0)
+    lab.up(("mac4", "mac5"), lab=lab_dir, model_mb=1.0)
     assert lab.status(lab_dir) == pids and all(pids.values())

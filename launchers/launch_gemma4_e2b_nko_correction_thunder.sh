@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One training window: build the JSON hostfile (ssh names, data IPs) and the window's spec from
+# the inventory, then run mlx.launch with the ring backend, the hosts' absolute --python and
+# HF_HUB_OFFLINE=1 (a cold cache fails at once instead of starting a download).
+# Runs on macOS bash 3.2 with BSD tools.
+set -euo pipefail
+
+EX_USAGE=64   # bad arguments
+EX_PLAN=78    # the window could not be planned (inventory, profile, host unreachable)
+# any other non-zero code is mlx.launch's (the first failing rank's)
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: launch_gemma4_e2b_nko_correction_thunder.sh PROFILE TO_STEP [TARGET_STEP]
+  Train PROFILE from its committed step to TO_STEP in one window across the profile's hosts.
+  env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
+       THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR)
+exit: 0 window ended, 64 usage, 78 could not plan, other codes from mlx.launch
+USAGE
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+py=${THUNDER_PYTHON:-$repo/.venv/bin/python}
+
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then usage; exit "$EX_USAGE"; fi
+profile=$1; to=$2; target=${3:-$2}
+case "$profile" in
+  ''|*[!a-z0-9_]*) echo "launch: profile '$profile' must match [a-z0-9_]" >&2; exit "$EX_USAGE" ;;
+esac
+for n in "$to" "$target"; do
+  case "$n" in
+    ''|*[!0-9]*|0) echo "launch: '$n' is not a positive whole number" >&2; exit "$EX_USAGE" ;;
+  esac
+done
+
+if [ -n "${THUNDER_PLAN_ROOT:-}" ]; then
+  mkdir -p "$THUNDER_PLAN_ROOT"
+  plan=$(mktemp -d "$THUNDER_PLAN_ROOT/window-$to.XXXXXX")
+else
+  plan=$(mktemp -d "${TMPDIR:-/tmp}/thunder-window.XXXXXX")
+fi
+(cd "$repo" && "$py" -m thunderlane.cli plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
+  exit "$EX_PLAN"
+
+python=$(cat "$plan/python")
+mlx_launch=$(cat "$plan/mlx_launch")
+echo "launch: plan in $plan"
+echo "launch: + PATH=$plan/bin:\$PATH $mlx_launch --backend ring --hostfile $plan/hostfile.json" \
+     "--python $python --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 -- -c \"\$(cat $plan/entry.py)\" \"\$(cat $plan/spec.json)\""
+PATH="$plan/bin:$PATH" "$mlx_launch" --backend ring --hostfile "$plan/hostfile.json" \
+  --python "$python" --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 \
+  -- -c "$(cat "$plan/entry.py")" "$(cat "$plan/spec.json")"

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Run a profile to an absolute step in windows of at most WINDOW steps, each through the launcher,
+# stopping at the first window that does not commit. Runs on macOS bash 3.2 with BSD tools.
+set -euo pipefail
+
+EX_USAGE=64        # bad arguments
+EX_LOCKED=75       # another window of this run is running
+EX_NOCOMMIT=76     # a window ended but checkpoint.json did not reach its end step
+EX_STATE=77        # the committed step could not be read (host unreachable, torn checkpoint)
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: run_gemma4_e2b_nko_correction_chunks.sh PROFILE TARGET_STEP WINDOW
+  Train PROFILE (launchers/profiles/PROFILE.yaml) to absolute step TARGET_STEP in windows of at
+  most WINDOW steps across the profile's hosts. At or past the target it trains nothing.
+  example: ./run_gemma4_e2b_nko_correction_chunks.sh partial_real_stage1_stable 10 10
+  env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python)
+exit: 0 target reached, 64 usage, 75 locked, 76 a window did not commit, 77 state unreadable,
+      other codes are the failing window's (see launch_gemma4_e2b_nko_correction_thunder.sh)
+USAGE
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+py=${THUNDER_PYTHON:-$repo/.venv/bin/python}
+
+[ $# -eq 3 ] || { usage; exit "$EX_USAGE"; }
+profile=$1; target=$2; window=$3
+case "$profile" in
+  ''|*[!a-z0-9_]*) echo "chunks: profile '$profile' must match [a-z0-9_]" >&2; usage; exit "$EX_USAGE" ;;
+esac
+for n in "$target" "$window"; do
+  case "$n" in
+    ''|*[!0-9]*|0) echo "chunks: '$n' is not a positive whole number" >&2; usage; exit "$EX_USAGE" ;;
+  esac
+done
+
+helper() { (cd "$repo" && "$py" -m thunderlane.cli "$@"); }
+
+lock=$(helper lock-dir "$profile") || exit "$EX_USAGE"
+mkdir -p "$(dirname "$lock")"
+if ! mkdir "$lock" 2>/dev/null; then
+  holder=$(cat "$lock/pid" 2>/dev/null || echo unknown)
+  if [ "$holder" != unknown ] && kill -0 "$holder" 2>/dev/null; then
+    echo "chunks: another window of $profile is running (pid $holder holds $lock)" >&2
+    exit "$EX_LOCKED"
+  fi
+  echo "chunks: stale lock $lock from pid $holder (not running): taking it over"
+fi
+echo "$$" > "$lock/pid"
+release() { rm -rf "$lock"; }
+trap release EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step=$(helper committed-step "$profile") || exit "$EX_STATE"
+if [ "$step" -ge "$target" ]; then
+  echo "chunks: $profile is at step $step, at or past the target $target: nothing to train"
+  exit 0
+fi
+echo "chunks: $profile from step $step to $target in windows of $window"
+while [ "$step" -lt "$target" ]; do
+  next=$((step + window))
+  [ "$next" -le "$target" ] || next=$target
+  echo "chunks: window $step -> $next"
+  rc=0
+  "$here/launch_gemma4_e2b_nko_correction_thunder.sh" "$profile" "$next" "$target" || rc=$?
+  now=$(helper committed-step "$profile") || exit "$EX_STATE"
+  if [ "$now" -ne "$next" ]; then
+    echo "chunks: window $step -> $next did not commit: checkpoint.json is at step $now (launch exit $rc)" >&2
+    [ "$rc" -ne 0 ] && exit "$rc"
+    exit "$EX_NOCOMMIT"
+  fi
+  [ "$rc" -eq 0 ] || echo "chunks: window committed step $next but the launch exited $rc (noisy teardown)"
+  step=$now
+done
+echo "chunks: $profile reached step $step"

@@ -1,0 +1,160 @@
+"""The training lane on the lab: real sshd, real mlx.launch (ring backend) across the lab hosts,
+real mlx-lm training, real rsync. Uses copies of the shipped profiles with their own run names."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thunderlane import profiles
+from thunderlane.fixtures.model import REPO_ID
+from thunderlane.probe import lane_facts
+from thunderlane.sync import sync_cache
+from tests.lab.conftest import by_host, fab, fab_json
+
+PROFILE = "synthetic_mechanics"
+
+
+@pytest.fixture
+def profile_dir(tmp_path):
+    """Copies of the shipped profile under other names, each with its own run directory."""
+    src = yaml.safe_load((profiles.PROFILE_DIR / f"{PROFILE}.yaml").read_text())
+    for name in ("run_a", "run_b"):
+        data = dict(src, lane=dict(src["lane"], run_name=f"test_{name}", min_free_mb=0))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path
+
+
+@pytest.fixture
+def warm_lab(lab_inv):
+    """The lab with mac4's cache made complete (the handoff's state after sync-cache)."""
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, lab_inv.hosts["mac4"], out=devnull).ok
+    return lab_inv
+
+
+def train(inv, profile_dir, profile, *args):
+    return fab_json(inv, "train-window", "--profile", profile, *args, env={"THUNDER_PROFILES": str(profile_dir)})
+
+
+def run_facts(inv, host, run_name):
+    h = inv.hosts[host]
+    return lane_facts(h.runs_root, run_name)
+
+
+def no_rank_left():
+    p = subprocess.run(["pgrep", "-f", "thunderlane-lane-train"], capture_output=True, text=True)
+    return p.stdout.strip() == ""
+
+
+def adapters(path):
+    import mlx.core as mx
+    return mx.load(str(path))
+
+
+def test_handoff_end_to_end_from_fresh_lab(lab_inv):
+    """The milestone: mac4 partial -> sync -> step 10 in one 10-step window -> mirrored, reported."""
+    code, data = fab_json(lab_inv, "handoff", "--profile", "partial_real_stage1_stable")
+    assert code == 0, data.get("blockers")
+    assert {r["host"]: r["verdict"] for r in data["cache_before"]}["mac4"] == "partial"
+    assert data["sync"]["mac4"]["before"] == "partial" and data["sync"]["mac4"]["after"] == "complete"
+    assert data["train"]["verdict"] == "success" and data["train"]["gate_ok"]
+    assert data["mirror"]["ok"] and data["mirror"]["step"] == 10
+    mirror = Path(data["mirror"]["local_dir"])
+    ckpt = json.loads((mirror / "checkpoint.json").read_text())
+    assert ckpt["step"] == 10 and ckpt["world_size"] == 2 and ckpt["hosts"] == ["mac4", "mac5"]
+    assert (mirror / "adapters.safetensors").stat().st_size > 0
+    assert (mirror / "0000010_adapters.safetensors").is_file()
+    md = (mirror / "handoff_report.md").read_text()
+    assert "reached step 10: **yes**" in md and "mac4 was partial before the sync" in md
+    remote = Path(lab_inv.hosts["mac4"].runs_root) / "gemma4_e2b_nko_correction_partial_real_stage1_stable"
+    assert (remote / "handoff_report.json").is_file()
+    assert no_rank_left()
+
+
+def test_two_windows_equal_one_and_resume(warm_lab, profile_dir):
+    code, one = train(warm_lab, profile_dir, "run_a", "--target", "10", "--window", "10")
+    assert code == 0 and one["verdict"] == "success", one
+    code, two = train(warm_lab, profile_dir, "run_b", "--target", "10", "--window", "5")
+    assert code == 0 and two["verdict"] == "success", two
+    assert len(two["launches"]) == 2  # two windows, each its own mlx.launch
+    a = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_a" / "adapters.safetensors")
+    b = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_b" / "adapters.safetensors")
+    import mlx.core as mx
+    assert set(a) == set(b)
+    diff = max(mx.abs(a[k] - b[k]).max().item() for k in a)
+    assert diff <= 1e-6, diff
+    # every rank keeps its own identical replica
+    on5 = adapters(Path(warm_lab.hosts["mac5"].runs_root) / "test_run_b" / "adapters.safetensors")
+    assert max(mx.abs(b[k] - on5[k]).max().item() for k in b) == 0
+
+    before = run_facts(warm_lab, "mac4", "test_run_a")["checkpoint"]["sha256"]
+    code, again = train(warm_lab, profile_dir, "run_a", "--target", "10", "--window", "10")
+    assert code == 0 and again["verdict"] == "already-at-target" and not again["trained"]
+    assert run_facts(warm_lab, "mac4", "test_run_a")["checkpoint"]["sha256"] == before
+
+    code, more = train(warm_lab, profile_dir, "run_a", "--target", "20", "--window", "10")
+    assert code == 0 and more["verdict"] == "success" and more["start_step"] == 10
+    ckpt = run_facts(warm_lab, "mac4", "test_run_a")["checkpoint"]["data"]
+    assert ckpt["step"] == 20 and ckpt["window"] == {"from": 10, "to": 20}
+    assert no_rank_left()
+
+
+def test_cold_cache_is_refused_then_fails_fast_as_cache(lab_inv, profile_dir):
+    """mac4 is partial (fresh lab): preflight refuses naming mac4; bypassed, the launch fails at
+    once (HF_HUB_OFFLINE) and is classified as cache/model materialization, not left hanging."""
+    code, r = train(lab_inv, profile_dir, "run_a")
+    assert code == 1 and r["verdict"] == "refused"
+    refused = [p for p in r["preflight"] if not p["ok"]]
+    assert [p["host"] for p in refused] == ["mac4"] and "cache partial" in refused[0]["detail"]
+    t0 = time.monotonic()
+    code, r = train(lab_inv, profile_dir, "run_a", "--skip-preflight", "--watchdog", "120")
+    assert code == 1 and r["verdict"] == "stalled-before-training", r
+    assert "mac4" in r["explanation"] and "cache" in r["explanation"]
+    assert time.monotonic() - t0 < 100
+    assert no_rank_left()
+
+
+def test_dataset_missing_on_mac5_is_refused(warm_lab, profile_dir):
+    os.rename(warm_lab.hosts["mac5"].dataset_root, warm_lab.hosts["mac5"].dataset_root + ".away")
+    code, r = train(warm_lab, profile_dir, "run_a")
+    assert code == 1 and r["verdict"] == "refused"
+    refused = {p["host"]: p["detail"] for p in r["preflight"] if not p["ok"]}
+    assert list(refused) == ["mac5"] and "does not exist" in refused["mac5"]
+
+
+def test_killed_rank_leaves_last_commit_and_no_process(warm_lab, profile_dir):
+    env = dict(os.environ, THUNDER_INVENTORY=warm_lab.path, THUNDER_PROFILES=str(profile_dir))
+    fab_bin = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "fab")
+    proc = subprocess.Popen([fab_bin, "train-window", "--profile", "run_a", "--target", "60", "--window", "60",
+                             "--watchdog", "20", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(Path(__file__).resolve().parents[2]))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        facts = run_facts(warm_lab, "mac5", "test_run_a")
+        if (facts.get("checkpoint") or {}).get("data", {}).get("step") == 5:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no commit at step 5 within 120 s")
+    victim = [r for r in run_facts(warm_lab, "mac5", "test_run_a")["ranks"] if r["alive"]][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    t_kill = time.monotonic()
+    out, err = proc.communicate(timeout=180)
+    result = json.loads(out)
+    print("killed-rank outcome:", result["verdict"], result["explanation"], f"{time.monotonic() - t_kill:.1f}s")
+    assert proc.returncode == 1
+    assert result["verdict"] in ("runtime-crash", "distributed-hang"), result
+    assert time.monotonic() - t_kill < 20 + 30
+    facts = run_facts(warm_lab, "mac4", "test_run_a")
+    step = facts["checkpoint"]["data"]["step"]
+    assert step % 5 == 0 and step < 60  # the last commit stands; nothing torn under a final name
+    from thunderlane.checkpoint import gate
+    assert gate("mac4", facts, step).ok
+    assert not facts["temp_files"] or all(".tmp" in t for t in facts["temp_files"])
+    assert no_rank_left()

@@ -1,0 +1,44 @@
+"""Small helpers the bash launchers call: ``python -m thunderlane.cli COMMAND ...``.
+
+  committed-step PROFILE                          the writer's committed step (0 if none)
+  lock-dir PROFILE                                the window lock directory on this machine
+  plan-window PROFILE --to N --target T --out DIR write one window's hostfile, spec, ssh config
+"""
+import argparse
+import sys
+
+from . import inventory, profiles, window
+from .remote import HostError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m thunderlane.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("committed-step", "lock-dir"):
+        sub.add_parser(name).add_argument("profile")
+    plan = sub.add_parser("plan-window")
+    plan.add_argument("profile")
+    plan.add_argument("--to", type=int, required=True)
+    plan.add_argument("--target", type=int, required=True)
+    plan.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        inv = inventory.load()
+        profile = profiles.load(args.profile)
+        if args.command == "committed-step":
+            print(window.committed(inv, profile))
+        elif args.command == "lock-dir":
+            print(window.lock_dir(inv, profile))
+        else:
+            window.plan_window(inv, profile, args.to, args.target, args.out)
+    except (inventory.InventoryError, profiles.ProfileError) as e:
+        print(f"thunderlane: {e}", file=sys.stderr)
+        return 2
+    except (window.WindowError, HostError) as e:
+        print(f"thunderlane: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

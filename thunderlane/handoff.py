@@ -1,0 +1,193 @@
+"""handoff: the whole bounded job in one command, and the report a person can hand on.
+
+verify-dataset, verify-cache, sync-cache for each host that is not complete, train-window,
+mirror-back, then a report (Markdown and JSON) saved in the local mirror and the writer's run
+directory, answering exactly what the handoff asks back."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import mirror, window
+from .remote import ssh_command
+from .sync import SyncError, sync_cache
+from .verify import verify_cache, verify_dataset
+
+REPORT_MD = "handoff_report.md"
+REPORT_JSON = "handoff_report.json"
+
+
+def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
+    """Run every phase, stopping at the first that leaves the next one pointless; return the
+    report data (also written to disk when there is a run to attach it to)."""
+    hosts = window.profile_hosts(inv, profile)
+    phases, blockers = {}, []
+    data = {"profile": profile.name, "target": target, "window": window_size, "phases": phases,
+            "hosts": [h.name for h in hosts], "started": _now(), "blockers": blockers}
+
+    def phase(name, fn):
+        t0 = time.monotonic()
+        out.write(f"\n== {name}\n")
+        out.flush()
+        result = fn()
+        phases[name] = {"seconds": round(time.monotonic() - t0, 2)}
+        return result
+
+    ds = phase("verify-dataset", lambda: verify_dataset(inv, hosts))
+    out.write(ds.to_table(["rows", "bytes", "digest"]) + "\n")
+    data["dataset"] = [r.to_dict() for r in ds.results]
+    before, _ = phase("verify-cache", lambda: verify_cache(inv, hosts))
+    out.write(before.to_table(["revision", "files", "bytes", "missing"]) + "\n")
+    data["cache_before"] = [r.to_dict() for r in before.results]
+    data["sync"] = phase("sync-cache", lambda: _sync_cold(inv, hosts, before, out))
+    after, _ = phase("verify-cache-after", lambda: verify_cache(inv, hosts))
+    out.write(after.to_table(["revision", "files", "bytes", "missing"]) + "\n")
+    data["cache_after"] = [r.to_dict() for r in after.results]
+    if not ds.ok:
+        blockers.append("dataset: " + "; ".join(f"{r.host} {r.verdict}: {r.detail}" for r in ds.results if not r.ok))
+    if not after.ok:
+        blockers.append("cache: " + "; ".join(f"{r.host} {r.verdict}: {r.detail}" for r in after.results if not r.ok))
+    if not blockers:
+        result = phase("train-window", lambda: window.train_window(inv, profile, target, window_size,
+                                                                    watchdog=watchdog, out=out))
+        data["train"] = train_summary(result)
+        if not result.ok:
+            blockers.append(f"train-window: {result.verdict}: {result.explanation}")
+    if not blockers or data.get("train", {}).get("gate_ok"):
+        try:
+            m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile))
+            data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
+                              "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes}
+        except mirror.MirrorError as e:
+            data["mirror"] = {"ok": False, "error": str(e)}
+            blockers.append(f"mirror-back: {e}")
+    data["finished"] = _now()
+    data["ok"] = not blockers
+    data["reproduce"] = reproduce_commands(inv, profile, target, window_size)
+    save(inv, profile, data)
+    return data
+
+
+def _sync_cold(inv, hosts, report, out):
+    """sync-cache for every host whose cache is not complete; what each was before and after."""
+    done = {}
+    cold = [r.host for r in report.results if r.host != "local" and not r.ok]
+    for h in hosts:
+        if h.name not in cold:
+            continue
+        try:
+            o = sync_cache(inv, h, out=out)
+            done[h.name] = {"before": o.before.verdict, "after": o.after.verdict,
+                            "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes}
+        except SyncError as e:
+            done[h.name] = {"error": str(e)}
+    return done
+
+
+def train_summary(result):
+    g = result.gate
+    o = result.outcome
+    return {"verdict": result.verdict, "explanation": result.explanation, "ok": result.ok,
+            "gate_ok": bool(g and g.ok), "gate": g.to_dict() if g else None,
+            "start_step": result.start_step, "trained": result.trained,
+            "command": o.command if o else None,
+            "launches": o.launches if o else [], "log": o.log if o else None,
+            "seconds": round(o.seconds, 2) if o else 0,
+            "preflight": [r.to_dict() for r in result.preflight.results]}
+
+
+def reproduce_commands(inv, profile, target, window_size):
+    env = f"THUNDER_INVENTORY={shlex.quote(inv.path)}"
+    return [f"{env} fab handoff --profile {profile.name} --target {target} --window {window_size}",
+            f"{env} launchers/run_gemma4_e2b_nko_correction_chunks.sh {profile.name} {target} {window_size}"]
+
+
+def render_markdown(d):
+    """The report for people: what the handoff's 'Deliverable Format Back To Main Lane' asks."""
+    t = d.get("train") or {}
+    g = (t.get("gate") or {})
+    fig = g.get("figures") or {}
+    lines = [f"# Thunder lane handoff: {d['profile']} to step {d['target']}", "",
+             f"Result: **{'OK' if d['ok'] else 'BLOCKED'}** ({d['started']} to {d['finished']})", "",
+             "## Dataset verification", "", "| host | verdict | rows | digest | detail |", "|---|---|---|---|---|"]
+    for r in d["dataset"]:
+        f = r["figures"]
+        lines.append(f"| {r['host']} | {r['verdict']} | {f.get('rows', '-')} | {f.get('digest', '-')} | {r['detail']} |")
+    lines += ["", "## Gemma cache verification", "", "| host | before | after | files | bytes | detail |",
+              "|---|---|---|---|---|---|"]
+    after = {r["host"]: r for r in d["cache_after"]}
+    for r in d["cache_before"]:
+        a = after.get(r["host"], r)
+        lines.append(f"| {r['host']} | {r['verdict']} | {a['verdict']} | {a['figures'].get('files', '-')} | "
+                     f"{a['figures'].get('bytes', '-')} | {a['detail']} |")
+    for host, s in d["sync"].items():
+        lines.append(f"\n{host} was {s.get('before', '?')} before the sync; sync-cache: "
+                     + (f"sent {s.get('bytes_sent')} of {s.get('missing_bytes')} missing bytes, now {s.get('after')}"
+                        if "error" not in s else s["error"]))
+    lines += ["", "## Training window", "",
+              f"- Command: `{t.get('command') or '(not launched)'}`"]
+    for launch in t.get("launches", []):
+        lines.append(f"- mlx.launch: `{launch}`")
+    lines += [f"- Verdict: {t.get('verdict', 'not run')}: {t.get('explanation', '')}",
+              f"- checkpoint.json reached step {d['target']}: **{'yes' if t.get('gate_ok') else 'no'}**"
+              f" (at step {fig.get('step', '-')})",
+              f"- Run directory (writer): `{fig.get('run_dir', '-')}`",
+              f"- Local mirror: `{(d.get('mirror') or {}).get('local_dir', '-')}`"
+              f" ({'verified' if (d.get('mirror') or {}).get('ok') else 'not mirrored'})",
+              f"- Metrics: train loss {_num(fig.get('train_loss'))}, validation loss {_num(fig.get('val_loss'))}",
+              f"- Run id {d.get('run_id', '-')}, dataset digest {d.get('dataset_digest', '-')}, "
+              f"model revision {d.get('revision', '-')}", "",
+              "## What still blocks the next window", ""]
+    lines += [f"- {b}" for b in d["blockers"]] or ["- nothing: the next window can start from this checkpoint"]
+    lines += ["", "## Reproduce", ""] + [f"    {c}" for c in d["reproduce"]]
+    lines += ["", "## Phase times", ""] + [f"- {k}: {v['seconds']}s" for k, v in d["phases"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def save(inv, profile, data):
+    """Write the report into the local mirror (or the local runs root) and the writer's run dir."""
+    _enrich(inv, profile, data)
+    mirror_dir, _ = mirror.local_paths(inv, profile)
+    target = mirror_dir if mirror_dir.is_dir() else Path(inv.local.runs_root) / ".reports" / profile.run_name
+    target.mkdir(parents=True, exist_ok=True)
+    md, js = render_markdown(data), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    for name, text in ((REPORT_MD, md), (REPORT_JSON, js)):
+        tmp = target / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, target / name)
+    data["report_local"] = str(target / REPORT_MD)
+    data["report_remote"] = _push(inv, profile, target)
+
+
+def _enrich(inv, profile, data):
+    try:
+        _, facts = window.writer_facts(inv, profile)
+    except window.WindowError:
+        return
+    ckpt = (facts.get("checkpoint") or {}).get("data") or {}
+    if isinstance(ckpt, dict):
+        data["run_id"] = ckpt.get("run_id")
+        data["dataset_digest"] = ckpt.get("dataset_digest")
+        data["revision"] = (ckpt.get("model") or {}).get("revision")
+        data["versions"] = ckpt.get("versions")
+
+
+def _push(inv, profile, folder):
+    """Copy the two report files into the writer's run directory (if it exists) with rsync."""
+    writer = window.profile_hosts(inv, profile)[0]
+    remote = window.run_dir(writer, profile)
+    argv = ["rsync", "-t", "-e", ssh_command(inv, writer), f"--rsync-path={writer.rsync_path}",
+            str(folder / REPORT_MD), str(folder / REPORT_JSON), f"{writer.destination}:{remote}/"]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    return f"{writer.name}:{remote}/{REPORT_MD}" if p.returncode == 0 else None
+
+
+def _num(x):
+    return f"{x:.4f}" if isinstance(x, float) else "-"
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
