@@ -65,14 +65,17 @@ def verify_cache(c, hosts="", deep=False, json=False):
 @task(auto_shortflags=False,
       help={"host": "inventory name of the host to sync (default: every host)",
             "dry_run": "print the plan (what would be sent and removed); change nothing",
+            "checksum": "compare contents, not size and mtime: repairs blobs verify-cache --deep calls corrupt",
+            "bwlimit": "limit the transfer to this many KiB/s",
             "json": "print JSON instead of a summary"})
-def sync_cache(c, host="", dry_run=False, json=False):
+def sync_cache(c, host="", dry_run=False, checksum=False, bwlimit=0, json=False):
     """Make a host's model cache complete, sending only what it lacks; then verify it."""
     inv = _inventory()
     outcomes, failures = [], []
     for h in _hosts(inv, host):
         try:
-            outcomes.append(run_sync(inv, h, dry_run=dry_run, out=sys.stderr if json else sys.stdout))
+            outcomes.append(run_sync(inv, h, dry_run=dry_run, checksum=checksum, bwlimit=int(bwlimit) or None,
+                                     out=sys.stderr if json else sys.stdout))
         except SyncError as e:
             failures.append(str(e))
     rows = [_sync_row(o) for o in outcomes]
@@ -144,6 +147,9 @@ def train_window(c, profile="partial_real_stage1_stable", target=10, window_=10,
                                      skip_preflight=skip_preflight, out=sys.stderr if json else sys.stdout)
     except window.WindowError as e:
         raise Exit(f"train-window: {e}", code=1) from None
+    except KeyboardInterrupt:
+        window.reap_all(inv, prof)
+        raise Exit("train-window: interrupted; every rank was ended", code=130) from None
     summary = handoff_mod.train_summary(result)
     if json:
         print(jsonlib.dumps(summary, indent=2, default=str))

@@ -30,7 +30,8 @@ def lint(c):
 @task(help={"hosts": "lab hosts (default mac4,mac5)", "model_mb": "model size in MB"})
 def demo(c, hosts="mac4,mac5", model_mb=2.0):
     """The handoff on the lab: lab-up (mac4 partial), verify-dataset, verify-cache (mac4 fails),
-    sync-cache --host mac4, verify-cache again (all complete)."""
+    sync-cache --host mac4, verify-cache again (all complete), then after a reseed (mac4 partial
+    again) `fab handoff`: the whole job, to a mirrored step-10 checkpoint and its report."""
     fab = BIN / "fab"
     env = {"THUNDER_INVENTORY": str(LAB_INVENTORY)}
     c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env)
@@ -41,4 +42,8 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
         r = c.run(f"{fab} {step}", env=env, warn=True)
         if must_pass and not r.ok:
             raise Exit(f"demo: `fab {step}` failed", code=1)
+    c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env, hide=True)
+    print(f"\n$ THUNDER_INVENTORY={os.path.relpath(LAB_INVENTORY)} fab handoff   # mac4 partial again", flush=True)
+    if not c.run(f"{fab} handoff", env=env, warn=True).ok:
+        raise Exit("demo: `fab handoff` failed", code=1)
     print("\nThe lab is still up: `.venv/bin/fab lab-down` stops it.")

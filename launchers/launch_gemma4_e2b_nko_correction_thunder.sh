@@ -14,7 +14,8 @@ usage() {
 usage: launch_gemma4_e2b_nko_correction_thunder.sh PROFILE TO_STEP [TARGET_STEP]
   Train PROFILE from its committed step to TO_STEP in one window across the profile's hosts.
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
-       THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR)
+       THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR),
+       THUNDER_RING_PORT (first port of the ring backend on each data IP; default 32323)
 exit: 0 window ended, 64 usage, 78 could not plan, other codes from mlx.launch
 USAGE
 }
@@ -43,11 +44,15 @@ fi
 (cd "$repo" && "$py" -m thunderlane.cli plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
   exit "$EX_PLAN"
 
+ring_port=${THUNDER_RING_PORT:-32323}
+case "$ring_port" in
+  ''|*[!0-9]*) echo "launch: THUNDER_RING_PORT '$ring_port' is not a port" >&2; exit "$EX_USAGE" ;;
+esac
 python=$(cat "$plan/python")
 mlx_launch=$(cat "$plan/mlx_launch")
 echo "launch: plan in $plan"
-echo "launch: + PATH=$plan/bin:\$PATH $mlx_launch --backend ring --hostfile $plan/hostfile.json" \
+echo "launch: + PATH=$plan/bin:\$PATH $mlx_launch --backend ring --starting-port $ring_port --hostfile $plan/hostfile.json" \
      "--python $python --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 -- -c \"\$(cat $plan/entry.py)\" \"\$(cat $plan/spec.json)\""
-PATH="$plan/bin:$PATH" "$mlx_launch" --backend ring --hostfile "$plan/hostfile.json" \
+PATH="$plan/bin:$PATH" "$mlx_launch" --backend ring --starting-port "$ring_port" --hostfile "$plan/hostfile.json" \
   --python "$python" --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 \
   -- -c "$(cat "$plan/entry.py")" "$(cat "$plan/spec.json")"

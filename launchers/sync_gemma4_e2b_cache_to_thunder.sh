@@ -8,6 +8,7 @@ EX_USAGE=64     # bad arguments
 EX_REFUSED=65   # a path outside the cache root, an unsafe link, a bad name
 EX_SOURCE=66    # the local cache is not usable as a source
 EX_REMOTE=67    # the cleanup/preparation step on the host failed (255 if ssh itself failed)
+EX_NORSYNC=69   # no usable rsync on the host (point --rsync-path at one)
 # any other non-zero code is rsync's own (23 partial transfer, 30 timeout, 255 ssh failed, ...)
 
 usage() {
@@ -22,9 +23,12 @@ usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   --repo ID          model repo id (default: mlx-community/gemma-4-e2b-4bit)
   --ssh CMD          ssh command for rsync -e and the cleanup (default: ssh; split on spaces)
   --rsync-path PATH  rsync program on HOST (default: rsync)
+  --checksum         compare file contents, not size and mtime (repairs a flipped byte)
+  --bwlimit KBPS     limit the transfer rate (KiB/s)
   --dry-run          print what would be sent and removed; change nothing
 exit: 0 ok, 64 usage, 65 refused path, 66 bad local cache, 67 remote cleanup failed,
-      other codes are rsync's (23 partial transfer, 24 vanished, 30 timeout, 255 ssh)
+      69 no usable rsync on HOST, other codes are rsync's (11 file I/O error, 23 partial
+      transfer, 24 vanished, 30 timeout, 255 ssh)
 EOF
 }
 
@@ -44,6 +48,9 @@ check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control charac
   esac
   case "$2" in
     *[[:cntrl:]]*) die "$EX_REFUSED" "$1 has a control character" ;;
+    *[!A-Za-z0-9_.,/+@=:%-]*)
+      die "$EX_REFUSED" "$1 '$2' has white space or a shell metacharacter (old rsync passes" \
+        "paths through the remote shell unprotected)" ;;
   esac
 }
 
@@ -83,7 +90,7 @@ sum_stat() {   # LABEL LOGFILE: add up an rsync --stats figure over every pass (
 }
 
 repo_id=mlx-community/gemma-4-e2b-4bit
-src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; dry_run=0; host=""
+src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; dry_run=0; host=""; checksum=0; bwlimit=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
@@ -91,6 +98,8 @@ while [ $# -gt 0 ]; do
     --repo) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; repo_id=$2; shift 2 ;;
     --ssh) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; ssh_cmd=$2; shift 2 ;;
     --rsync-path) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; rsync_path=$2; shift 2 ;;
+    --checksum|-c) checksum=1; shift ;;
+    --bwlimit) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; bwlimit=$2; shift 2 ;;
     --dry-run|-n) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -106,6 +115,9 @@ repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
 [[ "$repo_id" =~ $repo_re ]] || die "$EX_REFUSED" "repo id '$repo_id' is not ORG/NAME"
 case "$rsync_path" in
   -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
+esac
+case "$bwlimit" in
+  *[!0-9]*) die "$EX_USAGE" "--bwlimit '$bwlimit' is not a whole number of KiB/s" ;;
 esac
 
 if [ -z "$src_cache" ]; then
@@ -131,14 +143,38 @@ check_links "$src_repo"
 read -r -a ssh_argv <<EOF
 $ssh_cmd
 EOF
+
+remote_rsync_version() {   # first line of the host's `rsync --version`
+  local out rc=0
+  out=$("${ssh_argv[@]}" "$host" "$(sq "$rsync_path") --version" 2>&1) || rc=$?
+  if [ "$rc" -eq 255 ]; then
+    die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
+  elif [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
+    die "$EX_NORSYNC" "no usable rsync on $host at '$rsync_path' (exit $rc); install rsync there" \
+      "or pass --rsync-path /path/to/rsync (e.g. /opt/homebrew/bin/rsync)"
+  fi
+  printf '%s\n' "$out" | sed -n '1p'
+}
+
+remote_version=$(remote_rsync_version)
+case "$remote_version" in
+  *openrsync*|*"version 2."*)
+    echo "sync: $host runs an old rsync ($remote_version): using only flags it accepts" ;;
+  *rsync*version*) ;;
+  *) die "$EX_NORSYNC" "'$rsync_path' on $host does not look like rsync ($remote_version);" \
+       "pass --rsync-path /path/to/rsync" ;;
+esac
+
 flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/"
        -e "$ssh_cmd" "--rsync-path=$rsync_path")
+[ "$checksum" -eq 0 ] || flags+=(--checksum)
+[ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
 log=$(mktemp "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 echo "sync: $src_repo -> $host:$dest_repo (revision $revision)"
 if [ "$dry_run" -eq 1 ]; then
-  echo "sync: dry run: would remove *.incomplete in $dest_repo/blobs and *.lock in $lock_dir"
+  echo "sync: dry run: would remove *.incomplete and temp files in $dest_repo/blobs and *.lock in $lock_dir"
   if ! "${ssh_argv[@]}" "$host" "test -d $(sq "$dest_cache")"; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
@@ -150,7 +186,7 @@ fi
 
 # shellcheck disable=SC2016  # expanded by the remote sh, not here
 cleanup='set -e; mkdir -p "$1/blobs"
-find "$1/blobs" -type f -name "*.incomplete" -print -exec rm -f {} \;
+find "$1/blobs" -type f \( -name "*.incomplete" -o -name ".*" \) -print -exec rm -f {} \;
 if [ -d "$2" ]; then find "$2" -type f -name "*.lock" -print -exec rm -f {} \; ; fi'
 set +e
 "${ssh_argv[@]}" "$host" "sh -c $(sq "$cleanup") sh $(sq "$dest_repo") $(sq "$lock_dir")" |
@@ -163,8 +199,10 @@ elif [ "$rc" -ne 0 ]; then
   die "$EX_REMOTE" "could not prepare $host:$dest_repo (exit $rc; is the disk full or read-only?)"
 fi
 
-# pass 1: blobs and snapshots; pass 2: refs/main, so refs only ever name a snapshot that arrived
-rsync "${flags[@]}" --exclude=/refs/ "$src_repo/" "$host:$dest_repo/" | tee "$log"
+# blobs first, then the snapshot links to them, then refs/main: a failed pass (a full disk, a
+# dropped link) never leaves a link to a blob that did not arrive, nor a ref to a missing snapshot
+rsync "${flags[@]}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$log"
+rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee -a "$log"
 rsync "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee -a "$log"
 echo "sync: done: file data sent $(sum_stat 'Literal data:' "$log") bytes," \
      "total sent $(sum_stat 'Total bytes sent:' "$log") bytes"

@@ -81,8 +81,12 @@ def _leftovers(facts, against_reference=False):
         out.append("missing shards: " + ", ".join(missing_shards))
     if facts.get("index_error"):
         out.append(facts["index_error"])
-    if facts["incomplete"]:
-        out.append(f"{len(facts['incomplete'])} *.incomplete blob(s) left over")
+    hub = [i for i in facts["incomplete"] if i["name"].endswith(".incomplete")]
+    temp = [i for i in facts["incomplete"] if i["name"].startswith(".")]
+    if hub:
+        out.append(f"{len(hub)} *.incomplete blob(s) left over")
+    if temp:
+        out.append(f"{len(temp)} interrupted-transfer temp file(s) in blobs/ ({temp[0]['name']})")
     return out
 
 
@@ -102,6 +106,8 @@ def judge(host, facts, reference):
     if state and state[0] == "absent":
         _, missing_bytes = missing_against({"files": {}}, reference)
         return HostResult(host, "absent", False, state[1], _figures(facts, missing_bytes))
+    if state and facts["ref"] and not facts["snapshot_exists"]:
+        return HostResult(host, state[0], False, state[1], _figures(facts))
     if facts["ref"] and facts["ref"] != reference["ref"]:
         return HostResult(host, "other-revision", False,
                           f"refs/main is {facts['ref'][:12]}, local has {reference['ref'][:12]}",

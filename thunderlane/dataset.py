@@ -18,13 +18,13 @@ def digest(facts):
 
 def judge(host, facts, reference=None):
     """A :class:`HostResult` for one host. ``reference`` is local's facts (None for local itself)."""
-    problem = _own_problem(host, facts) or _manifest_problem(facts)
+    problem = _own_problem(host, facts) or _manifest_problem(host, facts)
     figures = _figures(facts)
     if problem:
         verdict, detail = problem
         return HostResult(host, verdict, False, detail, figures)
     if reference is not None:
-        if _own_problem("local", reference) or _manifest_problem(reference):
+        if _own_problem("local", reference) or _manifest_problem("local", reference):
             return HostResult(host, "unchecked", False, "local, the reference, is not valid", figures)
         differs = differing_files(facts, reference)
         if differs:
@@ -48,7 +48,8 @@ def _own_problem(host, facts):
     if not (facts.get("manifest") or {}).get("present"):
         missing.append(MANIFEST)
     if missing:
-        return "missing", f"missing in {facts['root']}: {', '.join(missing)}"
+        return "missing", f"{host}:{missing[0]}: missing in {facts['root']}" + \
+            (f" (also {', '.join(missing[1:])})" if missing[1:] else "")
     for name in DATA_FILES:
         bad = facts["files"][name]["bad"]
         if bad:
@@ -58,21 +59,21 @@ def _own_problem(host, facts):
     return None
 
 
-def _manifest_problem(facts):
+def _manifest_problem(host, facts):
     manifest = facts["manifest"]
     if manifest.get("error"):
-        return "invalid", f"{MANIFEST}: {manifest['error']}"
+        return "invalid", f"{host}:{MANIFEST}: {manifest['error']}"
     listed = manifest["data"].get("files") if isinstance(manifest["data"], dict) else None
     if not isinstance(listed, dict):
-        return "invalid", f"{MANIFEST}: no 'files' mapping"
+        return "invalid", f"{host}:{MANIFEST}: no 'files' mapping"
     for name in DATA_FILES:
         want = listed.get(name)
         if not isinstance(want, dict):
-            return "manifest", f"{MANIFEST} does not list {name}"
+            return "manifest", f"{host}:{MANIFEST}: does not list {name}"
         have = facts["files"][name]
         for key in ("lines", "bytes", "sha256"):
             if want.get(key) != have[key]:
-                return "manifest", (f"{name}: {key} is {have[key]}, {MANIFEST} says {want.get(key)}")
+                return "manifest", f"{host}:{name}: {key} is {have[key]}, {MANIFEST} says {want.get(key)}"
     return None
 
 

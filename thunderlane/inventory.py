@@ -21,6 +21,9 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Paths travel through remote shells (ssh, and rsync 2.6.9 / openrsync, which do not protect
+# arguments): only characters no shell interprets are accepted.
+PATH_SAFE = re.compile(r"^[A-Za-z0-9_.,/+@=:%-]+$")
 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
                "dataset_root", "hf_cache", "runs_root", "rsync_path"}
@@ -203,6 +206,9 @@ def abs_path(value, where, host, key):
         raise InventoryError(f"{where}: host {host}: {key}: expected an absolute path, got {value!r}")
     if PATH_BAD_CHARS.search(value):
         raise InventoryError(f"{where}: host {host}: {key}: control character in path {value!r}")
+    if not PATH_SAFE.match(value):
+        raise InventoryError(f"{where}: host {host}: {key}: {value!r} has white space or a shell "
+                             f"metacharacter; use letters, digits and _ . , / + @ = : % - only")
     if not value.startswith("/"):
         raise InventoryError(f"{where}: host {host}: {key}: {value!r} is a relative path; "
                              f"give an absolute one")

@@ -7,6 +7,7 @@ model cache on local and on every host but the first, which gets a partial one.
 """
 import getpass
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,9 +39,15 @@ def paths(lab=LAB):
             "fixtures": lab / "fixtures"}
 
 
+NET_VAR = "THUNDER_LAB_NET"  # another loopback /24 for a second lab (benchmarks beside tests)
+
+
 def address(index):
-    """Loopback address of the index-th lab host: 127.77.0.10, .11, ..."""
-    return f"127.77.0.{10 + index}"
+    """Loopback address of the index-th lab host: 127.77.0.10, .11, ... (or $THUNDER_LAB_NET.10)."""
+    net = os.environ.get(NET_VAR, "127.77.0")
+    if not re.match(r"^127\.\d{1,3}\.\d{1,3}$", net):
+        raise LabError(f"{NET_VAR}={net!r}: give the first three parts of a loopback address, e.g. 127.78.0")
+    return f"{net}.{10 + index}"
 
 
 def _run(argv):

@@ -191,10 +191,12 @@ class Window:
     def prepare_run_dir(self):
         try:
             (self.run_dir / ".lane").mkdir(parents=True, exist_ok=True)
+            for torn in self.run_dir.glob(".*.tmp*"):  # a save killed half-way: never a final name
+                torn.unlink()
             pidfile = self.run_dir / ".lane" / f"rank{self.rank}.pid"
             write_json(pidfile, {"pid": os.getpid(), "host": self.me["host"], "started": self.started})
         except OSError as e:
-            raise LaneError("write", f"cannot write in run directory {self.run_dir}: {e}") from None
+            raise LaneError("write", f"cannot write in run directory {self.run_dir}{_full(e)}: {e}") from None
 
     def init_group(self):
         import mlx.core as mx
@@ -292,14 +294,13 @@ class Window:
         try:
             files = self.save_files(step, adapters, optimizer)
         except OSError as e:
-            full = " (the disk is full)" if getattr(e, "errno", None) == 28 else ""
-            raise LaneError("write", f"saving step {step} in {self.run_dir} failed{full}: {e}") from None
+            raise LaneError("write", f"saving step {step} in {self.run_dir} failed{_full(e)}: {e}") from None
         barrier(group)  # every rank holds its files before any checkpoint.json names them
         ckpt = self.checkpoint_record(step, digest, files, val_loss)
         try:
             write_json(self.run_dir / CHECKPOINT, ckpt)
         except OSError as e:
-            raise LaneError("write", f"writing {CHECKPOINT} in {self.run_dir} failed: {e}") from None
+            raise LaneError("write", f"writing {CHECKPOINT} in {self.run_dir} failed{_full(e)}: {e}") from None
         self.say(phase="commit", step=step, adapter_sha256=files[ADAPTERS][:12],
                  val_loss=val_loss if val_loss is not None else "-")
         mx.eval(model.parameters())
@@ -324,9 +325,19 @@ class Window:
         state = {f"opt.{k}": v for k, v in tree_flatten(optimizer.state)}
         state["rng.key"] = mx.random.state[0]
         for name, arrays in ((step_file, adapters), (ADAPTERS, adapters), (STATE_FILE, state)):
-            atomic_write(self.run_dir / name, lambda tmp, a=arrays: mx.save_safetensors(str(tmp), a, meta))
+            atomic_write(self.run_dir / name, lambda tmp, a=arrays: self.save(tmp, a, meta, step))
         write_json(self.run_dir / "adapter_config.json", self.adapter_config())
         return {name: sha256_file(self.run_dir / name) for name in (step_file, ADAPTERS, STATE_FILE)}
+
+    def save(self, tmp, arrays, meta, step):
+        """mx.save_safetensors, and the reliability suite's injected fault: with the spec's fault
+        ``kill-during-save@STEP`` the rank dies half-way through writing that step's first file."""
+        import mlx.core as mx
+        mx.save_safetensors(str(tmp), arrays, meta)
+        if self.spec.get("fault") == f"kill-during-save@{step}":
+            with open(tmp, "r+b") as f:
+                f.truncate(os.path.getsize(tmp) // 2)
+            os.kill(os.getpid(), 9)
 
     def adapter_config(self):
         """mlx-lm's adapter_config.json, so ``mlx_lm.load(model, adapter_path=run_dir)`` works."""
@@ -407,6 +418,10 @@ class _Callback:
 
     def on_val_loss_report(self, info):
         pass
+
+
+def _full(error):
+    return " (the disk is full)" if getattr(error, "errno", None) == 28 else ""
 
 
 def _iso(t):

@@ -270,7 +270,7 @@ def _blobs(blob_dir):
         if not os.path.isfile(path) or os.path.islink(path):
             continue
         size = os.path.getsize(path)
-        if name.endswith(".incomplete"):
+        if name.endswith(".incomplete") or name.startswith("."):  # hub or rsync temp leftovers
             incomplete.append({"name": name, "size": size})
         else:
             blobs[name] = size

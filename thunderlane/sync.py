@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .inventory import InventoryError, abs_path
-from .remote import HostError, ssh_command
+from .remote import HostError, run_probe, ssh_command
 from .report import human_bytes
 from .verify import cache_args, gather, judge_caches
 
 LAUNCHER = Path(__file__).resolve().parent.parent / "launchers" / "sync_gemma4_e2b_cache_to_thunder.sh"
 
 EXIT_MEANINGS = {
+    11: "rsync: file I/O error on the receiving side (is the host's disk full or read-only?)",
     23: "rsync: partial transfer (some files could not be sent: permissions, or the disk is full?)",
     24: "rsync: some source files vanished while sending (is something writing the local cache?)",
     30: "rsync: timeout while sending or receiving data (the link dropped?)",
@@ -27,7 +28,9 @@ EXIT_MEANINGS = {
     65: "launcher refused a path (outside the cache root, or an unsafe link)",
     66: "launcher: the local cache is not usable as the source",
     67: "launcher: could not clean up or prepare the host's cache folder",
+    69: "no usable rsync on the host: install one or set rsync_path in the inventory",
 }
+DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded")
 
 
 class SyncError(RuntimeError):
@@ -56,7 +59,7 @@ class SyncOutcome:
         return self.literal_bytes / self.missing_bytes
 
 
-def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False):
+def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None):
     """The exact launcher command line for ``host``."""
     ssh = ssh_command(inv, host)
     for path in filter(None, (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity)):
@@ -64,7 +67,10 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False):
             raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path]
-    return argv + (["--dry-run"] if dry_run else []) + [host.destination]
+    argv += ["--dry-run"] if dry_run else []
+    argv += ["--checksum"] if checksum else []
+    argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []
+    return argv + [host.destination]
 
 
 def dest_cache_of(host, facts):
@@ -106,6 +112,23 @@ def stream(argv, prefix, out=sys.stdout):
     return p.wait(), "\n".join(seen)
 
 
+def explain(code, output, free=None, needed=None):
+    """What an exit code of the launcher (or rsync, or ssh) means, the disk-full case first: rsync
+    does not always relay the receiver's ENOSPC message, so the host's free space is asked too."""
+    if DISK_FULL.search(output) or (free is not None and needed and free < needed):
+        room = f"; {human_bytes(free)} free, {human_bytes(needed)} needed" if free is not None else ""
+        return f"the host's disk is full (No space left on device{room}); free space and run again"
+    return EXIT_MEANINGS.get(code, "see the output above")
+
+
+def free_bytes(inv, host, path):
+    """Free bytes under ``path`` on ``host`` (None if it cannot be asked)."""
+    try:
+        return run_probe(inv, host, ["lane", path, "-"])["free_bytes"]
+    except HostError:
+        return None
+
+
 def parse_summary(output):
     """(file data bytes sent, total bytes sent) from the launcher's closing line; None if unknown."""
     m = re.search(r"sync: done: file data sent (\w+) bytes, total sent (\w+) bytes", output)
@@ -114,10 +137,12 @@ def parse_summary(output):
     return tuple(int(x) if x.isdigit() else None for x in m.groups())
 
 
-def sync_cache(inv, host, dry_run=False, out=sys.stdout):
-    """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure."""
+def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, out=sys.stdout):
+    """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure.
+    ``checksum`` compares contents (and verifies deeply before and after): it repairs a blob whose
+    bytes changed without its size or mtime changing."""
     t0 = time.monotonic()
-    facts = gather(inv, [host], lambda h: cache_args(inv, h))
+    facts = gather(inv, [host], lambda h: cache_args(inv, h, deep=checksum))
     before = judge_caches(facts)
     for name, f in facts.items():
         if isinstance(f, HostError):
@@ -126,19 +151,23 @@ def sync_cache(inv, host, dry_run=False, out=sys.stdout):
     if not ref.ok:
         raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
     host_before = before.results[1]
+    escaping = [n for n, e in facts[host.name].get("files", {}).items() if e.get("escapes")]
+    if escaping:
+        raise SyncError(f"{host.name}: snapshot link(s) {', '.join(sorted(escaping))} point outside the "
+                        f"repo folder on the host; refusing to sync into it: inspect and remove them first")
     missing = host_before.figures.get("missing_bytes") or 0
-    argv = launcher_argv(inv, host, facts["local"]["cache_root"], dest_cache_of(host, facts[host.name]),
-                         dry_run)
+    dest = dest_cache_of(host, facts[host.name])
+    argv = launcher_argv(inv, host, facts["local"]["cache_root"], dest, dry_run, checksum, bwlimit)
     command = shlex.join(argv)
     out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
               f"missing {human_bytes(missing)}\n$ {command}\n")
     code, output = stream(argv, host.name, out)
     if code:
-        meaning = EXIT_MEANINGS.get(code, "see the output above")
-        raise SyncError(f"{host.name}: sync failed with exit {code}: {meaning}")
+        free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
+        raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
     literal, total = parse_summary(output)
     after = None
     if not dry_run:
-        after = judge_caches(gather(inv, [host], lambda h: cache_args(inv, h))).results[1]
+        after = judge_caches(gather(inv, [host], lambda h: cache_args(inv, h, deep=checksum))).results[1]
     return SyncOutcome(host.name, host_before, after, missing, literal, total, command,
                        time.monotonic() - t0)

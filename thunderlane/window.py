@@ -192,6 +192,7 @@ def plan_window(inv, profile, to_step, target, out_dir):
     cache = run_probe(inv, inv.local, ["cache", inv.repo_id, inv.local.hf_cache or "-"])
     ckpt = (wfacts.get("checkpoint") or {}).get("data") if checkpoint.committed_step(wfacts) else None
     spec = {
+        "fault": os.environ.get("THUNDER_FAULT") or None,  # fault injection, for the reliability suite
         "profile": profile.name, "run_id": ckpt["run_id"] if ckpt else new_run_id(profile),
         "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.get("ref"),
         "dataset_digest": dataset.digest(data) if data.get("exists") else None,
@@ -205,24 +206,26 @@ def plan_window(inv, profile, to_step, target, out_dir):
     _write(out / "hostfile.json", json.dumps(hostfile, indent=2) + "\n")
     _write(out / "ssh_config", ssh_config(inv, hosts))
     ssh = shutil.which("ssh") or "/usr/bin/ssh"
-    _write(out / "bin" / "ssh", f"#!/bin/sh\nexec {shlex.quote(ssh)} -F {shlex.quote(str(out / 'ssh_config'))} \"$@\"\n", 0o755)
+    _write(out / "bin" / "ssh", SSH_WRAPPER.format(ssh=shlex.quote(ssh), config=shlex.quote(str(out / "ssh_config"))),
+           0o755)
     _write(out / "entry.py", ENTRY.read_text())
     _write(out / "python", hosts[0].python + "\n")
     _write(out / "mlx_launch", str(Path(sys.executable).parent / "mlx.launch") + "\n")
-    spec["command"] = launch_command(out)
+    spec["command"] = shlex.join([str(LAUNCH), profile.name, str(to_step), str(target)])
     _write(out / "spec.json", json.dumps(spec, sort_keys=True) + "\n")
     return spec
 
 
-def launch_command(plan_dir):
-    """The mlx.launch command the launcher runs for this plan, as a person would retype it."""
-    p = Path(plan_dir)
-    python = (p / "python").read_text().strip()
-    mlx_launch = (p / "mlx_launch").read_text().strip()
-    return (f"PATH={shlex.quote(str(p / 'bin'))}:$PATH {shlex.quote(mlx_launch)} --backend ring "
-            f"--hostfile {shlex.quote(str(p / 'hostfile.json'))} --python {shlex.quote(python)} "
-            f"--env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 -- -c \"$(cat {shlex.quote(str(p / 'entry.py'))})\" "
-            f"\"$(cat {shlex.quote(str(p / 'spec.json'))})\"")
+# mlx.launch runs `ssh -o LogLevel=QUIET host ...`, which would hide "Host key verification failed":
+# the wrapper keeps errors visible and adds the window's config (endpoints, key, pinned host keys).
+SSH_WRAPPER = """#!/bin/sh
+for a in "$@"; do
+  shift
+  [ "$a" = "LogLevel=QUIET" ] && a="LogLevel=ERROR"
+  set -- "$@" "$a"
+done
+exec {ssh} -F {config} "$@"
+"""
 
 
 def ssh_config(inv, hosts):
@@ -461,10 +464,12 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
                             + ", ".join(pre.failed), pre)
     start = committed(inv, profile)
     if start >= target:
-        g = gate_writer(inv, profile, start)
-        return WindowResult(profile.name, target, "already-at-target" if g.ok else "not-committed",
-                            f"checkpoint.json already at step {start} (target {target}): nothing to train",
-                            pre, gate=g, trained=False, start_step=start)
+        g = gate_writer(inv, profile, target)
+        if g.ok:
+            return WindowResult(profile.name, target, "already-at-target", f"checkpoint.json already at "
+                                f"step {start}: nothing to train", pre, gate=g, trained=False, start_step=start)
+        return WindowResult(profile.name, target, "gate-failed", g.detail, pre, gate=g, trained=False,
+                            start_step=start)
     log = Path(inv.local.runs_root) / ".logs" / f"{profile.run_name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out)
     reaped = reap_all(inv, profile)

@@ -6,12 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from thunderlane import inventory, lab
+from thunderlane import inventory, lab, profiles
+from thunderlane.probe import lane_facts
+from thunderlane.sync import sync_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 HOSTS = ("mac4", "mac5")
+TEST_LABS = "pytest-of-"  # pytest's tmp_path_factory folders, where the test lab lives
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +50,59 @@ def fab_json(inv, *args, env=None):
 
 def by_host(report):
     return {r["host"]: r for r in report["results"]}
+
+
+PROFILE = "synthetic_mechanics"
+
+
+@pytest.fixture
+def profile_dir(tmp_path):
+    """Copies of the shipped mechanics profile under other names, each with its own run directory."""
+    src = yaml.safe_load((profiles.PROFILE_DIR / f"{PROFILE}.yaml").read_text())
+    for name in ("run_a", "run_b"):
+        data = dict(src, lane=dict(src["lane"], run_name=f"test_{name}", min_free_mb=0))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path
+
+
+@pytest.fixture
+def warm_lab(lab_inv):
+    """The lab with mac4's cache made complete (the handoff's state after sync-cache)."""
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, lab_inv.hosts["mac4"], out=devnull).ok
+    return lab_inv
+
+
+def train(inv, profile_dir, profile, *args, env=None):
+    return fab_json(inv, "train-window", "--profile", profile, *args,
+                    env={"THUNDER_PROFILES": str(profile_dir), **(env or {})})
+
+
+def run_facts(inv, host, run_name):
+    h = inv.hosts[host]
+    return lane_facts(h.runs_root, run_name)
+
+
+def no_rank_left():
+    """No training rank of a test lab is alive (ranks carry the lane's marker and their spec,
+    which names the test lab's run directories)."""
+    p = subprocess.run(["pgrep", "-f", f"thunderlane-lane-train.*{TEST_LABS}"], capture_output=True, text=True)
+    return p.stdout.strip() == ""
+
+
+def start_fab(inv, *args, env=None):
+    """``fab`` in the background, in its own process group (for Ctrl-C and concurrency cases)."""
+    full = dict(os.environ, THUNDER_INVENTORY=inv.path, **(env or {}))
+    return subprocess.Popen([FAB, *args], cwd=ROOT, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_step(inv, host, run_name, step, seconds=300):
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ckpt = (run_facts(inv, host, run_name).get("checkpoint") or {}).get("data") or {}
+        if ckpt.get("step", 0) >= step:
+            return True
+        time.sleep(0.2)
+    return False

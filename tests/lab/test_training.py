@@ -3,52 +3,12 @@ real mlx-lm training, real rsync. Uses copies of the shipped profiles with their
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from thunderlane import profiles
-from thunderlane.fixtures.model import REPO_ID
-from thunderlane.probe import lane_facts
-from thunderlane.sync import sync_cache
-from tests.lab.conftest import by_host, fab, fab_json
-
-PROFILE = "synthetic_mechanics"
-
-
-@pytest.fixture
-def profile_dir(tmp_path):
-    """Copies of the shipped profile under other names, each with its own run directory."""
-    src = yaml.safe_load((profiles.PROFILE_DIR / f"{PROFILE}.yaml").read_text())
-    for name in ("run_a", "run_b"):
-        data = dict(src, lane=dict(src["lane"], run_name=f"test_{name}", min_free_mb=0))
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
-    return tmp_path
-
-
-@pytest.fixture
-def warm_lab(lab_inv):
-    """The lab with mac4's cache made complete (the handoff's state after sync-cache)."""
-    with open(os.devnull, "w") as devnull:
-        assert sync_cache(lab_inv, lab_inv.hosts["mac4"], out=devnull).ok
-    return lab_inv
-
-
-def train(inv, profile_dir, profile, *args):
-    return fab_json(inv, "train-window", "--profile", profile, *args, env={"THUNDER_PROFILES": str(profile_dir)})
-
-
-def run_facts(inv, host, run_name):
-    h = inv.hosts[host]
-    return lane_facts(h.runs_root, run_name)
-
-
-def no_rank_left():
-    p = subprocess.run(["pgrep", "-f", "thunderlane-lane-train"], capture_output=True, text=True)
-    return p.stdout.strip() == ""
+from tests.lab.conftest import fab_json, no_rank_left, run_facts, start_fab, train, wait_for_step
 
 
 def adapters(path):
@@ -128,18 +88,9 @@ def test_dataset_missing_on_mac5_is_refused(warm_lab, profile_dir):
 
 
 def test_killed_rank_leaves_last_commit_and_no_process(warm_lab, profile_dir):
-    env = dict(os.environ, THUNDER_INVENTORY=warm_lab.path, THUNDER_PROFILES=str(profile_dir))
-    fab_bin = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "fab")
-    proc = subprocess.Popen([fab_bin, "train-window", "--profile", "run_a", "--target", "60", "--window", "60",
-                             "--watchdog", "20", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(Path(__file__).resolve().parents[2]))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        facts = run_facts(warm_lab, "mac5", "test_run_a")
-        if (facts.get("checkpoint") or {}).get("data", {}).get("step") == 5:
-            break
-        time.sleep(0.2)
-    else:
+    proc = start_fab(warm_lab, "train-window", "--profile", "run_a", "--target", "60", "--window", "60",
+                     "--watchdog", "20", "--json", env={"THUNDER_PROFILES": str(profile_dir)})
+    if not wait_for_step(warm_lab, "mac5", "test_run_a", 5):
         proc.kill()
         pytest.fail("no commit at step 5 within 120 s")
     victim = [r for r in run_facts(warm_lab, "mac5", "test_run_a")["ranks"] if r["alive"]][0]
