@@ -148,6 +148,7 @@ remote_rsync_version() {   # first line of the host's `rsync --version`
   local out rc=0
   out=$("${ssh_argv[@]}" "$host" "$(sq "$rsync_path") --version" 2>&1) || rc=$?
   if [ "$rc" -eq 255 ]; then
+    printf '%s\n' "$out" >&2
     die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
   elif [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
     die "$EX_NORSYNC" "no usable rsync on $host at '$rsync_path' (exit $rc); install rsync there" \
