@@ -120,9 +120,9 @@ def load(path=None):
 
 def parse(data, where="<inventory>"):
     """Validate an inventory mapping and build the :class:`Inventory`."""
-    _mapping(data, where, "inventory", TOP_FIELDS, {"local", "hosts"})
+    check_mapping(data, where, "inventory", TOP_FIELDS, {"local", "hosts"})
     model = data.get("model") or {}
-    _mapping(model, where, "model", MODEL_FIELDS, set())
+    check_mapping(model, where, "model", MODEL_FIELDS, set())
     repo = model.get("repo", "mlx-community/gemma-4-e2b-4bit")
     if not isinstance(repo, str) or not REPO_RE.match(repo):
         raise InventoryError(f"{where}: model.repo: {repo!r} is not an org/name repo id")
@@ -138,20 +138,24 @@ def parse(data, where="<inventory>"):
     return Inventory(path=where, repo_id=repo, local=local, hosts=hosts, ssh=ssh)
 
 
-def _mapping(value, where, what, allowed, required):
+def check_mapping(value, where, what, allowed, required, error=None):
+    """A config section is a mapping with only known keys and every required one; else ``error``
+    (InventoryError by default) naming the file, the section and the first offending field."""
+    error = error or InventoryError
     if not isinstance(value, dict):
-        raise InventoryError(f"{where}: {what}: expected a mapping, got {type(value).__name__}")
+        raise error(f"{where}: {what}: expected a mapping, got {type(value).__name__}")
     unknown = sorted(set(map(str, value)) - allowed)
     if unknown:
-        raise InventoryError(f"{where}: {what}: unknown field {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(allowed))})")
+        raise error(f"{where}: {what}: unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
     missing = sorted(required - set(value))
     if missing:
-        raise InventoryError(f"{where}: {what}: missing field {missing[0]!r}")
+        raise error(f"{where}: {what}: missing field {missing[0]!r}")
+
+
 
 
 def _local(spec, where):
-    _mapping(spec, where, "host local", LOCAL_FIELDS, LOCAL_REQUIRED)
+    check_mapping(spec, where, "host local", LOCAL_FIELDS, LOCAL_REQUIRED)
     values = {k: abs_path(spec[k], where, LOCAL, k) for k in LOCAL_FIELDS if spec.get(k) is not None}
     return Host(name=LOCAL, python=values.pop("python", None) or _own_python(), **values)
 
@@ -165,7 +169,7 @@ def _host(name, spec, where):
     if not isinstance(name, str) or not NAME_RE.match(name) or name == LOCAL:
         raise InventoryError(f"{where}: host {name!r}: a host name must match [a-z0-9_-] "
                              f"(1-32 characters) and not be 'local'")
-    _mapping(spec, where, f"host {name}", HOST_FIELDS, HOST_REQUIRED)
+    check_mapping(spec, where, f"host {name}", HOST_FIELDS, HOST_REQUIRED)
     values = {}
     for key in ("python", "dataset_root", "runs_root", "hf_cache", "rsync_path"):
         if spec.get(key) is not None:
@@ -180,7 +184,7 @@ def _host(name, spec, where):
 
 
 def _ssh(spec, where):
-    _mapping(spec, where, "ssh", SSH_FIELDS, set())
+    check_mapping(spec, where, "ssh", SSH_FIELDS, set())
     timeout = spec.get("connect_timeout", 10)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 120:
         raise InventoryError(f"{where}: ssh.connect_timeout: {timeout!r} is not 1-120 seconds")

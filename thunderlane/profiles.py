@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .inventory import InventoryError, abs_path
+from .inventory import InventoryError, abs_path, check_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "launchers" / "profiles"
 ENV_VAR = "THUNDER_PROFILES"  # another profile folder (tests, or a user's own set)
@@ -67,10 +67,10 @@ def parse(name, data, where):
         raise ProfileError(f"{where}: expected a mapping")
     lane = data.get("lane")
     config = {k: v for k, v in data.items() if k != "lane"}
-    _fields(config, LORA_FIELDS, LORA_REQUIRED, where, "")
+    check_mapping(config, where, "profile", LORA_FIELDS, LORA_REQUIRED, ProfileError)
     if not isinstance(lane, dict):
         raise ProfileError(f"{where}: lane: a mapping with hosts and run_name is required")
-    _fields(lane, LANE_FIELDS, {"hosts", "run_name"}, where, "lane.")
+    check_mapping(lane, where, "lane", LANE_FIELDS, {"hosts", "run_name"}, ProfileError)
     hosts = lane["hosts"]
     if not isinstance(hosts, list) or not hosts or len(set(hosts)) != len(hosts) or \
             not all(isinstance(h, str) and re.match(r"^[a-z0-9_-]{1,32}$", h) for h in hosts):
@@ -81,16 +81,6 @@ def parse(name, data, where):
     return Profile(name=name, path=where, config=config, hosts=tuple(hosts), run_name=lane["run_name"],
                    watchdog_seconds=_positive(lane.get("watchdog_seconds", 600), where, "lane.watchdog_seconds"),
                    min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True))
-
-
-def _fields(section, allowed, required, where, prefix):
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ProfileError(f"{where}: unknown field {prefix}{unknown[0]} "
-                           f"(known: {', '.join(sorted(allowed))})")
-    missing = sorted(required - set(section))
-    if missing:
-        raise ProfileError(f"{where}: missing field {prefix}{missing[0]}")
 
 
 def _positive(value, where, key, zero=False):

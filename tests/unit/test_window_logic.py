@@ -28,7 +28,7 @@ BASE = {"batch_size": 4, "num_layers": 2, "lora_parameters": {"rank": 4, "scale"
 
 @pytest.mark.parametrize("edit,why", [
     (lambda d: d.update(batch_size=3), "divisible"),
-    (lambda d: d.update(bogus=1), "unknown field bogus"),
+    (lambda d: d.update(bogus=1), "unknown field .bogus."),
     (lambda d: d["lane"].update(hosts=["mac4", "mac4"]), "distinct"),
     (lambda d: d["lane"].update(run_name="../x"), "run_name"),
     (lambda d: d.update(lora_parameters={"rank": 4, "alpha": 8}), "scale"),
