@@ -140,9 +140,19 @@ revision=$(cat "$src_repo/refs/main")
   die "$EX_SOURCE" "refs/main names $revision but $src_repo/snapshots/$revision is missing"
 check_links "$src_repo"
 
+# one ssh connection for every step (version check, cleanup, three rsync passes): a short socket
+# path under /tmp (macOS limits it to 104 bytes), closed on exit
+ctl=$(mktemp -d /tmp/thunder-ssh.XXXXXX)
+ssh_cmd="$ssh_cmd -o ControlMaster=auto -o ControlPath=$ctl/%C -o ControlPersist=30"
 read -r -a ssh_argv <<EOF
 $ssh_cmd
 EOF
+log=$(mktemp "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")
+finish() {
+  "${ssh_argv[@]}" -O exit "$host" >/dev/null 2>&1 || true
+  rm -rf "$ctl" "$log"
+}
+trap finish EXIT
 
 remote_rsync_version() {   # first line of the host's `rsync --version`
   local out rc=0
@@ -170,8 +180,6 @@ flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partia
        -e "$ssh_cmd" "--rsync-path=$rsync_path")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
 [ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
-log=$(mktemp "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")
-trap 'rm -f "$log"' EXIT
 
 echo "sync: $src_repo -> $host:$dest_repo (revision $revision)"
 if [ "$dry_run" -eq 1 ]; then

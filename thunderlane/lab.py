@@ -6,6 +6,7 @@ with every host key pinned, and seeds the handoff's situation: the corpus everyw
 model cache on local and on every host but the first, which gets a partial one.
 """
 import getpass
+import json
 import os
 import re
 import shutil
@@ -230,15 +231,18 @@ def status(lab=LAB):
 # --- fixtures ------------------------------------------------------------------------------------
 
 def fixtures(p, model_mb):
-    """Build the corpus and the model cache once under .lab/fixtures (deterministic, offline)."""
+    """Build the corpus and the model cache once under .lab/fixtures (deterministic, offline).
+    The model is built in a child process, so that `fab` itself never loads mlx."""
     from .fixtures.corpus import build_corpus, corpus_texts
-    from .fixtures.model import build_model_cache
     corpus = p["fixtures"] / "corpus"
     if not (corpus / "manifest.json").exists():
         build_corpus(corpus)
+    texts = p["fixtures"] / "texts.txt"
+    _atomic_write(texts, "\n".join(corpus_texts(corpus)) + "\n")
     hub = p["fixtures"] / f"hub-{model_mb:g}mb"
-    info = build_model_cache(hub, corpus_texts(corpus), size_mb=model_mb)
-    return corpus, Path(info["repo_dir"])
+    out = _run([sys.executable, "-m", "thunderlane.fixtures.model", "--cache-root", str(hub),
+                "--texts-file", str(texts), "--size-mb", str(model_mb)])
+    return corpus, Path(json.loads(out)["repo_dir"])
 
 
 def seed(p, names, model_mb, reseed=False):

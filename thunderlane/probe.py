@@ -465,21 +465,35 @@ def reap(runs_root, run_name, grace=3.0):
 
 # --- entry ---------------------------------------------------------------------------------------
 
-def main(argv):
-    """``dataset ROOT``, ``cache REPO_ID CACHE_ROOT|- [--deep]`` or ``lane RUNS_ROOT RUN_NAME``:
-    print facts as JSON."""
+USAGE = ("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
+         " | lane|reap RUNS_ROOT RUN_NAME | multi JSON-LIST-OF-THESE\n")
+
+
+def command(argv):
+    """The facts one command asks for, or None if it is not a command."""
     if argv[:1] == ["dataset"] and len(argv) == 2:
-        facts = dataset_facts(argv[1])
-    elif argv[:1] == ["cache"] and len(argv) in (3, 4):
+        return dataset_facts(argv[1])
+    if argv[:1] == ["cache"] and len(argv) in (3, 4):
         root, how = resolve_cache_root(None if argv[2] == "-" else argv[2])
-        facts = cache_facts(root, argv[1], deep="--deep" in argv[3:], resolved_by=how)
-    elif argv[:1] == ["lane"] and len(argv) == 3:
-        facts = lane_facts(argv[1], argv[2])
-    elif argv[:1] == ["reap"] and len(argv) == 3:
-        facts = reap(argv[1], argv[2])
-    else:
-        sys.stderr.write("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
-                         " | lane|reap RUNS_ROOT RUN_NAME\n")
+        return cache_facts(root, argv[1], deep="--deep" in argv[3:], resolved_by=how)
+    if argv[:1] == ["lane"] and len(argv) == 3:
+        return lane_facts(argv[1], argv[2])
+    if argv[:1] == ["reap"] and len(argv) == 3:
+        return reap(argv[1], argv[2])
+    if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
+        subs = json.loads(argv[1])
+        if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):
+            return None
+        results = [command(a) for a in subs]
+        return None if None in results else {"results": results}
+    return None
+
+
+def main(argv):
+    """Print the facts of one command (see USAGE) as JSON."""
+    facts = command(argv)
+    if facts is None:
+        sys.stderr.write(USAGE)
         return 2
     facts["python"] = sys.version.split()[0]
     sys.stdout.write(json.dumps(facts, sort_keys=True) + "\n")

@@ -1,28 +1,19 @@
 """status: one row per host: reachable, dataset, cache, lane versions, last committed step, and
 whether a window is running."""
-import threading
-
 from . import checkpoint
 from .remote import HostError
 from .report import HostResult, Report
-from .verify import verify_cache, verify_dataset
-from .window import lane_facts, lock_state, profile_hosts
+from .verify import judge_caches, verify_dataset
+from .window import gather_all, lock_state, profile_hosts
 
 FIGURES = ("dataset", "cache", "python", "mlx", "mlx_lm", "step", "running")
 
 
 def status(inv, profile):
     hosts = profile_hosts(inv, profile)
-    got = {}
-    jobs = {"dataset": lambda: verify_dataset(inv, hosts), "cache": lambda: verify_cache(inv, hosts)[0],
-            "lane": lambda: lane_facts(inv, hosts, profile)}
-    threads = [threading.Thread(target=lambda k=k, f=f: got.__setitem__(k, f())) for k, f in jobs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ds = {r.host: r for r in got["dataset"].results}
-    cache = {r.host: r for r in got["cache"].results}
+    got = gather_all(inv, hosts, profile)
+    ds = {r.host: r for r in verify_dataset(inv, hosts, got["dataset"]).results}
+    cache = {r.host: r for r in judge_caches(got["cache"]).results}
     held, pid = lock_state(inv, profile)
     rows = [HostResult("local", "ok" if ds["local"].ok and cache["local"].ok else "attention",
                        ds["local"].ok and cache["local"].ok,

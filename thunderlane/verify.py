@@ -13,8 +13,13 @@ def gather(inv, hosts, args_for):
     return on_hosts([inv.local, *hosts], lambda h: run_probe(inv, h, args_for(h)))
 
 
-def verify_dataset(inv, hosts):
-    facts = gather(inv, hosts, lambda h: ["dataset", h.dataset_root])
+def dataset_args(host):
+    return ["dataset", host.dataset_root]
+
+
+def verify_dataset(inv, hosts, facts=None):
+    """Dataset verdicts for local and ``hosts``; ``facts`` if already gathered (preflight)."""
+    facts = dict(facts or gather(inv, hosts, dataset_args))
     local = facts.pop("local")
     if isinstance(local, HostError):
         return Report("verify-dataset", (_unreachable(local),))

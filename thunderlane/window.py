@@ -17,7 +17,7 @@ from . import checkpoint, dataset
 from .inventory import InventoryError
 from .remote import HostError, on_hosts, run_probe
 from .report import HostResult, Report, human_bytes
-from .verify import verify_cache, verify_dataset
+from .verify import cache_args, dataset_args, judge_caches, verify_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = ROOT / "launchers"
@@ -98,15 +98,9 @@ def preflight(inv, profile):
     model revision, free disk, no window running. A Report whose failures name host and reason."""
     hosts = profile_hosts(inv, profile)
     results = {}
-    outcome = {}
-    threads = [threading.Thread(target=lambda k=k, f=f: outcome.__setitem__(k, f()))
-               for k, f in (("dataset", lambda: verify_dataset(inv, hosts)),
-                            ("cache", lambda: verify_cache(inv, hosts)[0]),
-                            ("lane", lambda: lane_facts(inv, hosts, profile)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    facts = gather_all(inv, hosts, profile)
+    outcome = {"dataset": verify_dataset(inv, hosts, facts["dataset"]),
+               "cache": judge_caches(facts["cache"]), "lane": facts["lane"]}
     problems = {h.name: [] for h in hosts}
     for r in outcome["dataset"].results + outcome["cache"].results:
         if not r.ok:
@@ -124,6 +118,23 @@ def preflight(inv, profile):
                        "free": human_bytes(facts["free_bytes"]), "step": checkpoint.committed_step(facts)}
         results[name] = HostResult(name, "ready" if not items else "refused", not items, "; ".join(items), figures)
     return Report("preflight", tuple(results.values()))
+
+
+def gather_all(inv, hosts, profile):
+    """Dataset, cache and run facts of local and every host, one ssh session per host:
+    {"dataset": {name: facts}, "cache": {...}, "lane": {...}} (a HostError where one failed)."""
+    def ask(h):
+        cmds = [dataset_args(h), cache_args(inv, h)] + \
+            ([] if h.is_local else [["lane", h.runs_root, profile.run_name]])
+        return run_probe(inv, h, ["multi", json.dumps(cmds)])["results"]
+    got = on_hosts([inv.local, *hosts], ask)
+    out = {"dataset": {}, "cache": {}, "lane": {}}
+    for name, res in got.items():
+        for i, key in enumerate(("dataset", "cache", "lane")):
+            if key == "lane" and name == "local":
+                continue
+            out[key][name] = res if isinstance(res, HostError) else res[i]
+    return out
 
 
 def _lane_problems(inv, profile, hosts, lane, problems):
@@ -362,8 +373,18 @@ def _end_group(p, grace=5.0):
 
 def reap_all(inv, profile):
     """End every rank of this run still alive on any host, by recorded PID: {host: report}."""
+    return finish(inv, profile)[0]
+
+
+def finish(inv, profile):
+    """After a window, in one ssh session per host: reap every rank still alive (by recorded
+    PID), then read the run directory. Returns ({host: reap report}, the writer's run facts)."""
     hosts = profile_hosts(inv, profile)
-    return on_hosts(hosts, lambda h: run_probe(inv, h, ["reap", h.runs_root, profile.run_name]))
+    got = on_hosts(hosts, lambda h: run_probe(inv, h, ["multi", json.dumps(
+        [["reap", h.runs_root, profile.run_name], ["lane", h.runs_root, profile.run_name]])])["results"])
+    reaped = {n: r if isinstance(r, HostError) else r[0] for n, r in got.items()}
+    writer = got[profile.writer]
+    return reaped, writer if isinstance(writer, HostError) else writer[1]
 
 
 # --- classification (the handoff's triage) --------------------------------------------------------
@@ -472,8 +493,9 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
                             start_step=start)
     log = Path(inv.local.runs_root) / ".logs" / f"{profile.run_name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out)
-    reaped = reap_all(inv, profile)
-    g = gate_writer(inv, profile, target)
+    reaped, wfacts = finish(inv, profile)
+    g = checkpoint.gate(profile.writer, wfacts, target) if not isinstance(wfacts, HostError) else \
+        HostResult(profile.writer, wfacts.kind, False, wfacts.message)
     verdict, why = classify(outcome, g.ok)
     return WindowResult(profile.name, target, verdict, why, pre, gate=g, outcome=outcome,
                         reaped=reaped, start_step=start)
