@@ -291,10 +291,13 @@ def seed_partial(repo, cache, fraction=0.1):
             blob.unlink()
     present = sum(os.path.getsize(f) for f in snap.iterdir())
     keep = max(1, int(total * fraction) - present)
-    with open(first_blob, "rb") as f:
-        head = f.read(keep)
+    partial = first_blob.parent / (first_blob.name + ".incomplete")
+    with open(first_blob, "rb") as src, open(partial, "wb") as dst_file:
+        while keep > 0:  # in chunks: a 1 GB model must not be read into memory
+            block = src.read(min(keep, 1 << 20))
+            dst_file.write(block)
+            keep -= len(block)
     first_blob.unlink()
-    (first_blob.parent / (first_blob.name + ".incomplete")).write_bytes(head)
     locks = cache / ".locks" / repo.name
     locks.mkdir(parents=True, exist_ok=True)
     lock = locks / (first_blob.name + ".lock")

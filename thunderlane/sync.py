@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .inventory import InventoryError, abs_path
-from .remote import HostError, run_probe, ssh_command
+from .remote import HostError, on_hosts, run_probe, ssh_command
 from .report import human_bytes
 from .verify import cache_args, gather, judge_caches
 
@@ -167,7 +167,8 @@ def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, out=sys.s
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
     literal, total = parse_summary(output)
     after = None
-    if not dry_run:
-        after = judge_caches(gather(inv, [host], lambda h: cache_args(inv, h, deep=checksum))).results[1]
+    if not dry_run:  # only the host changed: judge its new facts against the local ones from before
+        again = on_hosts([host], lambda h: run_probe(inv, h, cache_args(inv, h, deep=checksum)))
+        after = judge_caches({"local": facts["local"], **again}, deep=checksum).results[1]
     return SyncOutcome(host.name, host_before, after, missing, literal, total, command,
                        time.monotonic() - t0)

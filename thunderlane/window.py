@@ -95,7 +95,8 @@ def lock_state(inv, profile):
 
 def preflight(inv, profile):
     """Every host of the profile, in parallel: dataset parity, cache complete, same versions and
-    model revision, free disk, no window running. A Report whose failures name host and reason."""
+    model revision, free disk, no window running. A Report whose failures name host and reason,
+    and the run facts it read ({host: facts}) so the caller need not ask again."""
     hosts = profile_hosts(inv, profile)
     results = {}
     facts = gather_all(inv, hosts, profile)
@@ -117,7 +118,7 @@ def preflight(inv, profile):
             figures = {"python": v.get("python"), "mlx": v.get("mlx"), "mlx_lm": v.get("mlx-lm"),
                        "free": human_bytes(facts["free_bytes"]), "step": checkpoint.committed_step(facts)}
         results[name] = HostResult(name, "ready" if not items else "refused", not items, "; ".join(items), figures)
-    return Report("preflight", tuple(results.values()))
+    return Report("preflight", tuple(results.values())), {k: v for k, v in lane.items() if isinstance(v, dict)}
 
 
 def gather_all(inv, hosts, profile):
@@ -479,11 +480,12 @@ def gate_writer(inv, profile, target):
 
 def train_window(inv, profile, target, window, watchdog=None, skip_preflight=False, out=sys.stdout):
     """The whole task: preflight, train (unless at the target), reap, gate, classify."""
-    pre = Report("preflight", ()) if skip_preflight else preflight(inv, profile)
+    pre, pre_lane = (Report("preflight", ()), {}) if skip_preflight else preflight(inv, profile)
     if not pre.ok:
         return WindowResult(profile.name, target, "refused", "preflight failed on "
                             + ", ".join(pre.failed), pre)
-    start = committed(inv, profile)
+    start = checkpoint.committed_step(pre_lane[profile.writer]) if profile.writer in pre_lane else None
+    start = committed(inv, profile) if start is None else start
     if start >= target:
         g = gate_writer(inv, profile, target)
         if g.ok:
