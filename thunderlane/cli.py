@@ -7,8 +7,7 @@
 import argparse
 import sys
 
-from . import inventory, profiles, window
-from .remote import HostError
+from . import inventory, profiles
 
 
 def main(argv=None):
@@ -25,15 +24,19 @@ def main(argv=None):
     try:
         inv = inventory.load()
         profile = profiles.load(args.profile)
-        if args.command == "committed-step":
-            print(window.committed(inv, profile))
-        elif args.command == "lock-dir":
-            print(window.lock_dir(inv, profile))
-        else:
-            window.plan_window(inv, profile, args.to, args.target, args.out)
     except (inventory.InventoryError, profiles.ProfileError) as e:
         print(f"thunderlane: {e}", file=sys.stderr)
         return 2
+    if args.command == "lock-dir":  # no Fabric import for this one: it runs before every window
+        print(profiles.lock_dir(inv, profile))
+        return 0
+    from . import window
+    from .remote import HostError
+    try:
+        if args.command == "committed-step":
+            print(window.committed(inv, profile))
+        else:
+            window.plan_window(inv, profile, args.to, args.target, args.out)
     except (window.WindowError, HostError) as e:
         print(f"thunderlane: {e}", file=sys.stderr)
         return 3

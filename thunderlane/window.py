@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import checkpoint, dataset
 from .inventory import InventoryError
+from .profiles import lock_dir
 from .remote import HostError, on_hosts, run_probe
 from .report import HostResult, Report, human_bytes
 from .verify import cache_args, dataset_args, judge_caches, verify_dataset
@@ -67,11 +68,6 @@ def committed(inv, profile):
 
 
 # --- locks -----------------------------------------------------------------------------------------
-
-def lock_dir(inv, profile):
-    """The window lock (a directory, made atomically by the chunk runner with mkdir)."""
-    return Path(inv.local.runs_root) / ".locks" / f"{profile.run_name}.lock"
-
 
 def lock_state(inv, profile):
     """(None | 'held' | 'stale', pid) of the window lock."""
