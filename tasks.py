@@ -1,4 +1,4 @@
-"""Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`. The operator's tasks are in
+"""Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`, `inv bench`. The operator's tasks are in
 fabfile.py (`fab --list`). Run with .venv/bin/inv after ./bootstrap."""
 import os
 import sys
@@ -29,9 +29,11 @@ def lint(c):
 
 @task(help={"hosts": "lab hosts (default mac4,mac5)", "model_mb": "model size in MB"})
 def demo(c, hosts="mac4,mac5", model_mb=2.0):
-    """The handoff on the lab: lab-up (mac4 partial), verify-dataset, verify-cache (mac4 fails),
-    sync-cache --host mac4, verify-cache again (all complete), then after a reseed (mac4 partial
-    again) `fab handoff`: the whole job, to a mirrored step-10 checkpoint and its report."""
+    """The handoff on the lab: verify, sync mac4, verify; then `fab handoff` from a fresh lab.
+
+    lab-up (mac4 partial), verify-dataset, verify-cache (mac4 fails), sync-cache --host mac4,
+    verify-cache --deep (all complete); then after a reseed (mac4 partial again) `fab handoff`: the
+    whole job, to a mirrored step-10 checkpoint and its report."""
     fab = BIN / "fab"
     env = {"THUNDER_INVENTORY": str(LAB_INVENTORY)}
     c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env)
@@ -47,3 +49,11 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
     if not c.run(f"{fab} handoff", env=env, warn=True).ok:
         raise Exit("demo: `fab handoff` failed", code=1)
     print("\nThe lab is still up: `.venv/bin/fab lab-down` stops it.")
+
+
+@task(help={"model_mb": "model size for the byte-bound figures (default 1000)",
+            "only": "comma-separated figure scripts, e.g. sync,mirror"})
+def bench(c, model_mb=1000, only=""):
+    """Run the benchmarks on their own lab and write docs/BENCHMARKS.md (takes about 10 minutes)."""
+    select = f" --only {only}" if only else ""
+    c.run(f"{BIN / 'python'} bench/run_all.py --model-mb {model_mb}{select}", pty=False)
