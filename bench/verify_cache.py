@@ -1,0 +1,126 @@
+"""Figure 2: `fab verify-cache` (fast check).
+
+2a: every lab host (4) against one (hosts are probed in parallel).
+2b: the --model-mb model (about 1 GB) against a 10 MB one, 4 hosts each (the fast check reads
+metadata only, never weight bytes). Both inventories name hf_cache explicitly, so neither side pays
+for resolving the cache root with huggingface_hub on the host.
+Runs alternate between the two sides; the figure is the ratio of the medians.
+"""
+import os
+import shutil
+import time
+
+import common as c
+from thunderlane import lab as labmod, probe, remote
+
+
+def small_inventory(lab, size_mb):
+    """Every host (and local) given a complete ``size_mb`` cache of its own, in an inventory."""
+    _, repo = labmod.fixtures(labmod.paths(lab.dir), size_mb)
+    root = lab.dir / f"small-{size_mb:g}mb"
+    for host in ["local", *lab.hosts]:
+        dst = root / host / "hub" / c.REPO
+        if not dst.is_dir():
+            shutil.rmtree(dst.parent, ignore_errors=True)
+            dst.parent.mkdir(parents=True)
+            shutil.copytree(repo, dst, symlinks=True)
+
+    def change(data):
+        data["local"]["hf_cache"] = str(root / "local" / "hub")
+        for name, h in data["hosts"].items():
+            h["hf_cache"] = str(root / name / "hub")
+    return c.write_inventory(lab, f"hosts-{size_mb:g}mb.yaml", change)
+
+
+def big_inventory(lab):
+    def change(data):
+        data["local"]["hf_cache"] = str(lab.cache("local"))
+        for name, h in data["hosts"].items():
+            h["hf_cache"] = str(lab.cache(name))
+    return c.write_inventory(lab, "hosts-explicit-cache.yaml", change)
+
+
+def probe_ms(cache_root, n=21):
+    """Median time of the fast probe itself (in-process, no ssh): what the model size can change."""
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        probe.cache_facts(str(cache_root), "mlx-community/gemma-4-e2b-4bit")
+        ts.append(time.perf_counter() - t0)
+    return 1000 * c.median(ts)
+
+
+def fan_out(lab, n=5):
+    """In-process, no fab start: median seconds of thunderlane.remote.on_hosts over 1 host and over 4,
+    running `true` (connection and session only) and the cache probe."""
+    inv = lab.inv()
+    hosts = [inv.host(h) for h in c.BYTE_HOSTS]
+    jobs = {"true": lambda h: remote.run(inv, h, ["true"]),
+            "probe": lambda h: remote.run_probe(inv, h, ["cache", inv.repo_id, "-"])}
+    out = {}
+    for name, fn in jobs.items():
+        for group in (hosts[1:2], hosts):
+            ts = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                remote.on_hosts(group, fn)
+                ts.append(time.perf_counter() - t0)
+            out[(name, len(group))] = c.median(ts)
+    return out
+
+
+def alternate(runs, a, b):
+    """Time ``a()`` and ``b()`` ``runs`` times each, alternating which goes first."""
+    ta, tb = [], []
+    for i in range(runs):
+        for f, out in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            out.append(f())
+    return ta, tb
+
+
+def timed_ok(lab, *args, inventory_path=None):
+    def f():
+        r = c.fab(lab, *args, inventory_path=inventory_path)
+        if r.code or not r.data["ok"]:
+            raise RuntimeError(f"fab {' '.join(args)} failed: {r.stdout[-800:]} {r.stderr[-800:]}")
+        return r.seconds
+    return f
+
+
+def main():
+    args = c.parser(__doc__, runs=9).parse_args()
+    with c.lab_session("bytes", c.BYTE_HOSTS, args.model_mb) as lab:
+        if not c.fab(lab, "verify-cache", "--hosts", "mac4").data["ok"]:
+            c.set_complete(lab, "mac4")
+        c.fab(lab, "verify-cache")  # warm-up
+        four, one = alternate(args.runs, timed_ok(lab, "verify-cache"), timed_ok(lab, "verify-cache", "--hosts", "mac5"))
+        c.log(f"4 hosts {c.rounded(four)} 1 host {c.rounded(one)}")
+        fan = fan_out(lab)
+        small, big = small_inventory(lab, 10), big_inventory(lab)
+        t_big, t_small = alternate(args.runs, timed_ok(lab, "verify-cache", inventory_path=big),
+                                   timed_ok(lab, "verify-cache", inventory_path=small))
+        c.log(f"{args.model_mb:g} MB {c.rounded(t_big)} 10 MB {c.rounded(t_small)}")
+        p_big, p_small = probe_ms(lab.cache("mac5")), probe_ms(small.parent / "small-10mb" / "mac5" / "hub")
+        cmd_four, cmd_one = c.fab_command(lab, "verify-cache"), c.fab_command(lab, "verify-cache", "--hosts", "mac5")
+        cmd_big, cmd_small = c.fab_command(lab, "verify-cache", inventory_path=big), \
+            c.fab_command(lab, "verify-cache", inventory_path=small)
+    figures = [
+        c.figure("2a", "verify-cache: 4 hosts vs 1", c.median(four) / c.median(one), "<=", 1.3,
+                 runs=c.rounded([a / b for a, b in zip(four, one)]),
+                 detail=f"median 4 hosts {c.median(four):.3f}s, 1 host {c.median(one):.3f}s; in-process "
+                        f"thunderlane.remote.on_hosts, 1 host -> 4: `true` {fan[('true', 1)]:.3f}s -> "
+                        f"{fan[('true', 4)]:.3f}s, cache probe {fan[('probe', 1)]:.3f}s -> {fan[('probe', 4)]:.3f}s "
+                        f"(plus local's probe in fab; all 'hosts' share this machine's {os.cpu_count()} cores)"),
+        c.figure("2b", f"verify-cache: {args.model_mb:g} MB model vs 10 MB", c.median(t_big) / c.median(t_small),
+                 "<=", 1.2, runs=c.rounded([a / b for a, b in zip(t_big, t_small)]),
+                 detail=f"median {args.model_mb:g} MB {c.median(t_big):.3f}s, 10 MB {c.median(t_small):.3f}s (4 hosts each); the "
+                        f"probe alone (in-process, one host): {p_big:.1f} ms vs {p_small:.1f} ms"),
+    ]
+    c.emit("verify_cache", vars(args), figures, [
+        f"2a: `{cmd_four}` vs `{cmd_one}`",
+        f"2b: `{cmd_big}` vs `{cmd_small}` (same lab; the two inventories differ only in hf_cache)",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Figure 4: `fab verify-dataset` on a 100k-row corpus against `wc -l` + `sha256sum` of the same files.
+
+The corpus (thunderlane.fixtures.corpus, --rows rows) is put on local and mac5 and named by an
+inventory variant; `fab verify-dataset --hosts mac5` probes both in parallel, so the baseline runs
+`wc -l FILES && sha256sum FILES` on the two copies in parallel too. Also measured, to say where the
+time goes: the same fab command on the lab's 600-row corpus (fixed cost: fab start, ssh, probes),
+the probe alone on one copy, and the CPython floor of its work (json.loads of every row; sha256).
+"""
+import cProfile
+import hashlib
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+
+import common as c
+from thunderlane.fixtures.corpus import build_corpus
+
+FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "manifest.json")
+
+
+def corpus(lab, rows):
+    root = lab.dir / f"corpus-{rows}"
+    if not (root / "manifest.json").exists():
+        build_corpus(root, rows=rows)
+    for host in ("local", "mac5"):
+        dst = lab.dir / f"corpus-{rows}-on" / host
+        if not (dst / "manifest.json").exists():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(root, dst)
+
+    def change(data):
+        data["local"]["dataset_root"] = str(lab.dir / f"corpus-{rows}-on" / "local")
+        data["hosts"]["mac5"]["dataset_root"] = str(lab.dir / f"corpus-{rows}-on" / "mac5")
+    return root, c.write_inventory(lab, f"hosts-corpus-{rows}.yaml", change)
+
+
+def baseline(lab, rows):
+    procs, t0 = [], time.perf_counter()
+    for host in ("local", "mac5"):
+        d = lab.dir / f"corpus-{rows}-on" / host
+        files = " ".join(str(d / f) for f in FILES)
+        procs.append(subprocess.Popen(["sh", "-c", f"wc -l {files} && sha256sum {files}"], stdout=subprocess.DEVNULL))
+    if any(p.wait() for p in procs):
+        raise RuntimeError("wc/sha256sum failed")
+    return time.perf_counter() - t0
+
+
+def floor(root):
+    """CPython's own cost for the probe's unavoidable work on one copy: parse every row, hash."""
+    t0 = time.perf_counter()
+    for name in FILES[:3]:
+        with open(root / name, "rb") as f:
+            for raw in f:
+                json.loads(raw)
+    t_json = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name in FILES:
+        hashlib.sha256((root / name).read_bytes()).hexdigest()
+    return t_json, time.perf_counter() - t0
+
+
+def profile(root):
+    """cProfile of the probe's dataset_facts on one copy: share of time in row judging and in sha256."""
+    from thunderlane import probe
+    prof = cProfile.Profile()
+    prof.runcall(probe.dataset_facts, str(root))
+    stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
+    total = sum(v[2] for v in stats.values())
+    judge = sum(v[3] for k, v in stats.items() if k[2] == "_judge_row")
+    sha = sum(v[2] for k, v in stats.items() if "_hashlib" in k[2])
+    return judge / total, sha / total
+
+
+def main():
+    p = c.parser(__doc__, runs=5)
+    p.add_argument("--rows", type=int, default=100_000)
+    args = p.parse_args()
+    with c.lab_session("bytes", c.BYTE_HOSTS, args.model_mb) as lab:
+        root, inv = corpus(lab, args.rows)
+        size = sum((root / f).stat().st_size for f in FILES)
+
+        def fab(inventory_path=None):
+            r = c.fab(lab, "verify-dataset", "--hosts", "mac5", inventory_path=inventory_path)
+            if r.code or not r.data["ok"]:
+                raise RuntimeError(r.stdout[-800:] + r.stderr[-800:])
+            return r.seconds
+        fab(inv), baseline(lab, args.rows)  # warm-up
+        t = {"fab": [], "base": [], "fixed": [], "probe": []}
+        for i in range(args.runs):
+            t["fab"].append(fab(inv))
+            t["base"].append(baseline(lab, args.rows))
+            t["fixed"].append(fab())
+            t["probe"].append(c.run([c.PY, c.ROOT / "thunderlane" / "probe.py", "dataset",
+                                     lab.dir / f"corpus-{args.rows}-on" / "local"], check=True).seconds)
+            c.log(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
+        t_json, t_hash = floor(root)
+        share_judge, share_sha = profile(root)
+        command = c.fab_command(lab, "verify-dataset", "--hosts", "mac5", inventory_path=inv)
+    m = {k: c.median(v) for k, v in t.items()}
+    figures = [c.figure(
+        "4", f"verify-dataset ({args.rows // 1000}k rows) vs wc -l + sha256sum", m["fab"] / m["base"], "<=", 2.0,
+        runs=c.rounded([a / b for a, b in zip(t["fab"], t["base"])]),
+        detail=f"{size / 1e6:.1f} MB per copy, 2 copies: fab {m['fab']:.3f}s vs wc+sha256sum {m['base']:.3f}s. "
+               f"Where it goes: the same fab run on the 600-row corpus (fab start, ssh, two probes) {m['fixed']:.3f}s "
+               f"= {m['fixed'] / m['base']:.1f}x the baseline on its own; the probe alone on one copy "
+               f"{m['probe']:.3f}s; CPython floor on one copy: json.loads of every row {t_json:.3f}s, "
+               f"sha256 {t_hash:.3f}s; cProfile of probe.dataset_facts: {100 * share_judge:.0f}% of its time in "
+               f"_judge_row (json.loads, UTF-8 decode, row_format/_check_messages), {100 * share_sha:.0f}% in sha256")]
+    c.emit("verify_dataset", vars(args), figures, [
+        f"4: `{command}` vs `wc -l F && sha256sum F` on each copy in parallel "
+        f"(F = {' '.join(FILES)}); Python {sys.version.split()[0]}"])
+
+
+if __name__ == "__main__":
+    main()
