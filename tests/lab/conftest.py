@@ -94,7 +94,15 @@ def start_fab(inv, *args, env=None):
     """``fab`` in the background, in its own process group (for Ctrl-C and concurrency cases)."""
     full = dict(os.environ, THUNDER_INVENTORY=inv.path, **(env or {}))
     return subprocess.Popen([FAB, *args], cwd=ROOT, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """A runner may start the tests with SIGINT ignored (a background job of a non-interactive
+    shell), which fab would inherit and so never see Ctrl-C: give it the default back."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_step(inv, host, run_name, step, seconds=300):
