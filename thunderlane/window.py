@@ -99,11 +99,10 @@ def preflight(inv, profile):
     outcome = {"dataset": verify_dataset(inv, hosts, facts["dataset"]),
                "cache": judge_caches(facts["cache"]), "lane": facts["lane"]}
     problems = {h.name: [] for h in hosts}
-    for r in outcome["dataset"].results + outcome["cache"].results:
-        if not r.ok:
-            key = r.host if r.host in problems else "local"
-            problems.setdefault(key, []).append(f"{'dataset' if r in outcome['dataset'].results else 'cache'} "
-                                                f"{r.verdict}: {r.detail}")
+    for what in ("dataset", "cache"):
+        for r in outcome[what].results:
+            if not r.ok:
+                problems.setdefault(r.host, []).append(f"{what} {r.verdict}: {r.detail}")
     lane = outcome["lane"]
     _lane_problems(inv, profile, hosts, lane, problems)
     for name, items in problems.items():
