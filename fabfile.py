@@ -5,7 +5,7 @@ file named by ``$THUNDER_INVENTORY`` (the lab's is ``.lab/hosts.yaml``).
 import json as jsonlib
 import sys
 
-from fabric import task
+from fabric import Connection, task
 from invoke.exceptions import Exit
 
 from thunderlane import handoff as handoff_mod
@@ -15,6 +15,22 @@ from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.report import human_bytes
 from thunderlane.sync import SyncError, sync_cache as run_sync
 from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
+
+# help strings shared by several tasks
+HOSTS_HELP = "comma-separated host names (default: every host in the inventory)"
+JSON_HELP = "print JSON instead of a table"
+PROFILE_HELP = "profile name in launchers/profiles/ (default: partial_real_stage1_stable)"
+TARGET_HELP = "absolute step to reach (default 10)"
+WINDOW_HELP = "at most this many steps per window (default 10)"
+WATCHDOG_HELP = "end a window after this many seconds without progress (default: the profile's)"
+
+
+def _no_fabric_hosts(c):
+    """Fabric's -H runs a task once per host with a Connection; the lane's tasks choose hosts from
+    the inventory themselves, so -H would repeat the whole task per host: refuse it."""
+    if isinstance(c, Connection):
+        raise Exit(f"fab -H {c.host} is not how hosts are chosen here: use --hosts mac4,mac5 (verify-*) or "
+                   "--host mac4 (sync-cache); training hosts come from the profile", code=2)
 
 
 def _inventory():
@@ -44,19 +60,19 @@ def _finish(report, columns, as_json):
         raise Exit(code=1)
 
 
-@task(auto_shortflags=False, help={"hosts": "comma-separated host names (default: every host in the inventory)",
-            "json": "print JSON instead of a table"})
+@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "json": JSON_HELP})
 def verify_dataset(c, hosts="", json=False):
     """Prove the corpus is present, valid and identical on local and every host."""
+    _no_fabric_hosts(c)
     inv = _inventory()
     _finish(run_verify_dataset(inv, _hosts(inv, hosts)), DATASET_FIGURES, json)
 
 
-@task(auto_shortflags=False, help={"hosts": "comma-separated host names (default: every host in the inventory)",
-            "deep": "re-hash every blob against its name (reads every byte)",
-            "json": "print JSON instead of a table"})
+@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "json": JSON_HELP,
+                                   "deep": "re-hash every blob against its name (reads every byte)"})
 def verify_cache(c, hosts="", deep=False, json=False):
     """Prove the model's HF cache is complete on every host, in parity with local's."""
+    _no_fabric_hosts(c)
     inv = _inventory()
     report, _ = run_verify_cache(inv, _hosts(inv, hosts), deep=deep)
     _finish(report, CACHE_FIGURES, json)
@@ -67,29 +83,29 @@ def verify_cache(c, hosts="", deep=False, json=False):
             "dry_run": "print the plan (what would be sent and removed); change nothing",
             "checksum": "compare contents, not size and mtime: repairs blobs verify-cache --deep calls corrupt",
             "bwlimit": "limit the transfer to this many KiB/s",
+            "verbose": "show rsync's own output (file list, statistics) as well",
             "json": "print JSON instead of a summary"})
-def sync_cache(c, host="", dry_run=False, checksum=False, bwlimit=0, json=False):
+def sync_cache(c, host="", dry_run=False, checksum=False, bwlimit=0, verbose=False, json=False):
     """Make a host's model cache complete, sending only what it lacks; then verify it."""
+    _no_fabric_hosts(c)
     inv = _inventory()
     outcomes, failures = [], []
     for h in _hosts(inv, host):
         try:
-            outcomes.append(run_sync(inv, h, dry_run=dry_run, checksum=checksum, bwlimit=int(bwlimit) or None,
-                                     out=sys.stderr if json else sys.stdout))
+            outcomes.append(run_sync(inv, h, dry_run=dry_run, checksum=checksum, bwlimit=bwlimit or None,
+                                     verbose=verbose, out=sys.stderr if json else sys.stdout))
         except SyncError as e:
             failures.append(str(e))
+    ok = not failures and all(o.ok or dry_run for o in outcomes)
     rows = [_sync_row(o) for o in outcomes]
     if json:
-        print(jsonlib.dumps({"ok": not failures and all(o.ok or dry_run for o in outcomes),
-                             "results": rows, "errors": failures}, indent=2))
+        print(jsonlib.dumps({"ok": ok, "results": rows, "errors": failures}, indent=2))
     else:
         for r in rows:
-            print(f"{r['host']}: {r['before']} -> {r['after']}; file data sent "
-                  f"{human_bytes(r['literal_bytes'])} of {human_bytes(r['missing_bytes'])} missing"
-                  f" (ratio {r['ratio']}); {r['seconds']}s" + (f"; {r['detail']}" if r['detail'] else ""))
+            print(_sync_line(r))
         for f in failures:
             print(f"FAILED {f}", file=sys.stderr)
-    if failures or not all(o.ok or dry_run for o in outcomes):
+    if not ok:
         raise Exit(code=1)
 
 
@@ -98,18 +114,27 @@ def _sync_row(o):
             "after": o.after.verdict if o.after else "dry-run",
             "detail": "" if o.after is None or o.after.ok else o.after.detail,
             "missing_bytes": o.missing_bytes, "literal_bytes": o.literal_bytes,
-            "total_sent": o.total_sent, "ratio": None if o.ratio is None else round(o.ratio, 4),
+            "total_sent": o.total_sent, "literal_from": o.literal_from,
+            "ratio": None if o.ratio is None else round(o.ratio, 4),
             "seconds": round(o.seconds, 2), "command": o.command}
 
 
+def _sync_line(r):
+    """One summary line per host: before -> after, bytes sent against missing, time."""
+    estimate = " (estimated from rsync's progress)" if r["literal_from"] == "progress" else ""
+    return (f"{r['host']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
+            f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
+            + (f"; {r['detail']}" if r["detail"] else ""))
+
+
 @task(auto_shortflags=False, help={"hosts": "comma-separated lab host names (default: mac4,mac5)",
-            "model_mb": "approximate weight bytes of the generated model, in MB",
-            "reseed": "put the fixtures back to the handoff's situation"})
+                                   "model_mb": "approximate weight bytes of the generated model, in MB",
+                                   "reseed": "put the fixtures back to the handoff's situation"})
 def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False):
     """Start the lab: one real sshd per host on loopback, fixtures seeded (mac4 partial)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
     try:
-        path = lab.up(names, model_mb=float(model_mb), reseed=reseed)
+        path = lab.up(names, model_mb=model_mb, reseed=reseed)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
@@ -127,23 +152,19 @@ def lab_down(c):
         print("lab: nothing running")
 
 
-PROFILE_HELP = "profile name in launchers/profiles/ (default: partial_real_stage1_stable)"
-
-
 @task(auto_shortflags=False,
-      help={"profile": PROFILE_HELP, "target": "absolute step to reach (default 10)",
-            "window": "at most this many steps per window (default 10)",
-            "watchdog": "end a window after this many seconds without progress (default: the profile's)",
+      help={"profile": PROFILE_HELP, "target": TARGET_HELP, "window": WINDOW_HELP, "watchdog": WATCHDOG_HELP,
             "skip_preflight": "launch without the preflight checks (for diagnosis only)",
             "json": "print JSON instead of a summary"})
 def train_window(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0,
                  skip_preflight=False, json=False):
     """Train a profile to an absolute step in bounded windows across its hosts; gate on checkpoint.json."""
+    _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
-    if int(target) < 1 or int(window_) < 1:
+    if target < 1 or window_ < 1:
         raise Exit("train-window: --target and --window must be positive", code=2)
     try:
-        result = window.train_window(inv, prof, int(target), int(window_), watchdog=int(watchdog) or None,
+        result = window.train_window(inv, prof, target, window_, watchdog=watchdog or None,
                                      skip_preflight=skip_preflight, out=sys.stderr if json else sys.stdout)
     except window.WindowError as e:
         raise Exit(f"train-window: {e}", code=1) from None
@@ -151,25 +172,26 @@ def train_window(c, profile="partial_real_stage1_stable", target=10, window_=10,
         window.reap_all(inv, prof)
         raise Exit("train-window: interrupted; every rank was ended", code=130) from None
     summary = handoff_mod.train_summary(result)
-    if json:
-        print(jsonlib.dumps(summary, indent=2, default=str))
-    else:
-        if not result.preflight.ok:
-            print(result.preflight.to_table(["python", "mlx", "mlx_lm", "free", "step"]))
-        if summary["command"]:
-            print(f"command: {summary['command']}")
-            for launch in summary["launches"]:
-                print(f"mlx.launch: {launch}")
-        if result.gate:
-            print(f"gate: {result.gate.host} {result.gate.verdict}: {result.gate.detail}")
-        print(f"train-window: {result.verdict}: {result.explanation}")
+    print(jsonlib.dumps(summary, indent=2, default=str) if json else _window_text(result, summary))
     if not result.ok:
         raise Exit(code=1)
 
 
-@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": "print JSON"})
+def _window_text(result, summary):
+    lines = [] if result.preflight.ok else [result.preflight.to_table(["python", "mlx", "mlx_lm", "free", "step"])]
+    if summary["command"]:
+        lines.append(f"command: {summary['command']}")
+        lines += [f"mlx.launch: {launch}" for launch in summary["launches"]]
+    if result.gate:
+        lines.append(f"gate: {result.gate.host} {result.gate.verdict}: {result.gate.detail}")
+    lines.append(f"train-window: {result.verdict}: {result.explanation}")
+    return "\n".join(lines)
+
+
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})
 def mirror_back(c, profile="partial_real_stage1_stable", json=False):
     """Bring the run directory back from the writer host, verified, replacing the local mirror only then."""
+    _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
     try:
         result = mirror.mirror_back(inv, prof)
@@ -179,14 +201,15 @@ def mirror_back(c, profile="partial_real_stage1_stable", json=False):
 
 
 @task(auto_shortflags=False,
-      help={"profile": PROFILE_HELP, "target": "absolute step to reach (default 10)",
-            "window": "at most this many steps per window (default 10)",
-            "watchdog": "seconds without progress before a window is ended (default: the profile's)",
+      help={"profile": PROFILE_HELP, "target": TARGET_HELP, "window": WINDOW_HELP, "watchdog": WATCHDOG_HELP,
             "json": "print the report as JSON"})
 def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0, json=False):
     """The whole bounded job: verify, sync cold hosts, train, mirror back, report."""
+    _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
-    data = handoff_mod.run(inv, prof, int(target), int(window_), watchdog=int(watchdog) or None,
+    if target < 1 or window_ < 1:
+        raise Exit("handoff: --target and --window must be positive", code=2)
+    data = handoff_mod.run(inv, prof, target, window_, watchdog=watchdog or None,
                            out=sys.stderr if json else sys.stdout)
     print(jsonlib.dumps(data, indent=2, default=str) if json else "\n" + handoff_mod.render_markdown(data))
     print(f"report: {data.get('report_local')} (and {data.get('report_remote') or 'not on the writer'})",
@@ -195,8 +218,9 @@ def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watc
         raise Exit(code=1)
 
 
-@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": "print JSON"})
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})
 def status(c, profile="partial_real_stage1_stable", json=False):
     """One table: reachable, dataset, cache, versions, last committed step, window running."""
+    _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
     _finish(status_mod.status(inv, prof), status_mod.FIGURES, json)

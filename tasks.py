@@ -1,6 +1,7 @@
 """Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`, `inv bench`. The operator's tasks are in
 fabfile.py (`fab --list`). Run with .venv/bin/inv after ./bootstrap."""
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ LAB_INVENTORY = ROOT / ".lab" / "hosts.yaml"
 def test(c, k="", unit=False):
     """Run the test suite: unit tests, then the lab's integration tests (real sshd, rsync, mlx)."""
     target = "tests/unit" if unit else "tests"
-    select = f" -k {k!r}" if k else ""
+    select = f" -k {shlex.quote(k)}" if k else ""
     c.run(f"{BIN / 'python'} -m pytest {target}{select}", pty=False)
 
 
@@ -36,15 +37,16 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
     whole job, to a mirrored step-10 checkpoint and its report."""
     fab = BIN / "fab"
     env = {"THUNDER_INVENTORY": str(LAB_INVENTORY)}
-    c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env)
+    lab_up = f"{fab} lab-up --hosts {shlex.quote(hosts)} --model-mb {model_mb} --reseed"
+    c.run(lab_up, env=env)
     steps = [("verify-dataset", True), ("verify-cache", False),
-             (f"sync-cache --host {hosts.split(',')[0]}", True), ("verify-cache --deep", True)]
+             (f"sync-cache --host {shlex.quote(hosts.split(',')[0])}", True), ("verify-cache --deep", True)]
     for step, must_pass in steps:
         print(f"\n$ THUNDER_INVENTORY={os.path.relpath(LAB_INVENTORY)} fab {step}", flush=True)
         r = c.run(f"{fab} {step}", env=env, warn=True)
         if must_pass and not r.ok:
             raise Exit(f"demo: `fab {step}` failed", code=1)
-    c.run(f"{fab} lab-up --hosts {hosts} --model-mb {model_mb} --reseed", env=env, hide=True)
+    c.run(lab_up, env=env, hide=True)
     print(f"\n$ THUNDER_INVENTORY={os.path.relpath(LAB_INVENTORY)} fab handoff   # mac4 partial again", flush=True)
     if not c.run(f"{fab} handoff", env=env, warn=True).ok:
         raise Exit("demo: `fab handoff` failed", code=1)
@@ -55,5 +57,5 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
             "only": "comma-separated figure scripts, e.g. sync,mirror"})
 def bench(c, model_mb=1000, only=""):
     """Run the benchmarks on their own lab and write docs/BENCHMARKS.md (takes about 10 minutes)."""
-    select = f" --only {only}" if only else ""
+    select = f" --only {shlex.quote(only)}" if only else ""
     c.run(f"{BIN / 'python'} bench/run_all.py --model-mb {model_mb}{select}", pty=False)

@@ -26,12 +26,13 @@ os.environ["THUNDER_RING_PORT"] = os.environ.get("THUNDER_BENCH_RING_PORT", "334
 
 import yaml  # noqa: E402
 
-from thunderlane import inventory, lab as labmod  # noqa: E402
+from thunderlane import inventory, lab as labmod, layout  # noqa: E402
+from thunderlane.lab import kit  # noqa: E402
 
 PY = ROOT / ".venv" / "bin" / "python"
 FAB = ROOT / ".venv" / "bin" / "fab"
 BENCH_ROOT = Path(os.environ.get("THUNDER_BENCH_LAB", "/tmp/thunder-bench-lab"))
-REPO = "models--mlx-community--gemma-4-e2b-4bit"
+REPO = kit.REPO_FOLDER
 BYTE_HOSTS = ["mac4", "mac5", "mac6", "mac7"]   # the byte-bound lab (model --model-mb)
 TRAIN_HOSTS = ["mac4", "mac5"]                   # the training lab (model --train-model-mb)
 DEFAULT_MODEL_MB = 1000.0
@@ -78,10 +79,10 @@ class Lab:
         return inventory.load(str(path or self.inventory))
 
     def cache(self, host):
-        return self.dir / host / labmod.CACHE_REL
+        return kit.host_cache(self.dir, host)
 
     def repo(self, host):
-        return self.cache(host) / REPO
+        return kit.host_repo(self.dir, host)
 
     def shell_env(self, inventory_path=None):
         """The environment part of a command line, for the table."""
@@ -133,23 +134,16 @@ def write_inventory(lab, name, change):
 
 def write_profile(lab, name, run_name, hosts=None, **config):
     """launchers/profiles/synthetic_mechanics.yaml under another name and run name."""
-    data = yaml.safe_load((ROOT / "launchers" / "profiles" / "synthetic_mechanics.yaml").read_text())
-    data["lane"]["run_name"] = run_name
-    data["lane"]["min_free_mb"] = 64
-    if hosts:
-        data["lane"]["hosts"] = list(hosts)
-    data.update(config)
-    (lab.profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return data
+    lane = {"min_free_mb": 64, **({"hosts": list(hosts)} if hosts else {})}
+    return kit.write_profile(lab.profiles, name, run_name, lane=lane, **config)
 
 
 def clean_run(lab, run_name):
     """Remove every trace of a run: each host's run directory, the local mirror, staging and lock."""
-    local_runs = lab.dir / "local" / labmod.RUNS_REL
+    where = layout.Local(lab.dir / "local" / labmod.RUNS_REL)
     for host in lab.hosts:
         shutil.rmtree(lab.dir / host / labmod.RUNS_REL / run_name, ignore_errors=True)
-    for path in (local_runs / run_name, local_runs / ".incoming" / run_name,
-                 local_runs / ".locks" / f"{run_name}.lock", local_runs / ".plans" / run_name):
+    for path in (where.mirror(run_name), where.staging(run_name), where.lock(run_name), where.plans(run_name)):
         shutil.rmtree(path, ignore_errors=True)
 
 

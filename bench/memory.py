@@ -28,7 +28,7 @@ def import_chain():
     code = ("import re, sys\n"
             "rss = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024\n"
             "import fabfile; a = rss(); before = set(sys.modules)\n"
-            "from thunderlane.fixtures import model; b = rss()\n"
+            "from thunderlane.lab.fixtures import model; b = rss()\n"
             "new = sorted({m.split('.')[0] for m in set(sys.modules) - before} - {'thunderlane'} - sys.stdlib_module_names)\n"
             "print(a, b, ','.join(n for n in new if not n.startswith('_')))")
     a, b, new = c.run([c.PY, "-c", code], check=True).stdout.split()

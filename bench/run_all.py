@@ -82,14 +82,14 @@ ANALYSIS = {
     "3": ("Not expected: hashlib uses OpenSSL's SHA-256; compare with the openssl figure in the details.",),
     "4": (
         "CPython's per-row cost, and fixed cost. `wc -l` + `sha256sum` read 22 MB per copy at memory speed; "
-        "the probe must also decode and validate each of 100 000 JSON rows (thunderlane/probe.py "
+        "the probe must also decode and validate each of 100 000 JSON rows (thunderlane/onhost/probe.py "
         "jsonl_facts -> _judge_row -> json.loads + row_format/_check_messages). The details give the "
         "evidence: cProfile puts most of the probe's time in _judge_row and almost none in sha256; "
         "json.loads alone of every row (no validation, no ssh) takes several times the whole baseline; and "
         "the same fab run on the 600-row corpus (fab start, ssh, two probes, next to no work) is by itself "
         "about twice the baseline or more. So 2.0 cannot be met by a stdlib Python probe on this machine "
         "at this size. Proposed fixes (thunderlane/verify.py "
-        "verify_dataset and thunderlane/probe.py dataset_facts): validate rows once, on local (the "
+        "verify_dataset and thunderlane/onhost/probe.py dataset_facts): validate rows once, on local (the "
         "reference), and on the hosts only hash, validating a host's file only when its sha256 differs "
         "from local's (identical bytes are identical rows): this halves the CPU on a 2-core lab and takes "
         "validation off every host's critical path; and split a large file's rows across a "
@@ -98,29 +98,29 @@ ANALYSIS = {
     "5": (
         'Fixed cost around a 10-step window of a 2 MB model, and noise. The details split the '
         'difference per run pair. The lane-only phases: preflight (fab start; one probe per host for '
-        'dataset, cache and run facts; the chunk runner starts `python -m thunderlane.cli lock-dir` and '
-        '`committed-step`, which probes the writer again), plan-window (another thunderlane.cli '
-        "process, which probes the writer, local's dataset and local's cache again, one after the "
-        'other), the commits beyond the validation both runs do (weights digest and all_gather, three '
+        'dataset, cache and run facts; the chunk runner starts `python -m thunderlane.launcher_helpers lock-dir` and '
+        '`committed-step`, which probes the writer again), plan-window (another thunderlane.launcher_helpers '
+        "process, which probes the writer, then local's dataset and cache in one probe), the commits "
+        "beyond the validation both runs do (weights digest and all_gather, three "
         "safetensors files written, fsynced and hashed, a barrier, checkpoint.json; mlx_lm's own saves "
         "do none of this), and the gate (after the window the chunk runner's committed-step again, then "
-        'window.finish: reap and run facts, one probe per host). Each thunderlane.cli process pays the '
+        'window.runner.finish: reap and run facts, one probe per host). Each thunderlane.launcher_helpers process pays the '
         'imports of fabric/paramiko before doing anything (the lock-dir time in the details). Their '
         'sum, as a share of the bare run, is the ratio to expect without noise (in the details); the '
         'shared phases (launch, steps) differ only by noise, which on this shared machine swings single '
         'runs by tens of percent. With the real E2B model, loading and steps take far longer than with '
         'this 2 MB one and the same few seconds are a small share. Done: train_window takes the start '
         "step from the preflight's facts (no second committed()), preflight and the window's end ask "
-        'each host once (one probe session per host), and `thunderlane.cli lock-dir` no longer imports '
+        'each host once (one probe session per host), and `thunderlane.launcher_helpers lock-dir` no longer imports '
         'Fabric. Left: hand the start step to the chunk runner (e.g. THUNDER_START_STEP) so that '
         'launchers/run_gemma4_e2b_nko_correction_chunks.sh skips its first `committed-step`; '
-        "window.plan_window: run its three probes in parallel or reuse the preflight's facts; keep the "
+        "window.plan.plan_window: run its three probes in parallel or reuse the preflight's facts; keep the "
         "commit's fsyncs (they are what makes a commit atomic).",
     ),
     "7": ("Not expected: a resumed window restores adapters, optimizer state, RNG key and data position.",),
     "8:lab-up": (
         'Only lab-up builds anything. It builds the model in a child process (`python -m '
-        'thunderlane.fixtures.model`, so fab never loads mlx) and copies the partial shard head in 1 '
+        'thunderlane.lab.fixtures.model`, so fab never loads mlx) and copies the partial shard head in 1 '
         'MiB chunks; an earlier version built in-process and peaked at 689 MB with the 1 GB model.',
     ),
 }

@@ -17,7 +17,7 @@ import shutil
 import yaml
 
 import common as c
-from thunderlane import window
+from thunderlane import remote
 
 PROFILE = "bench_overhead"
 VAL = re.compile(r"^\s*\d+\s+val\s+[\d.]+\s+([\d.]+)s")  # mlx_lm's "   10    val 7.162    0.96s"
@@ -32,7 +32,7 @@ def bare_setup(lab, prof):
     hosts = [inv.host(h) for h in prof["lane"]["hosts"]]
     d = lab.dir / "bare"
     (d / "bin").mkdir(parents=True, exist_ok=True)
-    (d / "ssh_config").write_text(window.ssh_config(inv, hosts))
+    (d / "ssh_config").write_text(remote.ssh_config(inv, hosts))
     (d / "bin" / "ssh").write_text(f"#!/bin/sh\nexec {shutil.which('ssh')} -F {d / 'ssh_config'} \"$@\"\n")
     os.chmod(d / "bin" / "ssh", 0o755)
     (d / "hostfile.json").write_text(json.dumps([{"ssh": h.ssh_name, "ips": [h.data_ip]} for h in hosts]))
@@ -93,7 +93,7 @@ def main():
             for kind in (("lane", "bare") if i % 2 == 0 else ("bare", "lane")):
                 runs[kind].append(lane(lab) if kind == "lane" else bare(lab, d, launch, env))
                 c.log(f"run {i + 1} {kind}: {runs[kind][-1][0]:.2f}s {({k: round(v, 2) for k, v in runs[kind][-1][1].items()})}")
-        helpers = {cmd: c.median([c.run([c.PY, "-m", "thunderlane.cli", cmd, PROFILE], env=lab.env(), check=True).seconds
+        helpers = {cmd: c.median([c.run([c.PY, "-m", "thunderlane.launcher_helpers", cmd, PROFILE], env=lab.env(), check=True).seconds
                                   for _ in range(3)]) for cmd in ("lock-dir", "committed-step")}
         bf16 = [bare(lab, d, launch, env, f32=False)[0] for _ in range(args.bf16_runs)]
         cmd_lane = c.fab_command(lab, "train-window", "--profile", PROFILE, "--target", "10", "--window", "10")
@@ -118,7 +118,7 @@ def main():
                                f"(medians over run pairs): {breakdown}. The lane-only fixed cost (preflight + plan-window "
                                f"+ commit beyond validation + gate) is {fixed:.2f}s, {100 * fixed / m_bare:.0f}% of the bare "
                                f"run: the ratio to expect without noise is about {1 + fixed / m_bare:.2f}. The chunk runner starts "
-                               f"`python -m thunderlane.cli` 4 times per 1-window run (lock-dir {helpers['lock-dir']:.2f}s: "
+                               f"`python -m thunderlane.launcher_helpers` 4 times per 1-window run (lock-dir {helpers['lock-dir']:.2f}s: "
                                f"imports only; committed-step {helpers['committed-step']:.2f}s: imports and a writer probe, "
                                f"before and after the window; plan-window)"
                                + (f"; bare in bf16 (mlx_lm's default on CPU) {c.median(bf16):.1f}s, "

@@ -11,12 +11,13 @@ import shutil
 import time
 
 import common as c
-from thunderlane import lab as labmod, probe, remote
+from thunderlane import lab as labmod, remote
+from thunderlane.onhost import probe
 
 
 def small_inventory(lab, size_mb):
     """Every host (and local) given a complete ``size_mb`` cache of its own, in an inventory."""
-    _, repo = labmod.fixtures(labmod.paths(lab.dir), size_mb)
+    _, repo = labmod.build_fixtures(labmod.paths(lab.dir), size_mb)
     root = lab.dir / f"small-{size_mb:g}mb"
     for host in ["local", *lab.hosts]:
         dst = root / host / "hub" / c.REPO

@@ -1,6 +1,6 @@
 """Figure 4: `fab verify-dataset` on a 100k-row corpus against `wc -l` + `sha256sum` of the same files.
 
-The corpus (thunderlane.fixtures.corpus, --rows rows) is put on local and mac5 and named by an
+The corpus (thunderlane.lab.fixtures.corpus, --rows rows) is put on local and mac5 and named by an
 inventory variant; `fab verify-dataset --hosts mac5` probes both in parallel, so the baseline runs
 `wc -l FILES && sha256sum FILES` on the two copies in parallel too. Also measured, to say where the
 time goes: the same fab command on the lab's 600-row corpus (fixed cost: fab start, ssh, probes),
@@ -16,7 +16,8 @@ import sys
 import time
 
 import common as c
-from thunderlane.fixtures.corpus import build_corpus
+from thunderlane import onhost
+from thunderlane.lab.fixtures.corpus import build_corpus
 
 FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "manifest.json")
 
@@ -64,7 +65,7 @@ def floor(root):
 
 def profile(root):
     """cProfile of the probe's dataset_facts on one copy: share of time in row judging and in sha256."""
-    from thunderlane import probe
+    from thunderlane.onhost import probe
     prof = cProfile.Profile()
     prof.runcall(probe.dataset_facts, str(root))
     stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
@@ -93,7 +94,7 @@ def main():
             t["fab"].append(fab(inv))
             t["base"].append(baseline(lab, args.rows))
             t["fixed"].append(fab())
-            t["probe"].append(c.run([c.PY, c.ROOT / "thunderlane" / "probe.py", "dataset",
+            t["probe"].append(c.run([c.PY, "-c", onhost.probe_source(), "dataset",
                                      lab.dir / f"corpus-{args.rows}-on" / "local"], check=True).seconds)
             c.log(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
         t_json, t_hash = floor(root)

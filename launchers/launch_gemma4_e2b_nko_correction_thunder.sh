@@ -41,7 +41,7 @@ if [ -n "${THUNDER_PLAN_ROOT:-}" ]; then
 else
   plan=$(mktemp -d "${TMPDIR:-/tmp}/thunder-window.XXXXXX")
 fi
-(cd "$repo" && "$py" -m thunderlane.cli plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
+(cd "$repo" && "$py" -m thunderlane.launcher_helpers plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
   exit "$EX_PLAN"
 
 ring_port=${THUNDER_RING_PORT:-32323}
@@ -50,9 +50,12 @@ case "$ring_port" in
 esac
 python=$(cat "$plan/python")
 mlx_launch=$(cat "$plan/mlx_launch")
+line="PATH=$plan/bin:\$PATH $mlx_launch --backend ring --starting-port $ring_port --hostfile $plan/hostfile.json"
+line="$line --python $python --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0"
+line="$line -- -c \"\$(cat $plan/entry.py)\" \"\$(cat $plan/spec.json)\""
+printf '%s\n' "$line" > "$plan/mlx_launch_line"   # the exact line, for the report
 echo "launch: plan in $plan"
-echo "launch: + PATH=$plan/bin:\$PATH $mlx_launch --backend ring --starting-port $ring_port --hostfile $plan/hostfile.json" \
-     "--python $python --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 -- -c \"\$(cat $plan/entry.py)\" \"\$(cat $plan/spec.json)\""
+echo "launch: + $line"
 PATH="$plan/bin:$PATH" "$mlx_launch" --backend ring --starting-port "$ring_port" --hostfile "$plan/hostfile.json" \
   --python "$python" --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 \
   -- -c "$(cat "$plan/entry.py")" "$(cat "$plan/spec.json")"

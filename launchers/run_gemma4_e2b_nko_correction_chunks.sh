@@ -35,7 +35,7 @@ for n in "$target" "$window"; do
   esac
 done
 
-helper() { (cd "$repo" && "$py" -m thunderlane.cli "$@"); }
+helper() { (cd "$repo" && "$py" -m thunderlane.launcher_helpers "$@"); }
 
 lock=$(helper lock-dir "$profile") || exit "$EX_USAGE"
 mkdir -p "$(dirname "$lock")"

@@ -84,9 +84,25 @@ $(find "$repo" -type l)
 EOF
 }
 
-sum_stat() {   # LABEL LOGFILE: add up an rsync --stats figure over every pass ("1,234" or "1234")
-  awk -v label="$1" 'index($0, label) == 1 { v = $0; sub(label, "", v); gsub(/[^0-9]/, "", v);
-                      s += v; n++ } END { if (n) print s; else print "unknown" }' "$2"
+pass_stat() {   # LABEL LOGFILE: one pass's --stats figure ("1,234" or "1234"), or nothing
+  # nothing unless the label starts exactly one line and its value is a plain byte count
+  # (openrsync prints no such line; a human-readable "1.23M" would add up wrong)
+  awk -v label="$1" 'index($0, label) == 1 { n++; v = substr($0, length(label) + 1) }
+    END { sub(/^[ \t]+/, "", v); sub(/ bytes$/, "", v)
+          if (n == 1 && v ~ /^[0-9][0-9,.]*$/) {
+            gsub(/[^0-9]/, "", v); sub(/^0+/, "", v); print (v == "" ? "0" : v) } }' "$2"
+}
+
+sum_stat() {   # LABEL LOGFILE...: a --stats figure added up over the passes, else "unknown":
+  # a figure missing from one pass would make the sum wrong, not just smaller
+  local label=$1 log v total=0
+  shift
+  for log in "$@"; do
+    v=$(pass_stat "$label" "$log")
+    [ -n "$v" ] || { echo unknown; return 0; }
+    total=$((total + v))
+  done
+  echo "$total"
 }
 
 repo_id=mlx-community/gemma-4-e2b-4bit
@@ -147,10 +163,10 @@ ssh_cmd="$ssh_cmd -o ControlMaster=auto -o ControlPath=$ctl/%C -o ControlPersist
 read -r -a ssh_argv <<EOF
 $ssh_cmd
 EOF
-log=$(mktemp "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")
+logs=$(mktemp -d "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")   # one rsync output per pass
 finish() {
   "${ssh_argv[@]}" -O exit "$host" >/dev/null 2>&1 || true
-  rm -rf "$ctl" "$log"
+  rm -rf "$ctl" "$logs"
 }
 trap finish EXIT
 
@@ -188,8 +204,9 @@ if [ "$dry_run" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -i "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$log"
-  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$log") bytes of file data"
+  rsync -n -i "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$logs/dry-run"
+  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run")" \
+       "bytes of file data"
   exit 0
 fi
 
@@ -210,8 +227,10 @@ fi
 
 # blobs first, then the snapshot links to them, then refs/main: a failed pass (a full disk, a
 # dropped link) never leaves a link to a blob that did not arrive, nor a ref to a missing snapshot
-rsync "${flags[@]}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$log"
-rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee -a "$log"
-rsync "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee -a "$log"
-echo "sync: done: file data sent $(sum_stat 'Literal data:' "$log") bytes," \
-     "total sent $(sum_stat 'Total bytes sent:' "$log") bytes"
+rsync "${flags[@]}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
+rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee "$logs/2"
+rsync "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$logs/3"
+# the caller (thunderlane.transfer.parse_summary) reads this line; "unknown" where the local rsync's
+# stats lack a figure (openrsync has no Literal data / Total bytes sent lines)
+echo "sync: done: file data sent $(sum_stat 'Literal data:' "$logs/1" "$logs/2" "$logs/3") bytes," \
+     "total sent $(sum_stat 'Total bytes sent:' "$logs/1" "$logs/2" "$logs/3") bytes"

@@ -1,4 +1,5 @@
-"""verify-cache's judgement: one host's HF cache facts, checked for itself and against local.
+"""verify-cache's judgement: one host's HF cache facts (``facts.CacheFacts``), checked for itself
+and against local's.
 
 Verdicts: complete, partial (which files, how many bytes missing), corrupt (which file),
 absent, other-revision. Local is the reference: if it is not complete, no host can be judged.
@@ -11,57 +12,56 @@ FIGURES = ("revision", "files", "bytes", "missing")
 def snapshot_bytes(facts):
     """Bytes of the snapshot, each blob counted once."""
     seen = {}
-    for name, entry in facts["files"].items():
-        if entry["size"] is not None:
-            seen[entry["blob"] or name] = entry["size"]
+    for name, entry in facts.files.items():
+        if entry.size is not None:
+            seen[entry.blob or name] = entry.size
     return sum(seen.values())
 
 
-def missing_against(facts, reference):
-    """Files the reference snapshot has that this host lacks (absent or dangling), and their bytes
-    (blobs counted once)."""
+def missing_against(files, reference):
+    """Files the reference snapshot has that ``files`` (a snapshot's, by name) lacks, absent or
+    dangling, and their bytes (blobs counted once)."""
     names, blobs = [], {}
-    for name, ref in sorted(reference["files"].items()):
-        mine = facts["files"].get(name)
-        if mine is None or mine["size"] is None:
+    for name, ref in sorted(reference.files.items()):
+        mine = files.get(name)
+        if mine is None or mine.size is None:
             names.append(name)
-            blobs[ref["blob"] or name] = ref["size"] or 0
+            blobs[ref.blob or name] = ref.size or 0
     return names, sum(blobs.values())
 
 
-def _figures(facts, missing_bytes=None):
-    return {"revision": (facts.get("ref") or "-")[:12], "files": len(facts["files"]),
-            "bytes": human_bytes(snapshot_bytes(facts)) if facts["files"] else "-",
+def figures(facts, missing_bytes=None):
+    """The figures behind a verdict (the table's columns and the JSON's)."""
+    return {"revision": (facts.ref or "-")[:12], "files": len(facts.files),
+            "bytes": human_bytes(snapshot_bytes(facts)) if facts.files else "-",
             "bytes_exact": snapshot_bytes(facts), "missing": human_bytes(missing_bytes),
-            "missing_bytes": missing_bytes, "cache_root": facts.get("cache_root"),
-            "incomplete": len(facts.get("incomplete", [])),
-            "stale_locks": sum(1 for lock in facts.get("locks", []) if lock["stale"])}
+            "missing_bytes": missing_bytes, "cache_root": facts.cache_root,
+            "incomplete": len(facts.incomplete), "stale_locks": sum(1 for lock in facts.locks if lock.stale)}
 
 
 def _corrupt(facts):
     """The first structural problem that makes this cache untrustworthy, or None."""
-    for name, entry in sorted(facts["files"].items()):
-        if entry["escapes"]:
-            return f"snapshots/{facts['ref']}/{name} links outside the repo folder ({entry['link']})"
-    for name, shard in sorted(facts["shards"].items()):
-        if not shard["ok"] and shard["reason"] != "missing":
-            return f"{name} is not a whole safetensors file: {shard['reason']}"
-    for blob, check in sorted((facts.get("deep") or {}).items()):
-        if not check["ok"]:
-            files = [n for n, e in facts["files"].items() if e["blob"] == blob]
-            return f"blob {blob} ({', '.join(files)}) does not hash to its name: {check['actual']}"
+    for name, entry in sorted(facts.files.items()):
+        if entry.escapes:
+            return f"snapshots/{facts.ref}/{name} links outside the repo folder ({entry.link})"
+    for name, shard in sorted(facts.shards.items()):
+        if not shard.ok and shard.reason != "missing":
+            return f"{name} is not a whole safetensors file: {shard.reason}"
+    for blob, check in sorted((facts.deep or {}).items()):
+        if not check.ok:
+            files = [n for n, e in facts.files.items() if e.blob == blob]
+            return f"blob {blob} ({', '.join(files)}) does not hash to its name: {check.reason}"
     return None
 
 
 def _own_state(facts):
     """(verdict, detail) from this cache alone, before any comparison."""
-    root = facts["cache_root"]
-    if not facts["exists"]:
-        return "absent", f"no {facts['repo_dir']} under {root}"
-    if not facts["ref"]:
+    if not facts.exists:
+        return "absent", f"no {facts.repo_dir} under {facts.cache_root}"
+    if not facts.ref:
         return "partial", "no refs/main: the download never finished"
-    if not facts["snapshot_exists"]:
-        return "corrupt", f"refs/main names {facts['ref']} but snapshots/{facts['ref']} is missing"
+    if not facts.snapshot_exists:
+        return "corrupt", f"refs/main names {facts.ref} but snapshots/{facts.ref} is missing"
     corrupt = _corrupt(facts)
     if corrupt:
         return "corrupt", corrupt
@@ -71,22 +71,22 @@ def _own_state(facts):
 def _leftovers(facts, against_reference=False):
     """What an interrupted download leaves: dangling links, missing shards, *.incomplete blobs.
     Against a reference, missing files are already listed by name, so shards are not repeated."""
-    dangling = [n for n, e in sorted(facts["files"].items()) if e["dangling"]]
+    dangling = [n for n, e in sorted(facts.files.items()) if e.dangling]
     missing_shards = [] if against_reference else \
-        [n for n, s in sorted(facts["shards"].items()) if s["reason"] == "missing"]
+        [n for n, s in sorted(facts.shards.items()) if s.reason == "missing"]
     out = []
     if dangling:
         out.append("dangling links: " + ", ".join(dangling))
     if missing_shards:
         out.append("missing shards: " + ", ".join(missing_shards))
-    if facts.get("index_error"):
-        out.append(facts["index_error"])
-    hub = [i for i in facts["incomplete"] if i["name"].endswith(".incomplete")]
-    temp = [i for i in facts["incomplete"] if i["name"].startswith(".")]
+    if facts.index_error:
+        out.append(facts.index_error)
+    hub = [i for i in facts.incomplete if i.name.endswith(".incomplete")]
+    temp = [i for i in facts.incomplete if i.name.startswith(".")]
     if hub:
         out.append(f"{len(hub)} *.incomplete blob(s) left over")
     if temp:
-        out.append(f"{len(temp)} interrupted-transfer temp file(s) in blobs/ ({temp[0]['name']})")
+        out.append(f"{len(temp)} interrupted-transfer temp file(s) in blobs/ ({temp[0].name})")
     return out
 
 
@@ -96,47 +96,46 @@ def judge_reference(facts):
     state = _own_state(facts) or (("partial", "; ".join(leftovers)) if leftovers else None)
     if state:
         verdict, detail = state
-        return HostResult("local", verdict, False, f"{detail} (local is the reference)", _figures(facts))
-    return HostResult("local", "complete", True, f"reference, {facts['cache_root']}", _figures(facts))
+        return HostResult("local", verdict, False, f"{detail} (local is the reference)", figures(facts))
+    return HostResult("local", "complete", True, f"reference, {facts.cache_root}", figures(facts))
 
 
 def judge(host, facts, reference):
     """A host's verdict against local's facts (already judged complete)."""
     state = _own_state(facts)
     if state and state[0] == "absent":
-        _, missing_bytes = missing_against({"files": {}}, reference)
-        return HostResult(host, "absent", False, state[1], _figures(facts, missing_bytes))
-    if state and facts["ref"] and not facts["snapshot_exists"]:
-        return HostResult(host, state[0], False, state[1], _figures(facts))
-    if facts["ref"] and facts["ref"] != reference["ref"]:
+        _, missing_bytes = missing_against({}, reference)
+        return HostResult(host, "absent", False, state[1], figures(facts, missing_bytes))
+    if state and facts.ref and not facts.snapshot_exists:
+        return HostResult(host, state[0], False, state[1], figures(facts))
+    if facts.ref and facts.ref != reference.ref:
         return HostResult(host, "other-revision", False,
-                          f"refs/main is {facts['ref'][:12]}, local has {reference['ref'][:12]}",
-                          _figures(facts))
-    names, missing_bytes = missing_against(facts, reference)
-    figures = _figures(facts, missing_bytes)
+                          f"refs/main is {facts.ref[:12]}, local has {reference.ref[:12]}", figures(facts))
+    names, missing_bytes = missing_against(facts.files, reference)
+    shown = figures(facts, missing_bytes)
     if state:
-        return HostResult(host, state[0], False, state[1], figures)
+        return HostResult(host, state[0], False, state[1], shown)
     mismatch = _mismatch(facts, reference)
     if mismatch:
-        return HostResult(host, "corrupt", False, mismatch, figures)
+        return HostResult(host, "corrupt", False, mismatch, shown)
     leftovers = _leftovers(facts, against_reference=True)
     if names or leftovers:
         detail = [f"missing {len(names)} file(s), {human_bytes(missing_bytes)}: " + ", ".join(names)] \
             if names else []
-        return HostResult(host, "partial", False, "; ".join(detail + leftovers), figures)
-    return HostResult(host, "complete", True, "same revision, files, sizes and blobs as local", figures)
+        return HostResult(host, "partial", False, "; ".join(detail + leftovers), shown)
+    return HostResult(host, "complete", True, "same revision, files, sizes and blobs as local", shown)
 
 
 def _mismatch(facts, reference):
     """Files present on both sides that differ in blob name or size, or files local lacks."""
-    for name, mine in sorted(facts["files"].items()):
-        ref = reference["files"].get(name)
+    for name, mine in sorted(facts.files.items()):
+        ref = reference.files.get(name)
         if ref is None:
             return f"{name} is not in local's snapshot"
-        if mine["size"] is None:
+        if mine.size is None:
             continue
-        if mine["blob"] != ref["blob"]:
-            return f"{name} links to blob {mine['blob']}, local to {ref['blob']}"
-        if mine["size"] != ref["size"]:
-            return f"{name} is {mine['size']} bytes, local has {ref['size']}"
+        if mine.blob != ref.blob:
+            return f"{name} links to blob {mine.blob}, local to {ref.blob}"
+        if mine.size != ref.size:
+            return f"{name} is {mine.size} bytes, local has {ref.size}"
     return None

@@ -4,15 +4,16 @@ verify-dataset, verify-cache, sync-cache for each host that is not complete, tra
 mirror-back, then a report (Markdown and JSON) saved in the local mirror and the writer's run
 directory, answering exactly what the handoff asks back."""
 import json
-import os
 import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from . import mirror, window
+from . import layout, mirror, window
+from .facts import thaw
+from .fsutil import atomic_write
 from .remote import ssh_command
+from .report import printable
 from .sync import SyncError, sync_cache
 from .verify import verify_cache, verify_dataset
 
@@ -94,7 +95,7 @@ def train_summary(result):
             "gate_ok": bool(g and g.ok), "gate": g.to_dict() if g else None,
             "start_step": result.start_step, "trained": result.trained,
             "command": o.command if o else None,
-            "launches": o.launches if o else [], "log": o.log if o else None,
+            "launches": o.launches if o else [], "plans": o.plans if o else [], "log": o.log if o else None,
             "seconds": round(o.seconds, 2) if o else 0,
             "preflight": [r.to_dict() for r in result.preflight.results]}
 
@@ -124,13 +125,13 @@ def render_markdown(d):
         lines.append(f"| {r['host']} | {r['verdict']} | {a['verdict']} | {a['figures'].get('files', '-')} | "
                      f"{a['figures'].get('bytes', '-')} | {a['detail']} |")
     for host, s in d["sync"].items():
-        lines.append(f"\n{host} was {s.get('before', '?')} before the sync; sync-cache: "
+        lines += ["", f"{host} was {s.get('before', '?')} before the sync; sync-cache: "
                      + (f"sent {s.get('bytes_sent')} of {s.get('missing_bytes')} missing bytes, now {s.get('after')}"
-                        if "error" not in s else s["error"]))
+                        if "error" not in s else s["error"])]
     lines += ["", "## Training window", "",
               f"- Command: `{t.get('command') or '(not launched)'}`"]
-    for launch in t.get("launches", []):
-        lines.append(f"- mlx.launch: `{launch}`")
+    for plan in t.get("plans", []):  # the exact line is long: the JSON report holds it, the plan keeps it
+        lines.append(f"- mlx.launch: the exact line is in `{plan}/mlx_launch_line`")
     lines += [f"- Verdict: {t.get('verdict', 'not run')}: {t.get('explanation', '')}",
               f"- checkpoint.json reached step {d['target']}: **{'yes' if t.get('gate_ok') else 'no'}**"
               f" (at step {fig.get('step', '-')})",
@@ -144,20 +145,18 @@ def render_markdown(d):
     lines += [f"- {b}" for b in d["blockers"]] or ["- nothing: the next window can start from this checkpoint"]
     lines += ["", "## Reproduce", ""] + [f"    {c}" for c in d["reproduce"]]
     lines += ["", "## Phase times", ""] + [f"- {k}: {v['seconds']}s" for k, v in d["phases"].items()]
-    return "\n".join(lines) + "\n"
+    # text from hosts (details, errors) may hold control characters: shown escaped, one line each
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def save(inv, profile, data):
     """Write the report into the local mirror (or the local runs root) and the writer's run dir."""
     _enrich(inv, profile, data)
-    mirror_dir, _ = mirror.local_paths(inv, profile)
-    target = mirror_dir if mirror_dir.is_dir() else Path(inv.local.runs_root) / ".reports" / profile.run_name
-    target.mkdir(parents=True, exist_ok=True)
-    md, js = render_markdown(data), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    for name, text in ((REPORT_MD, md), (REPORT_JSON, js)):
-        tmp = target / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, target / name)
+    where = layout.local(inv)
+    mirror_dir = where.mirror(profile.run_name)
+    target = mirror_dir if mirror_dir.is_dir() else where.reports(profile.run_name)
+    atomic_write(target / REPORT_MD, render_markdown(data))
+    atomic_write(target / REPORT_JSON, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     data["report_local"] = str(target / REPORT_MD)
     data["report_remote"] = _push(inv, profile, target)
 
@@ -167,18 +166,16 @@ def _enrich(inv, profile, data):
         _, facts = window.writer_facts(inv, profile)
     except window.WindowError:
         return
-    ckpt = (facts.get("checkpoint") or {}).get("data") or {}
-    if isinstance(ckpt, dict):
-        data["run_id"] = ckpt.get("run_id")
-        data["dataset_digest"] = ckpt.get("dataset_digest")
-        data["revision"] = (ckpt.get("model") or {}).get("revision")
-        data["versions"] = ckpt.get("versions")
+    record = thaw(facts.record)
+    data["run_id"] = record.get("run_id")
+    data["dataset_digest"] = record.get("dataset_digest")
+    data["revision"] = (record.get("model") or {}).get("revision")
+    data["versions"] = record.get("versions")
 
 
 def _push(inv, profile, folder):
     """Copy the two report files into the writer's run directory (if it exists) with rsync."""
-    writer = window.profile_hosts(inv, profile)[0]
-    remote = window.run_dir(writer, profile)
+    writer, remote = window.writer_run_dir(inv, profile)
     argv = ["rsync", "-t", "-e", ssh_command(inv, writer), f"--rsync-path={writer.rsync_path}",
             str(folder / REPORT_MD), str(folder / REPORT_JSON), f"{writer.destination}:{remote}/"]
     p = subprocess.run(argv, capture_output=True, text=True)

@@ -14,6 +14,7 @@ import yaml
 ENV_VAR = "THUNDER_INVENTORY"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "hosts.yaml"
 LOCAL = "local"
+DEFAULT_REPO = "mlx-community/gemma-4-e2b-4bit"  # the users' model; the lab's fixture stands in for it
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 SSH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -123,7 +124,7 @@ def parse(data, where="<inventory>"):
     check_mapping(data, where, "inventory", TOP_FIELDS, {"local", "hosts"})
     model = data.get("model") or {}
     check_mapping(model, where, "model", MODEL_FIELDS, set())
-    repo = model.get("repo", "mlx-community/gemma-4-e2b-4bit")
+    repo = model.get("repo", DEFAULT_REPO)
     if not isinstance(repo, str) or not REPO_RE.match(repo):
         raise InventoryError(f"{where}: model.repo: {repo!r} is not an org/name repo id")
     ssh = _ssh(data.get("ssh") or {}, where)

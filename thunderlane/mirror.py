@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import checkpoint, probe
+from . import checkpoint, layout
+from .facts import RunFacts
+from .onhost import runs
 from .remote import ssh_command
 from .report import human_bytes
-from .window import lock_state, run_dir, writer_facts
+from .window import lock_state, writer_facts
 
 EXCLUDES = ["--exclude=/.lane/", "--exclude=.*.tmp*"]
 
@@ -37,8 +38,8 @@ class MirrorResult:
 
 def local_paths(inv, profile):
     """(mirror, staging) under the local runs root; nothing outside it is ever written."""
-    root = Path(inv.local.runs_root)
-    return root / profile.run_name, root / ".incoming" / profile.run_name
+    where = layout.local(inv)
+    return where.mirror(profile.run_name), where.staging(profile.run_name)
 
 
 def mirror_back(inv, profile):
@@ -52,24 +53,24 @@ def mirror_back(inv, profile):
     mirror, staging = local_paths(inv, profile)
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    argv = rsync_argv(inv, writer, run_dir(writer, profile), staging, mirror)
+    argv = rsync_argv(inv, writer, layout.run_dir(writer, profile.run_name), staging, mirror)
     p = subprocess.run(argv, capture_output=True, text=True)
     if p.returncode:
         shutil.rmtree(staging, ignore_errors=True)
         raise MirrorError(f"{writer.name}: rsync exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    problem = verify_copy(facts, probe.lane_facts(str(staging.parent), staging.name))
+    problem = verify_copy(facts, RunFacts.from_json(runs.lane_facts(str(staging.parent), staging.name)))
     if problem:
         shutil.rmtree(staging, ignore_errors=True)
         raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is "
                           f"left as it was: {problem}")
     swap(staging, mirror)
-    return MirrorResult(writer.name, facts["run_dir"], str(mirror), step, len(facts["files"]),
-                        sum(f["size"] for f in facts["files"].values()), literal_bytes(p.stdout),
+    return MirrorResult(writer.name, facts.run_dir, str(mirror), step, len(facts.files),
+                        sum(f.size for f in facts.files.values()), literal_bytes(p.stdout),
                         time.monotonic() - t0, " ".join(argv))
 
 
 def _refuse_while_writing(inv, profile, writer, facts):
-    alive = [r["pid"] for r in facts["ranks"] if r["alive"]]
+    alive = facts.running
     state, pid = lock_state(inv, profile)
     if alive or state == "held":
         who = f"ranks {alive} on {writer.name}" if alive else f"the chunk runner (pid {pid})"
@@ -91,12 +92,12 @@ def literal_bytes(stats):
 
 def verify_copy(remote, local):
     """The first difference between the writer's run directory and the staged copy, or None."""
-    for name, want in sorted(remote["files"].items()):
-        have = local["files"].get(name)
+    for name, want in sorted(remote.files.items()):
+        have = local.files.get(name)
         if have is None:
             return f"{name} did not arrive"
-        if have["sha256"] != want["sha256"]:
-            return f"{name} sha256 {have['sha256'][:12]} differs from the writer's {want['sha256'][:12]}"
+        if have.sha256 != want.sha256:
+            return f"{name} sha256 {have.sha256[:12]} differs from the writer's {want.sha256[:12]}"
     step = checkpoint.committed_step(local)
     g = checkpoint.gate("local", local, step if step is not None else -1)
     return None if g.ok else f"the copied checkpoint does not pass the gate: {g.detail}"

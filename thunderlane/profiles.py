@@ -111,8 +111,3 @@ def _config_values(config, world, where):
         except InventoryError as e:
             raise ProfileError(f"{e} (or omit data to use the inventory's dataset_root)") from None
 
-
-def lock_dir(inv, profile):
-    """The run's window lock on the control machine: a directory the chunk runner makes with
-    mkdir (atomic) and removes on exit; it holds the runner's pid."""
-    return Path(inv.local.runs_root) / ".locks" / f"{profile.run_name}.lock"

@@ -1,5 +1,6 @@
-"""Running things on hosts: Fabric connections that refuse unknown host keys, the ssh command line
-rsync and the launchers use, and the probe run on every host in parallel.
+"""Running things on hosts: the one home of the ssh options (for Fabric, rsync, the launchers and
+mlx.launch), Fabric connections that refuse unknown host keys, and the probe asked on every host in
+parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
 import json
 import shlex
@@ -11,9 +12,9 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from . import probe
+from . import onhost
 
-PROBE_SOURCE = Path(probe.__file__).read_text(encoding="utf-8")
+PROBE_SOURCE = onhost.probe_source()
 
 
 class HostError(RuntimeError):
@@ -25,20 +26,36 @@ class HostError(RuntimeError):
         self.host, self.kind, self.message = host, kind, message
 
 
-def ssh_options(inv, host):
-    """``ssh`` options that pin the host key and fail fast; shared by rsync, the launchers and
-    (through the lab's ssh config) mlx.launch."""
+def _ssh_settings(inv):
+    """The options every ssh the lane starts must carry (Fabric's own are set in :func:`connect`):
+    the pinned host keys, no prompts, fast failure, keepalives."""
     s = inv.ssh
-    opts = []
-    if s.config:
-        opts += ["-F", s.config]
-    opts += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-             "-o", f"UserKnownHostsFile={s.known_hosts}", "-o", f"ConnectTimeout={s.connect_timeout}",
-             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+    settings = [("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"), ("UserKnownHostsFile", s.known_hosts),
+                ("ConnectTimeout", s.connect_timeout), ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3),
+                ("CheckHostIP", "no")]
     if s.identity:
-        opts += ["-i", s.identity, "-o", "IdentitiesOnly=yes"]
-    opts += ["-p", str(host.port), "-l", host.user]
-    return opts
+        settings += [("IdentityFile", s.identity), ("IdentitiesOnly", "yes")]
+    return settings
+
+
+def ssh_options(inv, host):
+    """``ssh`` command-line options for ``host``; shared by rsync and the launchers."""
+    opts = ["-F", inv.ssh.config] if inv.ssh.config else []
+    for key, value in _ssh_settings(inv):
+        opts += ["-o", f"{key}={value}"]
+    return opts + ["-p", str(host.port), "-l", host.user]
+
+
+def ssh_config(inv, hosts, extra=()):
+    """The same settings as an ssh config: one ``Host <ssh_name>`` block per host, so a plain
+    ``ssh mac4`` (mlx.launch's, or a person's) uses the lane's endpoint, key and pinned host keys."""
+    blocks = []
+    for h in hosts:
+        lines = [f"Host {h.ssh_name}", f"  HostName {h.hostname}", f"  Port {h.port}", f"  User {h.user}"]
+        for key, value in [*_ssh_settings(inv), *extra]:
+            lines.append(f'  {key} "{value}"' if "/" in str(value) else f"  {key} {value}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
 
 
 def ssh_command(inv, host):
@@ -95,7 +112,7 @@ def run(inv, host, argv, timeout=None):
 
 
 def run_probe(inv, host, args, timeout=None):
-    """Run the probe with the host's own lane interpreter; return its JSON facts."""
+    """Run the probe with the host's own lane interpreter; return its JSON (see :func:`ask`)."""
     code, out, err = run(inv, host, [host.python, "-c", PROBE_SOURCE, *args], timeout=timeout)
     if code == 127:
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
@@ -106,6 +123,25 @@ def run_probe(inv, host, args, timeout=None):
         return json.loads(out)
     except ValueError:
         raise HostError(host.name, "error", f"probe printed no JSON: {out[:200]!r}") from None
+
+
+def ask(inv, host, *queries, timeout=None):
+    """The facts of ``queries`` (see ``facts.py``) on ``host``, in one ssh session: a list of typed
+    facts in the order asked. A malformed answer is the host's error, not a traceback."""
+    if len(queries) == 1:
+        answers = [run_probe(inv, host, list(queries[0].args), timeout)]
+    else:
+        multi = json.dumps([list(q.args) for q in queries])
+        answers = run_probe(inv, host, ["multi", multi], timeout)["results"]
+    try:
+        return [q.parse(a) for q, a in zip(queries, answers)]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise HostError(host.name, "error", f"probe answer malformed: {type(e).__name__}: {e}") from None
+
+
+def ask_each(inv, hosts, query_for):
+    """One query per host, every host at once: {name: facts or HostError}."""
+    return on_hosts(hosts, lambda h: ask(inv, h, query_for(h))[0])
 
 
 def on_hosts(hosts, fn):

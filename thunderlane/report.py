@@ -39,7 +39,7 @@ class Report:
     def to_table(self, columns):
         """A plain-text table: host, verdict, the figures named in ``columns``, then the detail."""
         head = ["host", "verdict", *columns, "detail"]
-        rows = [[r.host, r.verdict, *(_cell(r.figures.get(c)) for c in columns), r.detail]
+        rows = [[r.host, r.verdict, *(_cell(r.figures.get(c)) for c in columns), printable(r.detail)]
                 for r in self.results]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
         widths[-1] = 0
@@ -47,7 +47,7 @@ class Report:
                  for row in [head, *rows]]
         lines.insert(1, "  ".join("-" * max(w, len(h)) for w, h in zip(widths, head)).rstrip())
         verdict = "OK" if self.ok else f"FAILED on {', '.join(self.failed)}"
-        return "\n".join([*lines, *self.notes, f"{self.task}: {verdict}"])
+        return "\n".join([*lines, *map(printable, self.notes), f"{self.task}: {verdict}"])
 
 
 def _cell(value):
@@ -55,7 +55,14 @@ def _cell(value):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text):
+    """Text that came from a host, safe for a terminal or a report: control characters (escape
+    sequences, newlines, a carriage return that would overwrite the line) are shown escaped;
+    everything printable, N'Ko and paths with their underscores included, stays as written."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def human_bytes(n):

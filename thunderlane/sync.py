@@ -5,18 +5,18 @@ inventory's ssh settings), check (verify the host again; bytes sent against byte
 """
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import facts as queries, layout
 from .inventory import InventoryError, abs_path
-from .remote import HostError, on_hosts, run_probe, ssh_command
+from .remote import HostError, ask, ask_each, ssh_command
 from .report import human_bytes
-from .verify import cache_args, gather, judge_caches
+from .transfer import parse_summary, stream
+from .verify import cache_query, gather_caches, judge_caches
 
-LAUNCHER = Path(__file__).resolve().parent.parent / "launchers" / "sync_gemma4_e2b_cache_to_thunder.sh"
+LAUNCHER = layout.SYNC
 
 EXIT_MEANINGS = {
     11: "rsync: file I/O error on the receiving side (is the host's disk full or read-only?)",
@@ -47,6 +47,7 @@ class SyncOutcome:
     total_sent: int | None
     command: str
     seconds: float
+    literal_from: str | None = None   # "stats" (rsync's own figure) or "progress" (an estimate)
 
     @property
     def ok(self):
@@ -75,41 +76,11 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=Fals
 
 def dest_cache_of(host, facts):
     """The host's cache root: the inventory's, else as the host's lane interpreter resolved it."""
-    root = host.hf_cache or facts["cache_root"]
+    root = host.hf_cache or facts.cache_root
     try:
         return abs_path(root, "cache root", host.name, "hf_cache")
     except InventoryError as e:
         raise SyncError(str(e)) from None
-
-
-def stream(argv, prefix, out=sys.stdout):
-    """Run ``argv``, echoing its output prefixed by host (progress lines as they come); return
-    (exit code, all output)."""
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seen, buf, last_progress = [], b"", 0.0
-    tty = out.isatty()
-    while True:
-        chunk = p.stdout.read1(65536) if hasattr(p.stdout, "read1") else p.stdout.read(4096)
-        if not chunk:
-            break
-        buf += chunk
-        parts = re.split(rb"(\r|\n)", buf)
-        buf = parts.pop()
-        for text, sep in zip(parts[::2], parts[1::2]):
-            line = text.decode("utf-8", "replace")
-            seen.append(line)
-            if sep == b"\r":
-                now = time.monotonic()
-                if tty or now - last_progress >= 2:
-                    out.write(f"[{prefix}] {line}" + ("\r" if tty else "\n"))
-                    last_progress = now
-            elif line:
-                out.write(f"[{prefix}] {line}\n")
-            out.flush()
-    if buf:
-        seen.append(buf.decode("utf-8", "replace"))
-        out.write(f"[{prefix}] {seen[-1]}\n")
-    return p.wait(), "\n".join(seen)
 
 
 def explain(code, output, free=None, needed=None):
@@ -124,25 +95,17 @@ def explain(code, output, free=None, needed=None):
 def free_bytes(inv, host, path):
     """Free bytes under ``path`` on ``host`` (None if it cannot be asked)."""
     try:
-        return run_probe(inv, host, ["lane", path, "-"])["free_bytes"]
+        return ask(inv, host, queries.run(path, "-"))[0].free_bytes
     except HostError:
         return None
 
 
-def parse_summary(output):
-    """(file data bytes sent, total bytes sent) from the launcher's closing line; None if unknown."""
-    m = re.search(r"sync: done: file data sent (\w+) bytes, total sent (\w+) bytes", output)
-    if not m:
-        return None, None
-    return tuple(int(x) if x.isdigit() else None for x in m.groups())
-
-
-def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, out=sys.stdout):
+def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout):
     """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure.
     ``checksum`` compares contents (and verifies deeply before and after): it repairs a blob whose
     bytes changed without its size or mtime changing."""
     t0 = time.monotonic()
-    facts = gather(inv, [host], lambda h: cache_args(inv, h, deep=checksum))
+    facts = gather_caches(inv, [host], deep=checksum)
     before = judge_caches(facts)
     for name, f in facts.items():
         if isinstance(f, HostError):
@@ -151,24 +114,24 @@ def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, out=sys.s
     if not ref.ok:
         raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
     host_before = before.results[1]
-    escaping = [n for n, e in facts[host.name].get("files", {}).items() if e.get("escapes")]
+    escaping = [n for n, e in facts[host.name].files.items() if e.escapes]
     if escaping:
         raise SyncError(f"{host.name}: snapshot link(s) {', '.join(sorted(escaping))} point outside the "
                         f"repo folder on the host; refusing to sync into it: inspect and remove them first")
     missing = host_before.figures.get("missing_bytes") or 0
     dest = dest_cache_of(host, facts[host.name])
-    argv = launcher_argv(inv, host, facts["local"]["cache_root"], dest, dry_run, checksum, bwlimit)
+    argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit)
     command = shlex.join(argv)
     out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
               f"missing {human_bytes(missing)}\n$ {command}\n")
-    code, output = stream(argv, host.name, out)
+    code, output = stream(argv, host.name, missing, out=out, verbose=verbose)
     if code:
         free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
-    literal, total = parse_summary(output)
+    summary = parse_summary(output)  # with openrsync, file data is estimated from the progress lines
     after = None
     if not dry_run:  # only the host changed: judge its new facts against the local ones from before
-        again = on_hosts([host], lambda h: run_probe(inv, h, cache_args(inv, h, deep=checksum)))
+        again = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))
         after = judge_caches({"local": facts["local"], **again}, deep=checksum).results[1]
-    return SyncOutcome(host.name, host_before, after, missing, literal, total, command,
-                       time.monotonic() - t0)
+    return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
+                       command, time.monotonic() - t0, summary.file_data_from)

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from thunderlane import inventory, lab, profiles
-from thunderlane.probe import lane_facts
+from thunderlane import inventory, lab
+from thunderlane.lab import kit
+from thunderlane.onhost.runs import lane_facts
 from thunderlane.sync import sync_cache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,10 +58,8 @@ PROFILE = "synthetic_mechanics"
 @pytest.fixture
 def profile_dir(tmp_path):
     """Copies of the shipped mechanics profile under other names, each with its own run directory."""
-    src = yaml.safe_load((profiles.PROFILE_DIR / f"{PROFILE}.yaml").read_text())
     for name in ("run_a", "run_b"):
-        data = dict(src, lane=dict(src["lane"], run_name=f"test_{name}", min_free_mb=0))
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        kit.write_profile(tmp_path, name, f"test_{name}", source=PROFILE, lane={"min_free_mb": 0})
     return tmp_path
 
 

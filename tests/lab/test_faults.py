@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thunderlane import checkpoint, lab, mirror, profiles, window
+from thunderlane import checkpoint, lab, layout, mirror, profiles, window
+from thunderlane.facts import RunFacts
+from thunderlane.lab import kit
 from thunderlane.sync import launcher_argv, sync_cache
 from tests.lab.conftest import (ROOT, by_host, fab, fab_json, no_rank_left, run_facts, start_fab, train,
                                 wait_for_step)
 
-REPO_DIR = "models--mlx-community--gemma-4-e2b-4bit"
+REPO_DIR = kit.REPO_FOLDER
 TRAINING_ENV = {}
 
 
 def host_repo(inv, lab_dir, host):
-    return (lab_dir / host / ".cache" / "huggingface" / "hub" / REPO_DIR) if host != "local" \
-        else Path(inv.local.hf_cache) / REPO_DIR
+    return kit.host_repo(lab_dir, host) if host != "local" else Path(inv.local.hf_cache) / REPO_DIR
 
 
 def revision(repo):
@@ -124,8 +125,8 @@ def test_05_kill_during_adapter_save_keeps_last_commit_and_never_mirrors_torn(wa
                     env={"THUNDER_FAULT": "kill-during-save@10"})
     assert code == 1 and r["verdict"] in ("runtime-crash", "distributed-hang"), r
     facts = run_facts(warm_lab, "mac4", "test_run_a")
-    assert checkpoint.committed_step(facts) == 5
-    assert checkpoint.gate("mac4", facts, 5).ok  # the step-5 files are whole and match
+    assert checkpoint.committed_step(RunFacts.from_json(facts)) == 5
+    assert checkpoint.gate("mac4", RunFacts.from_json(facts), 5).ok  # the step-5 files are whole and match
     assert any(".tmp" in t for t in facts["temp_files"])  # the torn file exists only under a temp name
     assert "0000010_adapters.safetensors" not in facts["files"]
     prof = profiles.load("run_a", profile_dir)
@@ -151,7 +152,7 @@ def test_06_damaged_checkpoint_fails_the_gate_and_says_which(warm_lab, profile_d
     run = Path(warm_lab.hosts["mac4"].runs_root) / "test_run_a"
     damage(run)
     facts = run_facts(warm_lab, "mac4", "test_run_a")
-    g = checkpoint.gate("mac4", facts, 5)
+    g = checkpoint.gate("mac4", RunFacts.from_json(facts), 5)
     assert not g.ok and g.verdict == verdict and words in g.detail
     if verdict != "torn":  # through the real task too: a second run at the target re-checks the gate
         code, r = train(warm_lab, profile_dir, "run_a", "--target", "5", "--skip-preflight")
@@ -258,8 +259,8 @@ def test_09_hung_rank_is_ended_by_the_watchdog_and_reaped(warm_lab, profile_dir)
     assert elapsed < 10 + 20, elapsed
     print(f"watchdog: fault to classified exit in {elapsed:.1f}s")
     assert no_rank_left()
-    assert checkpoint.gate("mac4", run_facts(warm_lab, "mac4", "test_run_a"),
-                           checkpoint.committed_step(run_facts(warm_lab, "mac4", "test_run_a"))).ok
+    facts = RunFacts.from_json(run_facts(warm_lab, "mac4", "test_run_a"))
+    assert checkpoint.gate("mac4", facts, checkpoint.committed_step(facts)).ok
 
 
 def test_09b_host_down_mid_run(warm_lab, lab_dir, profile_dir):
@@ -268,7 +269,7 @@ def test_09b_host_down_mid_run(warm_lab, lab_dir, profile_dir):
     try:
         assert wait_for_step(warm_lab, "mac5", "test_run_a", 5)
         t_fault = time.monotonic()
-        sshd = lab._pid(lab_dir, "mac5")
+        sshd = lab.sshd_pid(lab_dir, "mac5")
         subprocess.run(["pkill", "-KILL", "-P", str(sshd)])  # the sessions (and so mac5's rank) go
         os.kill(sshd, signal.SIGKILL)                         # and the host stops answering
         out, _ = proc.communicate(timeout=120)
@@ -310,7 +311,7 @@ def test_11_second_window_refused_by_the_lock_and_stale_lock_detected(warm_lab, 
         code, r = train(warm_lab, profile_dir, "run_a", "--target", "60")
         assert code == 1 and r["verdict"] == "refused"
         assert "another window holds the lock" in json.dumps(r) or "still running" in json.dumps(r)
-        chunks = subprocess.run(["bash", str(window.CHUNKS), "run_a", "60", "60"], capture_output=True, text=True,
+        chunks = subprocess.run(["bash", str(layout.CHUNKS), "run_a", "60", "60"], capture_output=True, text=True,
                                 env=dict(os.environ, THUNDER_INVENTORY=warm_lab.path,
                                          THUNDER_PROFILES=str(profile_dir)))
         assert chunks.returncode == 75 and "another window of run_a is running" in chunks.stderr
@@ -371,7 +372,7 @@ def test_13_injection_in_names_and_arguments(lab_inv, canary, evil):
         p = fab(lab_inv, *argv)
         assert p.returncode == 2, (argv, p.stdout, p.stderr)
     for argv in ([evil, "10", "10"], ["synthetic_mechanics", evil, "10"], ["synthetic_mechanics", "10", evil]):
-        p = subprocess.run(["bash", str(window.CHUNKS), *argv], capture_output=True, text=True,
+        p = subprocess.run(["bash", str(layout.CHUNKS), *argv], capture_output=True, text=True,
                            env=dict(os.environ, THUNDER_INVENTORY=lab_inv.path))
         assert p.returncode == 64
     mac4 = lab_inv.hosts["mac4"]

@@ -106,6 +106,7 @@ def test_killed_rank_leaves_last_commit_and_no_process(warm_lab, profile_dir):
     step = facts["checkpoint"]["data"]["step"]
     assert step % 5 == 0 and step < 60  # the last commit stands; nothing torn under a final name
     from thunderlane.checkpoint import gate
-    assert gate("mac4", facts, step).ok
+    from thunderlane.facts import RunFacts
+    assert gate("mac4", RunFacts.from_json(facts), step).ok
     assert not facts["temp_files"] or all(".tmp" in t for t in facts["temp_files"])
     assert no_rank_left()

@@ -87,7 +87,7 @@ def test_broken_json_row_is_host_file_line(lab_inv):
 
 
 def test_stopped_host_is_unreachable_while_other_is_verified(lab_inv, lab_dir):
-    pid = lab._pid(lab_dir, "mac5")
+    pid = lab.sshd_pid(lab_dir, "mac5")
     os.kill(pid, 15)
     try:
         t0 = time.monotonic()
@@ -103,7 +103,7 @@ def test_stopped_host_is_unreachable_while_other_is_verified(lab_inv, lab_dir):
 
 def test_hung_host_is_reported_within_connect_timeout(lab_inv, lab_dir):
     """A host that accepts TCP but never speaks (a stopped sshd) must not hang the task."""
-    pid = lab._pid(lab_dir, "mac4")
+    pid = lab.sshd_pid(lab_dir, "mac4")
     os.kill(pid, 19)  # SIGSTOP
     try:
         t0 = time.monotonic()

@@ -3,7 +3,7 @@ import json
 import os
 import struct
 
-from thunderlane.probe import git_blob_sha1_file, sha256_file
+from thunderlane.onhost.probe import git_blob_sha1_file, sha256_file
 
 REPO = "mlx-community/gemma-4-e2b-4bit"
 REV = "a" * 40

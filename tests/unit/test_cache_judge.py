@@ -1,11 +1,13 @@
 import os
 
-from thunderlane import cache, probe
+from thunderlane import cache
+from thunderlane.facts import CacheFacts
+from thunderlane.onhost import probe
 from tests.unit.builders import REPO
 
 
 def facts(repo, deep=False):
-    return probe.cache_facts(str(repo.parent), REPO, deep=deep)
+    return CacheFacts.from_json(probe.cache_facts(str(repo.parent), REPO, deep=deep))
 
 
 def test_complete_copy_is_complete(cache_pair):
@@ -90,7 +92,7 @@ def test_escaping_link_is_corrupt(cache_pair, tmp_path):
 
 def test_absent_cache(cache_pair, tmp_path):
     local, _ = cache_pair
-    r = cache.judge("mac4", probe.cache_facts(str(tmp_path / "empty"), REPO), facts(local))
+    r = cache.judge("mac4", CacheFacts.from_json(probe.cache_facts(str(tmp_path / "empty"), REPO)), facts(local))
     assert r.verdict == "absent" and r.figures["missing_bytes"] > 0
 
 

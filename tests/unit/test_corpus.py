@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from thunderlane.fixtures import corpus
-from thunderlane.fixtures.corpus import (
+from thunderlane.lab.fixtures import corpus
+from thunderlane.lab.fixtures.corpus import (
     ERROR_KINDS,
     FILES,
     INSTRUCTION,
@@ -121,7 +121,7 @@ def test_manifest_matches_the_files(built):
     assert manifest["files"] == {name: file_facts(root / name) for name in FILES}
     assert manifest["rows"] == 600
     built_from = manifest["built_from"]
-    assert built_from["generator"] == "thunderlane.fixtures.corpus"
+    assert built_from["generator"] == "thunderlane.lab.fixtures.corpus"
     assert (built_from["version"], built_from["seed"], built_from["rows"]) == (1, 0, 600)
     assert built_from["split"] == [0.8, 0.1, 0.1]
 

@@ -3,8 +3,10 @@ import shutil
 
 import pytest
 
-from thunderlane import dataset, probe
-from thunderlane.fixtures.corpus import build_corpus
+from thunderlane import dataset
+from thunderlane.facts import DatasetFacts
+from thunderlane.onhost import probe
+from thunderlane.lab.fixtures.corpus import build_corpus
 
 
 @pytest.fixture(scope="module")
@@ -14,16 +16,21 @@ def corpus(tmp_path_factory):
     return root
 
 
+def dataset_facts(root):
+    """The probe's facts of ``root``, typed as the judges take them."""
+    return DatasetFacts.from_json(probe.dataset_facts(root))
+
+
 def facts_of(src, tmp_path, edit=None):
     root = tmp_path / "copy"
     shutil.copytree(src, root)
     if edit:
         edit(root)
-    return probe.dataset_facts(str(root))
+    return dataset_facts(str(root))
 
 
 def test_identical_copy_is_ok(corpus, tmp_path):
-    ref = probe.dataset_facts(str(corpus))
+    ref = dataset_facts(str(corpus))
     assert dataset.judge("local", ref).ok
     r = dataset.judge("mac4", facts_of(corpus, tmp_path), ref)
     assert r.ok and r.verdict == "ok"
@@ -45,7 +52,7 @@ def test_same_line_count_different_content_is_caught(corpus, tmp_path):
         manifest = json.loads((root / "manifest.json").read_text())
         manifest["files"]["valid.jsonl"] = probe.jsonl_facts(root / "valid.jsonl")
         (root / "manifest.json").write_text(json.dumps(manifest))
-    ref = probe.dataset_facts(str(corpus))
+    ref = dataset_facts(str(corpus))
     r = dataset.judge("mac5", facts_of(corpus, tmp_path, edit), ref)
     assert not r.ok and r.verdict == "differs"
     assert "valid.jsonl (same line count)" in r.detail
@@ -54,7 +61,7 @@ def test_same_line_count_different_content_is_caught(corpus, tmp_path):
 def test_edit_without_manifest_update_is_a_manifest_mismatch(corpus, tmp_path):
     def edit(root):
         replace_row(root, "train.jsonl", 1, '{"text": "x"}')
-    r = dataset.judge("mac5", facts_of(corpus, tmp_path, edit), probe.dataset_facts(str(corpus)))
+    r = dataset.judge("mac5", facts_of(corpus, tmp_path, edit), dataset_facts(str(corpus)))
     assert r.verdict in ("manifest", "invalid") and not r.ok
 
 
@@ -67,14 +74,14 @@ def test_bad_row_is_reported_host_file_line(corpus, tmp_path):
 def test_missing_file_and_absent_root(corpus, tmp_path):
     r = dataset.judge("mac4", facts_of(corpus, tmp_path, lambda root: (root / "manifest.json").unlink()))
     assert r.verdict == "missing" and "manifest.json" in r.detail
-    r = dataset.judge("mac4", probe.dataset_facts(str(tmp_path / "nowhere")))
+    r = dataset.judge("mac4", dataset_facts(str(tmp_path / "nowhere")))
     assert r.verdict == "absent" and "nowhere" in r.detail
 
 
 def test_broken_reference_makes_hosts_unchecked(corpus, tmp_path):
     ref = facts_of(corpus, tmp_path, lambda root: (root / "test.jsonl").unlink())
     assert not dataset.judge("local", ref).ok
-    r = dataset.judge("mac4", probe.dataset_facts(str(corpus)), ref)
+    r = dataset.judge("mac4", dataset_facts(str(corpus)), ref)
     assert r.verdict == "unchecked" and not r.ok
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from thunderlane.fixtures import model as fixture
-from thunderlane.probe import git_blob_sha1_file, sha256_file
+from thunderlane.lab.fixtures import model as fixture
+from thunderlane.onhost.probe import git_blob_sha1_file, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 NKO_LETTERS = [chr(c) for c in range(0x07CA, 0x07EA + 1)]
@@ -255,7 +255,7 @@ def test_cli_prints_the_same_result_as_the_api(built, tmp_path):
     texts_file.write_text("\n".join(nko_texts()) + "\n", encoding="utf-8")
     cache = tmp_path / "hub"
     args = ["--cache-root", str(cache), "--texts-file", str(texts_file)]
-    result = json.loads(run_python(["-m", "thunderlane.fixtures.model", *args], cache, tmp_path))
+    result = json.loads(run_python(["-m", "thunderlane.lab.fixtures.model", *args], cache, tmp_path))
     assert result["revision"] == built["revision"]
     repo = cache / "models--mlx-community--gemma-4-e2b-4bit"
     assert result["snapshot_dir"] == str(repo / "snapshots" / built["revision"])

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from thunderlane import probe
+from thunderlane import onhost
+from thunderlane.onhost import probe
 from tests.unit.builders import safetensors_bytes
 
 
@@ -112,7 +113,7 @@ def test_jsonl_first_bad_row(tmp_path, content, line, why):
 def test_probe_runs_as_a_standalone_script(tmp_path):
     """The probe is sent as source to hosts: it must run with nothing but the stdlib."""
     (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
-    src = open(probe.__file__).read()
+    src = onhost.probe_source()
     out = subprocess.run([sys.executable, "-I", "-S", "-c", src, "dataset", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     facts = json.loads(out)

@@ -1,11 +1,14 @@
 """Pure parts of the training lane: profiles, LANE lines, triage, the checkpoint gate, data position."""
 import copy
+import json
 
 import pytest
 
 from thunderlane import checkpoint, profiles, window
-from thunderlane.lane_train import LaneError, epoch_and_skip, epoch_seed
-from thunderlane.window import RunOutcome, classify, parse_lane
+from thunderlane.onhost.lane_train import LaneError, epoch_and_skip, epoch_seed
+from thunderlane.facts import RunFacts
+from thunderlane.report import printable
+from thunderlane.window import RunOutcome, classify, describe, parse_event
 
 
 def test_shipped_profiles_load():
@@ -44,11 +47,33 @@ def test_bad_profiles_are_refused(edit, why):
 
 
 def test_parse_lane_lines_even_after_other_output():
-    assert parse_lane("LANE rank=0 host=mac4 phase=step step=3 loss=7.1") == \
-        {"rank": "0", "host": "mac4", "phase": "step", "step": "3", "loss": "7.1"}
-    assert parse_lane("\x1b[2Ktrain 40%LANE rank=1 host=mac5 phase=done step=5")["host"] == "mac5"
-    assert parse_lane("chunks: window 0 -> 5") is None
-    assert parse_lane("PLANE rank=0") is None
+    assert parse_event('LANE {"rank": 0, "host": "mac4", "phase": "step", "step": 3, "loss": 7.1}') == \
+        {"rank": 0, "host": "mac4", "phase": "step", "step": 3, "loss": 7.1}
+    assert parse_event('\x1b[2Ktrain 40%LANE {"rank": 1, "host": "mac5", "phase": "done", "step": 5}')["host"] == "mac5"
+    assert parse_event("chunks: window 0 -> 5") is None
+    assert parse_event('PLANE {"rank": 0}') is None
+    assert parse_event('LANE {"rank": 0, "host": "mac4", "phase": "st') is None  # cut short: not an event
+
+
+RUN_DIR = "runs/gemma4_e2b_nko_correction_partial_real_stage1_stable/adapters.safetensors"
+
+
+def test_rank_errors_keep_paths_exactly_as_written():
+    """Paths and messages from a rank reach the operator as written: underscores intact."""
+    msg = f"saving step 5 in {RUN_DIR} failed: local_files_only"
+    line = "LANE " + json.dumps({"rank": 0, "host": "mac4", "phase": "error", "kind": "write", "msg": msg})
+    event = parse_event("mlx.launch noise " + line)
+    assert event["msg"] == msg
+    assert RUN_DIR in describe(event) and "local_files_only" in describe(event)
+    assert RUN_DIR in classify(outcome([ev("mac4", "start"), event], code=12), False)[1]
+
+
+def test_control_characters_from_a_host_are_escaped():
+    event = {"host": "mac4", "phase": "error", "kind": "runtime", "msg": "boom\x1b[2J\rgone\nnext"}
+    shown = describe(event)
+    assert "\x1b" not in shown and "\r" not in shown and "\n" not in shown
+    assert "boom\\x1b[2J\\rgone\\nnext" in shown
+    assert printable("ߊ_b/c") == "ߊ_b/c"
 
 
 def outcome(events, code=0, watchdog=False, interrupted=False):
@@ -97,28 +122,28 @@ def run_facts(step=10, **over):
 
 
 def test_gate_passes_only_on_target_with_matching_files():
-    assert checkpoint.gate("mac4", run_facts(), 10).ok
-    assert checkpoint.gate("mac4", run_facts(step=5), 10).verdict == "wrong-step"
-    assert "below" in checkpoint.gate("mac4", run_facts(step=5), 10).detail
-    assert "past" in checkpoint.gate("mac4", run_facts(step=15), 10).detail
+    assert checkpoint.gate("mac4", RunFacts.from_json(run_facts()), 10).ok
+    assert checkpoint.gate("mac4", RunFacts.from_json(run_facts(step=5)), 10).verdict == "wrong-step"
+    assert "below" in checkpoint.gate("mac4", RunFacts.from_json(run_facts(step=5)), 10).detail
+    assert "past" in checkpoint.gate("mac4", RunFacts.from_json(run_facts(step=15)), 10).detail
 
 
 def test_gate_failures_say_which():
     f = run_facts()
     f["files"]["adapters.safetensors"]["sha256"] = "c" * 64
-    assert "adapters.safetensors sha256" in checkpoint.gate("mac4", f, 10).detail
+    assert "adapters.safetensors sha256" in checkpoint.gate("mac4", RunFacts.from_json(f), 10).detail
     f = run_facts()
     f["files"]["lane_state.safetensors"]["whole"] = False
-    assert checkpoint.gate("mac4", f, 10).verdict == "bad-adapter"
+    assert checkpoint.gate("mac4", RunFacts.from_json(f), 10).verdict == "bad-adapter"
     f = run_facts()
     del f["files"]["0000010_adapters.safetensors"]
-    assert "missing" in checkpoint.gate("mac4", f, 10).detail
+    assert "missing" in checkpoint.gate("mac4", RunFacts.from_json(f), 10).detail
     f = run_facts()
     f["checkpoint"] = {"present": True, "error": "not valid JSON"}
-    assert checkpoint.gate("mac4", f, 10).verdict == "torn"
-    assert checkpoint.committed_step(f) is None
-    assert checkpoint.gate("mac4", {"exists": True, "run_dir": "/r", "checkpoint": {"present": False}}, 10).verdict \
-        == "no-checkpoint"
+    assert checkpoint.gate("mac4", RunFacts.from_json(f), 10).verdict == "torn"
+    assert checkpoint.committed_step(RunFacts.from_json(f)) is None
+    empty = RunFacts.from_json({"exists": True, "run_dir": "/r", "checkpoint": {"present": False}})
+    assert checkpoint.gate("mac4", empty, 10).verdict == "no-checkpoint"
 
 
 def test_data_position_is_a_function_of_the_step():

@@ -1,6 +1,7 @@
-"""Facts gathered on a host. Stdlib only: this file is sent as-is to each host's interpreter
-(``python -c <this file> dataset|cache|lane ...``) and prints one JSON document. It reads and never
-writes; the one exception, ``reap``, ends the lane's own training processes by their recorded PIDs.
+# thunderlane on-host probe: stdlib only (bundled after files.py and runs.py; see onhost/__init__.py)
+"""Facts gathered on a host, sent as source to each host's interpreter
+(``python -c <bundle> dataset|cache|lane|reap|multi ...``); prints one JSON document. It reads and
+never writes; the one exception, ``reap``, ends the lane's own training processes by their PIDs.
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
@@ -8,33 +9,22 @@ import hashlib
 import json
 import os
 import re
-import struct
 import sys
 import time
 
-CHUNK = 1 << 20
+if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
+    from .files import CHUNK, safetensors_check, sha256_file
+    from .runs import lane_facts, read_json_file, reap
+
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 CHAT_ROLES = {"system", "user", "assistant", "tool"}
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
-               "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-MAX_HEADER = 100_000_000
 STALE_LOCK_SECONDS = 600
 
 
 # --- hashing -------------------------------------------------------------------------------------
-
-def sha256_file(path):
-    """Hex sha256 of a file's bytes (the hub's name for an LFS blob)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def git_blob_sha1_file(path):
     """Hex git blob sha1 of a file: sha1(b"blob <size>\\0" + bytes), the hub's name for a small file."""
@@ -55,55 +45,6 @@ def blob_hash_matches(path, name):
     else:
         return False, None
     return actual == name, actual
-
-
-# --- safetensors ---------------------------------------------------------------------------------
-
-def safetensors_check(path):
-    """Structural check without loading: (ok, reason). The header's tensors must tile the data
-    region exactly, and the file size must be 8 + header length + end of the last tensor."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return False, f"{size} bytes: shorter than the 8-byte header length"
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
-                return False, f"header length {n} does not fit in {size} bytes"
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return False, f"unreadable header: {e}"
-    return _check_header(header, size - 8 - n)
-
-
-def _check_header(header, data_len):
-    if not isinstance(header, dict):
-        return False, "header is not a JSON object"
-    spans = []
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = t["data_offsets"]
-            count = 1
-            for dim in t["shape"]:
-                count *= dim
-            width = DTYPE_SIZES[t["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            return False, f"tensor {name}: malformed entry"
-        if end - start != count * width:
-            return False, f"tensor {name}: {end - start} bytes for shape {t['shape']} {t['dtype']}"
-        spans.append((start, end, name))
-    spans.sort()
-    pos = 0
-    for start, end, name in spans:
-        if start != pos:
-            return False, f"tensor {name}: starts at {start}, expected {pos}"
-        pos = end
-    if pos != data_len:
-        return False, f"data is {data_len} bytes, tensors cover {pos}"
-    return True, f"{len(spans)} tensors, {data_len} data bytes"
 
 
 # --- dataset -------------------------------------------------------------------------------------
@@ -189,20 +130,8 @@ def dataset_facts(root):
             out["files"][name] = dict(present=True, **jsonl_facts(path))
         except OSError as e:
             out["files"][name] = {"present": False, "error": e.strerror}
-    out["manifest"] = _read_manifest(os.path.join(root, MANIFEST))
+    out["manifest"] = read_json_file(os.path.join(root, MANIFEST))
     return out
-
-
-def _read_manifest(path):
-    if not os.path.isfile(path):
-        return {"present": False}
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        return {"present": True, "sha256": hashlib.sha256(raw).hexdigest(),
-                "data": json.loads(raw.decode("utf-8"))}
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return {"present": True, "error": f"not valid JSON: {e}"}
 
 
 # --- HF cache ------------------------------------------------------------------------------------
@@ -351,116 +280,6 @@ def _rehash(repo_dir, files):
         ok, actual = blob_hash_matches(os.path.join(repo_dir, "blobs", blob), blob)
         out[blob] = {"ok": ok, "actual": actual}
     return out
-
-
-# --- a training run ------------------------------------------------------------------------------
-
-LANE_MARKER = "thunderlane-lane-train"
-
-
-def lane_facts(runs_root, run_name):
-    """What train-window, the gate and mirror-back need of one host: versions, free disk, the run
-    directory's checkpoint and files (hashed), running ranks, leftover temp files."""
-    run_dir = os.path.join(runs_root, run_name)
-    out = {"run_dir": run_dir, "exists": os.path.isdir(run_dir), "versions": _versions(),
-           "free_bytes": _free_bytes(runs_root), "checkpoint": None, "files": {}, "ranks": [],
-           "temp_files": []}
-    if not out["exists"]:
-        return out
-    out["checkpoint"] = _read_manifest(os.path.join(run_dir, "checkpoint.json"))
-    for name in sorted(os.listdir(run_dir)):
-        path = os.path.join(run_dir, name)
-        if name.startswith("."):
-            if ".tmp" in name:
-                out["temp_files"].append(name)
-            continue
-        if os.path.isfile(path) and not os.path.islink(path):
-            out["files"][name] = _run_file(path, name)
-    out["ranks"] = _ranks(os.path.join(run_dir, ".lane"))
-    return out
-
-
-def _run_file(path, name):
-    entry = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
-    if name.endswith(".safetensors"):
-        entry["whole"], entry["reason"] = safetensors_check(path)
-    return entry
-
-
-def _versions():
-    out = {"python": sys.version.split()[0]}
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:
-        return out
-    for dist in ("mlx", "mlx-lm"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _free_bytes(path):
-    while path and not os.path.exists(path):
-        path = os.path.dirname(path)
-    try:
-        st = os.statvfs(path or "/")
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def process_alive(pid):
-    """Is ``pid`` a live training rank (its command line carries the lane's marker)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return LANE_MARKER.encode() in f.read()
-    except OSError:
-        import subprocess
-        p = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
-        return LANE_MARKER in p.stdout
-
-
-def _ranks(lane_dir):
-    ranks = []
-    if not os.path.isdir(lane_dir):
-        return ranks
-    for name in sorted(os.listdir(lane_dir)):
-        if name.startswith("rank") and name.endswith(".pid"):
-            try:
-                with open(os.path.join(lane_dir, name), encoding="utf-8") as f:
-                    info = json.load(f)
-                pid = int(info["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            ranks.append({"file": name, "pid": pid, "alive": process_alive(pid)})
-    return ranks
-
-
-def reap(runs_root, run_name, grace=3.0):
-    """The one thing here that acts: end this host's live training ranks of one run, by the PIDs
-    they recorded (checked against the lane's marker), TERM then KILL. Returns what was ended."""
-    import signal
-    lane_dir = os.path.join(runs_root, run_name, ".lane")
-    ended = []
-    for rank in _ranks(lane_dir):
-        if not rank["alive"]:
-            continue
-        os.kill(rank["pid"], signal.SIGTERM)
-        deadline = time.time() + grace
-        while process_alive(rank["pid"]) and time.time() < deadline:
-            time.sleep(0.1)
-        if process_alive(rank["pid"]):
-            os.kill(rank["pid"], signal.SIGKILL)
-        ended.append(rank)
-    return {"ended": ended, "left": [r for r in _ranks(lane_dir) if r["alive"]]}
 
 
 # --- entry ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small helpers the bash launchers call: ``python -m thunderlane.cli COMMAND ...``.
+"""Helpers the bash launchers call: ``python -m thunderlane.launcher_helpers COMMAND ...``.
 
   committed-step PROFILE                          the writer's committed step (0 if none)
   lock-dir PROFILE                                the window lock directory on this machine
@@ -7,11 +7,11 @@
 import argparse
 import sys
 
-from . import inventory, profiles
+from . import inventory, layout, profiles
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m thunderlane.cli")
+    parser = argparse.ArgumentParser(prog="python -m thunderlane.launcher_helpers")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("committed-step", "lock-dir"):
         sub.add_parser(name).add_argument("profile")
@@ -28,8 +28,12 @@ def main(argv=None):
         print(f"thunderlane: {e}", file=sys.stderr)
         return 2
     if args.command == "lock-dir":  # no Fabric import for this one: it runs before every window
-        print(profiles.lock_dir(inv, profile))
+        print(layout.local(inv).lock(profile.run_name))
         return 0
+    return _with_hosts(inv, profile, args)
+
+
+def _with_hosts(inv, profile, args):
     from . import window
     from .remote import HostError
     try:

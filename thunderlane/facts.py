@@ -1,0 +1,264 @@
+"""What the on-host probe reports, as frozen values: the one place its JSON becomes typed facts.
+
+The probe (``onhost/probe.py``) runs on each host with nothing but the stdlib and prints JSON.
+``remote.ask`` hands that JSON here the moment it arrives; from then on the judges (``dataset``,
+``cache``, ``checkpoint``, ``mirror``, preflight) read attributes, never string-keyed dicts.
+A :class:`Query` pairs the probe's command line with the parser of its answer.
+"""
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+
+def _frozen(mapping, build=lambda v: v):
+    return MappingProxyType({k: build(v) for k, v in (mapping or {}).items()})
+
+
+def _freeze_json(value):
+    """A parsed JSON document made read-only (mappings become mapping proxies, lists tuples)."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze_json(v) for v in value)
+    return value
+
+
+def thaw(value):
+    """A frozen JSON document back to plain dicts and lists (for reports written as JSON)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+# --- documents: manifest.json, checkpoint.json ---------------------------------------------------
+
+@dataclass(frozen=True)
+class JsonDoc:
+    """A small JSON file read on a host: present or not, its sha256, its content or why not."""
+    present: bool
+    sha256: str | None = None
+    data: object = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, d):
+        if not d:
+            return cls(present=False)
+        return cls(present=bool(d.get("present")), sha256=d.get("sha256"),
+                   data=_freeze_json(d.get("data")), error=d.get("error"))
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BadRow:
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One JSONL split: lines, bytes, sha256, mlx-lm row format, the first bad row."""
+    present: bool
+    lines: int = 0
+    bytes: int = 0
+    sha256: str | None = None
+    format: str | None = None
+    bad: BadRow | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, d):
+        bad = d.get("bad")
+        return cls(present=bool(d.get("present")), lines=d.get("lines", 0), bytes=d.get("bytes", 0),
+                   sha256=d.get("sha256"), format=d.get("format"),
+                   bad=BadRow(bad["line"], bad["reason"]) if bad else None, error=d.get("error"))
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    root: str
+    exists: bool
+    files: Mapping[str, DataFile]
+    manifest: JsonDoc
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(root=d.get("root"), exists=bool(d.get("exists")),
+                   files=_frozen(d.get("files"), DataFile.from_json), manifest=JsonDoc.from_json(d.get("manifest")))
+
+    def file(self, name):
+        """The split called ``name``; an absent one when the probe did not list it."""
+        return self.files.get(name) or DataFile(present=False)
+
+
+# --- HF cache ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One file of the snapshot: its link and blob, size (None if unreadable), and link health."""
+    link: str | None
+    blob: str | None
+    size: int | None
+    dangling: bool
+    escapes: bool
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d.get("link"), d.get("blob"), d.get("size"), bool(d.get("dangling")), bool(d.get("escapes")))
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A blob an interrupted transfer left behind (``*.incomplete``, rsync's dot-temp files)."""
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LockFile:
+    name: str
+    age_s: int
+    stale: bool
+
+
+@dataclass(frozen=True)
+class Check:
+    """A pass/fail with its reason: a shard's structure, a blob's re-hash."""
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheFacts:
+    cache_root: str
+    resolved_by: str
+    repo_dir: str
+    exists: bool
+    ref: str | None
+    snapshot_exists: bool
+    revisions: tuple
+    files: Mapping[str, SnapshotEntry]
+    blobs: Mapping[str, int]
+    incomplete: tuple
+    locks: tuple
+    shards: Mapping[str, Check]
+    index_error: str | None
+    deep: Mapping[str, Check] | None
+
+    @classmethod
+    def from_json(cls, d):
+        deep = d.get("deep")
+        return cls(
+            cache_root=d["cache_root"], resolved_by=d.get("resolved_by", "inventory"), repo_dir=d["repo_dir"],
+            exists=bool(d["exists"]), ref=d.get("ref"), snapshot_exists=bool(d.get("snapshot_exists")),
+            revisions=tuple(d.get("revisions", ())), files=_frozen(d.get("files"), SnapshotEntry.from_json),
+            blobs=_frozen(d.get("blobs")), incomplete=tuple(Leftover(**i) for i in d.get("incomplete", ())),
+            locks=tuple(LockFile(**lk) for lk in d.get("locks", ())),
+            shards=_frozen(d.get("shards"), lambda s: Check(s["ok"], s.get("reason"))),
+            index_error=d.get("index_error"),
+            deep=None if deep is None else _frozen(deep, lambda c: Check(c["ok"], c.get("actual"))))
+
+
+# --- a run directory ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Versions:
+    python: str | None
+    mlx: str | None
+    mlx_lm: str | None
+
+    @classmethod
+    def from_json(cls, d):
+        d = d or {}
+        return cls(d.get("python"), d.get("mlx"), d.get("mlx-lm"))
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A file of a run directory, hashed; safetensors files also checked for structure."""
+    size: int | None
+    sha256: str
+    whole: bool = True
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d.get("size"), d["sha256"], d.get("whole", True), d.get("reason"))
+
+
+@dataclass(frozen=True)
+class Rank:
+    """A training rank's recorded PID on one host, and whether it still runs."""
+    file: str
+    pid: int
+    alive: bool
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One host's run directory: versions, free disk, checkpoint.json, files, running ranks."""
+    run_dir: str
+    exists: bool
+    versions: Versions
+    free_bytes: int | None
+    checkpoint: JsonDoc
+    files: Mapping[str, RunFile]
+    ranks: tuple
+    temp_files: tuple
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(run_dir=d["run_dir"], exists=bool(d["exists"]), versions=Versions.from_json(d.get("versions")),
+                   free_bytes=d.get("free_bytes"), checkpoint=JsonDoc.from_json(d.get("checkpoint")),
+                   files=_frozen(d.get("files"), RunFile.from_json),
+                   ranks=tuple(Rank(**r) for r in d.get("ranks", ())), temp_files=tuple(d.get("temp_files", ())))
+
+    @property
+    def running(self):
+        """PIDs of this host's ranks that are still alive."""
+        return [r.pid for r in self.ranks if r.alive]
+
+    @property
+    def record(self):
+        """checkpoint.json's content when it is a readable mapping, else an empty one."""
+        data = self.checkpoint.data
+        return data if self.checkpoint.present and isinstance(data, Mapping) else MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What ``reap`` ended on one host, and any rank still alive after it."""
+    ended: tuple
+    left: tuple
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(tuple(Rank(**r) for r in d.get("ended", ())), tuple(Rank(**r) for r in d.get("left", ())))
+
+
+# --- queries: the probe's command line and the parser of its answer -------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    args: tuple
+    parse: Callable
+
+
+def dataset(root):
+    return Query(("dataset", root), DatasetFacts.from_json)
+
+
+def cache(repo_id, cache_root=None, deep=False):
+    """The repo's cache under ``cache_root``, or where the host's interpreter resolves it."""
+    return Query(("cache", repo_id, cache_root or "-", *(("--deep",) if deep else ())), CacheFacts.from_json)
+
+
+def run(runs_root, run_name):
+    return Query(("lane", runs_root, run_name), RunFacts.from_json)
+
+
+def reap(runs_root, run_name):
+    return Query(("reap", runs_root, run_name), Reaped.from_json)

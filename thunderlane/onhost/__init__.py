@@ -1,0 +1,26 @@
+"""Code that runs on the hosts, sent as source to each host's own interpreter.
+
+A host has only the stdlib (the probe) or the stdlib, mlx, mlx-lm and numpy (the training entry):
+nothing here imports ``thunderlane``. A program is a *bundle*: the sources of its modules joined
+in order, so the shared helpers in ``files.py`` are written once. Imported here on the control
+side, each module takes those helpers by a relative import guarded by ``if __package__``; run as
+a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules defined them.
+"""
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROBE = ("files", "runs", "probe")
+ENTRY = ("files", "lane_train")
+
+
+def source(modules):
+    """The bundle of ``modules`` (names in this folder), in order, as one program's source."""
+    return "\n\n".join((HERE / f"{name}.py").read_text(encoding="utf-8") for name in modules)
+
+
+def probe_source():
+    return source(PROBE)
+
+
+def entry_source():
+    return source(ENTRY)

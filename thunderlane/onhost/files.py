@@ -1,0 +1,106 @@
+# thunderlane on-host helpers: stdlib only (bundled first into the probe and the training entry)
+"""Helpers both on-host programs use: hashing, the safetensors structure check, atomic writes,
+and the run directory's bookkeeping names."""
+import hashlib
+import json
+import os
+import struct
+
+CHUNK = 1 << 20
+LANE_DIR = ".lane"  # a run directory's bookkeeping: rank<N>.pid
+CHECKPOINT = "checkpoint.json"
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+MAX_HEADER = 100_000_000
+
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes (the hub's name for an LFS blob)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """``write(tmp)`` then fsync and rename onto ``path``: a kill leaves the old file or the new one,
+    never a torn one under the final name. Temporary names start with '.' and hold '.tmp'."""
+    path = str(path)
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.rpartition(".")
+    stem, suffix = (stem, dot + suffix) if stem else (name, "")
+    tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}{suffix}")
+    try:
+        write(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(folder or ".")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return atomic_write(path, write)
+
+
+def safetensors_check(path):
+    """Structural check without loading: (ok, reason). The header's tensors must tile the data
+    region exactly, and the file size must be 8 + header length + end of the last tensor."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False, f"{size} bytes: shorter than the 8-byte header length"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                return False, f"header length {n} does not fit in {size} bytes"
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return False, f"unreadable header: {e}"
+    return _check_header(header, size - 8 - n)
+
+
+def _check_header(header, data_len):
+    if not isinstance(header, dict):
+        return False, "header is not a JSON object"
+    spans = []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = t["data_offsets"]
+            count = 1
+            for dim in t["shape"]:
+                count *= dim
+            width = DTYPE_SIZES[t["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            return False, f"tensor {name}: malformed entry"
+        if end - start != count * width:
+            return False, f"tensor {name}: {end - start} bytes for shape {t['shape']} {t['dtype']}"
+        spans.append((start, end, name))
+    spans.sort()
+    pos = 0
+    for start, end, name in spans:
+        if start != pos:
+            return False, f"tensor {name}: starts at {start}, expected {pos}"
+        pos = end
+    if pos != data_len:
+        return False, f"data is {data_len} bytes, tensors cover {pos}"
+    return True, f"{len(spans)} tensors, {data_len} data bytes"

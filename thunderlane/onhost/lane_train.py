@@ -1,0 +1,398 @@
+# thunderlane-lane-train (this marker identifies the ranks' processes for reaping)
+"""The training entry, run on every rank by ``mlx.launch`` as ``python -c <files.py + this file>
+<spec JSON>``: one window of LoRA training with mlx-lm's tuner, plus exact resume. Each rank keeps
+its state in its own run directory (replicas are identical: nothing travels between windows). A
+commit: the ranks agree on their adapters' digest, files are written atomically, checkpoint.json last."""
+import copy
+import hashlib
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import mlx_lm
+import numpy as np
+from huggingface_hub import snapshot_download
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm import load
+from mlx_lm.tuner.datasets import CacheDataset, load_local_dataset
+from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, evaluate, iterate_batches, train
+from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+
+if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
+    from .files import CHECKPOINT, LANE_DIR, atomic_write, sha256_file, write_json
+
+STATE_FILE = "lane_state.safetensors"
+ADAPTERS = "adapters.safetensors"
+EXIT_CODES = {"runtime": 1, "cache": 10, "dataset": 11, "write": 12, "world-size": 13,
+              "divergence": 14, "checkpoint": 15, "spec": 16}
+# Between mlx-lm's CONFIG_DEFAULTS and the profile: the lane's old fallbacks, so a profile without
+# them runs as before (val_batches: 2 a commit, mlx-lm's 25); the other three pin mlx-lm's own.
+LANE_DEFAULTS = {"val_batches": 2, "mask_prompt": False, "optimizer": "adam", "grad_checkpoint": False}
+
+
+class LaneError(Exception):
+    """A classified failure: ``kind`` is one of EXIT_CODES."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Lane:
+    """One rank's window, as mlx-lm's ``TrainingArgs`` is one run's: what the steps below read."""
+    spec: dict  # the window spec, the same on every rank
+    rank: int  # this process's rank (MLX_RANK), its index in spec["ranks"]
+    host: str  # this rank's inventory name
+    run_dir: Path  # this rank's run directory
+    data: str  # this rank's dataset folder (train.jsonl, valid.jsonl), as the spec wrote it
+    config: dict  # the profile merged over mlx-lm's and the lane's defaults (merged_config)
+    started: float  # time.time() at the window's start
+    group: Any = None  # the mlx distributed group, once initialised
+    start_step: int = 0  # the committed step this window resumed from
+    n_train: int = 0  # training rows, for the checkpoint's data position
+    last_train_loss: Optional[float] = None
+
+    @classmethod
+    def for_rank(cls, spec, rank):
+        from mlx_lm.lora import CONFIG_DEFAULTS  # here: importing it changes yaml's SafeLoader
+        me = spec["ranks"][rank]
+        return cls(spec=spec, rank=rank, host=me["host"], run_dir=Path(me["run_dir"]), data=me["data"],
+                   config=merged_config(spec["config"], CONFIG_DEFAULTS), started=time.time())
+
+    def say(self, phase, **fields):
+        emit(self.rank, self.host, phase, **fields)
+
+
+def emit(rank, host, phase, **fields):
+    """One event, ``\\nLANE {json}\\n``: a flat object alone on its line (a reader decodes from the
+    ``{`` after the line's last ``LANE ``), in one ``os.write`` so other output never splits it."""
+    record = {"rank": rank, "host": host, "phase": phase}
+    record.update((k, float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in fields.items())
+    sys.stdout.flush()
+    os.write(1, ("\nLANE " + json.dumps(record, ensure_ascii=True, separators=(", ", ": ")) + "\n").encode())
+
+
+def merged_config(profile, defaults):
+    """``defaults`` (mlx-lm's CONFIG_DEFAULTS), LANE_DEFAULTS, then the profile; dicts such as
+    ``lora_parameters`` merge key by key; a profile's null counts as unset, as in mlx-lm."""
+    config = {}
+    for layer in (defaults, LANE_DEFAULTS, profile):
+        for key, value in layer.items():
+            if value is None and key in config:
+                continue
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                value = {**config[key], **value}
+            config[key] = copy.deepcopy(value)
+    return config
+
+
+def read_checkpoint(run_dir):
+    """The committed checkpoint of this rank's run directory, or None."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise LaneError("checkpoint", f"{path} is not valid JSON ({e}); refusing to guess a step")
+
+
+def epoch_and_skip(step, n_examples, batch_size):
+    """Where absolute step ``step`` falls in the data: (epoch, batches to skip in that epoch)."""
+    per_epoch = n_examples // batch_size
+    if per_epoch < 1:
+        raise LaneError("dataset", f"{n_examples} training rows are fewer than batch_size={batch_size}")
+    return divmod(step, per_epoch)
+
+
+def epoch_seed(seed, epoch):
+    return (seed * 1_000_003 + epoch) % (2**32)
+
+
+def lane_batches(start_step, base_seed):
+    """mlx-lm's ``iterate_batches`` from a data position: each epoch seeded by (seed, epoch) alone and
+    ``start_step`` batches skipped, a resumed window sees the batches an unbroken run would."""
+    def iterate(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        if not loop:
+            yield from iterate_batches(dataset, batch_size, max_seq_length, seed=seed, comm_group=comm_group)
+            return
+        epoch, skip = epoch_and_skip(start_step, len(dataset), batch_size)
+        while True:
+            batches = iterate_batches(dataset, batch_size, max_seq_length,
+                                      seed=epoch_seed(base_seed, epoch), comm_group=comm_group)
+            yield from itertools.islice(batches, skip, None)
+            epoch, skip = epoch + 1, 0
+    return iterate
+
+
+def agreed_digest(arrays, group):
+    """sha256 over names, dtypes, shapes and values (file bytes may differ between processes),
+    gathered from all ranks: a divergence fails the window on every rank at once."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name].astype(mx.float32) if arrays[name].dtype == mx.bfloat16 else arrays[name]
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(np.asarray(a).tobytes())
+    mine = mx.array(list(h.digest()), dtype=mx.int32)
+    everyone = mx.distributed.all_gather(mine, group=group, stream=mx.cpu).reshape(group.size(), -1)
+    rows = [bytes(r).hex() for r in everyone.tolist()]
+    if len(set(rows)) != 1:
+        raise LaneError("divergence", "adapter weights differ between ranks: "
+                        + ", ".join(f"rank {i} {d[:12]}" for i, d in enumerate(rows)))
+    return h.hexdigest()
+
+
+def prepare_run_dir(lane):
+    """The run directory and its ``.lane`` folder, no torn temp files, this rank's pid file."""
+    try:
+        (lane.run_dir / LANE_DIR).mkdir(parents=True, exist_ok=True)
+        for torn in lane.run_dir.glob(".*.tmp*"):  # a save killed half-way: never a final name
+            torn.unlink()
+        pidfile = lane.run_dir / LANE_DIR / f"rank{lane.rank}.pid"
+        write_json(pidfile, {"pid": os.getpid(), "host": lane.host, "started": lane.started})
+    except OSError as e:
+        raise LaneError("write", f"cannot write in run directory {lane.run_dir}{_full(e)}: {e}") from None
+
+
+def init_group(lane):
+    group, want = mx.distributed.init(), len(lane.spec["ranks"])
+    if group.size() != want:
+        raise LaneError("world-size", f"distributed group has {group.size()} rank(s), expected {want}"
+                        " (did the ring backend fall back to a single process?)")
+    return group
+
+
+def load_model(lane):
+    """The spec's model from the HF cache, offline, at the spec's revision; float32 on a CPU."""
+    repo, want = lane.spec["model"], lane.spec.get("revision")
+    try:
+        snapshot = snapshot_download(repo, local_files_only=True)
+        model, tokenizer = load(repo)
+    except Exception as e:  # noqa: BLE001 - any failure here is a cache/materialization one
+        raise LaneError("cache", f"cannot load {repo} offline from the HF cache: "
+                        f"{type(e).__name__}: {e}") from None
+    if mx.default_device() == mx.cpu:
+        model.set_dtype(mx.float32)  # bf16 is emulated on CPU (Linux lab): float32 is ~6x faster
+    revision = Path(snapshot).name
+    if want and revision != want:
+        raise LaneError("cache", f"model revision {revision[:12]} here, expected {want[:12]}")
+    return model, tokenizer
+
+
+def load_data(lane, tokenizer):
+    data = Path(lane.data)
+    for name in ("train.jsonl", "valid.jsonl"):
+        if not (data / name).is_file():
+            raise LaneError("dataset", f"{data / name} is missing on {lane.host}")
+    try:
+        args = SimpleNamespace(mask_prompt=lane.config["mask_prompt"])
+        train_set, valid, _ = load_local_dataset(data, tokenizer, args)
+    except (OSError, ValueError, KeyError) as e:
+        raise LaneError("dataset", f"cannot read the dataset in {data}: {e}") from None
+    return CacheDataset(train_set), CacheDataset(valid) if len(valid) else None
+
+
+def build_optimizer(lane, model):
+    """LoRA layers and the optimizer, as mlx-lm's ``train_model`` makes them."""
+    cfg = lane.config
+    mx.random.seed(cfg["seed"])
+    model.freeze()
+    linear_to_lora_layers(model, cfg["num_layers"], cfg["lora_parameters"])
+    lr = build_schedule(cfg["lr_schedule"]) if cfg["lr_schedule"] else cfg["learning_rate"]
+    optimizer = {"adam": optim.Adam, "adamw": optim.AdamW}[cfg["optimizer"]](learning_rate=lr)
+    optimizer.init(model.trainable_parameters())
+    return optimizer
+
+
+def restore(lane, model, optimizer):
+    """This run's committed adapters, optimizer state (its step count: schedules carry on) and RNG
+    key, back in place; returns the committed step (0 without a checkpoint)."""
+    ckpt = read_checkpoint(lane.run_dir)
+    if ckpt is None:
+        return 0
+    for key in ("run_id", "profile"):
+        if ckpt.get(key) != lane.spec[key]:
+            raise LaneError("checkpoint", f"{lane.run_dir / CHECKPOINT} belongs to {key} "
+                            f"{ckpt.get(key)!r}, not {lane.spec[key]!r}")
+    for name, want in ((ADAPTERS, ckpt["adapter_sha256"]), (STATE_FILE, ckpt["state_sha256"])):
+        if not (lane.run_dir / name).is_file() or sha256_file(lane.run_dir / name) != want:
+            raise LaneError("checkpoint", f"{lane.run_dir / name} does not match the sha256 in {CHECKPOINT}")
+    adapters = mx.load(str(lane.run_dir / ADAPTERS))
+    expected = set(dict(tree_flatten(model.trainable_parameters())))
+    if set(adapters) != expected:
+        raise LaneError("checkpoint", f"{ADAPTERS} holds {len(adapters)} tensors, the model "
+                        f"expects {len(expected)}: the profile's LoRA layout changed")
+    model.load_weights(list(adapters.items()), strict=False)
+    state = mx.load(str(lane.run_dir / STATE_FILE))
+    optimizer.state = tree_unflatten([(k[4:], v) for k, v in state.items() if k.startswith("opt.")])
+    hi, lo = state["rng.key"].tolist()  # mx.random.seed(s) sets the key to (s >> 32, s & 0xffffffff)
+    mx.random.seed((hi << 32) | lo)
+    mx.eval(model.parameters(), optimizer.state)
+    return int(ckpt["step"])
+
+
+def commit(lane, step, model, optimizer, val_set):
+    val_loss = validate(lane, model, val_set)
+    adapters = dict(tree_flatten(model.trainable_parameters()))
+    digest = agreed_digest(adapters, lane.group)
+    try:
+        files = save_files(lane, step, adapters, optimizer)
+    except OSError as e:
+        raise LaneError("write", f"saving step {step} in {lane.run_dir} failed{_full(e)}: {e}") from None
+    mx.eval(mx.distributed.all_sum(mx.array(1), group=lane.group, stream=mx.cpu))  # barrier: all files first
+    ckpt = checkpoint_record(lane, step, digest, files, val_loss)
+    try:
+        write_json(lane.run_dir / CHECKPOINT, ckpt)
+    except OSError as e:
+        raise LaneError("write", f"writing {CHECKPOINT} in {lane.run_dir} failed{_full(e)}: {e}") from None
+    lane.say("commit", step=step, adapter_sha256=files[ADAPTERS][:12], val_loss=val_loss)
+    mx.eval(model.parameters())
+
+
+def validate(lane, model, val_set):
+    """mlx-lm's ``evaluate`` on the same batches at every commit of any window (a fixed seed)."""
+    if val_set is None:
+        return None
+    cfg = lane.config
+    loss = evaluate(model, val_set, batch_size=cfg["batch_size"], num_batches=cfg["val_batches"],
+                    max_seq_length=cfg["max_seq_length"],
+                    iterate_batches=partial(iterate_batches, seed=cfg["seed"]))
+    model.train()
+    return float(loss)
+
+
+def save_files(lane, step, adapters, optimizer):
+    """Adapters (the step's and the latest), optimizer and RNG state, adapter config: sha256 by name."""
+    step_file = f"{step:07d}_adapters.safetensors"
+    state = {**{f"opt.{k}": v for k, v in tree_flatten(optimizer.state)}, "rng.key": mx.random.state[0]}
+    for name, arrays in ((step_file, adapters), (ADAPTERS, adapters), (STATE_FILE, state)):
+        atomic_write(lane.run_dir / name, lambda tmp, a=arrays: save(lane, tmp, a, step))
+    write_json(lane.run_dir / "adapter_config.json", adapter_config(lane))
+    return {name: sha256_file(lane.run_dir / name) for name in (step_file, ADAPTERS, STATE_FILE)}
+
+
+def save(lane, tmp, arrays, step):
+    """mx.save_safetensors, and the reliability suite's injected fault: with the spec's fault
+    ``kill-during-save@STEP`` the rank dies half-way through writing that step's first file."""
+    mx.save_safetensors(str(tmp), arrays, {"format": "mlx"})
+    if lane.spec.get("fault") == f"kill-during-save@{step}":
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
+        os.kill(os.getpid(), 9)
+
+
+def adapter_config(lane):
+    """mlx-lm's adapter_config.json, so ``mlx_lm.load(model, adapter_path=run_dir)`` works."""
+    keys = ("num_layers", "lora_parameters", "batch_size", "learning_rate", "lr_schedule",
+            "max_seq_length", "seed", "mask_prompt", "save_every")
+    return {"fine_tune_type": "lora", "model": lane.spec["model"], "data": lane.data,
+            "adapter_path": str(lane.run_dir), **{k: lane.config.get(k) for k in keys}}
+
+
+def checkpoint_record(lane, step, digest, files, val_loss):
+    epoch, batch = epoch_and_skip(step, lane.n_train, lane.config["batch_size"])
+    spec, step_file, now = lane.spec, f"{step:07d}_adapters.safetensors", time.time()
+    return {
+        "step": step, "target": spec["target"], "window": {"from": lane.start_step, "to": spec["to_step"]},
+        "profile": spec["profile"], "run_id": spec["run_id"], "dataset_digest": spec["dataset_digest"],
+        "model": {"repo": spec["model"], "revision": spec.get("revision")}, "world_size": len(spec["ranks"]),
+        "hosts": [r["host"] for r in spec["ranks"]], "rank": lane.rank, "host": lane.host,
+        "run_dir": str(lane.run_dir), "adapter_file": ADAPTERS, "adapter_sha256": files[ADAPTERS],
+        "step_file": step_file, "step_file_sha256": files[step_file], "state_file": STATE_FILE,
+        "state_sha256": files[STATE_FILE], "weights_digest": digest, "train_loss": lane.last_train_loss,
+        "val_loss": val_loss, "data_position": {"epoch": epoch, "batch": batch, "seed": lane.config["seed"]},
+        "times": {"window_started": _iso(lane.started), "committed": _iso(now),
+                  "window_seconds": round(now - lane.started, 3)},
+        "versions": {"python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__},
+        "command": spec.get("command"),
+    }
+
+
+class LaneCallback(TrainingCallback):
+    """mlx-lm's training callback: an event at each absolute step, a commit at save points."""
+
+    def __init__(self, lane, model, optimizer, val_set):
+        self.lane, self.model, self.optimizer, self.val_set = lane, model, optimizer, val_set
+
+    def on_train_loss_report(self, info):
+        lane = self.lane
+        step = lane.start_step + info["iteration"]
+        lane.last_train_loss = float(info["train_loss"])
+        lane.say("step", step=step, loss=lane.last_train_loss, lr=float(info["learning_rate"]),
+                 tok_s=float(info["tokens_per_second"]))
+        if step % lane.config["save_every"] == 0 or step == lane.spec["to_step"]:
+            commit(lane, step, self.model, self.optimizer, self.val_set)
+
+
+def run_window(lane):
+    """Set up, restore, train with mlx-lm up to the spec's ``to_step``, committing on the way."""
+    prepare_run_dir(lane)
+    lane.say("start", pid=os.getpid())
+    lane.group = init_group(lane)
+    model, tokenizer = load_model(lane)
+    lane.say("model-loaded", world=lane.group.size())
+    train_set, val_set = load_data(lane, tokenizer)
+    lane.n_train = len(train_set)
+    lane.say("data-loaded", train=len(train_set), valid=len(val_set) if val_set else 0)
+    optimizer = build_optimizer(lane, model)
+    lane.start_step = restore(lane, model, optimizer)
+    to_step = lane.spec["to_step"]
+    if lane.start_step >= to_step:
+        lane.say("done", step=lane.start_step, note="already-committed")
+        return
+    lane.say("resume", step=lane.start_step, to=to_step)
+    cfg = lane.config  # mlx-lm's own evaluations and saves never happen: the callback commits
+    args = TrainingArgs(batch_size=cfg["batch_size"], iters=to_step - lane.start_step,
+                        val_batches=cfg["val_batches"], steps_per_report=1, steps_per_eval=10**9,
+                        steps_per_save=10**9, max_seq_length=cfg["max_seq_length"],
+                        adapter_file=str(lane.run_dir / LANE_DIR / "unused.safetensors"),
+                        grad_checkpoint=cfg["grad_checkpoint"])
+    train(model, optimizer, train_set, None, args=args,
+          iterate_batches=lane_batches(lane.start_step, cfg["seed"]),
+          training_callback=LaneCallback(lane, model, optimizer, val_set))
+    Path(args.adapter_file).unlink(missing_ok=True)  # mlx-lm's final save
+    lane.say("done", step=to_step)
+
+
+def _full(error):
+    return " (the disk is full)" if getattr(error, "errno", None) == 28 else ""
+
+
+def _iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def main(argv):
+    rank = int(os.environ.get("MLX_RANK", "0"))
+    try:
+        spec = json.loads(argv[-1])
+        host = spec["ranks"][rank]["host"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        emit(rank, platform.node(), "error", kind="spec", msg=f"bad window spec: {e}")
+        return EXIT_CODES["spec"]
+    try:
+        run_window(Lane.for_rank(spec, rank))
+        return 0
+    except LaneError as e:
+        emit(rank, host, "error", kind=e.kind, msg=str(e))
+        return EXIT_CODES[e.kind]
+    except Exception as e:  # noqa: BLE001 - classified as a runtime crash, with its traceback
+        traceback.print_exc()
+        emit(rank, host, "error", kind="runtime", msg=f"{type(e).__name__}: {e}")
+        return EXIT_CODES["runtime"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,131 @@
+# thunderlane on-host run facts: stdlib only (bundled into the probe after files.py)
+"""A run directory on this host: versions, free disk, checkpoint.json, files (hashed), the ranks
+that recorded their PIDs, and ``reap``, the probe's one action: ending those ranks."""
+import json
+import os
+import sys
+import time
+
+if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
+    from .files import CHECKPOINT, LANE_DIR, safetensors_check, sha256_file
+
+LANE_MARKER = "thunderlane-lane-train"  # in every rank's command line: reaping checks it
+
+
+def read_json_file(path):
+    """{present, sha256, data} of a small JSON file, or {present, error} when it is not JSON."""
+    import hashlib
+    if not os.path.isfile(path):
+        return {"present": False}
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        return {"present": True, "sha256": hashlib.sha256(raw).hexdigest(),
+                "data": json.loads(raw.decode("utf-8"))}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"present": True, "error": f"not valid JSON: {e}"}
+
+
+def lane_facts(runs_root, run_name):
+    """What train-window, the gate and mirror-back need of one host: versions, free disk, the run
+    directory's checkpoint and files (hashed), running ranks, leftover temp files."""
+    run_dir = os.path.join(runs_root, run_name)
+    out = {"run_dir": run_dir, "exists": os.path.isdir(run_dir), "versions": _versions(),
+           "free_bytes": _free_bytes(runs_root), "checkpoint": None, "files": {}, "ranks": [],
+           "temp_files": []}
+    if not out["exists"]:
+        return out
+    out["checkpoint"] = read_json_file(os.path.join(run_dir, CHECKPOINT))
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if name.startswith("."):
+            if ".tmp" in name:
+                out["temp_files"].append(name)
+            continue
+        if os.path.isfile(path) and not os.path.islink(path):
+            out["files"][name] = _run_file(path, name)
+    out["ranks"] = _ranks(os.path.join(run_dir, LANE_DIR))
+    return out
+
+
+def _run_file(path, name):
+    entry = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+    if name.endswith(".safetensors"):
+        entry["whole"], entry["reason"] = safetensors_check(path)
+    return entry
+
+
+def _versions():
+    out = {"python": sys.version.split()[0]}
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:
+        return out
+    for dist in ("mlx", "mlx-lm"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _free_bytes(path):
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or "/")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def process_alive(pid):
+    """Is ``pid`` a live training rank (its command line carries the lane's marker)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return LANE_MARKER.encode() in f.read()
+    except OSError:
+        import subprocess
+        p = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
+        return LANE_MARKER in p.stdout
+
+
+def _ranks(lane_dir):
+    ranks = []
+    if not os.path.isdir(lane_dir):
+        return ranks
+    for name in sorted(os.listdir(lane_dir)):
+        if name.startswith("rank") and name.endswith(".pid"):
+            try:
+                with open(os.path.join(lane_dir, name), encoding="utf-8") as f:
+                    info = json.load(f)
+                pid = int(info["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            ranks.append({"file": name, "pid": pid, "alive": process_alive(pid)})
+    return ranks
+
+
+def reap(runs_root, run_name, grace=3.0):
+    """The one thing the probe does: end this host's live training ranks of one run, by the PIDs
+    they recorded (checked against the lane's marker), TERM then KILL. Returns what was ended."""
+    import signal
+    lane_dir = os.path.join(runs_root, run_name, LANE_DIR)
+    ended = []
+    for rank in _ranks(lane_dir):
+        if not rank["alive"]:
+            continue
+        os.kill(rank["pid"], signal.SIGTERM)
+        deadline = time.time() + grace
+        while process_alive(rank["pid"]) and time.time() < deadline:
+            time.sleep(0.1)
+        if process_alive(rank["pid"]):
+            os.kill(rank["pid"], signal.SIGKILL)
+        ended.append(rank)
+    return {"ended": ended, "left": [r for r in _ranks(lane_dir) if r["alive"]]}

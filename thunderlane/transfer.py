@@ -1,0 +1,368 @@
+"""What the operator sees while the sync launcher sends a cache: one live progress line per host.
+
+The launcher runs rsync three times (blobs, snapshots, the rest) with ``--stats --progress``: some
+60 lines of file lists and stats. Here the three passes are one transfer, shown as one line (bytes
+done of the bytes the host was missing, rate, ETA), rewritten in place on a terminal and printed
+every few seconds in a log. The launcher's own ``sync:`` lines and anything that looks like an
+error still come through; ``verbose`` shows everything as it comes.
+
+Per-file progress lines differ a little between the rsyncs a Mac may have (the local rsync prints
+them):
+
+    rsync 3      "\r      3,000,000 100%    1.01MB/s    0:00:02 (xfr#1, to-chk=1/3)\n"
+    rsync 2.6.9  "     3000000 100%    1.01MB/s    0:00:02 (xfer#1, to-check=1/3)\n"
+    openrsync    "        3000000 100%    1.01MB/s   00:00:02 (xfer#1, to-check=1/3)\n"
+                 (openrsync prints no rate at all under 1 KiB/s)
+
+In-flight updates end with ``\r`` and carry no ``(xfr#...)`` suffix; the suffixed line is a file's
+last. Lines that parse as none of this are left alone. Parsing and formatting are pure functions;
+:func:`stream` is the only thing here that runs a process.
+"""
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from .report import human_bytes
+
+TTY_EVERY = 0.2     # seconds between rewrites of the progress line on a terminal
+LOG_EVERY = 10.0    # seconds between progress lines when the output is not a terminal
+VERBOSE_EVERY = 2.0  # seconds between rsync's in-place updates echoed to a log with verbose
+RATE_AFTER = 1.0    # seconds of transfer before a rate and an ETA mean something
+TAIL = 10           # hidden lines shown after a failed exit
+
+PROGRESS = re.compile(
+    r"^\s*(?P<bytes>\d[\d,.']*)\s+(?P<pct>\d{1,3})%"     # bytes of this file so far, its percent
+    r"(?:\s+[\d.,]+\s*[kKMGT]?B/s)?"                     # rate (openrsync omits it under 1 KiB/s)
+    r"\s+[\d?]+:[\d?]{2}:[\d?]{2}"                       # time left (time taken on the last line)
+    r"(?P<last>\s+\((?:xfr|xfer)#\d+,\s*[a-z]+-ch(?:ec)?k=\d+/\d+\))?\s*$")
+ERROR = re.compile(
+    r"^(?:open)?rsync(?::| error| warning)|rsync error|^ssh:|Permission denied|No space left"
+    r"|Disk quota exceeded|Read-only file system|Host key verification failed"
+    r"|REMOTE HOST IDENTIFICATION HAS CHANGED|Connection (?:refused|closed|reset|timed out)"
+    r"|closed by remote host|Could not resolve hostname|Broken pipe")
+STATS = re.compile(
+    r"^(?:Number of |Total |Literal data:|Matched data:|File list |sent \S+ bytes |total size is "
+    r"|Transfer complete:|sending incremental file list|building file list|created directory)")
+LAUNCHER = "sync: "
+LEFTOVER = "sync: removed leftover "
+DONE = "sync: done:"
+DONE_LINE = re.compile(r"sync: done: file data sent (\w+) bytes, total sent (\w+) bytes")
+
+
+# ---- parsing -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FileProgress:
+    """One rsync ``--progress`` line: bytes of the current file so far, its percent, and whether it
+    is the file's last line (the one with ``(xfr#...)`` / ``(xfer#...)``)."""
+    done: int
+    percent: int
+    last: bool
+
+
+def parse_progress(line):
+    """The :class:`FileProgress` of an rsync 3 / 2.6.9 / openrsync progress line, else None."""
+    m = PROGRESS.match(line)
+    if not m:
+        return None
+    digits = re.sub(r"\D", "", m["bytes"])  # 1,234,567 or 1.234.567 (locale) or 1234567
+    return FileProgress(int(digits), int(m["pct"]), bool(m["last"]))
+
+
+def classify(line):
+    """What a line of launcher output is: 'progress', 'leftover' (the launcher's per-file cleanup
+    chatter), 'launcher' (its other ``sync:`` lines), 'error', 'stats' (rsync's --stats and
+    headers) or 'other' (mostly rsync's file list)."""
+    if parse_progress(line):
+        return "progress"
+    if line.startswith(LEFTOVER):
+        return "leftover"
+    if line.startswith(LAUNCHER):
+        return "launcher"
+    if ERROR.search(line):
+        return "error"
+    if not line.strip() or STATS.match(line):
+        return "stats"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The launcher's closing figures; None where unknown. ``file_data_from`` says where
+    ``literal_bytes`` came from: 'stats' (rsync's ``Literal data:``, summed over the passes by the
+    launcher), 'progress' (the fallback :func:`progress_file_bytes`) or None."""
+    literal_bytes: int | None
+    total_sent: int | None
+    file_data_from: str | None = None
+
+
+def parse_summary(output):
+    """The :class:`Summary` in the launcher's closing line ``sync: done: file data sent N bytes,
+    total sent M bytes`` (N, M may be ``unknown``). When N is unknown (openrsync prints no
+    ``Literal data:``), file data falls back to :func:`progress_file_bytes`."""
+    found = DONE_LINE.findall(output)
+    if not found:
+        return Summary(None, None)
+    literal, total = (int(x) if x.isdigit() else None for x in found[-1])
+    if literal is not None:
+        return Summary(literal, total, "stats")
+    counted = progress_file_bytes(output)
+    return Summary(counted, total, None if counted is None else "progress")
+
+
+def progress_file_bytes(output):
+    """FALLBACK file data figure, for rsyncs whose stats do not say (openrsync): the sizes of the
+    files whose final 100% progress line (the one with ``(xfer#...)``) the output shows. It counts
+    whole files, so it exceeds rsync's Literal data when delta transfer reused part of a file, and
+    it misses a file rsync printed no progress for. None when there is no such line at all: then
+    "nothing sent" and "no progress printed" cannot be told apart."""
+    ends = [p for p in map(parse_progress, re.split(r"[\r\n]", output))
+            if p and p.last and p.percent == 100]
+    return sum(p.done for p in ends) if ends else None
+
+
+# ---- formatting ----------------------------------------------------------------------------
+
+def clock_time(seconds):
+    """3725.4 -> '1:02:05'."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def percent(done, expected):
+    """Whole percent of ``expected`` done, at most 100 (100 when nothing was expected)."""
+    if expected <= 0:
+        return 100
+    return min(100, done * 100 // expected)
+
+
+def format_progress(done, expected, elapsed, final=False):
+    """'sending 1.2 MiB of 2.0 MiB (60%), 3.4 MiB/s, ETA 0:00:01'; with ``final``
+    'sent 2.0 MiB of 2.0 MiB (100%), 3.4 MiB/s, in 0:00:01'. The rate is the average since the
+    transfer began (left out, and the ETA '-', in its first RATE_AFTER seconds: too early to say);
+    the ETA is what is left of ``expected`` at that rate. With nothing expected (a --checksum
+    repair of files the host had) only the bytes and the rate are shown."""
+    parts = [f"{human_bytes(done)} of {human_bytes(expected)} ({percent(done, expected)}%)"
+             if expected else human_bytes(done)]
+    known = elapsed > 0 if final else elapsed >= RATE_AFTER
+    rate = done / elapsed if known else 0.0
+    if known:
+        parts.append(f"{human_bytes(rate)}/s")
+    if final:
+        return f"sent {', '.join(parts)}, in {clock_time(elapsed)}"
+    if expected:
+        left = max(0, expected - done)
+        parts.append("ETA " + ("0:00:00" if not left else clock_time(left / rate) if rate > 0 else "-"))
+    return "sending " + ", ".join(parts)
+
+
+# ---- one host's output, a line at a time -----------------------------------------------------
+
+class Meter:
+    """Bytes sent over all passes: the files whose last progress line came, plus the one in flight."""
+
+    def __init__(self):
+        self.finished = 0
+        self.current = 0
+
+    @property
+    def done(self):
+        return self.finished + self.current
+
+    def feed(self, p):
+        """Count one :class:`FileProgress`."""
+        if p.last:
+            self.finished += p.done
+            self.current = 0
+            return
+        if p.done < self.current:  # a new file began without a last line for the previous one
+            self.file_ended()
+        self.current = p.done
+
+    def file_ended(self):
+        """Another line came (a file name, stats): a file in flight without a last line is over."""
+        self.finished += self.current
+        self.current = 0
+
+
+class Screen:
+    """Writes one host's lines to ``out``: whole messages, and the progress line, which on a
+    terminal is rewritten in place (at most every TTY_EVERY s) and elsewhere printed at most every
+    LOG_EVERY s, counted from the start of the transfer, plus once at the end."""
+
+    def __init__(self, out, host, expected, clock):
+        self.out, self.host, self.expected, self.clock = out, host, expected, clock
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.every = TTY_EVERY if self.tty else LOG_EVERY
+        self.started = None     # when rsync began talking
+        self.shown_at = None    # when the progress line was last written
+        self.width = 0          # length of the unfinished progress line on the terminal
+        self.pending = False    # progress seen since the last final line
+
+    def start(self):
+        """The transfer begins now (first output that is not the launcher's own)."""
+        if self.started is None:
+            self.started = self.clock()
+            self.shown_at = None if self.tty else self.started
+
+    def message(self, text):
+        """A whole line, after wiping an unfinished progress line off the terminal."""
+        if self.width:
+            self.out.write("\r" + " " * self.width + "\r")
+            self.width, self.shown_at = 0, None
+        self._write(f"[{self.host}] {text}\n")
+
+    def update(self, done):
+        """The progress line, if it is due."""
+        self.start()
+        self.pending = True
+        now = self.clock()
+        if self.shown_at is None or now - self.shown_at >= self.every:
+            self._progress(format_progress(done, self.expected, now - self.started), now)
+
+    def finish(self, done):
+        """The last progress line of the transfer, ended with a newline; nothing if none was due."""
+        if not self.pending:
+            return
+        now = self.clock()
+        self._progress(format_progress(done, self.expected, now - self.started, final=True), now)
+        if self.tty:
+            self._write("\n")
+        self.width, self.pending = 0, False
+
+    def _progress(self, text, now):
+        line = f"[{self.host}] {text}"
+        if self.tty:
+            self._write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        else:
+            self._write(line + "\n")
+        self.shown_at = now
+
+    def _write(self, text):
+        self.out.write(text)
+        self.out.flush()
+
+
+class Watch:
+    """The non-verbose view of one host's launcher output, fed a line at a time: the launcher's
+    lines (its per-file cleanup lines folded into one), errors, and one progress line. rsync's file
+    list and stats stay hidden; if the launcher fails, the last few hidden lines of the pass that
+    failed are shown."""
+
+    def __init__(self, screen):
+        self.screen = screen
+        self.meter = Meter()
+        self.leftovers = 0
+        self.hidden = deque(maxlen=TAIL)
+
+    def line(self, text, sep="\n"):
+        """One line of output (``sep`` is how it ended: '\\r' or '\\n'; unused here)."""
+        if not text.strip():
+            return
+        kind = classify(text)
+        if kind != "leftover":
+            self._fold_leftovers()
+        if kind not in ("launcher", "leftover"):
+            self.screen.start()
+        if kind == "progress":
+            self.meter.feed(parse_progress(text))
+            self.screen.update(self.meter.done)
+        elif kind == "leftover":
+            self.leftovers += 1
+        elif kind in ("launcher", "error"):
+            if text.startswith(DONE):
+                self.screen.finish(self.meter.done)
+            self.screen.message(text)
+        else:
+            self.meter.file_ended()
+            if kind == "stats":  # a pass begins or ends: what came before it is no clue
+                self.hidden.clear()
+            else:
+                self.hidden.append(text)
+
+    def close(self, code):
+        """The launcher exited with ``code``: end the progress line; after a failure, show the last
+        hidden lines (ssh and remote shells say things no pattern here knows)."""
+        self._fold_leftovers()
+        self.screen.finish(self.meter.done)
+        for text in self.hidden if code else ():
+            self.screen.message(text)
+
+    def _fold_leftovers(self):
+        if self.leftovers:
+            self.screen.message(f"removed {self.leftovers} leftover file(s)")
+            self.leftovers = 0
+
+
+class Echo:
+    """The verbose view: every line as it comes, prefixed by host. rsync's in-place updates are
+    rewritten on a terminal and echoed at most every VERBOSE_EVERY s to a log."""
+
+    def __init__(self, out, host, clock):
+        self.out, self.host, self.clock = out, host, clock
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.last = None
+
+    def line(self, text, sep="\n"):
+        if not text:
+            return
+        if sep == "\r":
+            now = self.clock()
+            if not self.tty and self.last is not None and now - self.last < VERBOSE_EVERY:
+                return
+            self.last = now
+            self.out.write(f"[{self.host}] {text}" + ("\r" if self.tty else "\n"))
+        else:
+            self.out.write(f"[{self.host}] {text}\n")
+        self.out.flush()
+
+    def close(self, code):
+        pass
+
+
+# ---- running the launcher ------------------------------------------------------------------
+
+def records(pipe, keep):
+    """(text, ending) for each line of ``pipe`` as it arrives, split at '\\r' and '\\n' (ending ''
+    for an unterminated last line). Every raw chunk is appended to ``keep``."""
+    buf = b""
+    read = pipe.read1 if hasattr(pipe, "read1") else (lambda n: pipe.read(min(n, 4096)))
+    while True:
+        chunk = read(65536)
+        if not chunk:
+            break
+        keep.append(chunk)
+        parts = re.split(rb"(\r|\n)", buf + chunk)
+        buf = parts.pop()
+        for text, sep in zip(parts[::2], parts[1::2]):
+            yield text.decode("utf-8", "replace"), sep.decode()
+    if buf:
+        yield buf.decode("utf-8", "replace"), ""
+
+
+def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic):
+    """Run ``argv`` (the sync launcher) and show its output to the operator as it comes: with
+    ``verbose`` every line prefixed ``[host]``, else the launcher's own lines, errors and one
+    progress line against ``expected_bytes`` (the bytes the host is missing). ``clock`` times the
+    progress line. Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
+    sink = Echo(out, host, clock) if verbose else Watch(Screen(out, host, expected_bytes, clock))
+    raw = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for text, sep in records(proc.stdout, raw):
+            sink.line(text, sep)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: let the launcher's trap close ssh and remove its logs
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    sink.close(code)
+    text = b"".join(raw).decode("utf-8", "replace")
+    return code, text.replace("\r\n", "\n").replace("\r", "\n")

@@ -1,0 +1,67 @@
+"""The plan of one window, written for the bash launcher: the JSON hostfile (ssh names and data
+IPs), the spec every rank reads, the ssh config mlx.launch's ssh uses, the entry's source, the
+interpreter."""
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .. import checkpoint, dataset, facts, layout, onhost
+from ..fsutil import atomic_write
+from ..remote import ask, ssh_config
+from .writer import profile_hosts, writer_facts
+
+# mlx.launch runs `ssh -o LogLevel=QUIET host ...`, which would hide "Host key verification failed":
+# the wrapper keeps errors visible and adds the window's config (endpoints, key, pinned host keys).
+SSH_WRAPPER = """#!/bin/sh
+for a in "$@"; do
+  shift
+  [ "$a" = "LogLevel=QUIET" ] && a="LogLevel=ERROR"
+  set -- "$@" "$a"
+done
+exec {ssh} -F {config} "$@"
+"""
+
+
+def new_run_id(profile):
+    return f"{profile.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
+def window_spec(inv, profile, to_step, target):
+    """What every rank reads: the run's identity, the window's end, the config, each rank's paths."""
+    hosts = profile_hosts(inv, profile)
+    _, wfacts = writer_facts(inv, profile)
+    data, cache = ask(inv, inv.local, facts.dataset(inv.local.dataset_root),
+                      facts.cache(inv.repo_id, inv.local.hf_cache))
+    record = wfacts.record if checkpoint.committed_step(wfacts) else {}
+    return {
+        "fault": os.environ.get("THUNDER_FAULT") or None,  # fault injection, for the reliability suite
+        "profile": profile.name, "run_id": record.get("run_id") or new_run_id(profile),
+        "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.ref,
+        "dataset_digest": dataset.digest(data) if data.exists else None,
+        "config": profile.config,
+        "ranks": [{"host": h.name, "run_dir": layout.run_dir(h, profile.run_name), "hf_cache": h.hf_cache,
+                   "data": profile.config.get("data") or h.dataset_root} for h in hosts],
+        "command": shlex.join([str(layout.LAUNCH), profile.name, str(to_step), str(target)]),
+    }
+
+
+def plan_window(inv, profile, to_step, target, out_dir):
+    """Write everything one window needs into ``out_dir``; return the spec."""
+    hosts = profile_hosts(inv, profile)
+    spec = window_spec(inv, profile, to_step, target)
+    out = Path(out_dir)
+    hostfile = [{"ssh": h.ssh_name, "ips": [h.data_ip]} for h in hosts]
+    atomic_write(out / "hostfile.json", json.dumps(hostfile, indent=2) + "\n")
+    atomic_write(out / "ssh_config", ssh_config(inv, hosts))
+    ssh = shutil.which("ssh") or "/usr/bin/ssh"
+    atomic_write(out / "bin" / "ssh", SSH_WRAPPER.format(ssh=shlex.quote(ssh),
+                                                         config=shlex.quote(str(out / "ssh_config"))), 0o755)
+    atomic_write(out / "entry.py", onhost.entry_source())
+    atomic_write(out / "python", hosts[0].python + "\n")
+    atomic_write(out / "mlx_launch", str(Path(sys.executable).parent / "mlx.launch") + "\n")
+    atomic_write(out / "spec.json", json.dumps(spec, sort_keys=True) + "\n")
+    return spec

@@ -1,0 +1,103 @@
+"""Preflight: before a window spends compute, every host of the profile is proven ready, in
+parallel: dataset parity, cache complete, same Python/mlx/mlx-lm and model revision, free disk,
+no window running."""
+from .. import checkpoint
+from ..remote import HostError, ask, on_hosts
+from ..report import HostResult, Report, human_bytes
+from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
+from .lock import lock_dir, lock_state
+from .writer import profile_hosts, run_query
+
+
+def gather(inv, hosts, profile):
+    """Dataset, cache and run facts of local and every host, one ssh session per host:
+    {"dataset": {name: facts}, "cache": {...}, "run": {...}} (a HostError where one failed)."""
+    def queries(h):
+        return [dataset_query(h), cache_query(inv, h)] + ([] if h.is_local else [run_query(h, profile)])
+    got = on_hosts([inv.local, *hosts], lambda h: ask(inv, h, *queries(h)))
+    out = {"dataset": {}, "cache": {}, "run": {}}
+    for name, res in got.items():
+        for i, key in enumerate(("dataset", "cache", "run")):
+            if key == "run" and name == "local":
+                continue
+            out[key][name] = res if isinstance(res, HostError) else res[i]
+    return out
+
+
+def preflight(inv, profile):
+    """A Report whose failures name host and reason, and the run facts it read ({host: RunFacts})
+    so the caller need not ask again."""
+    hosts = profile_hosts(inv, profile)
+    got = gather(inv, hosts, profile)
+    problems = {h.name: [] for h in hosts}
+    for what, report in (("dataset", verify_dataset(inv, hosts, got["dataset"])),
+                         ("cache", judge_caches(got["cache"]))):
+        for r in report.results:
+            if not r.ok:
+                problems.setdefault(r.host, []).append(f"{what} {r.verdict}: {r.detail}")
+    runs = got["run"]
+    _run_problems(inv, profile, hosts, runs, problems)
+    results = [HostResult(name, "refused" if items else "ready", not items, "; ".join(items),
+                          _figures(runs.get(name)))
+               for name, items in problems.items()]
+    return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
+
+
+def _figures(run):
+    if run is None or isinstance(run, HostError):
+        return {}
+    v = run.versions
+    return {"python": v.python, "mlx": v.mlx, "mlx_lm": v.mlx_lm, "free": human_bytes(run.free_bytes),
+            "step": checkpoint.committed_step(run)}
+
+
+def _run_problems(inv, profile, hosts, runs, problems):
+    reachable = {}
+    for h in hosts:
+        f = runs[h.name]
+        if isinstance(f, HostError):
+            problems[h.name].append(f"{f.kind}: {f.message}")
+            continue
+        reachable[h.name] = f
+        if f.free_bytes is not None and f.free_bytes < profile.min_free_mb * 2**20:
+            problems[h.name].append(f"only {human_bytes(f.free_bytes)} free under {h.runs_root}, "
+                                    f"the profile wants {profile.min_free_mb} MiB")
+        if f.running:
+            problems[h.name].append(f"a window is still running here (rank pids {f.running})")
+        if checkpoint.committed_step(f) is None:
+            problems[h.name].append(f"{f.run_dir}/checkpoint.json is unreadable")
+    _agree(reachable, problems)
+    _same_python(hosts, problems)
+    steps = {n: checkpoint.committed_step(f) for n, f in reachable.items()}
+    if len(set(steps.values())) > 1:
+        for name, step in steps.items():
+            problems[name].append(f"committed step {step} here, ranks disagree ({steps})")
+    state, pid = lock_state(inv, profile)
+    if state == "held":
+        problems.setdefault("local", []).append(f"another window holds the lock {lock_dir(inv, profile)} (pid {pid})")
+
+
+def _agree(reachable, problems):
+    """Python, mlx and mlx-lm versions must be the same everywhere: name both sides of a mismatch."""
+    names = list(reachable)
+    if not names:
+        return
+    ref = names[0]
+    for name in names[1:]:
+        for dist, attr in (("python", "python"), ("mlx", "mlx"), ("mlx-lm", "mlx_lm")):
+            a, b = getattr(reachable[ref].versions, attr), getattr(reachable[name].versions, attr)
+            if a != b:
+                problems[name].append(f"{dist} {b} here but {a} on {ref}")
+    for name in names:
+        for dist, attr in (("mlx", "mlx"), ("mlx-lm", "mlx_lm")):
+            if getattr(reachable[name].versions, attr) is None:
+                problems[name].append(f"{dist} is not installed for this host's lane python")
+
+
+def _same_python(hosts, problems):
+    """mlx.launch takes one --python for every host: the inventory must name the same path."""
+    first = hosts[0]
+    for h in hosts[1:]:
+        if h.python != first.python:
+            problems[h.name].append(f"python {h.python} differs from {first.name}'s {first.python}: "
+                                    "mlx.launch takes one --python for every host")

@@ -1,0 +1,162 @@
+"""Running a window: the chunk runner under a no-progress watchdog, its ranks' events streamed one
+line per step per host, and afterwards every rank reaped by its recorded PID."""
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import facts, layout
+from ..remote import HostError, ask, on_hosts
+from ..report import printable
+from .writer import profile_hosts, run_query
+
+EVENT_PREFIX = "LANE "  # a rank's event: this prefix, then one JSON object (onhost/lane_train.py)
+EVENT = re.compile(r"(?:^|[^A-Za-z0-9_])LANE (?=\{)")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass
+class RunOutcome:
+    command: str
+    exit_code: int
+    seconds: float
+    watchdog_fired: bool = False
+    interrupted: bool = False
+    events: list = field(default_factory=list)
+    log: str = ""
+    tail: list = field(default_factory=list)
+    launches: list = field(default_factory=list)
+    plans: list = field(default_factory=list)
+
+
+def parse_event(line):
+    """``... LANE {"rank": 0, "host": "mac4", "phase": "step", ...}`` -> that dict; None for any
+    other line. Whatever precedes the prefix on the line (mlx.launch's, a progress bar) is ignored."""
+    text = ANSI.sub("", line)
+    matches = list(EVENT.finditer(text))
+    if not matches:
+        return None
+    try:
+        event, _ = json.JSONDecoder().raw_decode(text, matches[-1].end())
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def describe(event):
+    """One progress line for people, prefixed by host; host text escaped for the terminal."""
+    host, phase = event.get("host", "?"), event.get("phase")
+    if phase == "step":
+        line = (f"[{host}] step {event.get('step')} loss {_num(event.get('loss'))} lr {_num(event.get('lr'))} "
+                f"tok/s {_num(event.get('tok_s'))}")
+    elif phase == "commit":
+        val = event.get("val_loss")
+        line = (f"[{host}] committed step {event.get('step')} (adapters {event.get('adapter_sha256')}, "
+                f"val loss {'-' if val is None else _num(val)})")
+    elif phase == "error":
+        line = f"[{host}] ERROR ({event.get('kind')}): {event.get('msg', '')}"
+    else:
+        rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("host", "phase", "rank"))
+        line = f"[{host}] {phase} {rest}".rstrip()
+    return printable(line)
+
+
+def _num(x):
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout):
+    """Run the chunk runner; stream progress; end it (and every rank) after ``watchdog`` seconds
+    without a progress line, or on Ctrl-C."""
+    argv = ["bash", str(layout.CHUNKS), profile.name, str(target), str(window)]
+    env = dict(os.environ, THUNDER_INVENTORY=inv.path, THUNDER_PYTHON=sys.executable, PYTHONUNBUFFERED="1",
+               THUNDER_PLAN_ROOT=str(layout.local(inv).plans(profile.run_name)))
+    outcome = RunOutcome(command=shlex.join(argv[1:]), exit_code=-1, seconds=0.0, log=str(log_path))
+    t0 = time.monotonic()
+    last = [time.monotonic()]
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True, cwd=str(layout.LAUNCHERS))
+        reader = threading.Thread(target=_read, args=(p, log, outcome, last, out), daemon=True)
+        reader.start()
+        _watch(p, outcome, last, watchdog, out)
+        p.wait()
+        reader.join(timeout=5)
+    outcome.exit_code = p.returncode
+    outcome.seconds = time.monotonic() - t0
+    return outcome
+
+
+def _watch(p, outcome, last, watchdog, out):
+    try:
+        while p.poll() is None:
+            if time.monotonic() - last[0] > watchdog:
+                outcome.watchdog_fired = True
+                out.write(f"watchdog: no progress for {watchdog}s: ending the window\n")
+                _end_group(p)
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        out.write("\ninterrupted: ending the window on every host\n")
+        _end_group(p)
+
+
+def _read(p, log, outcome, last, out):
+    for raw in iter(p.stdout.readline, b""):
+        line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
+        log.write(line + "\n")
+        log.flush()
+        event = parse_event(line)
+        if event is not None:
+            last[0] = time.monotonic()
+            outcome.events.append(event)
+            out.write(describe(event) + "\n")
+        elif line.startswith(("chunks:", "launch:")):
+            last[0] = time.monotonic()
+            if line.startswith("launch: + "):
+                outcome.launches.append(line[len("launch: + "):])
+            elif line.startswith("launch: plan in "):
+                outcome.plans.append(line[len("launch: plan in "):])
+            out.write(printable(line) + "\n")
+        elif line.strip():
+            outcome.tail = (outcome.tail + [line])[-30:]
+        out.flush()
+
+
+def _end_group(p, grace=5.0):
+    """TERM the runner's whole process group (bash, mlx.launch, its ssh sessions), then KILL."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def finish(inv, profile):
+    """After a window, in one ssh session per host: reap every rank still alive (by recorded
+    PID), then read the run directory. Returns ({host: Reaped or HostError}, the writer's RunFacts
+    or HostError)."""
+    def both(h):
+        return ask(inv, h, facts.reap(h.runs_root, profile.run_name), run_query(h, profile))
+    got = on_hosts(profile_hosts(inv, profile), both)
+    reaped = {n: r if isinstance(r, HostError) else r[0] for n, r in got.items()}
+    writer = got[profile.writer]
+    return reaped, writer if isinstance(writer, HostError) else writer[1]
+
+
+def reap_all(inv, profile):
+    """End every rank of this run still alive on any host, by recorded PID: {host: Reaped}."""
+    return finish(inv, profile)[0]

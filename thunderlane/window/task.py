@@ -1,0 +1,65 @@
+"""train-window: preflight, train (unless already at the target), reap, gate, classify."""
+import sys
+import time
+from dataclasses import dataclass
+
+from .. import checkpoint, layout
+from ..remote import HostError
+from ..report import HostResult, Report
+from .preflight import preflight
+from .runner import RunOutcome, finish, run_chunks
+from .triage import NOISY, SUCCESS, classify
+from .writer import committed, writer_facts
+
+ALREADY = "already-at-target"
+
+
+@dataclass
+class WindowResult:
+    profile: str
+    target: int
+    verdict: str
+    explanation: str
+    preflight: Report
+    gate: HostResult = None
+    outcome: RunOutcome = None
+    reaped: dict = None
+    trained: bool = True
+    start_step: int = 0
+
+    @property
+    def ok(self):
+        return self.verdict in (SUCCESS, NOISY, ALREADY)
+
+
+def gate_writer(inv, profile, target):
+    writer, got = writer_facts(inv, profile)
+    return checkpoint.gate(writer.name, got, target)
+
+
+def train_window(inv, profile, target, window, watchdog=None, skip_preflight=False, out=sys.stdout):
+    """The whole task: preflight, train (unless at the target), reap, gate, classify."""
+    pre, runs = (Report("preflight", ()), {}) if skip_preflight else preflight(inv, profile)
+    if not pre.ok:
+        return WindowResult(profile.name, target, "refused", "preflight failed on " + ", ".join(pre.failed), pre)
+    start = checkpoint.committed_step(runs[profile.writer]) if profile.writer in runs else None
+    start = committed(inv, profile) if start is None else start
+    if start >= target:
+        return _at_target(inv, profile, target, start, pre)
+    log = layout.local(inv).log(profile.run_name, time.strftime("%Y%m%dT%H%M%S"))
+    outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out)
+    reaped, wfacts = finish(inv, profile)
+    g = checkpoint.gate(profile.writer, wfacts, target) if not isinstance(wfacts, HostError) else \
+        HostResult(profile.writer, wfacts.kind, False, wfacts.message)
+    verdict, why = classify(outcome, g.ok)
+    return WindowResult(profile.name, target, verdict, why, pre, gate=g, outcome=outcome,
+                        reaped=reaped, start_step=start)
+
+
+def _at_target(inv, profile, target, start, pre):
+    g = gate_writer(inv, profile, target)
+    if g.ok:
+        return WindowResult(profile.name, target, ALREADY, f"checkpoint.json already at step {start}: "
+                            "nothing to train", pre, gate=g, trained=False, start_step=start)
+    return WindowResult(profile.name, target, "gate-failed", g.detail, pre, gate=g, trained=False,
+                        start_step=start)
