@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from thunderlane.lab import kit
 from thunderlane.sync import LAUNCHER, launcher_argv
 
 
@@ -34,7 +35,7 @@ def test_bad_host_is_refused(lab_inv, host):
 
 
 def snapshot_link(inv, name):
-    repo = os.path.join(inv.local.hf_cache, "models--mlx-community--gemma-4-e2b-4bit")
+    repo = os.path.join(inv.local.hf_cache, kit.REPO_FOLDER)
     with open(os.path.join(repo, "refs", "main")) as f:
         rev = f.read().strip()
     return os.path.join(repo, "snapshots", rev, name)
@@ -46,7 +47,7 @@ def test_unsafe_source_link_is_refused_before_any_transfer(lab_inv, lab_dir, tar
     os.unlink(link)
     os.symlink(target, link)
     dest = str(lab_dir / "mac4" / ".cache" / "huggingface" / "hub")
-    blobs = os.path.join(dest, "models--mlx-community--gemma-4-e2b-4bit", "blobs")
+    blobs = os.path.join(dest, kit.REPO_FOLDER, "blobs")
     before = sorted(os.listdir(blobs))
     p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
     assert p.returncode == 65 and "config.json" in p.stderr and "refusing" in p.stderr

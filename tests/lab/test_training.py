@@ -31,6 +31,10 @@ def test_handoff_end_to_end_from_fresh_lab(lab_inv):
     assert (mirror / "0000010_adapters.safetensors").is_file()
     md = (mirror / "handoff_report.md").read_text()
     assert "reached step 10: **yes**" in md and "mac4 was partial before the sync" in md
+    plan = Path(data["train"]["plans"][0])  # Markdown names the plan's file; JSON keeps the whole line
+    assert f"`{plan}/mlx_launch_line`" in md and "--backend ring" not in md
+    assert "--backend ring" in data["train"]["launches"][0]
+    assert (plan / "mlx_launch_line").read_text().strip() == data["train"]["launches"][0]
     remote = Path(lab_inv.hosts["mac4"].runs_root) / "gemma4_e2b_nko_correction_partial_real_stage1_stable"
     assert (remote / "handoff_report.json").is_file()
     assert no_rank_left()

@@ -5,6 +5,7 @@ import subprocess
 import time
 
 from thunderlane import lab
+from thunderlane.lab import kit
 from thunderlane.sync import launcher_argv
 from tests.lab.conftest import by_host, fab, fab_json
 
@@ -38,7 +39,7 @@ def test_mac4_partial_then_sync_then_complete(lab_inv):
     code, report = fab_json(lab_inv, "verify-cache", "--deep")
     assert code == 0 and by_host(report)["mac4"]["verdict"] == "complete"
     blobs = os.listdir(os.path.join(by_host(report)["mac4"]["figures"]["cache_root"],
-                                    "models--mlx-community--gemma-4-e2b-4bit", "blobs"))
+                                    kit.REPO_FOLDER, "blobs"))
     assert not [b for b in blobs if b.endswith(".incomplete") or b.startswith(".")]
 
     code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
@@ -182,3 +183,17 @@ def test_lab_up_is_idempotent(lab_inv, lab_dir):
     pids = lab.status(lab_dir)
     lab.up(("mac4", "mac5"), lab=lab_dir, model_mb=1.0)
     assert lab.status(lab_dir) == pids and all(pids.values())
+
+
+def test_sync_shows_one_progress_line_and_a_summary_not_rsync_output(lab_inv):
+    """The operator's view: a handful of lines per host; rsync's file list and stats only with --verbose."""
+    p = fab(lab_inv, "sync-cache", "--host", "mac4")
+    assert p.returncode == 0, p.stderr
+    shown = (p.stdout + p.stderr).splitlines()
+    assert len(shown) <= 15, shown
+    for stats in ("Literal data", "Number of files", "Total bytes sent", "model-00001-of-00002.safetensors\n"):
+        assert stats not in p.stdout + p.stderr
+    assert "mac4: partial -> complete; file data sent" in p.stdout
+    assert sum("[mac4] sent " in line or "[mac4] sending " in line for line in shown) >= 1
+    verbose = fab(lab_inv, "sync-cache", "--host", "mac4", "--verbose")
+    assert verbose.returncode == 0 and "Literal data" in verbose.stdout

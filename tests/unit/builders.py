@@ -3,6 +3,7 @@ import json
 import os
 import struct
 
+from thunderlane.lab.kit import REPO_FOLDER
 from thunderlane.onhost.probe import git_blob_sha1_file, sha256_file
 
 REPO = "mlx-community/gemma-4-e2b-4bit"
@@ -22,7 +23,7 @@ def safetensors_bytes(tensors):
 
 def build_repo(cache_root, files, rev=REV):
     """Write ``files`` ({name: bytes}) as blobs named like the hub's, link them from the snapshot."""
-    repo = cache_root / ("models--" + REPO.replace("/", "--"))
+    repo = cache_root / REPO_FOLDER
     blobs, snap = repo / "blobs", repo / "snapshots" / rev
     blobs.mkdir(parents=True, exist_ok=True)
     snap.mkdir(parents=True, exist_ok=True)
