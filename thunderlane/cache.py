@@ -3,6 +3,10 @@ and against local's.
 
 Verdicts: complete, partial (which files, how many bytes missing), corrupt (which file),
 absent, other-revision. Local is the reference: if it is not complete, no host can be judged.
+
+Parity is by file names, sizes and blob names (etags), never by how a host stores a blob: in its repo
+folder, or (huggingface_hub 2.x) as a link into the cache-wide shared store, which the probe accepts
+only for the marked store of the same cache root. Any other link leaving the repo folder is corrupt.
 """
 from .report import HostResult, human_bytes
 
@@ -10,17 +14,17 @@ FIGURES = ("revision", "files", "bytes", "missing")
 
 
 def snapshot_bytes(facts):
-    """Bytes of the snapshot, each blob counted once."""
+    """Bytes of the snapshot, each blob (each shared-store entry, even under two etags) counted once."""
     seen = {}
     for name, entry in facts.files.items():
         if entry.size is not None:
-            seen[entry.blob or name] = entry.size
+            seen[entry.key or name] = entry.size
     return sum(seen.values())
 
 
 def missing_against(files, reference):
     """Files the reference snapshot has that ``files`` (a snapshot's, by name) lacks, absent or
-    dangling, and their bytes (blobs counted once)."""
+    dangling, and their bytes (blobs counted once by etag: a host without the store needs one each)."""
     names, blobs = [], {}
     for name, ref in sorted(reference.files.items()):
         mine = files.get(name)
@@ -36,20 +40,27 @@ def figures(facts, missing_bytes=None):
             "bytes": human_bytes(snapshot_bytes(facts)) if facts.files else "-",
             "bytes_exact": snapshot_bytes(facts), "missing": human_bytes(missing_bytes),
             "missing_bytes": missing_bytes, "cache_root": facts.cache_root,
-            "incomplete": len(facts.incomplete), "stale_locks": sum(1 for lock in facts.locks if lock.stale)}
+            "incomplete": len(facts.incomplete), "stale_locks": sum(1 for lock in facts.locks if lock.stale),
+            "store_entries": len({e.store for e in facts.files.values() if e.store})}
+
+
+def _stored(entry):
+    """' (store entry blobs/ab/...)' for a blob kept in the shared store, else ''."""
+    return f" (store entry {entry.store})" if entry.store else ""
 
 
 def _corrupt(facts):
     """The first structural problem that makes this cache untrustworthy, or None."""
     for name, entry in sorted(facts.files.items()):
         if entry.escapes:
-            return f"snapshots/{facts.ref}/{name} links outside the repo folder ({entry.link})"
+            why = entry.refusal or f"links outside the repo folder ({entry.link})"
+            return f"snapshots/{facts.ref}/{name} {why}"
     for name, shard in sorted(facts.shards.items()):
         if not shard.ok and shard.reason != "missing":
             return f"{name} is not a whole safetensors file: {shard.reason}"
     for blob, check in sorted((facts.deep or {}).items()):
         if not check.ok:
-            files = [n for n, e in facts.files.items() if e.blob == blob]
+            files = [n + _stored(e) for n, e in sorted(facts.files.items()) if e.blob == blob]
             return f"blob {blob} ({', '.join(files)}) does not hash to its name: {check.reason}"
     return None
 
@@ -71,7 +82,7 @@ def _own_state(facts):
 def _leftovers(facts, against_reference=False):
     """What an interrupted download leaves: dangling links, missing shards, *.incomplete blobs.
     Against a reference, missing files are already listed by name, so shards are not repeated."""
-    dangling = [n for n, e in sorted(facts.files.items()) if e.dangling]
+    dangling = [n + _stored(e) for n, e in sorted(facts.files.items()) if e.dangling]
     missing_shards = [] if against_reference else \
         [n for n, s in sorted(facts.shards.items()) if s.reason == "missing"]
     out = []
@@ -90,6 +101,17 @@ def _leftovers(facts, against_reference=False):
     return out
 
 
+def _note(facts):
+    """'; note: ...' when a store entry's .refs does not list this repo's blob: huggingface_hub would
+    then delete the entry along with another repo that uses it. Worth knowing, not a fault here."""
+    unlisted = sorted({e.store for e in facts.files.values() if e.store and e.store_listed is False})
+    if not unlisted:
+        return ""
+    more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+    return (f"; note: the .refs of shared-store entry {unlisted[0]}{more} does not list this repo's blob: "
+            "deleting another repo through huggingface_hub may remove the entry")
+
+
 def judge_reference(facts):
     """Local's own verdict: it must be complete on its own to serve as the reference."""
     leftovers = _leftovers(facts)
@@ -97,7 +119,7 @@ def judge_reference(facts):
     if state:
         verdict, detail = state
         return HostResult("local", verdict, False, f"{detail} (local is the reference)", figures(facts))
-    return HostResult("local", "complete", True, f"reference, {facts.cache_root}", figures(facts))
+    return HostResult("local", "complete", True, f"reference, {facts.cache_root}{_note(facts)}", figures(facts))
 
 
 def judge(host, facts, reference):
@@ -123,7 +145,8 @@ def judge(host, facts, reference):
         detail = [f"missing {len(names)} file(s), {human_bytes(missing_bytes)}: " + ", ".join(names)] \
             if names else []
         return HostResult(host, "partial", False, "; ".join(detail + leftovers), shown)
-    return HostResult(host, "complete", True, "same revision, files, sizes and blobs as local", shown)
+    same = "same revision, files, sizes and blobs as local"
+    return HostResult(host, "complete", True, same + _note(facts), shown)
 
 
 def _mismatch(facts, reference):
@@ -137,5 +160,5 @@ def _mismatch(facts, reference):
         if mine.blob != ref.blob:
             return f"{name} links to blob {mine.blob}, local to {ref.blob}"
         if mine.size != ref.size:
-            return f"{name} is {mine.size} bytes, local has {ref.size}"
+            return f"{name}{_stored(mine)} is {mine.size} bytes, local has {ref.size}"
     return None

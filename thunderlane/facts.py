@@ -98,16 +98,37 @@ class DatasetFacts:
 
 @dataclass(frozen=True)
 class SnapshotEntry:
-    """One file of the snapshot: its link and blob, size (None if unreadable), and link health."""
+    """One file of the snapshot: its link and blob (the etag), size (None if unreadable), link health.
+
+    ``store`` is the shared-store entry (``blobs/<2 hex>/<xet hash>``, relative to the cache root) the
+    repo blob links to, None for a blob kept in the repo folder; ``store_listed`` whether that entry's
+    ``.refs`` lists the repo blob (None: not known). ``escapes`` is a link leaving the repo folder other
+    than into the store, ``refusal`` says why it is refused."""
     link: str | None
     blob: str | None
     size: int | None
     dangling: bool
     escapes: bool
+    store: str | None = None
+    store_listed: bool | None = None
+    refusal: str | None = None
 
     @classmethod
     def from_json(cls, d):
-        return cls(d.get("link"), d.get("blob"), d.get("size"), bool(d.get("dangling")), bool(d.get("escapes")))
+        return cls(d.get("link"), d.get("blob"), d.get("size"), bool(d.get("dangling")), bool(d.get("escapes")),
+                   d.get("store"), d.get("store_listed"), d.get("refusal"))
+
+    @property
+    def key(self):
+        """What holds the bytes: the store entry, else the blob; bytes are counted once per key."""
+        return self.store or self.blob
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """The hub root's ``blobs/`` folder: marked as huggingface_hub's shared store (marker version 1) or not."""
+    marked: bool
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +168,11 @@ class CacheFacts:
     shards: Mapping[str, Check]
     index_error: str | None
     deep: Mapping[str, Check] | None
+    shared_store: SharedStore | None = None
 
     @classmethod
     def from_json(cls, d):
-        deep = d.get("deep")
+        deep, store = d.get("deep"), d.get("shared_store")
         return cls(
             cache_root=d["cache_root"], resolved_by=d.get("resolved_by", "inventory"), repo_dir=d["repo_dir"],
             exists=bool(d["exists"]), ref=d.get("ref"), snapshot_exists=bool(d.get("snapshot_exists")),
@@ -159,7 +181,8 @@ class CacheFacts:
             locks=tuple(LockFile(**lk) for lk in d.get("locks", ())),
             shards=_frozen(d.get("shards"), lambda s: Check(s["ok"], s.get("reason"))),
             index_error=d.get("index_error"),
-            deep=None if deep is None else _frozen(deep, lambda c: Check(c["ok"], c.get("actual"))))
+            deep=None if deep is None else _frozen(deep, lambda c: Check(c["ok"], c.get("actual"))),
+            shared_store=None if store is None else SharedStore(bool(store.get("marked")), store.get("version")))
 
 
 # --- a run directory ----------------------------------------------------------------------------

@@ -100,6 +100,21 @@ def free_bytes(inv, host, path):
         return None
 
 
+def _refuse_links(host, facts):
+    """Links the sync cannot handle yet: escaping ones on the host, and huggingface_hub 2.x's shared
+    blob store on either side (verify-cache judges it; syncing it would re-send what the store holds)."""
+    escaping = [n for n, e in facts[host.name].files.items() if e.escapes]
+    if escaping:
+        raise SyncError(f"{host.name}: snapshot link(s) {', '.join(sorted(escaping))} point outside the "
+                        f"repo folder on the host; refusing to sync into it: inspect and remove them first")
+    for side in ("local", host.name):
+        shared = sorted(n for n, e in facts[side].files.items() if e.store)
+        if shared:
+            raise SyncError(f"{side}: {facts[side].repo_dir} keeps {', '.join(shared)} in huggingface_hub's "
+                            "shared blob store (blobs/<2 hex>/<hash>); sync-cache does not handle that layout "
+                            "yet: download those files on the host with its own client instead")
+
+
 def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout):
     """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure.
     ``checksum`` compares contents (and verifies deeply before and after): it repairs a blob whose
@@ -114,10 +129,7 @@ def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=F
     if not ref.ok:
         raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
     host_before = before.results[1]
-    escaping = [n for n, e in facts[host.name].files.items() if e.escapes]
-    if escaping:
-        raise SyncError(f"{host.name}: snapshot link(s) {', '.join(sorted(escaping))} point outside the "
-                        f"repo folder on the host; refusing to sync into it: inspect and remove them first")
+    _refuse_links(host, facts)
     missing = host_before.figures.get("missing_bytes") or 0
     dest = dest_cache_of(host, facts[host.name])
     argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit)

@@ -1,7 +1,11 @@
 """Little real HF caches built in tmp_path, for the pure judges: real files, no mocks."""
+import hashlib
 import json
 import os
+import re
 import struct
+
+from huggingface_hub.utils._shared_blobs import publish_blob_to_shared_store
 
 from thunderlane.lab.kit import REPO_FOLDER
 from thunderlane.onhost.probe import git_blob_sha1_file, sha256_file
@@ -47,3 +51,25 @@ def model_files():
     return {"config.json": b'{"model_type": "gemma4"}', "tokenizer.json": b'{"model": {}}',
             "model.safetensors.index.json": json.dumps(index).encode(),
             "model-00001-of-00002.safetensors": shard1, "model-00002-of-00002.safetensors": shard2}
+
+
+def xet_hash(data):
+    """A stand-in Xet file hash: 64 hex like the real one, and like it not the content's sha256
+    (the real one is a merkle hash of Xet chunks; any deterministic 64 hex serves the layout)."""
+    return hashlib.sha256(b"xet" + data).hexdigest()
+
+
+def to_shared_layout(cache_root, repo_dir, every=False):
+    """Convert a repo built by ``build_repo`` to huggingface_hub 2.x's shared layout with the hub's own
+    publishing code: each blob moves to ``<cache_root>/blobs/<2 hex>/<xet hash>`` (the store, marked,
+    with its .refs and .lock) and its repo blob becomes a relative link there. Like the hub, only LFS
+    blobs (64-hex etags: what Xet serves) are shared, unless ``every``. Returns {etag: store path}."""
+    stored = {}
+    for blob in sorted((repo_dir / "blobs").iterdir()):
+        if blob.is_symlink() or not (every or re.fullmatch(r"[0-9a-f]{64}", blob.name)):
+            continue
+        data = blob.read_bytes()
+        assert publish_blob_to_shared_store(blob_path=str(blob), xet_hash=xet_hash(data), cache_dir=cache_root,
+                                            expected_size=len(data)), f"the hub refused to publish {blob}"
+        stored[blob.name] = blob.resolve()
+    return stored

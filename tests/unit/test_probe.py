@@ -8,7 +8,7 @@ import pytest
 
 from thunderlane import onhost
 from thunderlane.onhost import probe
-from tests.unit.builders import safetensors_bytes
+from tests.unit.builders import REPO, build_repo, model_files, safetensors_bytes, to_shared_layout
 
 
 def test_git_blob_sha1_matches_git(tmp_path):
@@ -127,3 +127,68 @@ def test_cache_root_resolution(monkeypatch):
     assert probe.resolve_cache_root("/x/hub") == ("/x/hub", "inventory")
     root, how = probe.resolve_cache_root(None)
     assert how in ("huggingface_hub", "HF_HUB_CACHE", "HF_HOME", "default") and root.startswith("/")
+
+
+def safe_open_accepts(path):
+    """Whether safetensors' own reader opens ``path`` and reads every tensor."""
+    safetensors = pytest.importorskip("safetensors")
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception:  # SafetensorError for the file, numpy's errors for dtypes it lacks
+        return False
+    return True
+
+
+def written_by_safetensors(path):
+    """A file as safetensors writes it (its header padded with spaces to 8 bytes)."""
+    np = pytest.importorskip("numpy")
+    save_file = pytest.importorskip("safetensors.numpy").save_file
+    save_file({"w": np.arange(6, dtype=np.float16).reshape(2, 3), "b": np.ones(5, dtype=np.uint8)}, str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("writer", ["builders", "safetensors"])
+def test_safetensors_check_rejects_whatever_safe_open_rejects(tmp_path, writer):
+    """Every truncation and a few paddings of a whole file. Whole files pass both. Padded files fail
+    ours whatever safe_open says (safetensors 0.8 rejects them, "file not fully covered"; a reader may
+    accept trailing bytes): a hub blob with extra bytes is not the blob its etag names, so the check
+    requires the size to be exactly 8 + header length + the last tensor's end."""
+    f = tmp_path / "m.safetensors"
+    whole = written_by_safetensors(f) if writer == "safetensors" else \
+        safetensors_bytes({"w": ("F16", [2, 3], bytes(12)), "b": ("U8", [5], bytes(5))})
+    f.write_bytes(whole)
+    assert probe.safetensors_check(f)[0] and safe_open_accepts(f)
+    variants = {f"cut to {n}": whole[:n] for n in range(len(whole))}
+    variants.update({f"padded by {len(pad)}": whole + pad for pad in (b"\0", b" ", bytes(8), b"x" * 100)})
+    for label, data in variants.items():
+        f.write_bytes(data)
+        ours, theirs = probe.safetensors_check(f)[0], safe_open_accepts(f)
+        assert not (theirs is False and ours), f"{label}: safe_open rejects it, ours accepts it"
+        assert not ours, f"{label}: ours accepts a file that is not whole"
+
+
+@pytest.mark.parametrize("tensor", [{"dtype": "U8", "shape": [-1, -1], "data_offsets": [0, 1]},
+                                    {"dtype": "U8", "shape": [1.0], "data_offsets": [0, 1]}])
+def test_safetensors_check_header_types(tmp_path, tensor):
+    header = json.dumps({"t": tensor}).encode()
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(struct.pack("<Q", len(header)) + header + bytes(1))
+    assert not safe_open_accepts(f)
+    assert probe.safetensors_check(f)[0] is False
+
+
+def test_probe_reports_the_shared_store_standalone(tmp_path):
+    """The bundled probe, run alone, on a huggingface_hub 2.x shared-layout cache: new fields."""
+    repo = build_repo(tmp_path / "hub", model_files())
+    stored = to_shared_layout(tmp_path / "hub", repo)
+    argv = [sys.executable, "-I", "-S", "-c", onhost.probe_source(), "cache", REPO, str(tmp_path / "hub")]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    facts = json.loads(out)
+    assert facts["shared_store"] == {"marked": True, "version": "1"}
+    shard = facts["files"]["model-00001-of-00002.safetensors"]
+    entry = stored[shard["blob"]]
+    assert shard["store"] == f"blobs/{entry.parent.name}/{entry.name}" and shard["store_listed"] is True
+    assert shard["escapes"] is False and shard["refusal"] is None and shard["size"] == entry.stat().st_size
+    assert facts["files"]["config.json"]["store"] is None

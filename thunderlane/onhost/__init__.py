@@ -9,7 +9,7 @@ a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "probe")
+PROBE = ("files", "runs", "store", "probe")
 ENTRY = ("files", "lane_train")
 
 

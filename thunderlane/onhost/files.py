@@ -4,6 +4,7 @@ and the run directory's bookkeeping names."""
 import hashlib
 import json
 import os
+import re
 import struct
 
 CHUNK = 1 << 20
@@ -13,6 +14,7 @@ DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 MAX_HEADER = 100_000_000
+HEX64 = re.compile(r"^[0-9a-f]{64}$")  # a sha256 (an LFS blob's name) or a xet hash
 
 
 def sha256_file(path):
@@ -88,8 +90,9 @@ def _check_header(header, data_len):
             start, end = t["data_offsets"]
             count = 1
             for dim in t["shape"]:
-                count *= dim
+                count *= _whole(dim)
             width = DTYPE_SIZES[t["dtype"]]
+            _whole(start), _whole(end)
         except (KeyError, TypeError, ValueError):
             return False, f"tensor {name}: malformed entry"
         if end - start != count * width:
@@ -104,3 +107,11 @@ def _check_header(header, data_len):
     if pos != data_len:
         return False, f"data is {data_len} bytes, tensors cover {pos}"
     return True, f"{len(spans)} tensors, {data_len} data bytes"
+
+
+def _whole(value):
+    """A non-negative whole number, as safetensors requires of shapes and offsets (JSON floats and
+    booleans are not)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return value

@@ -13,12 +13,12 @@ import sys
 import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
-    from .files import CHUNK, safetensors_check, sha256_file
+    from .files import CHUNK, HEX64, safetensors_check, sha256_file
     from .runs import lane_facts, read_json_file, reap
+    from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 CHAT_ROLES = {"system", "user", "assistant", "tool"}
 STALE_LOCK_SECONDS = 600
@@ -152,30 +152,26 @@ def resolve_cache_root(configured=None):
     return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub"), "default"
 
 
-def repo_folder(repo_id):
-    return "models--" + repo_id.replace("/", "--")
-
-
 def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
     """Everything verify-cache needs to know about one repo in one cache."""
     repo_dir = os.path.join(cache_root, repo_folder(repo_id))
     out = {"cache_root": cache_root, "resolved_by": resolved_by, "repo_dir": repo_dir,
            "exists": os.path.isdir(repo_dir), "ref": None, "snapshot_exists": False,
            "revisions": [], "files": {}, "blobs": {}, "incomplete": [], "locks": [],
-           "shards": {}, "index_error": None, "deep": None}
+           "shards": {}, "index_error": None, "deep": None, "shared_store": store_facts(cache_root)}
     out["locks"] = _locks(os.path.join(cache_root, ".locks", repo_folder(repo_id)))
     if not out["exists"]:
         return out
     out["blobs"], out["incomplete"] = _blobs(os.path.join(repo_dir, "blobs"))
     snaps = os.path.join(repo_dir, "snapshots")
-    out["revisions"] = sorted(os.listdir(snaps)) if os.path.isdir(snaps) else []
+    out["revisions"] = sorted(n for n in (os.listdir(snaps) if os.path.isdir(snaps) else ()) if not finder_file(n))
     out["ref"] = _read_ref(os.path.join(repo_dir, "refs", "main"))
     if not out["ref"] or not HEX40.match(out["ref"]):
         return out
     snap = os.path.join(snaps, out["ref"])
     out["snapshot_exists"] = os.path.isdir(snap)
     if out["snapshot_exists"]:
-        out["files"] = _snapshot_files(repo_dir, snap)
+        out["files"] = _snapshot_files(snap, link_context(cache_root, repo_id, out["shared_store"]))
         out["shards"], out["index_error"] = _shards(snap, out["files"])
         if deep:
             out["deep"] = _rehash(repo_dir, out["files"])
@@ -196,8 +192,8 @@ def _blobs(blob_dir):
         return blobs, incomplete
     for name in sorted(os.listdir(blob_dir)):
         path = os.path.join(blob_dir, name)
-        if not os.path.isfile(path) or os.path.islink(path):
-            continue
+        if finder_file(name) or not os.path.isfile(path) or os.path.islink(path):
+            continue  # a link is a shared-store blob: judged through the snapshot entry that uses it
         size = os.path.getsize(path)
         if name.endswith(".incomplete") or name.startswith("."):  # hub or rsync temp leftovers
             incomplete.append({"name": name, "size": size})
@@ -211,35 +207,37 @@ def _locks(lock_dir):
     found = []
     for dirpath, _, names in os.walk(lock_dir):
         for name in names:
-            if name.endswith(".lock"):
+            if name.endswith(".lock") and not finder_file(name):
                 age = now - os.path.getmtime(os.path.join(dirpath, name))
                 found.append({"name": name, "age_s": int(age), "stale": age > STALE_LOCK_SECONDS})
     return sorted(found, key=lambda x: x["name"])
 
 
-def _snapshot_files(repo_dir, snap):
+def _snapshot_files(snap, where):
     files = {}
-    real_repo = os.path.realpath(repo_dir)
     for dirpath, dirnames, names in os.walk(snap):
         dirnames.sort()
-        for name in sorted(names):
+        for name in sorted(n for n in names if not finder_file(n)):
             path = os.path.join(dirpath, name)
-            files[os.path.relpath(path, snap)] = _snapshot_entry(path, real_repo)
+            files[os.path.relpath(path, snap)] = _snapshot_entry(path, where)
     return files
 
 
-def _snapshot_entry(path, real_repo):
-    entry = {"link": None, "blob": None, "size": None, "dangling": False, "escapes": False}
+def _snapshot_entry(path, where):
+    """A snapshot file: link, blob (the etag), size through the links, dangling, the shared-store entry
+    its blob links to; ``escapes`` and ``refusal`` for any other link leaving the repo folder."""
+    entry = {"link": None, "blob": None, "size": None, "dangling": False, "escapes": False,
+             "store": None, "store_listed": None, "refusal": None}
     if os.path.islink(path):
         target = os.readlink(path)
-        entry["link"] = target
-        resolved = os.path.realpath(path)
-        inside = resolved.startswith(real_repo + os.sep)
-        entry["escapes"] = os.path.isabs(target) or not inside
-        entry["blob"] = os.path.basename(target)
+        entry.update(link=target, blob=os.path.basename(target))
+        entry["store"], entry["refusal"] = check_link(path, target, where)
+        entry["escapes"] = entry["refusal"] is not None
         if not os.path.isfile(path):
             entry["dangling"] = True
             return entry
+        if entry["store"]:
+            entry["store_listed"] = store_listed(where, entry["store"], entry["blob"])
     elif not os.path.isfile(path):
         return entry
     entry["size"] = os.path.getsize(path)
@@ -272,10 +270,11 @@ def _shards(snap, files):
 
 
 def _rehash(repo_dir, files):
+    """Each blob's content, through a store link if any, against its name (the etag)."""
     out = {}
     for entry in files.values():
         blob = entry["blob"]
-        if not blob or entry["dangling"] or blob in out:
+        if not blob or entry["dangling"] or entry["escapes"] or blob in out:
             continue
         ok, actual = blob_hash_matches(os.path.join(repo_dir, "blobs", blob), blob)
         out[blob] = {"ok": ok, "actual": actual}
