@@ -43,7 +43,7 @@ def link_context(cache_root, repo_id, store):
 def check_link(path, target, where):
     """(store entry, refusal) of a snapshot link: (None, None) when it stays in the repo folder."""
     if os.path.isabs(target):
-        return None, f"is an absolute link ({target}); the hub's links are relative"
+        return None, f"links outside the repo folder: {target} is absolute; the hub's links are relative"
     if os.path.realpath(path).startswith(where["repo"] + os.sep):
         return None, None
     return _store_link(path, target, where)
