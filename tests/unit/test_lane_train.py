@@ -102,9 +102,11 @@ def window_spec(world, run_dir, to_step, data=None):
     }
 
 
-def run_entry(world, spec):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_", "HF_"))}
-    env.update(HF_HUB_CACHE=str(world["hub"]), HF_HUB_OFFLINE="1")
+def run_entry(world, spec, lab=True):
+    """The bundled entry as a rank, as on a lab host (its sshd sets THUNDER_LAB_HOST) unless ``lab``
+    is False (a real host)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_", "HF_", "THUNDER_LAB"))}
+    env.update(HF_HUB_CACHE=str(world["hub"]), HF_HUB_OFFLINE="1", **({"THUNDER_LAB_HOST": "unit"} if lab else {}))
     proc = subprocess.run([sys.executable, "-c", onhost.entry_source(), json.dumps(spec)],
                           env=env, cwd=world["root"], capture_output=True, text=True, timeout=300)
     return proc, decode_events(proc.stdout)
@@ -161,6 +163,16 @@ def test_a_kill_during_save_leaves_no_torn_file_under_a_final_name(world):
     train_to(world, run_dir, 3)
     assert not list(run_dir.glob(".*.tmp*"))
     assert json.loads((run_dir / "checkpoint.json").read_text())["window"] == {"from": 0, "to": 3}
+
+
+def test_the_fault_hook_is_refused_outside_the_lab(world):
+    """THUNDER_FAULT in a real run's environment must not kill real ranks: the rank refuses to train."""
+    run_dir = world["root"] / "run_real"
+    proc, events = run_entry(world, dict(window_spec(world, run_dir, 3), fault="kill-during-save@3"), lab=False)
+    assert proc.returncode == EXIT_CODES["spec"], proc.stdout + proc.stderr
+    assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "spec")
+    assert "lab" in events[-1]["msg"] and "THUNDER_FAULT" in events[-1]["msg"]
+    assert not (run_dir / "checkpoint.json").exists() and not list(run_dir.glob("*.safetensors"))
 
 
 def test_a_bad_spec_is_a_spec_event():

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import struct
+import time
 
 CHUNK = 1 << 20
 LANE_DIR = ".lane"  # a run directory's bookkeeping: rank<N>.pid
@@ -59,6 +60,15 @@ def write_json(path, obj):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return atomic_write(path, write)
+
+
+def disk_full_note(error):
+    """' (the disk is full)' for an ENOSPC error, else ''."""
+    return " (the disk is full)" if getattr(error, "errno", None) == 28 else ""
+
+
+def iso_time(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def safetensors_check(path):

@@ -30,9 +30,10 @@ from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, evaluate, itera
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import CHECKPOINT, LANE_DIR, atomic_write, sha256_file, write_json
+    from .files import CHECKPOINT, LANE_DIR, atomic_write, disk_full_note, iso_time, sha256_file, write_json
 
 STATE_FILE = "lane_state.safetensors"
+LAB_MARKER = "THUNDER_LAB_HOST"  # set only by the lab's sshd (SetEnv): the fault hook's licence
 ADAPTERS = "adapters.safetensors"
 EXIT_CODES = {"runtime": 1, "cache": 10, "dataset": 11, "write": 12, "world-size": 13,
               "divergence": 14, "checkpoint": 15, "spec": 16}
@@ -163,7 +164,7 @@ def prepare_run_dir(lane):
         pidfile = lane.run_dir / LANE_DIR / f"rank{lane.rank}.pid"
         write_json(pidfile, {"pid": os.getpid(), "host": lane.host, "started": lane.started})
     except OSError as e:
-        raise LaneError("write", f"cannot write in run directory {lane.run_dir}{_full(e)}: {e}") from None
+        raise LaneError("write", f"cannot write in run directory {lane.run_dir}{disk_full_note(e)}: {e}") from None
 
 
 def init_group(lane):
@@ -250,13 +251,13 @@ def commit(lane, step, model, optimizer, val_set):
     try:
         files = save_files(lane, step, adapters, optimizer)
     except OSError as e:
-        raise LaneError("write", f"saving step {step} in {lane.run_dir} failed{_full(e)}: {e}") from None
+        raise LaneError("write", f"saving step {step} in {lane.run_dir} failed{disk_full_note(e)}: {e}") from None
     mx.eval(mx.distributed.all_sum(mx.array(1), group=lane.group, stream=mx.cpu))  # barrier: all files first
     ckpt = checkpoint_record(lane, step, digest, files, val_loss)
     try:
         write_json(lane.run_dir / CHECKPOINT, ckpt)
     except OSError as e:
-        raise LaneError("write", f"writing {CHECKPOINT} in {lane.run_dir} failed{_full(e)}: {e}") from None
+        raise LaneError("write", f"writing {CHECKPOINT} in {lane.run_dir} failed{disk_full_note(e)}: {e}") from None
     lane.say("commit", step=step, adapter_sha256=files[ADAPTERS][:12], val_loss=val_loss)
     mx.eval(model.parameters())
 
@@ -293,6 +294,13 @@ def save(lane, tmp, arrays, step):
         os.kill(os.getpid(), 9)
 
 
+def refuse_fault_outside_lab(spec):
+    """The fault hook kills ranks: only a lab host (whose sshd sets THUNDER_LAB_HOST) honours it."""
+    if spec.get("fault") and not os.environ.get(LAB_MARKER):
+        raise LaneError("spec", f"fault injection {spec['fault']!r} (THUNDER_FAULT) is for the lab's hosts only, "
+                        f"and this host has no {LAB_MARKER}: unset THUNDER_FAULT where fab runs")
+
+
 def adapter_config(lane):
     """mlx-lm's adapter_config.json, so ``mlx_lm.load(model, adapter_path=run_dir)`` works."""
     keys = ("num_layers", "lora_parameters", "batch_size", "learning_rate", "lr_schedule",
@@ -313,7 +321,7 @@ def checkpoint_record(lane, step, digest, files, val_loss):
         "step_file": step_file, "step_file_sha256": files[step_file], "state_file": STATE_FILE,
         "state_sha256": files[STATE_FILE], "weights_digest": digest, "train_loss": lane.last_train_loss,
         "val_loss": val_loss, "data_position": {"epoch": epoch, "batch": batch, "seed": lane.config["seed"]},
-        "times": {"window_started": _iso(lane.started), "committed": _iso(now),
+        "times": {"window_started": iso_time(lane.started), "committed": iso_time(now),
                   "window_seconds": round(now - lane.started, 3)},
         "versions": {"python": platform.python_version(), "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__},
         "command": spec.get("command"),
@@ -338,6 +346,7 @@ class LaneCallback(TrainingCallback):
 
 def run_window(lane):
     """Set up, restore, train with mlx-lm up to the spec's ``to_step``, committing on the way."""
+    refuse_fault_outside_lab(lane.spec)
     prepare_run_dir(lane)
     lane.say("start", pid=os.getpid())
     lane.group = init_group(lane)
@@ -364,14 +373,6 @@ def run_window(lane):
           training_callback=LaneCallback(lane, model, optimizer, val_set))
     Path(args.adapter_file).unlink(missing_ok=True)  # mlx-lm's final save
     lane.say("done", step=to_step)
-
-
-def _full(error):
-    return " (the disk is full)" if getattr(error, "errno", None) == 28 else ""
-
-
-def _iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def main(argv):
