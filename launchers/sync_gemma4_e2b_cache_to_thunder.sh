@@ -48,8 +48,8 @@ check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control charac
   esac
   case "$2" in
     *[[:cntrl:]]*) die "$EX_REFUSED" "$1 has a control character" ;;
-    *[!A-Za-z0-9_.,/+@=:%-]*)
-      die "$EX_REFUSED" "$1 '$2' has white space or a shell metacharacter (old rsync passes" \
+    *[!A-Za-z0-9_.,/+@=:-]*)
+      die "$EX_REFUSED" "$1 '$2' has white space, a % (ssh expands it) or a shell metacharacter (old rsync passes" \
         "paths through the remote shell unprotected)" ;;
   esac
 }

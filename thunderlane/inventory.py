@@ -16,15 +16,21 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "hosts.yaml"
 LOCAL = "local"
 DEFAULT_REPO = "mlx-community/gemma-4-e2b-4bit"  # the users' model; the lab's fixture stands in for it
 
+# Every value is checked with ``fullmatch``: ``re.match(r"...$")`` also accepts a trailing newline.
+# (The anchors stay so that a caller elsewhere still using ``.match`` gets no prefix match.)
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 SSH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Paths travel through remote shells (ssh, and rsync 2.6.9 / openrsync, which do not protect
-# arguments): only characters no shell interprets are accepted.
-PATH_SAFE = re.compile(r"^[A-Za-z0-9_.,/+@=:%-]+$")
+# arguments): only characters no shell interprets are accepted. No ``%`` either: ssh expands
+# ``%h``-style tokens in IdentityFile, UserKnownHostsFile and -o values (Fabric does not).
+PATH_SAFE = re.compile(r"^[A-Za-z0-9_.,/+@=:-]+$")
+RSYNC_PATH_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
+IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN addresses are IPv4; "
+             "an IPv6 literal would need brackets in ssh, rsync and the mlx hostfile)")
 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
                "dataset_root", "hf_cache", "runs_root", "rsync_path"}
@@ -125,7 +131,7 @@ def parse(data, where="<inventory>"):
     model = data.get("model") or {}
     check_mapping(model, where, "model", MODEL_FIELDS, set())
     repo = model.get("repo", DEFAULT_REPO)
-    if not isinstance(repo, str) or not REPO_RE.match(repo):
+    if not isinstance(repo, str) or not REPO_RE.fullmatch(repo):
         raise InventoryError(f"{where}: model.repo: {repo!r} is not an org/name repo id")
     ssh = _ssh(data.get("ssh") or {}, where)
     local = _local(data["local"], where)
@@ -135,7 +141,9 @@ def parse(data, where="<inventory>"):
     hosts = {}
     for name, spec in hosts_data.items():
         hosts[name] = _host(name, spec, where)
-    _unique([(h.hostname, h.port) for h in hosts.values()], where, "hostname and port")
+    _unique(hosts, where, "hostname and port", lambda h: (h.hostname.lower(), h.port))
+    _unique(hosts, where, "ssh_name", lambda h: h.ssh_name.lower())  # ssh matches Host names caselessly
+    _unique(hosts, where, "data_ip", lambda h: h.data_ip)
     return Inventory(path=where, repo_id=repo, local=local, hosts=hosts, ssh=ssh)
 
 
@@ -167,7 +175,7 @@ def _own_python():
 
 
 def _host(name, spec, where):
-    if not isinstance(name, str) or not NAME_RE.match(name) or name == LOCAL:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name == LOCAL:
         raise InventoryError(f"{where}: host {name!r}: a host name must match [a-z0-9_-] "
                              f"(1-32 characters) and not be 'local'")
     check_mapping(spec, where, f"host {name}", HOST_FIELDS, HOST_REQUIRED)
@@ -177,7 +185,7 @@ def _host(name, spec, where):
             values[key] = abs_path(spec[key], where, name, key) if key != "rsync_path" \
                 else _rsync_path(spec[key], where, name)
     values["ssh_name"] = _match(spec["ssh_name"], SSH_NAME_RE, where, name, "ssh_name")
-    values["hostname"] = _match(spec["hostname"], HOSTNAME_RE, where, name, "hostname")
+    values["hostname"] = _hostname(spec["hostname"], where, name)
     values["user"] = _match(spec["user"], USER_RE, where, name, "user")
     values["port"] = _port(spec["port"], where, name)
     values["data_ip"] = _ip(spec["data_ip"], where, name)
@@ -211,9 +219,10 @@ def abs_path(value, where, host, key):
         raise InventoryError(f"{where}: host {host}: {key}: expected an absolute path, got {value!r}")
     if PATH_BAD_CHARS.search(value):
         raise InventoryError(f"{where}: host {host}: {key}: control character in path {value!r}")
-    if not PATH_SAFE.match(value):
-        raise InventoryError(f"{where}: host {host}: {key}: {value!r} has white space or a shell "
-                             f"metacharacter; use letters, digits and _ . , / + @ = : % - only")
+    if not PATH_SAFE.fullmatch(value):
+        raise InventoryError(f"{where}: host {host}: {key}: {value!r} has white space, a shell "
+                             f"metacharacter or a % (ssh expands %-tokens); use letters, digits "
+                             f"and _ . , / + @ = : - only")
     if not value.startswith("/"):
         raise InventoryError(f"{where}: host {host}: {key}: {value!r} is a relative path; "
                              f"give an absolute one")
@@ -227,13 +236,13 @@ def abs_path(value, where, host, key):
 
 
 def _rsync_path(value, where, host):
-    if isinstance(value, str) and re.match(r"^[A-Za-z0-9_./+-]+$", value) and not value.startswith("-"):
+    if isinstance(value, str) and RSYNC_PATH_RE.fullmatch(value) and not value.startswith("-"):
         return value
     raise InventoryError(f"{where}: host {host}: rsync_path: {value!r} must be a program name or path")
 
 
 def _match(value, regex, where, host, key):
-    if isinstance(value, str) and regex.match(value):
+    if isinstance(value, str) and regex.fullmatch(value):
         return value
     raise InventoryError(f"{where}: host {host}: {key}: {value!r} is not a valid {key}")
 
@@ -244,16 +253,29 @@ def _port(value, where, host):
     raise InventoryError(f"{where}: host {host}: port: {value!r} is not a port number")
 
 
+def _hostname(value, where, host):
+    if isinstance(value, str) and ":" in value:
+        raise InventoryError(f"{where}: host {host}: hostname: {value!r} looks like an IPv6 literal; "
+                             f"{IPV4_ONLY}")
+    return _match(value, HOSTNAME_RE, where, host, "hostname")
+
+
 def _ip(value, where, host):
     try:
-        return str(ipaddress.ip_address(str(value)))
+        ip = ipaddress.ip_address(value if isinstance(value, str) else "")
     except ValueError:
         raise InventoryError(f"{where}: host {host}: data_ip: {value!r} is not an IP address") from None
+    if ip.version != 4:
+        raise InventoryError(f"{where}: host {host}: data_ip: {value!r} is IPv6; {IPV4_ONLY}")
+    return str(ip)
 
 
-def _unique(items, where, what):
-    seen = set()
-    for item in items:
-        if item in seen:
-            raise InventoryError(f"{where}: two hosts share the same {what}: {item}")
-        seen.add(item)
+def _unique(hosts, where, what, key):
+    """Refuse two hosts with the same ``key``: mlx.launch would send a rank to the wrong machine."""
+    seen = {}
+    for host in hosts.values():
+        value = key(host)
+        if value in seen:
+            raise InventoryError(f"{where}: hosts {seen[value]} and {host.name} share the same {what} "
+                                 f"({value!r}); each host needs its own")
+        seen[value] = host.name

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from .inventory import InventoryError, abs_path, check_mapping
+from .inventory import LOCAL, NAME_RE as HOST_NAME_RE, InventoryError, abs_path, check_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "launchers" / "profiles"
 ENV_VAR = "THUNDER_PROFILES"  # another profile folder (tests, or a user's own set)
-NAME_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+NAME_RE = re.compile(r"^[a-z0-9_]{1,64}$")  # checked with fullmatch
 
 LORA_FIELDS = {"model", "data", "fine_tune_type", "optimizer", "batch_size", "learning_rate",
                "lr_schedule", "num_layers", "lora_parameters", "max_seq_length", "mask_prompt",
@@ -50,7 +50,7 @@ def known(folder=None):
 def load(name, folder=None):
     """The profile called ``name``; an unknown one is refused with the list of known ones."""
     folder = Path(folder or directory())
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ProfileError(f"profile name {name!r} must match [a-z0-9_]; known: {', '.join(known(folder))}")
     path = folder / f"{name}.yaml"
     if not path.is_file():
@@ -71,16 +71,26 @@ def parse(name, data, where):
     if not isinstance(lane, dict):
         raise ProfileError(f"{where}: lane: a mapping with hosts and run_name is required")
     check_mapping(lane, where, "lane", LANE_FIELDS, {"hosts", "run_name"}, ProfileError)
-    hosts = lane["hosts"]
-    if not isinstance(hosts, list) or not hosts or len(set(hosts)) != len(hosts) or \
-            not all(isinstance(h, str) and re.match(r"^[a-z0-9_-]{1,32}$", h) for h in hosts):
-        raise ProfileError(f"{where}: lane.hosts: a list of distinct inventory host names")
-    if not isinstance(lane["run_name"], str) or not NAME_RE.match(lane["run_name"]):
+    hosts = _lane_hosts(lane["hosts"], where)
+    if not isinstance(lane["run_name"], str) or not NAME_RE.fullmatch(lane["run_name"]):
         raise ProfileError(f"{where}: lane.run_name: {lane['run_name']!r} must match [a-z0-9_]")
     _config_values(config, len(hosts), where)
     return Profile(name=name, path=where, config=config, hosts=tuple(hosts), run_name=lane["run_name"],
                    watchdog_seconds=_positive(lane.get("watchdog_seconds", 600), where, "lane.watchdog_seconds"),
                    min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True))
+
+
+def _lane_hosts(hosts, where):
+    """Distinct inventory host names; never ``local``, the control machine, which trains nothing."""
+    if not isinstance(hosts, list) or not hosts or \
+            not all(isinstance(h, str) and HOST_NAME_RE.fullmatch(h) for h in hosts):
+        raise ProfileError(f"{where}: lane.hosts: a list of distinct inventory host names")
+    if LOCAL in hosts:
+        raise ProfileError(f"{where}: lane.hosts: {LOCAL!r} is the control machine, not a compute "
+                           f"host; list the inventory's compute hosts only")
+    if len(set(hosts)) != len(hosts):
+        raise ProfileError(f"{where}: lane.hosts: a list of distinct inventory host names")
+    return hosts
 
 
 def _positive(value, where, key, zero=False):

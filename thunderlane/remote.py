@@ -11,10 +11,16 @@ from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
+from fabric.runners import Remote
+from invoke.exceptions import CommandTimedOut, ThreadException
+from paramiko.hostkeys import HostKeyEntry
 
 from . import onhost
 
 PROBE_SOURCE = onhost.probe_source()
+# What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
+# model cache) is a few MiB; past this a host is broken or hostile, and the run is stopped.
+MAX_OUTPUT = 64 * 2**20
 
 
 class HostError(RuntimeError):
@@ -28,11 +34,13 @@ class HostError(RuntimeError):
 
 def _ssh_settings(inv):
     """The options every ssh the lane starts must carry (Fabric's own are set in :func:`connect`):
-    the pinned host keys, no prompts, fast failure, keepalives."""
+    the pinned host keys and only those (no system-wide file), no prompts, fast failure, keepalives,
+    and nothing a config could add: no agent or port forwarding, no LocalCommand."""
     s = inv.ssh
     settings = [("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"), ("UserKnownHostsFile", s.known_hosts),
-                ("ConnectTimeout", s.connect_timeout), ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3),
-                ("CheckHostIP", "no")]
+                ("GlobalKnownHostsFile", "/dev/null"), ("ConnectTimeout", s.connect_timeout),
+                ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3), ("CheckHostIP", "no"),
+                ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"), ("PermitLocalCommand", "no")]
     if s.identity:
         settings += [("IdentityFile", s.identity), ("IdentitiesOnly", "yes")]
     return settings
@@ -63,36 +71,105 @@ def ssh_command(inv, host):
     return shlex.join(["ssh", *ssh_options(inv, host)])
 
 
+class OutputTooLarge(Exception):
+    """A host printed more than :data:`MAX_OUTPUT` bytes on one stream."""
+
+
+class CappedRemote(Remote):
+    """Fabric's remote runner, stopping the command once a stream passes :data:`MAX_OUTPUT` bytes
+    (Fabric keeps all of it in memory), and reading in 64 KiB chunks."""
+    read_chunk_size = 64 * 1024
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bytes_read = {"stdout": 0, "stderr": 0}
+
+    def _count(self, stream, data):
+        self.bytes_read[stream] += len(data or b"")
+        if self.bytes_read[stream] > MAX_OUTPUT:
+            raise OutputTooLarge(stream)  # ends the reader; Invoke then closes the channel
+        return data
+
+    def read_proc_stdout(self, num_bytes):
+        return self._count("stdout", super().read_proc_stdout(num_bytes))
+
+    def read_proc_stderr(self, num_bytes):
+        return self._count("stderr", super().read_proc_stderr(num_bytes))
+
+    def respond(self, buffer_):
+        if self.watchers:  # Invoke joins the whole buffer after every chunk, watchers or not: quadratic
+            super().respond(buffer_)
+
+
 def connect(inv, host):
     """A Fabric Connection to ``host`` that refuses any key not pinned in known_hosts
-    (Fabric's own default accepts any key) and gives up after the connect timeout."""
+    (Fabric's own default accepts any key) and gives up after the connect timeout. Only the
+    inventory's known_hosts is read (Fabric loads no system file), and the agent is never forwarded."""
     t = inv.ssh.connect_timeout
     kwargs = {"banner_timeout": t, "auth_timeout": t, "allow_agent": False}
     if inv.ssh.identity:
         kwargs.update(key_filename=[inv.ssh.identity], look_for_keys=False)
-    config = Config(overrides={"load_ssh_configs": False, "timeouts": {"connect": t}})
+    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,
+                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})
     conn = Connection(host.hostname, user=host.user, port=host.port, config=config,
-                      connect_timeout=t, connect_kwargs=kwargs)
+                      connect_timeout=t, connect_kwargs=kwargs, forward_agent=False)
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     known = Path(inv.ssh.known_hosts)
     if known.is_file():
+        _check_known_hosts(host, known)
         conn.client.load_host_keys(str(known))
     return conn
 
 
+def known_hosts_problem(path):
+    """The first line of the known_hosts file ``path`` that paramiko cannot honour, as
+    ``(line number, why)``, or None. paramiko 5.1 has no ``@revoked``/``@cert-authority``: it reads
+    the marker as a host name and the host pattern as the key type, and ``load_host_keys`` fails
+    with InvalidHostKey (or, were the base64 to decode, skips the line: a revoked key accepted)."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if line.startswith("@"):
+                return number, (f"{line.split()[0][:40]!r} marker: the lane's Fabric connections (paramiko) "
+                                f"cannot honour @revoked or @cert-authority lines")
+            if not line or line.startswith("#"):
+                continue
+            try:
+                HostKeyEntry.from_line(line, number)
+            except paramiko.SSHException:
+                continue  # paramiko skips these lines, as OpenSSH does
+            except Exception as e:  # noqa: BLE001 - InvalidHostKey, or a key paramiko chokes on
+                return number, f"not a host key line paramiko can read ({type(e).__name__})"
+    return None
+
+
+def _check_known_hosts(host, path):
+    try:
+        problem = known_hosts_problem(path)
+    except (OSError, UnicodeDecodeError) as e:
+        problem = (None, f"cannot read it: {getattr(e, 'strerror', None) or e}")
+    if problem:
+        number, why = problem
+        where = f"{path}, line {number}" if number else str(path)
+        raise HostError(host.name, "host-key", f"{where}: {why}; refusing to connect. Keep the lane's "
+                        f"pinned keys in a plain known_hosts file (ssh.known_hosts in the inventory)")
+
+
 def run(inv, host, argv, timeout=None):
-    """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr)."""
+    """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr).
+    A stream over :data:`MAX_OUTPUT` bytes stops the command and is the host's error."""
     if host.is_local:
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            return 127, "", f"{argv[0]}: not found"
-        return p.returncode, p.stdout, p.stderr
-    command = shlex.join(argv)
+        return _run_local(host, argv, timeout)
     try:
         with connect(inv, host) as conn:
-            r = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
             return r.exited, r.stdout, r.stderr
+    except ThreadException as e:
+        if any(isinstance(w.value, OutputTooLarge) for w in e.exceptions):
+            raise _too_large(host) from None
+        raise
+    except CommandTimedOut:
+        raise HostError(host.name, "error", f"{argv[0]} did not finish within {timeout}s") from None
     except paramiko.BadHostKeyException as e:
         raise HostError(host.name, "host-key",
                         f"host key for {host.hostname}:{host.port} CHANGED ({e.key.get_name()}); "
@@ -111,6 +188,41 @@ def run(inv, host, argv, timeout=None):
                         f"cannot connect to {host.hostname}:{host.port}: {e.strerror or e}") from None
 
 
+def _too_large(host):
+    return HostError(host.name, "error", f"printed more than {MAX_OUTPUT // 2**20} MiB on one stream; "
+                                         f"stopped it (a healthy probe prints a few MiB at most)")
+
+
+def _run_local(host, argv, timeout):
+    """:func:`run` for the control machine: a subprocess, its streams read up to the same cap."""
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]}: not found"
+    except OSError as e:
+        raise HostError(host.name, "error", f"cannot run {argv[0]}: {e.strerror or e}") from None
+    with proc, ThreadPoolExecutor(max_workers=2) as pool:
+        streams = [pool.submit(_read_capped, proc, s) for s in (proc.stdout, proc.stderr)]
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise HostError(host.name, "error", f"{argv[0]} did not finish within {timeout}s") from None
+        out, err = (f.result() for f in streams)
+    if out is None or err is None:
+        raise _too_large(host)
+    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _read_capped(proc, stream):
+    """All of ``stream``, or None (and the process killed) past :data:`MAX_OUTPUT` bytes."""
+    data = stream.read(MAX_OUTPUT + 1)
+    if len(data) > MAX_OUTPUT:
+        proc.kill()
+        return None
+    return data
+
+
 def run_probe(inv, host, args, timeout=None):
     """Run the probe with the host's own lane interpreter; return its JSON (see :func:`ask`)."""
     code, out, err = run(inv, host, [host.python, "-c", PROBE_SOURCE, *args], timeout=timeout)
@@ -118,11 +230,18 @@ def run_probe(inv, host, args, timeout=None):
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
     if code != 0:
         tail = (err.strip().splitlines() or ["no output"])[-1]
-        raise HostError(host.name, "error", f"probe failed with exit {code}: {tail}")
+        raise HostError(host.name, "error", f"probe failed with exit {code}: {tail[:300]}")
+    return decode(host.name, out)
+
+
+def decode(name, out):
+    """The probe's stdout as one JSON document; anything else is host ``name``'s error."""
     try:
         return json.loads(out)
+    except RecursionError:
+        raise HostError(name, "error", "probe answer is nested too deeply to read") from None
     except ValueError:
-        raise HostError(host.name, "error", f"probe printed no JSON: {out[:200]!r}") from None
+        raise HostError(name, "error", f"probe printed no JSON: {out[:200]!r}") from None
 
 
 def ask(inv, host, *queries, timeout=None):
@@ -132,11 +251,28 @@ def ask(inv, host, *queries, timeout=None):
         answers = [run_probe(inv, host, list(queries[0].args), timeout)]
     else:
         multi = json.dumps([list(q.args) for q in queries])
-        answers = run_probe(inv, host, ["multi", multi], timeout)["results"]
-    try:
-        return [q.parse(a) for q, a in zip(queries, answers)]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise HostError(host.name, "error", f"probe answer malformed: {type(e).__name__}: {e}") from None
+        answers = _results(host.name, run_probe(inv, host, ["multi", multi], timeout), len(queries))
+    return parse_answers(host.name, queries, answers)
+
+
+def _results(name, doc, count):
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        raise HostError(name, "error", f"probe answer malformed: expected 'results' with {count} answers")
+    return results
+
+
+def parse_answers(name, queries, answers):
+    """Each answer through its query's parser. The answers are host ``name``'s data, so whatever a
+    parser raises on them (a missing key, a wrong type, nesting past the recursion limit) is that
+    host's error, never a traceback."""
+    parsed = []
+    for query, answer in zip(queries, answers):
+        try:
+            parsed.append(query.parse(answer))
+        except Exception as e:  # noqa: BLE001 - hostile data can break a parser in any way
+            raise HostError(name, "error", f"probe answer malformed: {type(e).__name__}: {str(e)[:200]}") from None
+    return parsed
 
 
 def ask_each(inv, hosts, query_for):

@@ -112,3 +112,81 @@ def test_unreadable_or_invalid_yaml(tmp_path):
 def test_committed_inventory_is_valid():
     inv = inventory.load(inventory.DEFAULT_PATH)
     assert {"mac4", "mac5"} <= set(inv.hosts)
+
+
+# --- full matches: a trailing newline is not part of a valid value ----------------------------------
+
+@pytest.mark.parametrize("field,value", [("ssh_name", "mac5\n"), ("hostname", "mac5.local\n"), ("user", "me\n"),
+                                         ("rsync_path", "/opt/homebrew/bin/rsync\n"), ("data_ip", "169.254.10.5\n"),
+                                         ("python", "/opt/venv/bin/python\n"), ("hf_cache", "/Users/me/hf\n"),
+                                         ("dataset_root", "/Users/me/data\n"), ("runs_root", "/Users/me/runs\n")])
+def test_trailing_newline_is_refused_in_every_host_field(field, value):
+    msg = bad(lambda d: d["hosts"]["mac5"].update({field: value}))
+    assert "host mac5" in msg and field in msg
+
+
+def test_trailing_newline_is_refused_in_a_host_name():
+    assert "[a-z0-9_-]" in bad(lambda d: d["hosts"].update({"mac6\n": d["hosts"].pop("mac5")}))
+
+
+def test_trailing_newline_is_refused_in_the_repo_id():
+    assert "model.repo" in bad(lambda d: d["model"].update(repo="mlx-community/gemma-4-e2b-4bit\n"))
+
+
+@pytest.mark.parametrize("key", ["known_hosts", "identity", "config"])
+def test_trailing_newline_is_refused_in_control_side_ssh_files(key):
+    assert f"ssh.{key}" in bad(lambda d: d["ssh"].update({key: "/home/me/.ssh/file\n"}))
+
+
+@pytest.mark.parametrize("regex", [inventory.NAME_RE, inventory.SSH_NAME_RE, inventory.HOSTNAME_RE,
+                                   inventory.USER_RE, inventory.PATH_SAFE, inventory.RSYNC_PATH_RE])
+def test_validators_do_not_accept_a_prefix_even_through_match(regex):
+    """Callers outside this module may still use ``.match``: the anchors keep them to the whole value."""
+    assert not regex.match("ok;") and not regex.fullmatch("ok\n")
+
+
+# --- two hosts never share an ssh name or a data address ------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("ssh_name", "mac4"), ("ssh_name", "MAC4"), ("data_ip", "169.254.10.4")])
+def test_duplicate_ssh_name_or_data_ip_names_both_hosts_and_the_field(field, value):
+    msg = bad(lambda d: d["hosts"]["mac5"].update({field: value}))
+    assert "mac4 and mac5" in msg and field in msg and "share" in msg
+
+
+def test_duplicate_endpoint_names_both_hosts():
+    msg = bad(lambda d: d["hosts"]["mac5"].update(hostname="MAC4.local"))
+    assert "mac4 and mac5" in msg and "hostname and port" in msg
+
+
+# --- % reaches ssh as a token ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["python", "dataset_root", "runs_root", "hf_cache"])
+def test_percent_is_refused_in_host_paths(field):
+    msg = bad(lambda d: d["hosts"]["mac5"].update({field: "/Users/me/%h/x"}))
+    assert "host mac5" in msg and field in msg and "%" in msg
+
+
+@pytest.mark.parametrize("key", ["known_hosts", "identity", "config"])
+def test_percent_is_refused_in_control_side_ssh_files(key):
+    msg = bad(lambda d: d["ssh"].update({key: "/home/me/.ssh/%d_key"}))
+    assert "host local" in msg and f"ssh.{key}" in msg and "%" in msg
+
+
+def test_percent_is_refused_in_local_paths():
+    assert "runs_root" in bad(lambda d: d["local"].update(runs_root="/runs/%u"))
+
+
+# --- IPv6 literals are refused, saying why ------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("data_ip", "fe80::1"), ("data_ip", "::ffff:169.254.10.5"),
+                                         ("hostname", "fe80::1"), ("hostname", "[fe80::1]"),
+                                         ("hostname", "2001:db8::5")])
+def test_ipv6_literals_are_refused_naming_host_and_field(field, value):
+    msg = bad(lambda d: d["hosts"]["mac5"].update({field: value}))
+    assert "host mac5" in msg and field in msg and "IPv4" in msg
+
+
+def test_ipv4_data_ip_is_normalised():
+    data = copy.deepcopy(GOOD)
+    data["hosts"]["mac5"]["data_ip"] = "169.254.10.5"
+    assert inventory.parse(data).hosts["mac5"].data_ip == "169.254.10.5"

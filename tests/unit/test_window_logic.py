@@ -24,6 +24,11 @@ def test_unknown_or_bad_profile_lists_known(name):
         profiles.load(name)
 
 
+def test_profile_name_with_a_trailing_newline_is_refused():
+    with pytest.raises(profiles.ProfileError, match=r"must match \[a-z0-9_\]"):
+        profiles.load("partial_real_stage1_stable\n")
+
+
 BASE = {"batch_size": 4, "num_layers": 2, "lora_parameters": {"rank": 4, "scale": 20.0},
         "max_seq_length": 128, "save_every": 5, "seed": 0, "learning_rate": 1e-4,
         "lane": {"hosts": ["mac4", "mac5"], "run_name": "r"}}
@@ -38,6 +43,11 @@ BASE = {"batch_size": 4, "num_layers": 2, "lora_parameters": {"rank": 4, "scale"
     (lambda d: d.update(data="relative/dir"), "relative"),
     (lambda d: d.update(save_every=0), "save_every"),
     (lambda d: d.pop("lane"), "lane"),
+    (lambda d: d["lane"].update(run_name="r\n"), "run_name"),
+    (lambda d: d["lane"].update(hosts=["mac4\n", "mac5"]), "lane.hosts"),
+    (lambda d: d["lane"].update(hosts=["mac4", "local"]), r"p\.yaml: lane\.hosts: 'local' is the control machine"),
+    (lambda d: d["lane"].update(hosts=["local"]), "control machine"),
+    (lambda d: d["lane"].update(hosts=[["mac4"], "mac5"]), "lane.hosts"),
 ])
 def test_bad_profiles_are_refused(edit, why):
     data = copy.deepcopy(BASE)

@@ -38,7 +38,7 @@ NET_VAR = "THUNDER_LAB_NET"  # another loopback /24 for a second lab (benchmarks
 def address(index):
     """Loopback address of the index-th lab host: 127.77.0.10, .11, ... (or $THUNDER_LAB_NET.10)."""
     net = os.environ.get(NET_VAR, "127.77.0")
-    if not re.match(r"^127\.\d{1,3}\.\d{1,3}$", net):
+    if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}", net):
         raise LabError(f"{NET_VAR}={net!r}: give the first three parts of a loopback address, e.g. 127.78.0")
     return f"{net}.{10 + index}"
 
@@ -130,7 +130,7 @@ def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False):
     """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures."""
     names = list(names)
     for n in names:
-        if not inventory.NAME_RE.match(n) or n == inventory.LOCAL:
+        if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
             raise LabError(f"lab host name {n!r} must match [a-z0-9_-] and not be 'local'")
     p = paths(lab)
     user = getpass.getuser()

@@ -38,9 +38,9 @@ def git_blob_sha1_file(path):
 
 def blob_hash_matches(path, name):
     """Re-hash a blob against its name: (ok, actual). Names that are no hash cannot be checked."""
-    if HEX64.match(name):
+    if HEX64.fullmatch(name):
         actual = sha256_file(path)
-    elif HEX40.match(name):
+    elif HEX40.fullmatch(name):
         actual = git_blob_sha1_file(path)
     else:
         return False, None
@@ -166,7 +166,7 @@ def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
     snaps = os.path.join(repo_dir, "snapshots")
     out["revisions"] = sorted(n for n in (os.listdir(snaps) if os.path.isdir(snaps) else ()) if not finder_file(n))
     out["ref"] = _read_ref(os.path.join(repo_dir, "refs", "main"))
-    if not out["ref"] or not HEX40.match(out["ref"]):
+    if not out["ref"] or not HEX40.fullmatch(out["ref"]):
         return out
     snap = os.path.join(snaps, out["ref"])
     out["snapshot_exists"] = os.path.isdir(snap)

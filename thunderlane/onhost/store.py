@@ -62,7 +62,7 @@ def _store_link(path, target, where):
     name, real = os.path.basename(lexical), os.path.realpath(hop)
     rel, entry = f"{STORE}/{name[:2]}/{name}", os.path.join(where["root"], STORE, name[:2], name)
     why = f"links outside the repo folder: {where['folder']}/blobs/{os.path.basename(hop)} -> "
-    if os.path.isabs(inner) or not HEX64.match(name) or lexical != entry:
+    if os.path.isabs(inner) or not HEX64.fullmatch(name) or lexical != entry:
         return None, why + f"{inner} is not the hub's shared store"
     if real != entry:
         return None, why + f"{rel} goes through a link to {real}"
