@@ -37,17 +37,20 @@ done
 
 helper() { (cd "$repo" && "$py" -m thunderlane.launcher_helpers "$@"); }
 
-lock=$(helper lock-dir "$profile") || exit "$EX_USAGE"
-mkdir -p "$(dirname "$lock")"
-if ! mkdir "$lock" 2>/dev/null; then
-  holder=$(cat "$lock/pid" 2>/dev/null || echo unknown)
-  if [ "$holder" != unknown ] && kill -0 "$holder" 2>/dev/null; then
-    echo "chunks: another window of $profile is running (pid $holder holds $lock)" >&2
-    exit "$EX_LOCKED"
-  fi
-  echo "chunks: stale lock $lock from pid $holder (not running): taking it over"
+# the lock is a directory renamed into place with this shell's pid and start time already inside:
+# atomic, never ownerless, and a reused pid is not its owner
+rc=0
+taken=$(helper take-lock "$profile" "$$") || rc=$?
+read -r state holder lock <<LOCK
+$taken
+LOCK
+if [ "$rc" -eq "$EX_LOCKED" ]; then
+  echo "chunks: another window of $profile is running (pid $holder holds $lock)" >&2
+  exit "$EX_LOCKED"
+elif [ "$rc" -ne 0 ] || [ -z "$lock" ]; then
+  exit "$EX_USAGE"
 fi
-echo "$$" > "$lock/pid"
+[ "$state" != taken-over ] || echo "chunks: stale lock $lock from pid $holder (not running): taken over"
 release() { rm -rf "$lock"; }
 trap release EXIT
 trap 'exit 130' INT

@@ -1,9 +1,14 @@
-"""Control-side file and process helpers: the one atomic write and the one "is this PID alive".
+"""Control-side file and process helpers: the one atomic write, the one "is this PID alive", and
+the lock directory (atomic, owner inside from the first instant).
 
 (The on-host code has its own in ``onhost/files.py``: it is sent to hosts as source and cannot
 import this package.)
 """
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 
@@ -35,3 +40,64 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def process_started(pid):
+    """When process ``pid`` started, as ``ps -o lstart=`` prints it (BSD and procps alike), or None
+    when there is no such process. With the PID it names a process: a reused PID has another start."""
+    p = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
+                       env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    return p.stdout.strip() or None
+
+
+def lock_holder(path):
+    """(None | 'held' | 'stale', pid) of the lock directory ``path``: held while the process that
+    took it (same PID and start time) still runs."""
+    path = Path(path)
+    if not path.is_dir():
+        return None, None
+    try:
+        pid = int((path / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return "stale", None
+    try:
+        started = (path / "started").read_text().strip()
+    except OSError:
+        started = None
+    alive = pid_alive(pid) and (started is None or started == process_started(pid))
+    return ("held" if alive else "stale"), pid
+
+
+def take_lock(path, pid):
+    """Take the lock directory ``path`` for process ``pid``: ('taken', None), ('taken-over', the
+    stale owner's pid) or ('held', the owner's pid). Atomic, and with its owner inside from the
+    first instant: the directory is built under a private name with ``pid`` and ``started`` and
+    renamed into place, which fails while another lock (never empty) is there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stale = None
+    for _ in range(5):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
+        (tmp / "pid").write_text(f"{pid}\n")
+        (tmp / "started").write_text(f"{process_started(pid) or ''}\n")
+        try:
+            os.rename(tmp, path)
+            return ("taken-over", stale) if stale else ("taken", None)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        state, owner = lock_holder(path)
+        if state == "held":
+            return "held", owner
+        stale = owner if state == "stale" else stale
+        _move_aside(path)
+    return "held", lock_holder(path)[1]
+
+
+def _move_aside(path):
+    """Rename a stale lock out of the way (another taker may have done it first: fine)."""
+    try:
+        os.rename(path, path.with_name(f".{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}"))
+    except OSError:
+        return
+    for old in path.parent.glob(f".{path.name}.stale.*"):
+        shutil.rmtree(old, ignore_errors=True)

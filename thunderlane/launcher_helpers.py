@@ -2,12 +2,16 @@
 
   committed-step PROFILE                          the writer's committed step (0 if none)
   lock-dir PROFILE                                the window lock directory on this machine
+  take-lock PROFILE PID                           take it for PID: "taken|taken-over|held PID|- DIR";
+                                                  exit 0, or 75 when another live window holds it
   plan-window PROFILE --to N --target T --out DIR write one window's hostfile, spec, ssh config
 """
 import argparse
 import sys
 
-from . import inventory, layout, profiles
+from . import fsutil, inventory, layout, profiles
+
+EX_LOCKED = 75  # as the chunk runner's: another window of the run holds the lock
 
 
 def main(argv=None):
@@ -15,6 +19,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("committed-step", "lock-dir"):
         sub.add_parser(name).add_argument("profile")
+    take = sub.add_parser("take-lock")
+    take.add_argument("profile")
+    take.add_argument("pid", type=int)
     plan = sub.add_parser("plan-window")
     plan.add_argument("profile")
     plan.add_argument("--to", type=int, required=True)
@@ -27,9 +34,14 @@ def main(argv=None):
     except (inventory.InventoryError, profiles.ProfileError) as e:
         print(f"thunderlane: {e}", file=sys.stderr)
         return 2
-    if args.command == "lock-dir":  # no Fabric import for this one: it runs before every window
-        print(layout.local(inv).lock(profile.run_name))
+    lock = layout.local(inv).lock(profile.run_name)
+    if args.command == "lock-dir":  # no Fabric import for these two: they run before every window
+        print(lock)
         return 0
+    if args.command == "take-lock":
+        state, pid = fsutil.take_lock(lock, args.pid)
+        print(state, pid or "-", lock)
+        return EX_LOCKED if state == "held" else 0
     return _with_hosts(inv, profile, args)
 
 

@@ -328,6 +328,23 @@ def test_11_second_window_refused_by_the_lock_and_stale_lock_detected(warm_lab, 
     assert "stale lock" in p.stdout and "999999" in p.stdout
 
 
+def test_11b_a_window_the_lock_refuses_ends_nothing(warm_lab, profile_dir):
+    """Two windows that both got past preflight: the one the lock refuses (the chunk runner's exit 75)
+    leaves the other's ranks alone; it used to reap every rank of the run, the winner's included."""
+    first = start_fab(warm_lab, "train-window", "--profile", "run_a", "--target", "60", "--window", "60",
+                      env={"THUNDER_PROFILES": str(profile_dir)})
+    try:
+        assert wait_for_step(warm_lab, "mac4", "test_run_a", 5)
+        code, r = train(warm_lab, profile_dir, "run_a", "--target", "60", "--skip-preflight")
+        assert code == 1 and r["verdict"] == "locked", r
+        assert RunFacts.from_json(run_facts(warm_lab, "mac4", "test_run_a")).running  # still training
+        assert wait_for_step(warm_lab, "mac4", "test_run_a", 10)  # and still committing
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=60)
+    assert no_rank_left()
+
+
 # 12 ----------------------------------------------------------------------------------------------
 def test_12_changed_key_is_refused_by_mlx_launch_ssh_too(warm_lab, lab_dir, profile_dir, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)

@@ -1,9 +1,10 @@
 """The window lock on the control machine: one window of a run at a time.
 
-The chunk runner takes it (``mkdir``, atomic) and removes it on exit; it holds the runner's pid.
+The chunk runner takes it through ``launcher_helpers take-lock`` (``fsutil.take_lock``: atomic, its
+owner's PID and start time inside from the first instant) and removes it on exit.
 """
 from .. import layout
-from ..fsutil import pid_alive
+from ..fsutil import lock_holder
 
 
 def lock_dir(inv, profile):
@@ -12,11 +13,4 @@ def lock_dir(inv, profile):
 
 def lock_state(inv, profile):
     """(None | 'held' | 'stale', pid) of the window lock."""
-    path = lock_dir(inv, profile)
-    if not path.is_dir():
-        return None, None
-    try:
-        pid = int((path / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return "stale", None
-    return ("held" if pid_alive(pid) else "stale"), pid
+    return lock_holder(lock_dir(inv, profile))

@@ -12,6 +12,8 @@ from .triage import NOISY, SUCCESS, classify
 from .writer import committed, writer_facts
 
 ALREADY = "already-at-target"
+LOCKED = "locked"
+EX_LOCKED = 75  # the chunk runner's exit when another window of the run holds the lock
 
 
 @dataclass
@@ -48,6 +50,9 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
         return _at_target(inv, profile, target, start, pre)
     log = layout.local(inv).log(profile.run_name, time.strftime("%Y%m%dT%H%M%S"))
     outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out)
+    if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
+        return WindowResult(profile.name, target, LOCKED, "another window of this run holds the lock; "
+                            "this one started nothing and ended nothing", pre, outcome=outcome, start_step=start)
     reaped, wfacts = finish(inv, profile)
     g = checkpoint.gate(profile.writer, wfacts, target) if not isinstance(wfacts, HostError) else \
         HostResult(profile.writer, wfacts.kind, False, wfacts.message)
