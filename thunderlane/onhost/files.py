@@ -62,6 +62,15 @@ def write_json(path, obj):
     return atomic_write(path, write)
 
 
+def read_stripped(path):
+    """A small text file's content without surrounding white space, or None when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def disk_full_note(error):
     """' (the disk is full)' for an ENOSPC error, else ''."""
     return " (the disk is full)" if getattr(error, "errno", None) == 28 else ""

@@ -13,7 +13,7 @@ import sys
 import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
-    from .files import CHUNK, HEX64, safetensors_check, sha256_file
+    from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
     from .runs import lane_facts, read_json_file, reap
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
 
@@ -165,7 +165,7 @@ def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
     out["blobs"], out["incomplete"] = _blobs(os.path.join(repo_dir, "blobs"))
     snaps = os.path.join(repo_dir, "snapshots")
     out["revisions"] = sorted(n for n in (os.listdir(snaps) if os.path.isdir(snaps) else ()) if not finder_file(n))
-    out["ref"] = _read_ref(os.path.join(repo_dir, "refs", "main"))
+    out["ref"] = read_stripped(os.path.join(repo_dir, "refs", "main"))
     if not out["ref"] or not HEX40.fullmatch(out["ref"]):
         return out
     snap = os.path.join(snaps, out["ref"])
@@ -176,14 +176,6 @@ def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
         if deep:
             out["deep"] = _rehash(repo_dir, out["files"])
     return out
-
-
-def _read_ref(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _blobs(blob_dir):

@@ -6,7 +6,7 @@ the content. Also what is never part of a cache (macOS Finder's files)."""
 import os
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import HEX64
+    from .files import HEX64, read_stripped
 
 STORE = "blobs"
 STORE_MARKER = ".huggingface-shared-blobs"
@@ -30,7 +30,7 @@ def store_facts(cache_root):
     marker = os.path.join(folder, STORE_MARKER)
     regular = os.path.isdir(folder) and not os.path.islink(folder) and \
         os.path.isfile(marker) and not os.path.islink(marker)
-    version = _first_line(marker) if regular else None
+    version = read_stripped(marker) if regular else None
     return {"marked": version == "1", "version": version}
 
 
@@ -80,13 +80,5 @@ def store_listed(where, store, blob):
     try:
         with open(os.path.join(where["root"], store + ".refs"), encoding="utf-8") as f:
             return f"{where['folder']}/blobs/{blob}" in f.read().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _first_line(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().strip()
     except (OSError, UnicodeDecodeError):
         return None
