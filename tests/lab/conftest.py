@@ -15,12 +15,14 @@ from thunderlane.sync import sync_cache
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 HOSTS = ("mac4", "mac5")
-TEST_LABS = "pytest-of-"  # pytest's tmp_path_factory folders, where the test lab lives
+TEST_LABS = "pytest-of-"  # replaced by this session's lab folder once the lab is up
 
 
 @pytest.fixture(scope="session")
 def lab_dir(tmp_path_factory):
+    global TEST_LABS
     d = tmp_path_factory.mktemp("lab")
+    TEST_LABS = str(d.parent)  # this session's ranks only: another session's lab is not ours
     lab.up(HOSTS, lab=d, model_mb=1.0)
     yield d
     lab.down(d)
