@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
@@ -15,7 +17,7 @@ from tests.lab.conftest import HOSTS, LAYOUT, by_host, fab_json
 from thunderlane import inventory, lab
 from thunderlane.inventory import DEFAULT_REPO
 from thunderlane.lab import kit
-from thunderlane.lab.hub import HubServer, download
+from thunderlane.lab.hub import HubServer, download, sent_over
 
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 LOAD = "import mlx_lm; model, _ = mlx_lm.load(%r); print(model.model_type)" % DEFAULT_REPO
@@ -124,3 +126,28 @@ def test_a_killed_then_rerun_download_is_complete_with_a_note(lab_inv, lab_dir):
     assert "note: 2 orphaned *.incomplete file(s) beside finished blobs" in hosts["mac4"]["detail"]
     assert hosts["mac4"]["figures"]["locks_held"] == 0 and hosts["mac4"]["figures"]["orphans"] == 2
     assert hosts["mac4"]["figures"]["incomplete"] == 0
+
+
+def test_a_download_running_now_is_seen_by_its_lock(lab_inv, lab_dir):
+    """While the real client downloads into mac4 (a shard throttled), its lock is held: verify-cache
+    says a download is running; once it is gone, the same lock file is no fault."""
+    rev, stop = snapshot(lab_dir, "local").name, threading.Event()
+    with HubServer(snapshot(lab_dir, "local"), DEFAULT_REPO, rev, throttle={SHARD1: 20_000}) as hub:
+        runner = threading.Thread(target=download, args=(
+            lab_inv.hosts["mac4"].python, kit.host_cache(lab_dir, "mac4"), hub.endpoint, DEFAULT_REPO),
+            kwargs={"env": {"HOME": str(lab_dir / "mac4")}, "kill_when": stop.is_set})
+        runner.start()
+        try:
+            in_flight = sent_over(hub.endpoint, SHARD1, 4096)
+            deadline = time.monotonic() + 60
+            while not in_flight() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _, hosts = verify(lab_inv)
+        finally:
+            stop.set()
+            runner.join()
+    assert hosts["mac4"]["verdict"] == "partial" and hosts["mac4"]["figures"]["locks_held"] == 1, hosts["mac4"]
+    assert f"a download is running in this cache now (1 lock(s) held: {etag(lab_dir, SHARD1)}.lock)" \
+        in hosts["mac4"]["detail"]
+    _, hosts = verify(lab_inv)
+    assert hosts["mac4"]["figures"]["locks_held"] == 0 and "running" not in hosts["mac4"]["detail"]
