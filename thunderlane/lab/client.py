@@ -120,7 +120,9 @@ def _make(work, repo, revision, python, layout, state):
                    throttle={s: THROTTLE for s in in_flight}) as hub:
         kill_when = _mid_file(hub.endpoint, cache / repo.name / "snapshots" / revision, hub.files, in_flight) \
             if in_flight else None
-        result = download(python, cache, hub.endpoint, repo_id, env={"HOME": str(home)}, kill_when=kill_when)
+        total = sum(f.size for f in hub.files.values())  # loopback, but a busy 2-core box: 5 MB/s at worst
+        result = download(python, cache, hub.endpoint, repo_id, env={"HOME": str(home)}, kill_when=kill_when,
+                          timeout=120 + total / 5e6)
     if result.killed != bool(in_flight) or (not in_flight and not result.ok):
         raise ClientError(f"snapshot_download of {repo_id} into {cache}: exit {result.returncode}, "
                           f"killed={result.killed}: {result.stderr.strip()[-800:]}")
