@@ -223,7 +223,9 @@ HOSTS = ["mac4", "mac5"]
     (" local = classic , mac5=shared ", {"local": "classic", "mac4": "classic", "mac5": "shared"}),
 ])
 def test_layout_specs(spec, expected):
-    assert lab_client.parse_layout(spec, HOSTS, {"local": "shared"}) == expected
+    assert lab_client.parse_layout(spec, HOSTS, "local=shared") == expected
+    remembered = {"local": "shared", "mac4": "classic", "gone": "shared"}  # an earlier lab-up's
+    assert lab_client.parse_layout(spec, HOSTS, remembered) == expected
 
 
 @pytest.mark.parametrize("spec, why", [

@@ -52,14 +52,22 @@ class ClientError(RuntimeError):
     pass
 
 
-def parse_layout(spec, names, default):
+def parse_layout(spec, names, default="classic"):
     """{host: layout} for local and `names` from `spec`: '' (the default), 'classic'|'shared' for
-    every host, or 'host=layout,...' (the hosts not named keep `default`'s). ValueError names the
-    part that is wrong."""
+    every host, or 'host=layout,...' (the hosts not named keep the default's). `default`: a spec
+    like `spec` or a {host: layout} (an earlier lab-up's); classic where it says nothing.
+    ValueError names the part that is wrong."""
     hosts = ["local", *names]
-    layouts = dict(default) if isinstance(default, dict) else {h: default for h in hosts}
-    layouts = {h: layouts.get(h, "classic") for h in hosts}
-    spec = (spec or "").strip()
+    base = {h: "classic" for h in hosts}
+    if isinstance(default, dict):
+        base.update((h, v) for h, v in default.items() if h in base and v in LAYOUTS)
+    else:
+        base = _apply(default, hosts, base)
+    return _apply(spec, hosts, base)
+
+
+def _apply(spec, hosts, layouts):
+    spec, layouts = (spec or "").strip(), dict(layouts)
     if spec in LAYOUTS:
         return {h: spec for h in hosts}
     for part in filter(None, (p.strip() for p in spec.split(","))):
