@@ -105,6 +105,7 @@ def test_mixed_layouts_are_judged_alike(lab_dir, lab_in, spec):
     layouts = lab.seeded(lab_dir)["layouts"]
     assert layouts == lab.parse_layout(spec, HOSTS) and len(set(layouts.values())) == 2
     for host, layout in layouts.items():
+        assert kit.host_layout(lab_dir, host) == layout
         assert is_shared_blobs_dir(kit.host_cache(lab_dir, host) / "blobs") == (layout == "shared"), host
     code, hosts = verify(inv, "--deep")
     assert hosts["local"]["verdict"] == "complete" and hosts["mac5"]["verdict"] == "complete", hosts
