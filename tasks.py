@@ -58,7 +58,8 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
 def reliability(c, k="", basetemp=""):
     """Run the fault suite (every test marked fault_case) and write docs/RELIABILITY.md's table from it."""
     args = (f" -k {shlex.quote(k)}" if k else "") + (f" --basetemp {shlex.quote(basetemp)}" if basetemp else "")
-    c.run(f"{BIN / 'python'} -m tests.lab.reliability{args}", pty=False)
+    with c.cd(str(ROOT)):
+        c.run(f"{BIN / 'python'} -m tests.lab.reliability{args}", pty=False)
 
 
 @task(help={"model_mb": "model size for the byte-bound figures (default 1000)",

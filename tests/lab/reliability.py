@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "RELIABILITY.md"
 OUT_ENV = "THUNDER_RELIABILITY_OUT"  # where the plugin writes its JSON lines
@@ -32,7 +34,6 @@ def pytest_collection_modifyitems(config, items):
     unmarked = [i.nodeid for i in items if Path(str(i.fspath)).name.startswith("test_faults")
                 and i.get_closest_marker("fault_case") is None]
     if unmarked:
-        import pytest
         raise pytest.UsageError("fault tests without @pytest.mark.fault_case: " + ", ".join(unmarked))
     for item in items:
         case = item.get_closest_marker("fault_case")
@@ -74,6 +75,7 @@ def _last_phase(report):
     return report.outcome != "passed" and (report.when == "setup" or report.when == "teardown")
 
 
+@pytest.hookimpl(tryfirst=True)  # before the fixtures: a setup error still reports its case
 def pytest_runtest_setup(item):
     case = item.get_closest_marker("fault_case")
     if case is not None:
@@ -211,8 +213,9 @@ def main(argv=None):
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         rc = run_suite(out_path, args.k, args.basetemp)
         lines = [json.loads(ln) for ln in out_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        print("reliability: no fault test ran; docs/RELIABILITY.md left unchanged", file=sys.stderr)
+    if rc not in (0, 1) or not lines:  # interrupted, or no test ran: the table in place stays
+        print(f"reliability: pytest exit {rc} with {len(lines)} results (interrupted, a usage error or no "
+              "fault test ran); docs/RELIABILITY.md left unchanged", file=sys.stderr)
         return rc or 1
     command = "python -m tests.lab.reliability" + (f" -k {args.k!r}" if args.k else "")
     text = document(DOC.read_text(encoding="utf-8"), lines, code, when, machine(), command)

@@ -660,7 +660,7 @@ def _rewrite(path, fn):
     (lambda d: (d / "train.jsonl").write_bytes(b""), r"mac5:train\.jsonl:0: file is empty"),
     (lambda d: _rewrite(d / "test.jsonl", lambda b: b[:-7]), r"mac5:test\.jsonl:60: not JSON: .+ at column [0-9]+"),
     (lambda d: _rewrite(d / "valid.jsonl", lambda b: b.replace("ߊ".encode(), b"\xff", 1)),
-     r"mac5:valid\.jsonl:[0-9]+: not UTF-8 \(byte [0-9]+\)"),
+     r"mac5:valid\.jsonl:{line}: not UTF-8 \(byte {byte}\)"),
     (lambda d: _rewrite(d / "train.jsonl", lambda b: b'{"input": "x", "output": "y"}\n' + b.split(b"\n", 1)[1]),
      r"mac5:train\.jsonl:1: no 'messages', 'prompt'\+'completion' or 'text' field"),
     (lambda d: _rewrite(d / "manifest.json", lambda b: b.replace(b'"lines": 60', b'"lines": 61', 1)),
@@ -672,11 +672,14 @@ def test_15_dataset_faults_are_host_file_line(lab_inv, fault, expect):
     UTF-8 (byte …)`, `mac5:train.jsonl:1: no 'messages', 'prompt'+'completion' or 'text' field`,
     `mac5:test.jsonl: lines is 60, manifest.json says 61`; mac4 is still reported, and passes."""
     root = lab_inv.hosts["mac5"].dataset_root
+    raw = (Path(root) / "valid.jsonl").read_bytes()
+    at = raw.index("ߊ".encode())  # where the non-UTF-8 case puts its byte: line and byte in that line
+    line, byte = raw.count(b"\n", 0, at) + 1, at - (raw.rfind(b"\n", 0, at) + 1)
     fault(Path(root))
     code, report = fab_json(lab_inv, "verify-dataset")
     r = by_host(report)["mac5"]
     assert code == 1 and not r["ok"], r
-    assert re.search(expect.format(root=re.escape(root)), r["detail"]), r["detail"]
+    assert re.search(expect.format(root=re.escape(root), line=line, byte=byte), r["detail"]), r["detail"]
     assert by_host(report)["mac4"]["ok"]
 
 
