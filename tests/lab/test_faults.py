@@ -9,6 +9,7 @@ import shutil
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -470,7 +471,7 @@ def test_11_second_window_refused_by_the_lock_and_stale_lock_detected(warm_lab, 
         assert code == 1 and r["verdict"] == "refused"
         assert "another window holds the lock" in json.dumps(r) or "still running" in json.dumps(r)
         chunks = subprocess.run(["bash", str(layout.CHUNKS), "run_a", "60", "60"], capture_output=True, text=True,
-                                env=dict(os.environ, THUNDER_INVENTORY=warm_lab.path,
+                                env=dict(os.environ, THUNDER_INVENTORY=warm_lab.path, THUNDER_PYTHON=sys.executable,
                                          THUNDER_PROFILES=str(profile_dir)))
         assert chunks.returncode == 75 and "another window of run_a is running" in chunks.stderr
     finally:
