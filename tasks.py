@@ -1,5 +1,5 @@
-"""Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`, `inv bench`. The operator's tasks are in
-fabfile.py (`fab --list`). Run with .venv/bin/inv after ./bootstrap."""
+"""Developer tasks (Invoke): `inv test`, `inv lint`, `inv demo`, `inv bench`, `inv reliability`. The
+operator's tasks are in fabfile.py (`fab --list`). Run with .venv/bin/inv after ./bootstrap."""
 import os
 import shlex
 import sys
@@ -51,6 +51,15 @@ def demo(c, hosts="mac4,mac5", model_mb=2.0):
     if not c.run(f"{fab} handoff", env=env, warn=True).ok:
         raise Exit("demo: `fab handoff` failed", code=1)
     print("\nThe lab is still up: `.venv/bin/fab lab-down` stops it.")
+
+
+@task(help={"k": "only the fault tests matching this pytest -k expression (the table then has only those)",
+            "basetemp": "pytest's --basetemp (a private lab folder)"})
+def reliability(c, k="", basetemp=""):
+    """Run the fault suite (every test marked fault_case) and write docs/RELIABILITY.md's table from it."""
+    args = (f" -k {shlex.quote(k)}" if k else "") + (f" --basetemp {shlex.quote(basetemp)}" if basetemp else "")
+    with c.cd(str(ROOT)):
+        c.run(f"{BIN / 'python'} -m tests.lab.reliability{args}", pty=False)
 
 
 @task(help={"model_mb": "model size for the byte-bound figures (default 1000)",

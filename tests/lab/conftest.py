@@ -38,6 +38,17 @@ def lab_inv(lab_dir):
     return inventory.load(path)
 
 
+@pytest.fixture
+def reliability(record_property):
+    """``reliability(**figures)``: measured figures of a fault case (seconds, bytes...), written into
+    docs/RELIABILITY.md's table by `inv reliability` (tests/lab/reliability.py) and printed (-s)."""
+    def record(**figures):
+        for name, value in figures.items():
+            record_property(name, value)
+        print("reliability:", ", ".join(f"{k}={v}" for k, v in figures.items()))
+    return record
+
+
 def fab(inv, *args, timeout=300, env=None):
     """Run the real ``fab`` CLI against the lab inventory."""
     env = dict(os.environ, THUNDER_INVENTORY=inv.path, **(env or {}))

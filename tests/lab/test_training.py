@@ -112,5 +112,19 @@ def test_killed_rank_leaves_last_commit_and_no_process(warm_lab, profile_dir):
     from thunderlane.checkpoint import gate
     from thunderlane.facts import RunFacts
     assert gate("mac4", RunFacts.from_json(facts), step).ok
-    assert not facts["temp_files"] or all(".tmp" in t for t in facts["temp_files"])
+    for host in ("mac4", "mac5"):  # nothing torn under a final name: a torn file is only ever a temp file
+        assert_whole_under_final_names(Path(warm_lab.hosts[host].runs_root) / "test_run_a")
     assert no_rank_left()
+
+
+def assert_whole_under_final_names(run_dir):
+    """Every safetensors file under a final name is whole, every JSON file parses."""
+    from thunderlane.onhost.files import safetensors_check
+    finals = [p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    assert any(p.name.endswith(".safetensors") for p in finals), sorted(p.name for p in finals)
+    for p in finals:
+        if p.name.endswith(".safetensors"):
+            whole, reason = safetensors_check(str(p))
+            assert whole, f"{p}: {reason}"
+        elif p.name.endswith(".json"):
+            json.loads(p.read_text())

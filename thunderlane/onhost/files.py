@@ -27,6 +27,19 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def checked_write(path, write):
+    """``write(path)``; mlx reports a failed write as a RuntimeError without errno ("[write] Unable to
+    write N bytes"): that becomes the OSError it stands for, naming ``path``, ENOSPC if the disk is
+    now full (under 1 MiB free), else EIO, so that a full disk during a save is a write failure."""
+    import errno
+    try:
+        write(path)
+    except RuntimeError as e:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        full = st.f_bavail * st.f_frsize < 2**20
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(e), path) from None
+
+
 def fsync_path(path):
     fd = os.open(path, os.O_RDONLY)
     try:

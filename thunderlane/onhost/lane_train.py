@@ -30,7 +30,8 @@ from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, evaluate, itera
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import CHECKPOINT, LANE_DIR, atomic_write, disk_full_note, iso_time, sha256_file, write_json
+    from .files import (CHECKPOINT, LANE_DIR, atomic_write, checked_write, disk_full_note, iso_time, sha256_file,
+                        write_json)
 
 STATE_FILE = "lane_state.safetensors"
 LAB_MARKER = "THUNDER_LAB_HOST"  # set only by the lab's sshd (SetEnv): the fault hook's licence
@@ -287,7 +288,7 @@ def save_files(lane, step, adapters, optimizer):
 def save(lane, tmp, arrays, step):
     """mx.save_safetensors, and the reliability suite's injected fault: with the spec's fault
     ``kill-during-save@STEP`` the rank dies half-way through writing that step's first file."""
-    mx.save_safetensors(str(tmp), arrays, {"format": "mlx"})
+    checked_write(str(tmp), lambda path: mx.save_safetensors(path, arrays, {"format": "mlx"}))
     if lane.spec.get("fault") == f"kill-during-save@{step}":
         with open(tmp, "r+b") as f:
             f.truncate(os.path.getsize(tmp) // 2)

@@ -9,6 +9,7 @@ SUCCESS = "success"
 NOISY = "success-noisy-teardown"
 INTERRUPTED = "interrupted"
 NOT_COMMITTED = "not-committed"
+PEER_LOST = "connection to a peer was lost"  # mlx's ring backend, on the ranks a vanished rank leaves
 
 
 def classify(outcome, gate_ok):
@@ -34,10 +35,10 @@ def classify(outcome, gate_ok):
         if not loaded:
             return STALLED, "no training log before the watchdog: cache or model materialization"
         return HANG, f"no progress for the watchdog's time after {'training' if trained else 'loading'}; a rank or the ring is stuck"
-    if errors:
-        return CRASH, _err(errors[0])
     lost = _silent_ranks(outcome.events)
-    if lost:
+    if errors and not (lost and all(PEER_LOST in e.get("msg", "") for e in errors)):
+        return CRASH, _err(errors[0])
+    if lost:  # a rank that vanished is the cause; the others' "peer was lost" is its consequence
         return CRASH, (f"the rank on {', '.join(lost)} ended without reporting (killed or crashed); "
                        f"the chunk runner exited {outcome.exit_code}")
     if outcome.exit_code != 0:
