@@ -96,3 +96,15 @@ def test_fault_syntax_refused_naming_the_points(fault):
     with pytest.raises(commit.LaneError) as info:
         commit.check_fault(fault)
     assert info.value.kind == "spec" and "after-checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("keep,words", [(1, "below 2"), (0, "not a positive whole number"),
+                                        (True, "not a positive whole number"), ("3", "not a positive whole number")])
+def test_keep_steps_is_at_least_two(keep, words):
+    import yaml
+    from thunderlane import profiles
+    data = yaml.safe_load((profiles.PROFILE_DIR / "synthetic_mechanics.yaml").read_text())
+    assert profiles.parse("p", data, "p.yaml").keep_steps == 2
+    assert profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": 3}}, "p.yaml").keep_steps == 3
+    with pytest.raises(profiles.ProfileError, match=f"p.yaml: lane.keep_steps: .*{words}"):
+        profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": keep}}, "p.yaml")

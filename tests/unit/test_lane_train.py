@@ -191,3 +191,54 @@ def test_a_bad_spec_is_a_spec_event():
     (event,) = decode_events(proc.stdout)
     assert (event["phase"], event["kind"], event["rank"]) == ("error", "spec", 0)
     assert isinstance(event["host"], str) and event["msg"].startswith("bad window spec: ")
+
+
+# --- a kill at every point of a commit (fault case 18 on one process; the lab test adds ranks) ----
+
+# commit.POINTS that are distinct moments on one process: "before-state" is "after-adapters", and so
+# on; "before-checkpoint" differs from "after-config" only across ranks (the barrier between them).
+KILL_POINTS = ("before-adapters", "during-adapters", "after-adapters", "during-state", "after-state",
+               "during-config", "after-config", "during-checkpoint", "after-checkpoint", "during-refresh",
+               "after-refresh", "after-prune")
+COMMITTED_AT = ("after-checkpoint", "during-refresh", "after-refresh", "after-prune")  # step N stands
+
+
+def committed(run_dir):
+    path = run_dir / "checkpoint.json"
+    return json.loads(path.read_text())["step"] if path.exists() else 0
+
+
+def assert_gate_at(run_dir, step):
+    """The control side's gate over the probe's facts of this run directory, at ``step``."""
+    from thunderlane import checkpoint
+    from thunderlane.facts import RunFacts
+    from thunderlane.onhost.runs import lane_facts
+    g = checkpoint.gate("local_host", RunFacts.from_json(lane_facts(str(run_dir.parent), run_dir.name)), step)
+    assert g.ok, g.detail
+
+
+def test_a_kill_at_every_commit_point_resumes_from_the_last_commit_and_ends_equal(world):
+    """Each window is killed at the next point of its first commit (one commit a step); after each
+    kill checkpoint.json names whole matching files of the last committed step, the next window
+    resumes from exactly that step, and the chain ends equal to an uninterrupted run."""
+    import mlx.core as mx
+    config = dict(CONFIG, save_every=1)
+    chain, whole, last = world["root"] / "run_chain", world["root"] / "run_chain_whole", len(COMMITTED_AT) + 2
+    expected = 0
+    for point in KILL_POINTS:
+        spec = dict(window_spec(world, chain, last), config=config, fault=f"kill-at@{expected + 1}:{point}")
+        proc, events = run_entry(world, spec)
+        assert proc.returncode == -9, (point, proc.stdout[-2000:] + proc.stderr[-2000:])
+        assert [e["step"] for e in events if e["phase"] == "resume"] == [expected], point
+        expected += point in COMMITTED_AT
+        assert committed(chain) == expected, point
+        if expected:
+            assert_gate_at(chain, expected)
+    proc, events = run_entry(world, dict(window_spec(world, chain, last), config=config))
+    assert proc.returncode == 0 and [e["step"] for e in events if e["phase"] == "resume"] == [expected]
+    proc, _ = run_entry(world, dict(window_spec(world, whole, last), config=config))
+    assert proc.returncode == 0
+    a, b = (mx.load(str(d / f"{last:07d}_adapters.safetensors")) for d in (chain, whole))
+    assert set(a) == set(b) and max(mx.abs(a[k] - b[k]).max().item() for k in a) <= 1e-6
+    assert_gate_at(chain, last)
+    assert not list(chain.glob(".*.tmp*"))
