@@ -108,3 +108,19 @@ def test_keep_steps_is_at_least_two(keep, words):
     assert profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": 3}}, "p.yaml").keep_steps == 3
     with pytest.raises(profiles.ProfileError, match=f"p.yaml: lane.keep_steps: .*{words}"):
         profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": keep}}, "p.yaml")
+
+
+def test_status_shows_whether_the_committed_files_hold():
+    from thunderlane.report import HostResult
+    from thunderlane.status import _row
+    ok = HostResult("mac4", "complete", True)
+    f = run_facts()
+    f["versions"] = {"python": "3.11", "mlx": "0.1", "mlx-lm": "0.2"}
+    row = _row("mac4", ok, ok, RunFacts.from_json(f))
+    assert (row.ok, row.figures["step"], row.figures["commit"]) == (True, 10, "reached")
+    f["files"]["0000010_lane_state.safetensors"]["sha256"] = "e" * 64
+    row = _row("mac4", ok, ok, RunFacts.from_json(f))
+    assert (row.ok, row.figures["commit"]) == (False, "bad-adapter")
+    assert row.detail.startswith("commit: 0000010_lane_state.safetensors sha256 eeeeeeeeeeee does not match")
+    fresh = RunFacts.from_json({"exists": True, "run_dir": "/r", "checkpoint": {"present": False}})
+    assert _row("mac4", ok, ok, fresh).figures["commit"] == "-" and _row("mac4", ok, ok, fresh).ok

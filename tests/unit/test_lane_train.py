@@ -223,8 +223,10 @@ def test_a_kill_at_every_commit_point_resumes_from_the_last_commit_and_ends_equa
     resumes from exactly that step, and the chain ends equal to an uninterrupted run."""
     import mlx.core as mx
     config = dict(CONFIG, save_every=1)
-    chain, whole, last = world["root"] / "run_chain", world["root"] / "run_chain_whole", len(COMMITTED_AT) + 2
-    expected = 0
+    chain, whole, last = world["root"] / "run_chain", world["root"] / "run_chain_whole", len(COMMITTED_AT) + 4
+    proc, _ = run_entry(world, dict(window_spec(world, chain, 2), config=config))  # a commit to tear
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = 2
     for point in KILL_POINTS:
         spec = dict(window_spec(world, chain, last), config=config, fault=f"kill-at@{expected + 1}:{point}")
         proc, events = run_entry(world, spec)
@@ -232,8 +234,7 @@ def test_a_kill_at_every_commit_point_resumes_from_the_last_commit_and_ends_equa
         assert [e["step"] for e in events if e["phase"] == "resume"] == [expected], point
         expected += point in COMMITTED_AT
         assert committed(chain) == expected, point
-        if expected:
-            assert_gate_at(chain, expected)
+        assert_gate_at(chain, expected)
     proc, events = run_entry(world, dict(window_spec(world, chain, last), config=config))
     assert proc.returncode == 0 and [e["step"] for e in events if e["phase"] == "resume"] == [expected]
     proc, _ = run_entry(world, dict(window_spec(world, whole, last), config=config))
@@ -242,3 +243,26 @@ def test_a_kill_at_every_commit_point_resumes_from_the_last_commit_and_ends_equa
     assert set(a) == set(b) and max(mx.abs(a[k] - b[k]).max().item() for k in a) <= 1e-6
     assert_gate_at(chain, last)
     assert not list(chain.glob(".*.tmp*"))
+
+
+def test_resume_verifies_the_named_files_and_refuses_a_changed_one(world):
+    """An older lane's checkpoint.json (format 1) still resumes and is rewritten as format 2; a named
+    file whose bytes changed (same size) is a ``resume`` refusal naming it, and nothing is touched."""
+    run_dir = world["root"] / "run_verify"
+    train_to(world, run_dir, 3)
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    old = {k: v for k, v in ckpt.items() if k not in ("format", "files", "previous")}
+    (run_dir / "checkpoint.json").write_text(json.dumps(old))
+    events = train_to(world, run_dir, 4)
+    assert [e["step"] for e in events if e["phase"] == "resume"] == [3]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["format"] == 2
+    state = run_dir / "0000004_lane_state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF
+    state.write_bytes(bytes(data))
+    before = (run_dir / "checkpoint.json").read_bytes()
+    proc, events = run_entry(world, window_spec(world, run_dir, 5))
+    assert proc.returncode == EXIT_CODES["resume"] == 17, proc.stdout + proc.stderr
+    assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "resume")
+    assert f"{state} does not match the size and sha256" in events[-1]["msg"] and "step 4" in events[-1]["msg"]
+    assert (run_dir / "checkpoint.json").read_bytes() == before and state.read_bytes() == bytes(data)
