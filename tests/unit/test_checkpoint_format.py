@@ -83,6 +83,10 @@ def test_prune_keeps_what_the_record_and_its_previous_commits_name(tmp_path):
     commit.prune(tmp_path, dict(record(9), previous=[record(6)]))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {
         "0000003_adapters.safetensors", "0000003_lane_state.safetensors", "0000012_adapters.safetensors"})
+    format1 = {"step": 6, "step_file": "0000006_adapters.safetensors", "state_file": "lane_state.safetensors"}
+    commit.prune(tmp_path, dict(record(9), previous=[format1]))
+    assert not (tmp_path / "0000006_lane_state.safetensors").exists()
+    assert (tmp_path / "0000006_adapters.safetensors").exists(), "an older lane's commit keeps its step file"
 
 
 @pytest.mark.parametrize("fault", [None, "kill-during-save@5", "kill-at@5:after-checkpoint",
