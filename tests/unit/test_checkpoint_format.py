@@ -128,3 +128,24 @@ def test_status_shows_whether_the_committed_files_hold():
     assert row.detail.startswith("commit: 0000010_lane_state.safetensors sha256 eeeeeeeeeeee does not match")
     fresh = RunFacts.from_json({"exists": True, "run_dir": "/r", "checkpoint": {"present": False}})
     assert _row("mac4", ok, ok, fresh).figures["commit"] == "-" and _row("mac4", ok, ok, fresh).ok
+
+
+def test_a_rank_that_resumed_below_its_checkpoint_points_it_back_before_rewriting(tmp_path):
+    """settle_rollback: the older commit's record replaces checkpoint.json (its files are still
+    there); with no older commit the newer record moves into .lane (never deleted)."""
+    import json
+    from types import SimpleNamespace
+    (tmp_path / ".lane").mkdir()
+    newer = dict(record(10), previous=[record(5)])
+    (tmp_path / "checkpoint.json").write_text(json.dumps(newer))
+    lane = SimpleNamespace(run_dir=tmp_path, ahead=False, committed=None)
+    commit.settle_rollback(lane)
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == newer, "not ahead: untouched"
+    lane = SimpleNamespace(run_dir=tmp_path, ahead=True, committed=commit.record_at(newer, 5))
+    commit.settle_rollback(lane)
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == dict(record(5), previous=[])
+    assert lane.ahead is False
+    (tmp_path / "checkpoint.json").write_text(json.dumps(newer))
+    commit.settle_rollback(SimpleNamespace(run_dir=tmp_path, ahead=True, committed=None))
+    assert not (tmp_path / "checkpoint.json").exists()
+    assert json.loads((tmp_path / ".lane" / "checkpoint.rolled-back.json").read_text()) == newer
