@@ -188,13 +188,17 @@ def _window_text(result, summary):
     return "\n".join(lines)
 
 
-@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})
-def mirror_back(c, profile="partial_real_stage1_stable", json=False):
-    """Bring the run directory back from the writer host, verified, replacing the local mirror only then."""
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP,
+                                   "force": "replace a mirror of another run or of a later step; the old one "
+                                            "is kept beside it as <name>.replaced-<UTC time>"})
+def mirror_back(c, profile="partial_real_stage1_stable", force=False, json=False):
+    """Bring the writer's committed step home, verified, replacing the local mirror only then."""
     _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
     try:
-        result = mirror.mirror_back(inv, prof)
+        result = mirror.mirror_back(inv, prof, force=force)
+    except mirror.MirrorBusy as e:
+        raise Exit(f"mirror-back: {e}", code=75) from None
     except (mirror.MirrorError, window.WindowError) as e:
         raise Exit(f"mirror-back: {e}", code=1) from None
     print(jsonlib.dumps(vars(result), indent=2) if json else f"mirror-back: {mirror.describe(result)}")

@@ -11,7 +11,7 @@ import time
 
 from . import layout, mirror, window
 from .facts import thaw
-from .fsutil import atomic_write
+from .fsutil import atomic_write, real_folder
 from .remote import ssh_command
 from .report import printable
 from .sync import SyncError, sync_cache
@@ -61,7 +61,8 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
         try:
             m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile))
             data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
-                              "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes}
+                              "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes,
+                              "replaced": m.replaced, "notes": m.notes}
         except mirror.MirrorError as e:
             data["mirror"] = {"ok": False, "error": str(e)}
             blockers.append(f"mirror-back: {e}")
@@ -150,13 +151,20 @@ def render_markdown(d):
 
 
 def save(inv, profile, data):
-    """Write the report into the local mirror (or the local runs root) and the writer's run dir."""
+    """Write the report into the local mirror when this handoff mirrored (else the local reports
+    folder, never a mirror of another run) and into the writer's run dir. Nothing is written
+    through a link: the folder is checked part by part, the files are replaced, not written into."""
     _enrich(inv, profile, data)
     where = layout.local(inv)
-    mirror_dir = where.mirror(profile.run_name)
-    target = mirror_dir if mirror_dir.is_dir() else where.reports(profile.run_name)
-    atomic_write(target / REPORT_MD, render_markdown(data))
-    atomic_write(target / REPORT_JSON, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    mirrored = (data.get("mirror") or {}).get("ok")
+    target = where.mirror(profile.run_name) if mirrored else where.reports(profile.run_name)
+    try:
+        real_folder(target, where.root)
+        atomic_write(target / REPORT_MD, render_markdown(data))
+        atomic_write(target / REPORT_JSON, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as e:
+        data["report_local"], data["report_remote"] = None, f"not written: {e}"
+        return
     data["report_local"] = str(target / REPORT_MD)
     data["report_remote"] = _push(inv, profile, target)
 
