@@ -1,10 +1,47 @@
-"""The success gate: ``checkpoint.json`` on the writer host names the target step, and the adapter
-files it names exist, are whole safetensors and match their recorded sha256. Logs prove nothing.
-Everything here reads a host's ``facts.RunFacts``."""
+"""The success gate: ``checkpoint.json`` on the writer host names the target step, and every file
+it names (format 2: ``files``, name -> sha256 and size) exists, has that size and sha256, and is a
+whole safetensors file where it is one. The fixed-name ``adapters.safetensors`` (refreshed after a
+commit, for mlx-lm users) is never what the gate trusts. Logs prove nothing. Everything here reads a
+host's ``facts.RunFacts``."""
+import re
+from collections.abc import Mapping
+
 from .report import HostResult
 
-NAMED = (("adapter_file", "adapter_sha256"), ("step_file", "step_file_sha256"),
-         ("state_file", "state_sha256"))
+FORMAT = 2
+HEX64 = re.compile(r"[0-9a-f]{64}")
+# A plain file name: no folder, not hidden (temporary names start with '.'), no control characters.
+PLAIN_NAME = re.compile(r"[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,254}")
+
+
+class CheckpointError(ValueError):
+    """checkpoint.json does not name its files as format 2 requires; the message says how."""
+
+
+def named_files(record):
+    """Every file a format-2 ``checkpoint.json`` record names: ``{name: (sha256, size)}``. Names are
+    plain file names (no ``/``, no leading ``.``); ``step_file`` and ``state_file`` must be among
+    them. Raises :class:`CheckpointError` otherwise."""
+    if not isinstance(record, Mapping) or record.get("format") != FORMAT:
+        got = record.get("format", 1) if isinstance(record, Mapping) else None
+        raise CheckpointError(f"checkpoint.json is format {got!r}, not {FORMAT} (an older lane wrote it; "
+                              "the next window's commit rewrites it)")
+    files = record.get("files")
+    if not isinstance(files, Mapping) or not files:
+        raise CheckpointError("checkpoint.json names no files")
+    out = {}
+    for name, entry in files.items():
+        if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+            raise CheckpointError(f"checkpoint.json names {name!r}, which is not a plain file name")
+        sha = entry.get("sha256") if isinstance(entry, Mapping) else None
+        size = entry.get("size") if isinstance(entry, Mapping) else None
+        if not isinstance(sha, str) or not HEX64.fullmatch(sha) or type(size) is not int or size < 0:
+            raise CheckpointError(f"checkpoint.json: {name}: needs a sha256 and a size")
+        out[name] = (sha, size)
+    for key in ("step_file", "state_file"):
+        if record.get(key) not in out:
+            raise CheckpointError(f"checkpoint.json: {key} {record.get(key)!r} is not among its files")
+    return out
 
 
 def committed_step(facts):
@@ -36,25 +73,28 @@ def gate(host, facts, target):
         return HostResult(host, "wrong-step", False, f"checkpoint.json is at step {step}, {where} "
                           f"the target {target}", figures)
     data = facts.record
-    problem = _file_problem(data, facts.files)
+    try:
+        named = named_files(data)
+    except CheckpointError as e:
+        return HostResult(host, "bad-checkpoint", False, str(e), figures)
+    problem = _file_problem(named, facts.files)
     if problem:
         return HostResult(host, "bad-adapter", False, problem, figures)
-    figures.update(adapter_sha256=data["adapter_sha256"][:12], train_loss=data.get("train_loss"),
+    figures.update(adapter_sha256=named[data["step_file"]][0][:12], train_loss=data.get("train_loss"),
                    val_loss=data.get("val_loss"))
-    return HostResult(host, "reached", True, f"step {step} with {data['adapter_file']} and "
-                      f"{data['step_file']} whole and matching their sha256", figures)
+    return HostResult(host, "reached", True, f"step {step} with {', '.join(sorted(named))} whole and "
+                      "matching their size and sha256", figures)
 
 
-def _file_problem(data, files):
-    for name_key, hash_key in NAMED:
-        name, want = data.get(name_key), data.get(hash_key)
-        if not isinstance(name, str) or not isinstance(want, str) or not name or not want:
-            return f"checkpoint.json does not name {name_key} and {hash_key}"
+def _file_problem(named, files):
+    for name, (want, size) in sorted(named.items()):
         have = files.get(name)
         if have is None:
             return f"{name} named by checkpoint.json is missing"
         if not have.whole:
             return f"{name} is not a whole safetensors file: {have.reason}"
+        if have.size != size:
+            return f"{name} is {have.size} bytes, checkpoint.json says {size}"
         if have.sha256 != want:
             return f"{name} sha256 {have.sha256[:12]} does not match checkpoint.json's {want[:12]}"
     return None

@@ -17,7 +17,7 @@ LORA_FIELDS = {"model", "data", "fine_tune_type", "optimizer", "batch_size", "le
                "lr_schedule", "num_layers", "lora_parameters", "max_seq_length", "mask_prompt",
                "save_every", "val_batches", "seed", "grad_checkpoint"}
 LORA_REQUIRED = {"batch_size", "num_layers", "lora_parameters", "max_seq_length", "save_every", "seed"}
-LANE_FIELDS = {"hosts", "run_name", "watchdog_seconds", "min_free_mb"}
+LANE_FIELDS = {"hosts", "run_name", "watchdog_seconds", "min_free_mb", "keep_steps"}
 
 
 class ProfileError(ValueError):
@@ -33,6 +33,7 @@ class Profile:
     run_name: str
     watchdog_seconds: int = 600
     min_free_mb: int = 1024
+    keep_steps: int = 2   # commits whose step files stay in a run directory (2: ranks one commit apart resume)
 
     @property
     def writer(self):
@@ -77,7 +78,8 @@ def parse(name, data, where):
     _config_values(config, len(hosts), where)
     return Profile(name=name, path=where, config=config, hosts=tuple(hosts), run_name=lane["run_name"],
                    watchdog_seconds=_positive(lane.get("watchdog_seconds", 600), where, "lane.watchdog_seconds"),
-                   min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True))
+                   min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True),
+                   keep_steps=_keep_steps(lane.get("keep_steps", 2), where))
 
 
 def _lane_hosts(hosts, where):
@@ -97,6 +99,15 @@ def _positive(value, where, key, zero=False):
     if isinstance(value, int) and not isinstance(value, bool) and (value > 0 or (zero and value == 0)):
         return value
     raise ProfileError(f"{where}: {key}: {value!r} is not a positive whole number")
+
+
+def _keep_steps(value, where):
+    """At least 2: a kill between two ranks' checkpoint.json writes leaves them one commit apart,
+    and the rank ahead must still hold the commit the other resumes from."""
+    if _positive(value, where, "lane.keep_steps") < 2:
+        raise ProfileError(f"{where}: lane.keep_steps: {value} is below 2 (the last commit and the one "
+                           "before it: ranks a commit apart after a crash resume from the older)")
+    return value
 
 
 def _config_values(config, world, where):

@@ -143,8 +143,9 @@ def test_05_kill_during_adapter_save_keeps_last_commit_and_never_mirrors_torn(wa
     (lambda d: (d / "checkpoint.json").write_text("[]"), "torn", "step"),
     (lambda d: _edit_ckpt(d, step=4), "wrong-step", "below the target"),
     (lambda d: _edit_ckpt(d, step=9), "wrong-step", "past the target"),
-    (lambda d: _edit_ckpt(d, adapter_sha256="0" * 64), "bad-adapter", "does not match"),
-    (lambda d: (d / "adapters.safetensors").write_bytes(b"\0" * 16), "bad-adapter", "adapters.safetensors"),
+    (lambda d: _edit_named(d, "0000005_adapters.safetensors", sha256="0" * 64), "bad-adapter", "does not match"),
+    (lambda d: (d / "0000005_adapters.safetensors").write_bytes(b"\0" * 16), "bad-adapter",
+     "0000005_adapters.safetensors"),
 ])
 def test_06_damaged_checkpoint_fails_the_gate_and_says_which(warm_lab, profile_dir, damage, verdict, words):
     code, r = train(warm_lab, profile_dir, "run_a", "--target", "5", "--window", "5")
@@ -164,6 +165,12 @@ def _edit_ckpt(run, **changes):
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data))
+
+
+def _edit_named(run, name, **changes):
+    data = json.loads((run / "checkpoint.json").read_text())
+    data["files"][name].update(changes)
+    _edit_ckpt(run, files=data["files"])
 
 
 # 7 -----------------------------------------------------------------------------------------------

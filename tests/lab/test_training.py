@@ -27,8 +27,9 @@ def test_handoff_end_to_end_from_fresh_lab(lab_inv):
     mirror = Path(data["mirror"]["local_dir"])
     ckpt = json.loads((mirror / "checkpoint.json").read_text())
     assert ckpt["step"] == 10 and ckpt["world_size"] == 2 and ckpt["hosts"] == ["mac4", "mac5"]
-    assert (mirror / "adapters.safetensors").stat().st_size > 0
-    assert (mirror / "0000010_adapters.safetensors").is_file()
+    for name, entry in ckpt["files"].items():  # the files the commit consists of, as committed
+        assert (mirror / name).stat().st_size == entry["size"] > 0
+    assert set(ckpt["files"]) >= {"0000010_adapters.safetensors", "0000010_lane_state.safetensors"}
     md = (mirror / "handoff_report.md").read_text()
     assert "reached step 10: **yes**" in md and "mac4 was partial before the sync" in md
     plan = Path(data["train"]["plans"][0])  # Markdown names the plan's file; JSON keeps the whole line
@@ -46,14 +47,14 @@ def test_two_windows_equal_one_and_resume(warm_lab, profile_dir):
     code, two = train(warm_lab, profile_dir, "run_b", "--target", "10", "--window", "5")
     assert code == 0 and two["verdict"] == "success", two
     assert len(two["launches"]) == 2  # two windows, each its own mlx.launch
-    a = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_a" / "adapters.safetensors")
-    b = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_b" / "adapters.safetensors")
+    a = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_a" / "0000010_adapters.safetensors")
+    b = adapters(Path(warm_lab.hosts["mac4"].runs_root) / "test_run_b" / "0000010_adapters.safetensors")
     import mlx.core as mx
     assert set(a) == set(b)
     diff = max(mx.abs(a[k] - b[k]).max().item() for k in a)
     assert diff <= 1e-6, diff
     # every rank keeps its own identical replica
-    on5 = adapters(Path(warm_lab.hosts["mac5"].runs_root) / "test_run_b" / "adapters.safetensors")
+    on5 = adapters(Path(warm_lab.hosts["mac5"].runs_root) / "test_run_b" / "0000010_adapters.safetensors")
     assert max(mx.abs(b[k] - on5[k]).max().item() for k in b) == 0
 
     before = run_facts(warm_lab, "mac4", "test_run_a")["checkpoint"]["sha256"]

@@ -10,7 +10,7 @@ import pytest
 from thunderlane import onhost
 from thunderlane.lab.fixtures import corpus
 from thunderlane.lab.fixtures import model as fixture
-from thunderlane.onhost import lane_train
+from thunderlane.onhost import files, lane_train
 from thunderlane.onhost.lane_train import EXIT_CODES, LaneError, epoch_and_skip, epoch_seed
 
 # launchers/profiles/synthetic_mechanics.yaml without its lane: section, sized for 2 CPU cores,
@@ -134,8 +134,17 @@ def test_two_windows_give_the_adapters_of_one(world):
     assert two["window"] == {"from": 5, "to": 10}
     assert one["data_position"] == two["data_position"] == {"epoch": 2, "batch": 2, "seed": 0}
     assert one["weights_digest"] == two["weights_digest"]
-    assert one["adapter_sha256"] == two["adapter_sha256"]
-    assert lane_train.sha256_file(whole / "adapters.safetensors") == one["adapter_sha256"]
+    assert one["format"] == two["format"] == 2
+    assert one["files"]["0000010_adapters.safetensors"] == two["files"]["0000010_adapters.safetensors"]
+    assert set(one["files"]) == {"0000010_adapters.safetensors", "0000010_lane_state.safetensors", "adapter_config.json"}
+    for name, entry in one["files"].items():
+        assert entry == {"sha256": files.sha256_file(whole / name), "size": (whole / name).stat().st_size}
+    assert one["step_file_sha256"] == one["files"][one["step_file"]]["sha256"]
+    assert [r["step"] for r in one["previous"]] == [9], "lane.keep_steps defaults to 2"
+    assert sorted(p.name for p in whole.glob("0*")) == [
+        "0000009_adapters.safetensors", "0000009_lane_state.safetensors",
+        "0000010_adapters.safetensors", "0000010_lane_state.safetensors"], "older step files are pruned"
+    assert (whole / "adapters.safetensors").read_bytes() == (whole / "0000010_adapters.safetensors").read_bytes()
     assert one["val_loss"] == two["val_loss"], "the same validation batches in every window"
     adapter_config = json.loads((halves / "adapter_config.json").read_text())
     assert adapter_config["lora_parameters"]["dropout"] == 0.0

@@ -121,13 +121,14 @@ def test_triage_names_the_silent_rank():
 
 
 def run_facts(step=10, **over):
-    data = {"step": step, "adapter_file": "adapters.safetensors", "adapter_sha256": "a" * 64,
-            "step_file": f"{step:07d}_adapters.safetensors", "step_file_sha256": "a" * 64,
-            "state_file": "lane_state.safetensors", "state_sha256": "b" * 64}
+    adapters, state = f"{step:07d}_adapters.safetensors", f"{step:07d}_lane_state.safetensors"
+    named = {adapters: ("a" * 64, 100), state: ("b" * 64, 200), "adapter_config.json": ("c" * 64, 30)}
+    data = {"format": 2, "step": step, "step_file": adapters, "step_file_sha256": "a" * 64,
+            "state_file": state, "state_sha256": "b" * 64,
+            "files": {n: {"sha256": h, "size": z} for n, (h, z) in named.items()}}
     data.update(over)
-    files = {"adapters.safetensors": {"sha256": "a" * 64, "whole": True},
-             f"{step:07d}_adapters.safetensors": {"sha256": "a" * 64, "whole": True},
-             "lane_state.safetensors": {"sha256": "b" * 64, "whole": True}}
+    files = {n: {"sha256": h, "size": z, "whole": True} for n, (h, z) in named.items()}
+    files["adapters.safetensors"] = {"sha256": "d" * 64, "size": 5, "whole": False, "reason": "never trusted"}
     return {"exists": True, "run_dir": "/runs/r", "checkpoint": {"present": True, "data": data}, "files": files}
 
 
@@ -140,11 +141,15 @@ def test_gate_passes_only_on_target_with_matching_files():
 
 def test_gate_failures_say_which():
     f = run_facts()
-    f["files"]["adapters.safetensors"]["sha256"] = "c" * 64
-    assert "adapters.safetensors sha256" in checkpoint.gate("mac4", RunFacts.from_json(f), 10).detail
+    f["files"]["0000010_adapters.safetensors"]["sha256"] = "c" * 64
+    assert "0000010_adapters.safetensors sha256" in checkpoint.gate("mac4", RunFacts.from_json(f), 10).detail
     f = run_facts()
-    f["files"]["lane_state.safetensors"]["whole"] = False
+    f["files"]["0000010_lane_state.safetensors"]["whole"] = False
     assert checkpoint.gate("mac4", RunFacts.from_json(f), 10).verdict == "bad-adapter"
+    f = run_facts()
+    f["files"]["adapter_config.json"]["size"] = 31
+    assert "adapter_config.json is 31 bytes, checkpoint.json says 30" in checkpoint.gate(
+        "mac4", RunFacts.from_json(f), 10).detail
     f = run_facts()
     del f["files"]["0000010_adapters.safetensors"]
     assert "missing" in checkpoint.gate("mac4", RunFacts.from_json(f), 10).detail

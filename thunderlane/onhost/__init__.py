@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROBE = ("files", "runs", "store", "probe")
-ENTRY = ("files", "lane_train")
+ENTRY = ("files", "commit", "lane_train")
 
 
 def source(modules):

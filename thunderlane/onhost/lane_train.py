@@ -1,8 +1,9 @@
 # thunderlane-lane-train (this marker identifies the ranks' processes for reaping)
-"""The training entry, run on every rank by ``mlx.launch`` as ``python -c <files.py + this file>
-<spec JSON>``: one window of LoRA training with mlx-lm's tuner, plus exact resume. Each rank keeps
-its state in its own run directory (replicas are identical: nothing travels between windows). A
-commit: the ranks agree on their adapters' digest, files are written atomically, checkpoint.json last."""
+"""The training entry, run on every rank by ``mlx.launch`` as ``python -c <files.py + commit.py +
+this file> <spec JSON>``: one window of LoRA training with mlx-lm's tuner, plus exact resume. Each
+rank keeps its state in its own run directory (replicas are identical: nothing travels between
+windows). A commit: the ranks agree on their adapters' digest, then commit.py writes the step's
+files and, last, checkpoint.json naming them."""
 import copy
 import hashlib
 import itertools
@@ -30,24 +31,13 @@ from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, evaluate, itera
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import CHECKPOINT, LANE_DIR, atomic_write, disk_full_note, iso_time, sha256_file, write_json
+    from .files import CHECKPOINT, LANE_DIR, disk_full_note, iso_time, write_json
+    from .commit import (EXIT_CODES, LaneError, check_fault, commit_step, record_at, verified_path)
 
-STATE_FILE = "lane_state.safetensors"
 LAB_MARKER = "THUNDER_LAB_HOST"  # set only by the lab's sshd (SetEnv): the fault hook's licence
-ADAPTERS = "adapters.safetensors"
-EXIT_CODES = {"runtime": 1, "cache": 10, "dataset": 11, "write": 12, "world-size": 13,
-              "divergence": 14, "checkpoint": 15, "spec": 16}
 # Between mlx-lm's CONFIG_DEFAULTS and the profile: the lane's old fallbacks, so a profile without
 # them runs as before (val_batches: 2 a commit, mlx-lm's 25); the other three pin mlx-lm's own.
 LANE_DEFAULTS = {"val_batches": 2, "mask_prompt": False, "optimizer": "adam", "grad_checkpoint": False}
-
-
-class LaneError(Exception):
-    """A classified failure: ``kind`` is one of EXIT_CODES."""
-
-    def __init__(self, kind, message):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass
@@ -64,13 +54,17 @@ class Lane:
     start_step: int = 0  # the committed step this window resumed from
     n_train: int = 0  # training rows, for the checkpoint's data position
     last_train_loss: Optional[float] = None
+    keep_steps: int = 2  # commits whose files stay on disk (the profile's lane.keep_steps)
+    committed: Optional[dict] = None  # the checkpoint record this rank last committed or resumed from
+    ahead: bool = False  # resumed below its own checkpoint.json (another rank was a commit behind)
 
     @classmethod
     def for_rank(cls, spec, rank):
         from mlx_lm.lora import CONFIG_DEFAULTS  # here: importing it changes yaml's SafeLoader
         me = spec["ranks"][rank]
         return cls(spec=spec, rank=rank, host=me["host"], run_dir=Path(me["run_dir"]), data=me["data"],
-                   config=merged_config(spec["config"], CONFIG_DEFAULTS), started=time.time())
+                   config=merged_config(spec["config"], CONFIG_DEFAULTS), started=time.time(),
+                   keep_steps=int(spec.get("keep_steps", 2)))
 
     def say(self, phase, **fields):
         emit(self.rank, self.host, phase, **fields)
@@ -218,47 +212,48 @@ def build_optimizer(lane, model):
 
 
 def restore(lane, model, optimizer):
-    """This run's committed adapters, optimizer state (its step count: schedules carry on) and RNG
-    key, back in place; returns the committed step (0 without a checkpoint)."""
+    """The committed adapters, optimizer state (its step count: schedules carry on) and RNG key
+    back in place, from the files checkpoint.json names, each verified against its sha256 first.
+    Every rank resumes from the lowest committed step of all ranks (they may end one commit
+    apart); returns it (0 without a checkpoint)."""
     ckpt = read_checkpoint(lane.run_dir)
-    if ckpt is None:
-        return 0
     for key in ("run_id", "profile"):
-        if ckpt.get(key) != lane.spec[key]:
+        if ckpt is not None and ckpt.get(key) != lane.spec[key]:
             raise LaneError("checkpoint", f"{lane.run_dir / CHECKPOINT} belongs to {key} "
                             f"{ckpt.get(key)!r}, not {lane.spec[key]!r}")
-    for name, want in ((ADAPTERS, ckpt["adapter_sha256"]), (STATE_FILE, ckpt["state_sha256"])):
-        if not (lane.run_dir / name).is_file() or sha256_file(lane.run_dir / name) != want:
-            raise LaneError("checkpoint", f"{lane.run_dir / name} does not match the sha256 in {CHECKPOINT}")
-    adapters = mx.load(str(lane.run_dir / ADAPTERS))
+    mine = int(ckpt["step"]) if ckpt else 0
+    steps = mx.distributed.all_gather(mx.array([mine], dtype=mx.int32), group=lane.group, stream=mx.cpu).tolist()
+    step = min(steps)
+    lane.ahead = step < mine
+    if step == 0:
+        return 0
+    record = record_at(ckpt, step)
+    if record is None:
+        raise LaneError("resume", f"the ranks' committed steps are {steps}: {lane.run_dir / CHECKPOINT} is "
+                        f"at step {mine} and no longer keeps step {step}'s files (lane.keep_steps)")
+    adapters = mx.load(str(verified_path(lane.run_dir, record, "step_file")))
     expected = set(dict(tree_flatten(model.trainable_parameters())))
     if set(adapters) != expected:
-        raise LaneError("checkpoint", f"{ADAPTERS} holds {len(adapters)} tensors, the model "
+        raise LaneError("checkpoint", f"{record['step_file']} holds {len(adapters)} tensors, the model "
                         f"expects {len(expected)}: the profile's LoRA layout changed")
     model.load_weights(list(adapters.items()), strict=False)
-    state = mx.load(str(lane.run_dir / STATE_FILE))
+    state = mx.load(str(verified_path(lane.run_dir, record, "state_file")))
     optimizer.state = tree_unflatten([(k[4:], v) for k, v in state.items() if k.startswith("opt.")])
     hi, lo = state["rng.key"].tolist()  # mx.random.seed(s) sets the key to (s >> 32, s & 0xffffffff)
     mx.random.seed((hi << 32) | lo)
     mx.eval(model.parameters(), optimizer.state)
-    return int(ckpt["step"])
+    lane.committed = record
+    return step
 
 
 def commit(lane, step, model, optimizer, val_set):
+    """Validate, agree on the adapters' digest across ranks, then commit (commit.py's protocol)."""
     val_loss = validate(lane, model, val_set)
     adapters = dict(tree_flatten(model.trainable_parameters()))
     digest = agreed_digest(adapters, lane.group)
-    try:
-        files = save_files(lane, step, adapters, optimizer)
-    except OSError as e:
-        raise LaneError("write", f"saving step {step} in {lane.run_dir} failed{disk_full_note(e)}: {e}") from None
-    mx.eval(mx.distributed.all_sum(mx.array(1), group=lane.group, stream=mx.cpu))  # barrier: all files first
-    ckpt = checkpoint_record(lane, step, digest, files, val_loss)
-    try:
-        write_json(lane.run_dir / CHECKPOINT, ckpt)
-    except OSError as e:
-        raise LaneError("write", f"writing {CHECKPOINT} in {lane.run_dir} failed{disk_full_note(e)}: {e}") from None
-    lane.say("commit", step=step, adapter_sha256=files[ADAPTERS][:12], val_loss=val_loss)
+    state = {**{f"opt.{k}": v for k, v in tree_flatten(optimizer.state)}, "rng.key": mx.random.state[0]}
+    record = commit_step(lane, step, adapters, state, checkpoint_record(lane, step, digest, val_loss), lane.group)
+    lane.say("commit", step=step, adapter_sha256=record["step_file_sha256"][:12], val_loss=val_loss)
     mx.eval(model.parameters())
 
 
@@ -274,52 +269,24 @@ def validate(lane, model, val_set):
     return float(loss)
 
 
-def save_files(lane, step, adapters, optimizer):
-    """Adapters (the step's and the latest), optimizer and RNG state, adapter config: sha256 by name."""
-    step_file = f"{step:07d}_adapters.safetensors"
-    state = {**{f"opt.{k}": v for k, v in tree_flatten(optimizer.state)}, "rng.key": mx.random.state[0]}
-    for name, arrays in ((step_file, adapters), (ADAPTERS, adapters), (STATE_FILE, state)):
-        atomic_write(lane.run_dir / name, lambda tmp, a=arrays: save(lane, tmp, a, step))
-    write_json(lane.run_dir / "adapter_config.json", adapter_config(lane))
-    return {name: sha256_file(lane.run_dir / name) for name in (step_file, ADAPTERS, STATE_FILE)}
-
-
-def save(lane, tmp, arrays, step):
-    """mx.save_safetensors, and the reliability suite's injected fault: with the spec's fault
-    ``kill-during-save@STEP`` the rank dies half-way through writing that step's first file."""
-    mx.save_safetensors(str(tmp), arrays, {"format": "mlx"})
-    if lane.spec.get("fault") == f"kill-during-save@{step}":
-        with open(tmp, "r+b") as f:
-            f.truncate(os.path.getsize(tmp) // 2)
-        os.kill(os.getpid(), 9)
-
-
 def refuse_fault_outside_lab(spec):
     """The fault hook kills ranks: only a lab host (whose sshd sets THUNDER_LAB_HOST) honours it."""
     if spec.get("fault") and not os.environ.get(LAB_MARKER):
         raise LaneError("spec", f"fault injection {spec['fault']!r} (THUNDER_FAULT) is for the lab's hosts only, "
                         f"and this host has no {LAB_MARKER}: unset THUNDER_FAULT where fab runs")
+    check_fault(spec.get("fault"))
 
 
-def adapter_config(lane):
-    """mlx-lm's adapter_config.json, so ``mlx_lm.load(model, adapter_path=run_dir)`` works."""
-    keys = ("num_layers", "lora_parameters", "batch_size", "learning_rate", "lr_schedule",
-            "max_seq_length", "seed", "mask_prompt", "save_every")
-    return {"fine_tune_type": "lora", "model": lane.spec["model"], "data": lane.data,
-            "adapter_path": str(lane.run_dir), **{k: lane.config.get(k) for k in keys}}
-
-
-def checkpoint_record(lane, step, digest, files, val_loss):
+def checkpoint_record(lane, step, digest, val_loss):
+    """checkpoint.json's record of step ``step`` but its files (commit_step adds them)."""
     epoch, batch = epoch_and_skip(step, lane.n_train, lane.config["batch_size"])
-    spec, step_file, now = lane.spec, f"{step:07d}_adapters.safetensors", time.time()
+    spec, now = lane.spec, time.time()
     return {
         "step": step, "target": spec["target"], "window": {"from": lane.start_step, "to": spec["to_step"]},
         "profile": spec["profile"], "run_id": spec["run_id"], "dataset_digest": spec["dataset_digest"],
         "model": {"repo": spec["model"], "revision": spec.get("revision")}, "world_size": len(spec["ranks"]),
         "hosts": [r["host"] for r in spec["ranks"]], "rank": lane.rank, "host": lane.host,
-        "run_dir": str(lane.run_dir), "adapter_file": ADAPTERS, "adapter_sha256": files[ADAPTERS],
-        "step_file": step_file, "step_file_sha256": files[step_file], "state_file": STATE_FILE,
-        "state_sha256": files[STATE_FILE], "weights_digest": digest, "train_loss": lane.last_train_loss,
+        "run_dir": str(lane.run_dir), "weights_digest": digest, "train_loss": lane.last_train_loss,
         "val_loss": val_loss, "data_position": {"epoch": epoch, "batch": batch, "seed": lane.config["seed"]},
         "times": {"window_started": iso_time(lane.started), "committed": iso_time(now),
                   "window_seconds": round(now - lane.started, 3)},

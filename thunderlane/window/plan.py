@@ -42,7 +42,7 @@ def window_spec(inv, profile, to_step, target):
         "profile": profile.name, "run_id": record.get("run_id") or new_run_id(profile),
         "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.ref,
         "dataset_digest": dataset.digest(data) if data.exists else None,
-        "config": profile.config,
+        "config": profile.config, "keep_steps": profile.keep_steps,
         "ranks": [{"host": h.name, "run_dir": layout.run_dir(h, profile.run_name), "hf_cache": h.hf_cache,
                    "data": profile.config.get("data") or h.dataset_root} for h in hosts],
         "command": shlex.join([str(layout.LAUNCH), profile.name, str(to_step), str(target)]),
