@@ -86,11 +86,12 @@ def test_seed_links_only_regular_files_of_the_right_size(tmp_path):
     mirror_dir.mkdir()
     stage.mkdir()
     (tmp_path / "secret").write_bytes(b"s" * 100)
-    os.symlink(tmp_path / "secret", mirror_dir / "0000005_adapters.safetensors")
-    (mirror_dir / "checkpoint.json").write_text("{}")
-    assert mirrorfs.seed(mirror_dir, stage, WANTS) == ["checkpoint.json"]
-    assert os.lstat(stage / "checkpoint.json").st_ino == os.lstat(mirror_dir / "checkpoint.json").st_ino
-    assert not os.path.lexists(stage / "0000005_adapters.safetensors")
+    os.symlink(tmp_path / "secret", mirror_dir / "checkpoint.json")  # a planted link under a wanted name
+    (mirror_dir / "0000005_adapters.safetensors").write_bytes(b"a" * 99)  # not the recorded size
+    (mirror_dir / "handoff_report.md").write_text("report")
+    assert mirrorfs.seed(mirror_dir, stage, WANTS) == ["handoff_report.md"]
+    assert os.lstat(stage / "handoff_report.md").st_ino == os.lstat(mirror_dir / "handoff_report.md").st_ino
+    assert os.listdir(stage) == ["handoff_report.md"]
 
 
 def test_reads_never_follow_a_link(tmp_path):
@@ -208,3 +209,41 @@ def test_real_folder_refuses_a_link_on_the_way(tmp_path):
     with pytest.raises(OSError, match="run_a is a link"):
         real_folder(root / "run_a", root)
     assert real_folder(root / ".reports" / "run_a", root).is_dir()
+
+
+# what to pull -----------------------------------------------------------------------------------
+
+class RunFile:
+    def __init__(self, size):
+        self.size = size
+
+
+def format2(**files):
+    return {"format": 2, "step": 5, "run_id": "r", "step_file": "0000005_adapters.safetensors",
+            "state_file": "0000005_lane_state.safetensors",
+            "files": {name: {"sha256": "a" * 64, "size": size} for name, size in files.items()}}
+
+
+STEP5 = {"0000005_adapters.safetensors": 100, "0000005_lane_state.safetensors": 50, "adapter_config.json": 9}
+
+
+def test_wanted_is_checkpoint_json_the_named_files_at_their_size_and_capped_reports():
+    writer = {**{n: RunFile(s) for n, s in STEP5.items()}, "handoff_report.md": RunFile(10),
+              "handoff_report.json": RunFile(rules.REPORT_CAP + 1), "extra.bin": RunFile(1)}
+    got = rules.wanted(format2(**STEP5), "c" * 64, writer)
+    assert [(w.name, w.cap, w.size) for w in got] == [
+        ("checkpoint.json", rules.CHECKPOINT_CAP, None), ("0000005_adapters.safetensors", 100, 100),
+        ("0000005_lane_state.safetensors", 50, 50), ("adapter_config.json", 9, 9),
+        ("handoff_report.md", rules.REPORT_CAP, None)]  # the oversized report and the extra file stay
+    assert got[0].sha256 == "c" * 64 and got[-1].optional
+
+
+@pytest.mark.parametrize("record,writer,words", [
+    (format2(**STEP5, **{"../x": 1}), {}, "not a plain file name"),
+    (format2(**STEP5, **{"adapters.safetensors": 1}), {}, "a name mirror-back writes itself"),
+    (format2(**STEP5), {"0000005_adapters.safetensors": RunFile(10 << 30)}, "records 100"),
+    ({**format2(**STEP5), "format": 1}, {}, "does not list its files usably"),
+])
+def test_wanted_refuses_a_list_it_cannot_trust(record, writer, words):
+    with pytest.raises(rules.Refused, match=words):
+        rules.wanted(record, "c" * 64, writer)
