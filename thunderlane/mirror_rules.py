@@ -100,6 +100,8 @@ def replacement_refusal(current, incoming):
     if current.get("run_id") != incoming.get("run_id"):
         return f"the local mirror holds {old}, the writer another run: {new}"
     old_step, new_step = step_of(current), step_of(incoming)
-    if old_step is None or new_step is None or old_step > new_step:
+    if old_step is None or new_step is None:
+        return f"the local mirror holds {old}, the writer {new}: the steps cannot be compared"
+    if old_step > new_step:
         return f"the local mirror holds {old}, later than the writer's {new}"
     return None
