@@ -117,12 +117,20 @@ def dated_copy(mirror, now=None):
     return path
 
 
+def folder_mode():
+    """The mode a plain mkdir would give (0777 less the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
 def swap(staging, mirror, keep_as=None):
     """Put the verified ``staging`` folder in the mirror's place. The old mirror goes to
     :func:`old_copy` (deleted once the new one is in place) or, when ``keep_as`` is given, there
     for good. Between the two renames a crash leaves the old mirror under one of those names."""
     mirror = Path(mirror)
     aside = Path(keep_as) if keep_as else old_copy(mirror)
+    os.chmod(staging, folder_mode())  # private while unverified; a mirror like any other folder
     if os.path.lexists(mirror):
         os.rename(mirror, aside)
     os.rename(staging, mirror)

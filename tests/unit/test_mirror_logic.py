@@ -139,8 +139,10 @@ def test_swap_keeps_the_old_mirror_as_a_dated_copy_when_asked(tmp_path):
     s = folder(tmp_path / ".incoming" / "run" / "stage.x", a="new")
     keep = mirrorfs.dated_copy(m, now=0)
     assert keep.name == "run.replaced-19700101T000000Z"
+    s.chmod(0o700)
     mirrorfs.swap(s, m, keep_as=keep)
     assert (m / "a").read_text() == "new" and (keep / "a").read_text() == "old"
+    assert m.stat().st_mode & 0o777 == mirrorfs.folder_mode()
     assert mirrorfs.dated_copy(m, now=0).name == "run.replaced-19700101T000000Z-2"
 
 
