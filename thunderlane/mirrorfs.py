@@ -76,7 +76,10 @@ def seed(mirror, staging, wants):
             continue
         if kind(st) != "file" or st.st_size > w.cap or (w.size is not None and st.st_size != w.size):
             continue
-        os.link(src, Path(staging) / w.name, follow_symlinks=False)
+        try:
+            os.link(src, Path(staging) / w.name, follow_symlinks=False)
+        except OSError:  # another file system, or no hard links there: rsync sends the file
+            continue
         linked.append(w.name)
     return linked
 
