@@ -21,9 +21,10 @@ REPORT_MD = "handoff_report.md"
 REPORT_JSON = "handoff_report.json"
 
 
-def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
+def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=False):
     """Run every phase, stopping at the first that leaves the next one pointless; return the
-    report data (also written to disk when there is a run to attach it to)."""
+    report data (also written to disk when there is a run to attach it to). ``force`` is
+    mirror-back's: replace a mirror of another run or a later step, keeping it as a dated copy."""
     hosts = window.profile_hosts(inv, profile)
     phases, blockers = {}, []
     data = {"profile": profile.name, "target": target, "window": window_size, "phases": phases,
@@ -59,7 +60,7 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
             blockers.append(f"train-window: {result.verdict}: {result.explanation}")
     if not blockers or data.get("train", {}).get("gate_ok"):
         try:
-            m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile))
+            m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile, force=force))
             data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
                               "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes,
                               "replaced": m.replaced, "notes": m.notes}
@@ -138,7 +139,9 @@ def render_markdown(d):
               f" (at step {fig.get('step', '-')})",
               f"- Run directory (writer): `{fig.get('run_dir', '-')}`",
               f"- Local mirror: `{(d.get('mirror') or {}).get('local_dir', '-')}`"
-              f" ({'verified' if (d.get('mirror') or {}).get('ok') else 'not mirrored'})",
+              f" ({'verified' if (d.get('mirror') or {}).get('ok') else 'not mirrored'})"
+              + (f"; the mirror it replaced is kept as `{d['mirror']['replaced']}`"
+                 if (d.get('mirror') or {}).get('replaced') else ""),
               f"- Metrics: train loss {_num(fig.get('train_loss'))}, validation loss {_num(fig.get('val_loss'))}",
               f"- Run id {d.get('run_id', '-')}, dataset digest {d.get('dataset_digest', '-')}, "
               f"model revision {d.get('revision', '-')}", "",
