@@ -59,10 +59,12 @@ def no_leftovers(inv):
                               "and temp-named files, a named file that is a link or a folder, a wrong size",
                         "planted in the writer's run directory (the lab's hosts share this machine's "
                         "disk, so a followed link would read the local file); a pull capped below a file's size")
-def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab, profile_dir, tmp_path):
+def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab, profile_dir, tmp_path,
+                                                                        monkeypatch):
     """Planted links, folders and extra files are never pulled and nothing outside the mirror is read
     or written; a named file that is a link or a folder, or a size that differs from checkpoint.json,
-    is refused by name with the old mirror intact; a file over its cap does not arrive."""
+    is refused by name with the old mirror intact; a file over its cap does not arrive; entries an
+    rsync lets in unasked (a link, a folder, an extra file) are refused by name, the mirror intact."""
     record = committed(warm_lab, profile_dir, 5)
     prof = profiles.load("run_a", profile_dir)
     mirror_dir = Path(mirror.mirror_back(warm_lab, prof).local_dir)
@@ -78,7 +80,7 @@ def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab,
     (run / "planted").mkdir()
     (run / "planted" / "inside.bin").write_bytes(b"p" * 100)
     (run / "extra.bin").write_bytes(b"e" * 1000)
-    outside = tree(tmp_path)
+    outside, outside_dir = tree(tmp_path), tree(tmp_path / "secret_dir")
 
     mirror.mirror_back(warm_lab, prof)
     assert sorted(os.listdir(mirror_dir)) == expected_names(record)
@@ -104,11 +106,13 @@ def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab,
     shutil.move(tmp_path / "kept_state", run / state_file)
     assert tree(mirror_dir) == good
 
-    bigger = json.loads((run / "checkpoint.json").read_text())
+    original = (run / "checkpoint.json").read_text()
+    bigger = json.loads(original)
     bigger["files"][step_file]["size"] = 50 << 30  # checkpoint.json claims a 50 GiB step file
     (run / "checkpoint.json").write_text(json.dumps(bigger))
     with pytest.raises(mirror.MirrorError, match=step_file):
         mirror.mirror_back(warm_lab, prof)
+    (run / "checkpoint.json").write_text(original)
     assert tree(mirror_dir) == good
     no_leftovers(warm_lab)
 
@@ -119,6 +123,22 @@ def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab,
     mirror.pull(warm_lab, warm_lab.hosts["mac4"], str(run), stage, [want])
     assert os.listdir(stage) == []
     assert "did not arrive" in mirror.check_staged(stage, [want])[step_file]
+
+    # an old local rsync takes what a hostile sender sends unasked: stand-in, a local rsync that plants
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "rsync").write_text(f'#!/bin/sh\n{shutil.which("rsync")} "$@" || exit $?\n'
+                                'for d; do :; done\n'  # the destination, rsync's last argument
+                                f'ln -s {secret} "$d/unasked_link"; mkdir "$d/unasked_dir"; echo x > "$d/unasked.bin"\n')
+    (fake / "rsync").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(mirror.MirrorError) as e:
+        mirror.mirror_back(warm_lab, prof)
+    for words in ("unasked_link is a symbolic link", "unasked_dir is a folder",
+                  "unasked.bin is not a file mirror-back asked for"):
+        assert words in str(e.value)
+    assert tree(mirror_dir) == good and tree(tmp_path / "secret_dir") == outside_dir
+    no_leftovers(warm_lab)
 
 
 # 20 ----------------------------------------------------------------------------------------------
