@@ -1,5 +1,6 @@
-"""status: one row per host: reachable, dataset, cache, lane versions, last committed step, and
-whether a window is running."""
+"""status: one row per host: reachable, dataset, cache, lane versions, last committed step, whether
+the files that commit names are whole and match (the gate at that step), and whether a window is
+running."""
 from . import checkpoint
 from .remote import HostError
 from .report import HostResult, Report
@@ -7,7 +8,7 @@ from .verify import judge_caches, verify_dataset
 from .window import lock_state, profile_hosts
 from .window.preflight import gather
 
-FIGURES = ("dataset", "cache", "python", "mlx", "mlx_lm", "step", "running")
+FIGURES = ("dataset", "cache", "python", "mlx", "mlx_lm", "step", "commit", "running")
 
 
 def status(inv, profile):
@@ -30,8 +31,12 @@ def _row(name, ds, cache, run):
     if isinstance(run, HostError):
         return HostResult(name, run.kind, False, run.message, {"dataset": ds.verdict, "cache": cache.verdict})
     v = run.versions
+    step = checkpoint.committed_step(run)
+    commit = checkpoint.gate(name, run, step) if step != 0 else None  # None: torn, the gate says so
     figures = {"dataset": ds.verdict, "cache": cache.verdict, "python": v.python, "mlx": v.mlx,
-               "mlx_lm": v.mlx_lm, "step": checkpoint.committed_step(run), "running": bool(run.running)}
-    ok = ds.ok and cache.ok
-    detail = "; ".join(f"{what}: {r.detail}" for what, r in (("dataset", ds), ("cache", cache)) if not r.ok)
+               "mlx_lm": v.mlx_lm, "step": step, "commit": commit.verdict if commit else "-",
+               "running": bool(run.running)}
+    ok = ds.ok and cache.ok and (commit is None or commit.ok or bool(run.running))
+    detail = "; ".join(f"{what}: {r.detail}" for what, r in (("dataset", ds), ("cache", cache), ("commit", commit))
+                       if r is not None and not r.ok)
     return HostResult(name, "ok" if ok else "attention", ok, detail, figures)

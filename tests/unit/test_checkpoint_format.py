@@ -83,6 +83,10 @@ def test_prune_keeps_what_the_record_and_its_previous_commits_name(tmp_path):
     commit.prune(tmp_path, dict(record(9), previous=[record(6)]))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {
         "0000003_adapters.safetensors", "0000003_lane_state.safetensors", "0000012_adapters.safetensors"})
+    format1 = {"step": 6, "step_file": "0000006_adapters.safetensors", "state_file": "lane_state.safetensors"}
+    commit.prune(tmp_path, dict(record(9), previous=[format1]))
+    assert not (tmp_path / "0000006_lane_state.safetensors").exists()
+    assert (tmp_path / "0000006_adapters.safetensors").exists(), "an older lane's commit keeps its step file"
 
 
 @pytest.mark.parametrize("fault", [None, "kill-during-save@5", "kill-at@5:after-checkpoint",
@@ -96,3 +100,31 @@ def test_fault_syntax_refused_naming_the_points(fault):
     with pytest.raises(commit.LaneError) as info:
         commit.check_fault(fault)
     assert info.value.kind == "spec" and "after-checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("keep,words", [(1, "below 2"), (0, "not a positive whole number"),
+                                        (True, "not a positive whole number"), ("3", "not a positive whole number")])
+def test_keep_steps_is_at_least_two(keep, words):
+    import yaml
+    from thunderlane import profiles
+    data = yaml.safe_load((profiles.PROFILE_DIR / "synthetic_mechanics.yaml").read_text())
+    assert profiles.parse("p", data, "p.yaml").keep_steps == 2
+    assert profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": 3}}, "p.yaml").keep_steps == 3
+    with pytest.raises(profiles.ProfileError, match=f"p.yaml: lane.keep_steps: .*{words}"):
+        profiles.parse("p", {**data, "lane": {**data["lane"], "keep_steps": keep}}, "p.yaml")
+
+
+def test_status_shows_whether_the_committed_files_hold():
+    from thunderlane.report import HostResult
+    from thunderlane.status import _row
+    ok = HostResult("mac4", "complete", True)
+    f = run_facts()
+    f["versions"] = {"python": "3.11", "mlx": "0.1", "mlx-lm": "0.2"}
+    row = _row("mac4", ok, ok, RunFacts.from_json(f))
+    assert (row.ok, row.figures["step"], row.figures["commit"]) == (True, 10, "reached")
+    f["files"]["0000010_lane_state.safetensors"]["sha256"] = "e" * 64
+    row = _row("mac4", ok, ok, RunFacts.from_json(f))
+    assert (row.ok, row.figures["commit"]) == (False, "bad-adapter")
+    assert row.detail.startswith("commit: 0000010_lane_state.safetensors sha256 eeeeeeeeeeee does not match")
+    fresh = RunFacts.from_json({"exists": True, "run_dir": "/r", "checkpoint": {"present": False}})
+    assert _row("mac4", ok, ok, fresh).figures["commit"] == "-" and _row("mac4", ok, ok, fresh).ok

@@ -191,3 +191,78 @@ def test_a_bad_spec_is_a_spec_event():
     (event,) = decode_events(proc.stdout)
     assert (event["phase"], event["kind"], event["rank"]) == ("error", "spec", 0)
     assert isinstance(event["host"], str) and event["msg"].startswith("bad window spec: ")
+
+
+# --- a kill at every point of a commit (fault case 18 on one process; the lab test adds ranks) ----
+
+# commit.POINTS that are distinct moments on one process: "before-state" is "after-adapters", and so
+# on; "before-checkpoint" differs from "after-config" only across ranks (the barrier between them).
+KILL_POINTS = ("before-adapters", "during-adapters", "after-adapters", "during-state", "after-state",
+               "during-config", "after-config", "during-checkpoint", "after-checkpoint", "during-refresh",
+               "after-refresh", "after-prune")
+COMMITTED_AT = ("after-checkpoint", "during-refresh", "after-refresh", "after-prune")  # step N stands
+
+
+def committed(run_dir):
+    path = run_dir / "checkpoint.json"
+    return json.loads(path.read_text())["step"] if path.exists() else 0
+
+
+def assert_gate_at(run_dir, step):
+    """The control side's gate over the probe's facts of this run directory, at ``step``."""
+    from thunderlane import checkpoint
+    from thunderlane.facts import RunFacts
+    from thunderlane.onhost.runs import lane_facts
+    g = checkpoint.gate("local_host", RunFacts.from_json(lane_facts(str(run_dir.parent), run_dir.name)), step)
+    assert g.ok, g.detail
+
+
+def test_a_kill_at_every_commit_point_resumes_from_the_last_commit_and_ends_equal(world):
+    """Each window is killed at the next point of its first commit (one commit a step); after each
+    kill checkpoint.json names whole matching files of the last committed step, the next window
+    resumes from exactly that step, and the chain ends equal to an uninterrupted run."""
+    import mlx.core as mx
+    config = dict(CONFIG, save_every=1)
+    chain, whole, last = world["root"] / "run_chain", world["root"] / "run_chain_whole", len(COMMITTED_AT) + 4
+    proc, _ = run_entry(world, dict(window_spec(world, chain, 2), config=config))  # a commit to tear
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = 2
+    for point in KILL_POINTS:
+        spec = dict(window_spec(world, chain, last), config=config, fault=f"kill-at@{expected + 1}:{point}")
+        proc, events = run_entry(world, spec)
+        assert proc.returncode == -9, (point, proc.stdout[-2000:] + proc.stderr[-2000:])
+        assert [e["step"] for e in events if e["phase"] == "resume"] == [expected], point
+        expected += point in COMMITTED_AT
+        assert committed(chain) == expected, point
+        assert_gate_at(chain, expected)
+    proc, events = run_entry(world, dict(window_spec(world, chain, last), config=config))
+    assert proc.returncode == 0 and [e["step"] for e in events if e["phase"] == "resume"] == [expected]
+    proc, _ = run_entry(world, dict(window_spec(world, whole, last), config=config))
+    assert proc.returncode == 0
+    a, b = (mx.load(str(d / f"{last:07d}_adapters.safetensors")) for d in (chain, whole))
+    assert set(a) == set(b) and max(mx.abs(a[k] - b[k]).max().item() for k in a) <= 1e-6
+    assert_gate_at(chain, last)
+    assert not list(chain.glob(".*.tmp*"))
+
+
+def test_resume_verifies_the_named_files_and_refuses_a_changed_one(world):
+    """An older lane's checkpoint.json (format 1) still resumes and is rewritten as format 2; a named
+    file whose bytes changed (same size) is a ``resume`` refusal naming it, and nothing is touched."""
+    run_dir = world["root"] / "run_verify"
+    train_to(world, run_dir, 3)
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    old = {k: v for k, v in ckpt.items() if k not in ("format", "files", "previous")}
+    (run_dir / "checkpoint.json").write_text(json.dumps(old))
+    events = train_to(world, run_dir, 4)
+    assert [e["step"] for e in events if e["phase"] == "resume"] == [3]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["format"] == 2
+    state = run_dir / "0000004_lane_state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF
+    state.write_bytes(bytes(data))
+    before = (run_dir / "checkpoint.json").read_bytes()
+    proc, events = run_entry(world, window_spec(world, run_dir, 5))
+    assert proc.returncode == EXIT_CODES["resume"] == 17, proc.stdout + proc.stderr
+    assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "resume")
+    assert f"{state} does not match the size and sha256" in events[-1]["msg"] and "step 4" in events[-1]["msg"]
+    assert (run_dir / "checkpoint.json").read_bytes() == before and state.read_bytes() == bytes(data)

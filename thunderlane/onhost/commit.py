@@ -158,8 +158,11 @@ def previous_commits(committed, step, keep):
 
 
 def prune(run_dir, record):
-    """Delete step files that neither the record's ``files`` nor its ``previous`` commits name."""
-    keep = set(record["files"]) | {n for r in record.get("previous", []) for n in r.get("files", {})}
+    """Delete step files that neither the record's ``files`` nor its ``previous`` commits name (a
+format-1 commit names its files by ``step_file`` and ``state_file`` only)."""
+    keep = set(record["files"])
+    for r in record.get("previous", []):
+        keep |= set(r.get("files", {})) | {r.get("step_file"), r.get("state_file")}
     for name in sorted(os.listdir(run_dir)):
         if STEP_FILE.fullmatch(name) and name not in keep:
             try:
