@@ -156,18 +156,25 @@ def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
     file that turns out to differ from the writer's is pulled again once. (bytes sent, argv)"""
     linked = mirrorfs.seed(mirror, staging, wants)
     sent, argv = pull(inv, writer, remote_dir, staging, wants)
-    bad = check_staged(staging, wants)
+    bad = _checked(writer, staging, wants)
     again = [w for w in wants if w.name in bad and w.name in linked]
     if again and len(again) == len(bad):
         for w in again:
             os.unlink(staging / w.name)
         more, argv = pull(inv, writer, remote_dir, staging, again)
         sent = None if sent is None or more is None else sent + more
-        bad = check_staged(staging, wants)
+        bad = _checked(writer, staging, wants)
     if bad:
         raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is left as "
                           f"it was: {'; '.join(bad.values())}")
     return sent, argv
+
+
+def _checked(writer, staging, wants):
+    try:
+        return check_staged(staging, wants)
+    except MirrorError as e:
+        raise MirrorError(f"{writer.name}: {e}") from None
 
 
 def rsync_argv(inv, host, remote_dir, staging, list_file, cap):

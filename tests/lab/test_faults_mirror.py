@@ -134,6 +134,7 @@ def test_19_compromised_writer_brings_nothing_home_but_the_named_files(warm_lab,
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     with pytest.raises(mirror.MirrorError) as e:
         mirror.mirror_back(warm_lab, prof)
+    assert str(e.value).startswith("mac4: the writer sent what mirror-back does not take")
     for words in ("unasked_link is a symbolic link", "unasked_dir is a folder",
                   "unasked.bin is not a file mirror-back asked for"):
         assert words in str(e.value)
