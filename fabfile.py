@@ -198,13 +198,17 @@ def _window_text(result, summary):
     return "\n".join(lines)
 
 
-@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})
-def mirror_back(c, profile="partial_real_stage1_stable", json=False):
-    """Bring the run directory back from the writer host, verified, replacing the local mirror only then."""
+@task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP,
+                                   "force": "replace a mirror of another run or of a later step; the old one "
+                                            "is kept beside it as <name>.replaced-<UTC time>"})
+def mirror_back(c, profile="partial_real_stage1_stable", force=False, json=False):
+    """Bring the writer's committed step home, verified, replacing the local mirror only then."""
     _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
     try:
-        result = mirror.mirror_back(inv, prof)
+        result = mirror.mirror_back(inv, prof, force=force)
+    except mirror.MirrorBusy as e:
+        raise Exit(f"mirror-back: {e}", code=75) from None
     except (mirror.MirrorError, window.WindowError) as e:
         raise Exit(f"mirror-back: {e}", code=1) from None
     print(jsonlib.dumps(vars(result), indent=2) if json else f"mirror-back: {mirror.describe(result)}")
@@ -212,15 +216,16 @@ def mirror_back(c, profile="partial_real_stage1_stable", json=False):
 
 @task(auto_shortflags=False,
       help={"profile": PROFILE_HELP, "target": TARGET_HELP, "window": WINDOW_HELP, "watchdog": WATCHDOG_HELP,
-            "json": "print the report as JSON"})
-def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0, json=False):
+            "json": "print the report as JSON", "force": "mirror-back --force: replace a mirror of another run "
+                                                          "or of a later step, keeping it as a dated copy"})
+def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watchdog=0, force=False, json=False):
     """The whole bounded job: verify, sync cold hosts, train, mirror back, report."""
     _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
     if target < 1 or window_ < 1:
         raise Exit("handoff: --target and --window must be positive", code=2)
     data = handoff_mod.run(inv, prof, target, window_, watchdog=watchdog or None,
-                           out=sys.stderr if json else sys.stdout)
+                           out=sys.stderr if json else sys.stdout, force=force)
     print(jsonlib.dumps(data, indent=2, default=str) if json else "\n" + handoff_mod.render_markdown(data))
     print(f"report: {data.get('report_local')} (and {data.get('report_remote') or 'not on the writer'})",
           file=sys.stderr if json else sys.stdout)

@@ -1,6 +1,7 @@
-"""Figure 6: `fab mirror-back`. File bytes rsync sends / the run directory's bytes on a first run
-(no local mirror yet), and file bytes sent on a second run (none: unchanged files are hard-linked
-from the mirror). The run directory comes from one 10-step window of the small training model.
+"""Figure 6: `fab mirror-back`. File bytes rsync sends / the bytes brought home on a first run (no
+local mirror yet; what comes home is checkpoint.json and the files it names), and file bytes sent
+on a second run (none: mirror-back hard-links the verified mirror's unchanged files into its
+staging folder before rsync looks). The run directory comes from one 10-step window of the small training model.
 The issue gives no number for the first run: it is judged against 1.02, as the sync is.
 """
 import shutil

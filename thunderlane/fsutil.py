@@ -6,6 +6,7 @@ import this package.)
 """
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -13,22 +14,59 @@ from pathlib import Path
 
 
 def atomic_write(path, text, mode=0o644):
-    """Write ``text`` under a temporary name beside ``path``, then rename it onto ``path``: a crash
-    leaves the old file or the new one, never a torn one under the final name."""
+    """Write ``text`` to ``path`` through a temporary file, then rename it onto ``path``: a crash
+    leaves the old file or the new one, never a torn one under the final name. No link is ever
+    followed: the temporary file is created new (O_EXCL, O_NOFOLLOW) inside a private folder
+    (mkdtemp, 0700) beside ``path``, and the rename replaces a link at ``path`` rather than
+    writing where it points."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    private = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp")
+    tmp = os.path.join(private, "new")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     return path
+
+
+def real_folder(path, root):
+    """Make sure ``path`` is a folder below ``root`` reached through no link (each part from
+    ``root`` down is checked with lstat); create missing parts. A link is an OSError naming it."""
+    path, root = Path(path), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    here = root
+    for part in path.relative_to(root).parts:
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            os.mkdir(here)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(f"{here} is {'a link' if stat.S_ISLNK(st.st_mode) else 'not a folder'}: "
+                          "nothing is written through it")
+    return path
+
+
+def fsync_dir(path):
+    """Make a rename in ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def pid_alive(pid):

@@ -11,7 +11,7 @@ import time
 
 from . import layout, mirror, window
 from .facts import thaw
-from .fsutil import atomic_write
+from .fsutil import atomic_write, real_folder
 from .remote import ssh_command
 from .report import printable
 from .sync import SyncError, sync_cache
@@ -21,9 +21,10 @@ REPORT_MD = "handoff_report.md"
 REPORT_JSON = "handoff_report.json"
 
 
-def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
+def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=False):
     """Run every phase, stopping at the first that leaves the next one pointless; return the
-    report data (also written to disk when there is a run to attach it to)."""
+    report data (also written to disk when there is a run to attach it to). ``force`` is
+    mirror-back's: replace a mirror of another run or a later step, keeping it as a dated copy."""
     hosts = window.profile_hosts(inv, profile)
     phases, blockers = {}, []
     data = {"profile": profile.name, "target": target, "window": window_size, "phases": phases,
@@ -59,9 +60,10 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout):
             blockers.append(f"train-window: {result.verdict}: {result.explanation}")
     if not blockers or data.get("train", {}).get("gate_ok"):
         try:
-            m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile))
+            m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile, force=force))
             data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
-                              "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes}
+                              "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes,
+                              "replaced": m.replaced, "notes": m.notes}
         except mirror.MirrorError as e:
             data["mirror"] = {"ok": False, "error": str(e)}
             blockers.append(f"mirror-back: {e}")
@@ -137,7 +139,9 @@ def render_markdown(d):
               f" (at step {fig.get('step', '-')})",
               f"- Run directory (writer): `{fig.get('run_dir', '-')}`",
               f"- Local mirror: `{(d.get('mirror') or {}).get('local_dir', '-')}`"
-              f" ({'verified' if (d.get('mirror') or {}).get('ok') else 'not mirrored'})",
+              f" ({'verified' if (d.get('mirror') or {}).get('ok') else 'not mirrored'})"
+              + (f"; the mirror it replaced is kept as `{d['mirror']['replaced']}`"
+                 if (d.get('mirror') or {}).get('replaced') else ""),
               f"- Metrics: train loss {_num(fig.get('train_loss'))}, validation loss {_num(fig.get('val_loss'))}",
               f"- Run id {d.get('run_id', '-')}, dataset digest {d.get('dataset_digest', '-')}, "
               f"model revision {d.get('revision', '-')}", "",
@@ -150,13 +154,20 @@ def render_markdown(d):
 
 
 def save(inv, profile, data):
-    """Write the report into the local mirror (or the local runs root) and the writer's run dir."""
+    """Write the report into the local mirror when this handoff mirrored (else the local reports
+    folder, never a mirror of another run) and into the writer's run dir. Nothing is written
+    through a link: the folder is checked part by part, the files are replaced, not written into."""
     _enrich(inv, profile, data)
     where = layout.local(inv)
-    mirror_dir = where.mirror(profile.run_name)
-    target = mirror_dir if mirror_dir.is_dir() else where.reports(profile.run_name)
-    atomic_write(target / REPORT_MD, render_markdown(data))
-    atomic_write(target / REPORT_JSON, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    mirrored = (data.get("mirror") or {}).get("ok")
+    target = where.mirror(profile.run_name) if mirrored else where.reports(profile.run_name)
+    try:
+        real_folder(target, where.root)
+        atomic_write(target / REPORT_MD, render_markdown(data))
+        atomic_write(target / REPORT_JSON, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as e:
+        data["report_local"], data["report_remote"] = None, f"not written: {e}"
+        return
     data["report_local"] = str(target / REPORT_MD)
     data["report_remote"] = _push(inv, profile, target)
 

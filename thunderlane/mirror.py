@@ -1,26 +1,37 @@
-"""mirror-back: bring the writer's run directory home, verified, without ever replacing a good
-local copy by a torn one. rsync pulls into a staging folder beside the mirror (unchanged files are
-hard-linked from the current mirror, so a second run sends nothing), every file is checked against
-the writer's sha256, and only then does the staging folder take the mirror's place."""
+"""mirror-back: bring the writer's committed checkpoint home, verified, trusting nothing the writer
+sends, and never replacing what was earned.
+
+Under a lock per writer host and per run, in a private staging folder: only the regular files
+the writer's checkpoint.json names (plus that file and the handoff reports) are pulled, by an
+explicit list, with size caps, no links, no recursion. The staging folder is then read with
+``lstat`` only: anything else is refused by name. Every file must match the recorded size and
+sha256 before the staging folder takes the mirror's place, and a mirror of another run or of a
+later step is replaced only with ``--force`` (kept as a dated copy beside it)."""
+import json
 import os
 import re
-import shutil
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import checkpoint, layout
-from .facts import RunFacts
-from .onhost import runs
+from . import checkpoint, layout, mirror_rules as rules, mirrorfs
+from .facts import thaw
+from .fsutil import real_folder, take_lock
+from .onhost.files import safetensors_check
 from .remote import ssh_command
-from .report import human_bytes
-from .window import lock_state, writer_facts
-
-EXCLUDES = ["--exclude=/.lane/", "--exclude=.*.tmp*"]
+from .report import human_bytes, printable
+from .window import lock_state, profile_hosts, writer_facts
 
 
 class MirrorError(RuntimeError):
     pass
+
+
+class MirrorBusy(MirrorError):
+    """Another mirror-back holds the writer's or the run's lock: this one touched nothing."""
 
 
 @dataclass
@@ -34,39 +45,87 @@ class MirrorResult:
     literal_bytes: int | None
     seconds: float
     command: str
+    run_id: str | None = None
+    replaced: str | None = None  # the dated copy of a mirror --force replaced
+    notes: list = field(default_factory=list)
 
 
 def local_paths(inv, profile):
-    """(mirror, staging) under the local runs root; nothing outside it is ever written."""
+    """(mirror, staging root) under the local runs root; nothing outside it is ever written."""
     where = layout.local(inv)
     return where.mirror(profile.run_name), where.staging(profile.run_name)
 
 
-def mirror_back(inv, profile):
+def lock_paths(inv, writer, profile):
+    """One lock per writer host (its mirror-backs never overlap) and one per run (its mirror)."""
+    locks = layout.local(inv).root / ".locks"
+    return [locks / f"mirror-back.host-{writer.name}.lock", locks / f"mirror-back.run-{profile.run_name}.lock"]
+
+
+@contextmanager
+def locked(paths):
+    """Hold every lock in ``paths`` (in order) or raise :class:`MirrorBusy`, touching nothing."""
+    taken = []
+    try:
+        for path in paths:
+            state, owner = take_lock(path, os.getpid())
+            if state == "held":
+                raise MirrorBusy(f"another mirror-back (pid {owner}) holds {path.name}; nothing was "
+                                 "touched: run it again when that one has ended")
+            taken.append(path)
+        yield
+    finally:
+        for path in reversed(taken):
+            mirrorfs.remove(path)
+
+
+def mirror_back(inv, profile, force=False):
+    """Bring the writer's committed step home; ``force`` replaces a mirror of another run or of a
+    later step (kept as ``<name>.replaced-<UTC time>``). Raises :class:`MirrorError` saying why not."""
     t0 = time.monotonic()
+    writer = profile_hosts(inv, profile)[0]
+    mirror, staging_root = local_paths(inv, profile)
+    with locked(lock_paths(inv, writer, profile)):
+        notes = mirrorfs.recover(mirror, staging_root)
+        result = _mirror_locked(inv, profile, force, mirror, staging_root)
+    result.notes = notes + result.notes
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _mirror_locked(inv, profile, force, mirror, staging_root):
     writer, facts = writer_facts(inv, profile)
     _refuse_while_writing(inv, profile, writer, facts)
     step = checkpoint.committed_step(facts)
     g = checkpoint.gate(writer.name, facts, step)
     if not g.ok:
         raise MirrorError(f"{writer.name}: nothing verified to mirror: {g.detail}")
-    mirror, staging = local_paths(inv, profile)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    argv = rsync_argv(inv, writer, layout.run_dir(writer, profile.run_name), staging, mirror)
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if p.returncode:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise MirrorError(f"{writer.name}: rsync exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    problem = verify_copy(facts, RunFacts.from_json(runs.lane_facts(str(staging.parent), staging.name)))
-    if problem:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is "
-                          f"left as it was: {problem}")
-    swap(staging, mirror)
-    return MirrorResult(writer.name, facts.run_dir, str(mirror), step, len(facts.files),
-                        sum(f.size for f in facts.files.values()), literal_bytes(p.stdout),
-                        time.monotonic() - t0, " ".join(argv))
+    record = thaw(facts.record)
+    try:
+        wants = rules.wanted(record, facts.checkpoint.sha256, facts.files)
+    except rules.Refused as e:
+        raise MirrorError(f"{writer.name}:{facts.run_dir}: {e}") from None
+    refusal = rules.replacement_refusal(current_record(mirror), record)
+    if refusal and not force:
+        raise MirrorError(f"{refusal}; the mirror {mirror} is left as it is (fab mirror-back --force replaces "
+                          f"it and keeps it as {mirror.name}.replaced-<UTC time>)")
+    real_folder(staging_root, layout.local(inv).root)
+    staging = Path(tempfile.mkdtemp(dir=staging_root, prefix="stage."))
+    try:
+        sent, argv = _pull_verified(inv, writer, facts.run_dir, mirror, staging, wants)
+        mirrorfs.copy_new(staging / record["step_file"], staging / rules.ADAPTERS)
+        keep = mirrorfs.dated_copy(mirror) if refusal and os.path.lexists(mirror) else None
+        mirrorfs.swap(staging, mirror, keep_as=keep)
+    finally:
+        mirrorfs.remove(staging)
+    return MirrorResult(writer.name, facts.run_dir, str(mirror), step, len(wants),
+                        _bytes(mirror, wants), sent, 0.0, " ".join(argv),
+                        run_id=record.get("run_id"), replaced=str(keep) if keep else None,
+                        notes=[f"replaced {refusal}; the old mirror is {keep}"] if keep else [])
+
+
+def _bytes(folder, wants):
+    return sum(os.lstat(folder / w.name).st_size for w in wants if os.path.lexists(folder / w.name))
 
 
 def _refuse_while_writing(inv, profile, writer, facts):
@@ -77,12 +136,100 @@ def _refuse_while_writing(inv, profile, writer, facts):
         raise MirrorError(f"a window is still writing ({who}); run mirror-back after it ends")
 
 
-def rsync_argv(inv, host, remote_dir, staging, mirror):
-    argv = ["rsync", "-rlt", "--stats", *EXCLUDES, "-e", ssh_command(inv, host),
-            f"--rsync-path={host.rsync_path}"]
-    if mirror.is_dir():
-        argv.append(f"--link-dest={mirror}")
-    return argv + [f"{host.destination}:{remote_dir}/", f"{staging}/"]
+def current_record(mirror):
+    """The local mirror's checkpoint record: None without a mirror, a string saying why it
+    cannot be read otherwise (read through no link)."""
+    if not os.path.lexists(mirror):
+        return None
+    if not mirrorfs.is_real_dir(mirror):
+        return f"{mirror} is not a folder"
+    try:
+        raw = mirrorfs.read_nofollow(mirror / rules.CHECKPOINT, rules.CHECKPOINT_CAP)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{rules.CHECKPOINT}: {e}"
+    return data if isinstance(data, dict) else f"{rules.CHECKPOINT} is not a JSON object"
+
+
+def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
+    """Pull ``wants`` into ``staging`` (seeded from the mirror) and check every entry; a seeded
+    file that turns out to differ from the writer's is pulled again once. (bytes sent, argv)"""
+    linked = mirrorfs.seed(mirror, staging, wants)
+    sent, argv = pull(inv, writer, remote_dir, staging, wants)
+    bad = _checked(writer, staging, wants)
+    again = [w for w in wants if w.name in bad and w.name in linked]
+    if again and len(again) == len(bad):
+        for w in again:
+            os.unlink(staging / w.name)
+        more, argv = pull(inv, writer, remote_dir, staging, again)
+        sent = None if sent is None or more is None else sent + more
+        bad = _checked(writer, staging, wants)
+    if bad:
+        raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is left as "
+                          f"it was: {'; '.join(bad.values())}")
+    return sent, argv
+
+
+def _checked(writer, staging, wants):
+    try:
+        return check_staged(staging, wants)
+    except MirrorError as e:
+        raise MirrorError(f"{writer.name}: {e}") from None
+
+
+def rsync_argv(inv, host, remote_dir, staging, list_file, cap):
+    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L."""
+    return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
+            "-e", ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
+            f"{host.destination}:{remote_dir}/", f"{staging}/"]
+
+
+def pull(inv, host, remote_dir, staging, wants):
+    """One rsync of ``wants`` into ``staging``; the local rsync may not write a file larger than
+    the largest cap (RLIMIT_FSIZE), whatever the writer's rsync claims. (bytes sent, argv)"""
+    cap = max(w.cap for w in wants)
+    fd, list_file = tempfile.mkstemp(dir=Path(staging).parent, prefix="list.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(f"{w.name}\n" for w in wants))
+    argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=lambda: _cap_files(cap))
+    finally:
+        os.unlink(list_file)
+    if p.returncode < 0:
+        raise MirrorError(f"{host.name}: rsync was stopped by signal {-p.returncode} (a file outgrew its "
+                          f"cap of {cap} bytes?); the local mirror is left as it was")
+    if p.returncode not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
+        raise MirrorError(f"{host.name}: rsync exit {p.returncode}: {printable(p.stderr.strip()[-300:])}")
+    return literal_bytes(p.stdout), argv
+
+
+def _cap_files(cap):
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
+
+def check_staged(staging, wants):
+    """{name: problem} of the wanted files; anything in ``staging`` that is not a wanted regular
+    file within its cap (a link, a folder, an extra file) is a :class:`MirrorError` naming it."""
+    refused = [p for p in (rules.entry_problem(*e, wants) for e in mirrorfs.entries(staging)) if p]
+    if refused:
+        raise MirrorError(f"the writer sent what mirror-back does not take, nothing was kept: {'; '.join(refused)}")
+    bad = {}
+    for w in wants:
+        path = staging / w.name
+        if not os.path.lexists(path):
+            if not w.optional:
+                bad[w.name] = f"{w.name} did not arrive (over its cap of {w.cap} bytes, or gone from the writer)"
+            continue
+        size, sha = mirrorfs.sha256_nofollow(path)
+        problem = rules.content_problem(w, size, sha)
+        if problem is None and w.name.endswith(".safetensors"):
+            whole, reason = safetensors_check(str(path))
+            problem = None if whole else f"{w.name} is not a whole safetensors file: {reason}"
+        if problem:
+            bad[w.name] = problem
+    return bad
 
 
 def literal_bytes(stats):
@@ -90,31 +237,8 @@ def literal_bytes(stats):
     return int(m.group(1).replace(",", "")) if m else None
 
 
-def verify_copy(remote, local):
-    """The first difference between the writer's run directory and the staged copy, or None."""
-    for name, want in sorted(remote.files.items()):
-        have = local.files.get(name)
-        if have is None:
-            return f"{name} did not arrive"
-        if have.sha256 != want.sha256:
-            return f"{name} sha256 {have.sha256[:12]} differs from the writer's {want.sha256[:12]}"
-    step = checkpoint.committed_step(local)
-    g = checkpoint.gate("local", local, step if step is not None else -1)
-    return None if g.ok else f"the copied checkpoint does not pass the gate: {g.detail}"
-
-
-def swap(staging, mirror):
-    """Put the verified staging folder in the mirror's place (the old one survives until then)."""
-    old = mirror.with_name(f".{mirror.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if mirror.exists():
-        os.replace(mirror, old)
-    os.replace(staging, mirror)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def describe(result):
-    return (f"{result.host}:{result.remote_dir} -> {result.local_dir}: step {result.step}, "
-            f"{result.files} files, {human_bytes(result.run_bytes)}; file data sent "
-            f"{human_bytes(result.literal_bytes)} in {result.seconds:.1f}s")
-
+    lines = [f"{result.host}:{result.remote_dir} -> {result.local_dir}: run {result.run_id} step {result.step}, "
+             f"{result.files} files, {human_bytes(result.run_bytes)}; file data sent "
+             f"{human_bytes(result.literal_bytes)} in {result.seconds:.1f}s"]
+    return "\n".join(lines + [f"  {printable(n)}" for n in result.notes])
