@@ -1,4 +1,6 @@
 """What sync-cache refuses before any transfer, decided from the caches' facts alone."""
+import os
+
 import pytest
 
 from thunderlane.facts import CacheFacts
@@ -14,16 +16,21 @@ def facts(repo):
     return CacheFacts.from_json(probe.cache_facts(str(repo.parent), REPO))
 
 
-@pytest.mark.parametrize("shared_side", ["local", "mac4"])
-def test_a_shared_store_on_either_side_is_refused_naming_the_side(cache_pair, shared_side):
-    """verify-cache accepts huggingface_hub 2.x's shared store; sync-cache does not handle it yet,
-    so it refuses instead of re-sending what the store holds or turning it into another layout."""
+@pytest.mark.parametrize("shared", [(), ("local",), ("mac4",), ("local", "mac4")])
+def test_the_shared_store_passes_on_either_side(cache_pair, shared):
+    """huggingface_hub 2.x's shared store is a layout the sync handles on both sides."""
     local, host = cache_pair
-    to_shared_layout((local if shared_side == "local" else host).parent, local if shared_side == "local" else host)
-    with pytest.raises(SyncError, match=f"^{shared_side}: .*shared blob store"):
-        _refuse_links(MAC4, {"local": facts(local), "mac4": facts(host)})
-
-
-def test_classic_caches_pass(cache_pair):
-    local, host = cache_pair
+    for side, repo in (("local", local), ("mac4", host)):
+        if side in shared:
+            assert to_shared_layout(repo.parent, repo)
     _refuse_links(MAC4, {"local": facts(local), "mac4": facts(host)})
+
+
+def test_an_escaping_host_link_is_refused_naming_host_and_file(cache_pair, tmp_path):
+    local, host = cache_pair
+    (tmp_path / "elsewhere.json").write_text("{}")
+    snap = next((host / "snapshots").iterdir())
+    os.unlink(snap / "config.json")
+    os.symlink(os.path.relpath(tmp_path / "elsewhere.json", snap), snap / "config.json")
+    with pytest.raises(SyncError, match=r"^mac4: snapshot link\(s\) config.json point outside"):
+        _refuse_links(MAC4, {"local": facts(local), "mac4": facts(host)})
