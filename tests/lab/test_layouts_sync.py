@@ -1,0 +1,132 @@
+"""sync-cache between every mix of cache layouts: huggingface_hub's classic one (blobs in the repo
+folder) and 2.x's shared blob store (the repo's blobs link into ``<hub>/blobs/<2 hex>/<xet hash>``),
+on a fresh host and on a partial one. The shared layouts are made by huggingface_hub's own
+``publish_blob_to_shared_store`` on top of the lab's classic caches.
+
+Each ends with ``verify-cache --deep`` complete, and, on the host (its interpreter, its home),
+``scan_cache_dir`` reporting the repo with local's size and no warnings and ``mlx_lm.load`` working
+offline. Another repo in the host's cache, sharing a store entry, is left exactly as it was."""
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from thunderlane.lab import kit
+from tests.lab.conftest import by_host, fab_json
+from tests.unit.builders import to_shared_layout
+
+OTHER = "models--lab--other"
+ON_HOST = """\
+import json, sys
+from huggingface_hub import scan_cache_dir
+info = scan_cache_dir()
+repos = [r for r in info.repos if r.repo_id == sys.argv[1]]
+out = {"warnings": [str(w) for w in info.warnings], "size": repos[0].size_on_disk if repos else None}
+from mlx_lm import load
+model, tokenizer = load(sys.argv[1])
+out["loaded"] = type(model).__name__
+print(json.dumps(out))
+"""
+
+
+def shard_blobs(repo):
+    """{file name: blob path} of the snapshot's weight shards."""
+    snap = next((repo / "snapshots").iterdir())
+    return {f.name: repo / "blobs" / os.readlink(f).split("/")[-1]
+            for f in sorted(snap.iterdir()) if f.name.endswith(".safetensors")}
+
+
+def other_repo(cache, content):
+    """Another model in the host's cache, one LFS file of ``content`` (the same bytes as one of our
+    shards, so that in the shared layout both repos' blobs would name one store entry)."""
+    repo, rev = cache / OTHER, "b" * 40
+    etag = hashlib.sha256(content).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / etag).write_bytes(content)
+    (repo / "snapshots" / rev).mkdir(parents=True)
+    (repo / "snapshots" / rev / "model.safetensors").symlink_to(f"../../blobs/{etag}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    return repo
+
+
+def tree(root, skip):
+    """Everything under ``root`` except the ``skip`` paths: {relative path: link target or sha256}."""
+    seen = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                seen[rel] = "-> " + os.readlink(path)
+            else:
+                seen[rel] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return seen
+
+
+def arrange(lab_dir, local_layout, host_layout, state):
+    """Lay out local and mac4 as asked; returns the host cache's root."""
+    local, host = kit.host_repo(lab_dir, "local"), kit.host_repo(lab_dir, "mac4")
+    cache = host.parent
+    shard1, shard2 = shard_blobs(local).values()
+    if state == "fresh":
+        shutil.rmtree(host)
+        shutil.rmtree(cache / ".locks" / kit.REPO_FOLDER)
+    elif host_layout == "shared":  # the host also has shard 2, in its store: the sync keeps it
+        snap = next((host / "snapshots").iterdir())
+        shutil.copy2(shard2, host / "blobs" / shard2.name)
+        (snap / "model-00002-of-00002.safetensors").symlink_to(f"../../blobs/{shard2.name}")
+        assert to_shared_layout(cache, host)
+    other = other_repo(cache, shard1.read_bytes())
+    if host_layout == "shared":
+        assert to_shared_layout(cache, other)
+    if local_layout == "shared":
+        assert to_shared_layout(local.parent, local)
+    return cache
+
+
+def on_host(inv, host, script, *args):
+    h = inv.hosts[host]
+    command = shlex.join([h.python, "-c", script, *args])
+    command = "HF_HUB_OFFLINE=1 " + command
+    p = subprocess.run(["ssh", "-F", inv.ssh.config, h.ssh_name, command], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("state", ["fresh", "partial"])
+@pytest.mark.parametrize("local_layout,host_layout",
+                         [("classic", "classic"), ("shared", "classic"), ("classic", "shared"), ("shared", "shared")])
+def test_sync_between_layouts(lab_inv, lab_dir, local_layout, host_layout, state):
+    cache = arrange(lab_dir, local_layout, host_layout, state)
+    repo = cache / kit.REPO_FOLDER
+    kept_link = shard_blobs(kit.host_repo(lab_dir, "local"))["model-00002-of-00002.safetensors"].name
+    others = tree(cache, {str(repo), str(cache / ".locks" / kit.REPO_FOLDER)})
+    code, before = fab_json(lab_inv, "verify-cache")
+    assert by_host(before)["local"]["verdict"] == "complete", before
+    assert by_host(before)["mac4"]["verdict"] == ("absent" if state == "fresh" else "partial"), before
+
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    assert code == 0, out
+    row = out["results"][0]
+    assert row["after"] == "complete" and row["missing_bytes"] > 0
+    assert 1.0 <= row["literal_bytes"] / row["missing_bytes"] <= 1.02, row  # only the missing bytes
+
+    code, report = fab_json(lab_inv, "verify-cache", "--deep")
+    assert code == 0 and by_host(report)["mac4"]["verdict"] == "complete", report
+    seen = on_host(lab_inv, "mac4", ON_HOST, lab_inv.repo_id)
+    assert seen["warnings"] == [] and seen["loaded"]
+    assert seen["size"] == by_host(report)["local"]["figures"]["bytes_exact"]
+    assert tree(cache, {str(repo), str(cache / ".locks" / kit.REPO_FOLDER)}) == others  # nothing else touched
+    assert not [n for n in os.listdir(repo / "blobs") if n.endswith(".incomplete") or n.startswith(".")]
+    if state == "partial":  # the stale lock of the interrupted download is gone too
+        assert not os.listdir(cache / ".locks" / kit.REPO_FOLDER)
+    if host_layout == "shared" and state == "partial":  # the host's own store link was kept, not re-sent
+        assert os.readlink(repo / "blobs" / kept_link).startswith("../../blobs/")
