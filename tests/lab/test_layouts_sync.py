@@ -12,12 +12,14 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from thunderlane.lab import kit
-from tests.lab.conftest import by_host, fab_json
+from thunderlane.lab import hub, kit
+from tests.lab.conftest import by_host, fab, fab_json
 from tests.unit.builders import to_shared_layout
 
 OTHER = "models--lab--other"
@@ -130,3 +132,46 @@ def test_sync_between_layouts(lab_inv, lab_dir, local_layout, host_layout, state
         assert not os.listdir(cache / ".locks" / kit.REPO_FOLDER)
     if host_layout == "shared" and state == "partial":  # the host's own store link was kept, not re-sent
         assert os.readlink(repo / "blobs" / kept_link).startswith("../../blobs/")
+
+
+def test_a_live_download_in_the_host_cache_keeps_its_files(lab_inv, lab_dir):
+    """A real `snapshot_download` into mac4's cache, its first shard throttled, runs while sync-cache
+    runs: the sync keeps the download's `<etag>.<id>.incomplete`, the older `<etag>.incomplete` and
+    the lock the download holds, and still sends what is missing. The download, unthrottled, then
+    finishes; only then is the older leftover stale, and the next sync removes it."""
+    local, cache = kit.host_repo(lab_dir, "local"), kit.host_cache(lab_dir, "mac4")
+    rev = (local / "refs" / "main").read_text().strip()
+    shard = "model-00001-of-00002.safetensors"
+    etag = shard_blobs(local)[shard].name
+    partial, lock = cache / kit.REPO_FOLDER / "blobs" / f"{etag}.incomplete", cache / ".locks" / kit.REPO_FOLDER / f"{etag}.lock"
+    server = hub.HubServer(local / "snapshots" / rev, lab_inv.repo_id, rev, throttle={shard: 4000}).start()
+    port, done = int(server.endpoint.rsplit(":", 1)[1]), {}
+    python = lab_inv.hosts["mac4"].python
+    job = threading.Thread(target=lambda: done.update(d=hub.download(
+        python, cache, server.endpoint, lab_inv.repo_id, rev, env={"HOME": str(lab_dir / "mac4")}, timeout=240)))
+    job.start()
+    try:
+        reached = hub.sent_over(server.endpoint, shard, 1)
+        deadline = time.monotonic() + 60
+        while not reached() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p = fab(lab_inv, "sync-cache", "--host", "mac4")
+        assert job.is_alive(), "the download ended before the sync: nothing was live"
+        live = list(partial.parent.glob(f"{etag}.*.incomplete"))
+        for name in [partial.name] + [f.name for f in live]:
+            assert f"kept {kit.REPO_FOLDER}/blobs/{name}: a download holds its lock" in p.stdout, p.stdout
+        assert live and partial.is_file() and lock.is_file()  # the live download's files are still there
+        assert (cache / kit.REPO_FOLDER / "blobs" / etag).is_file()  # and the sync sent the shard anyway
+    finally:
+        server.stop()  # the throttled reply ends short; the client resumes from a fast hub on the same port
+        fast = hub.HubServer(local / "snapshots" / rev, lab_inv.repo_id, rev, port=port).start()
+        job.join(240)
+        fast.stop()
+    assert done["d"].ok, done["d"].stderr[-2000:]
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    assert code == 0 and out["results"][0]["after"] == "complete" and out["results"][0]["literal_bytes"] == 0
+    assert not partial.exists() and not lock.exists()  # stale now: removed
+    code, report = fab_json(lab_inv, "verify-cache", "--deep")
+    assert code == 0 and by_host(report)["mac4"]["verdict"] == "complete", report
+    seen = on_host(lab_inv, "mac4", ON_HOST, lab_inv.repo_id)
+    assert seen["warnings"] == [] and seen["loaded"]
