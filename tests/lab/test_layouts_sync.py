@@ -175,3 +175,48 @@ def test_a_live_download_in_the_host_cache_keeps_its_files(lab_inv, lab_dir):
     assert code == 0 and by_host(report)["mac4"]["verdict"] == "complete", report
     seen = on_host(lab_inv, "mac4", ON_HOST, lab_inv.repo_id)
     assert seen["warnings"] == [] and seen["loaded"]
+
+
+def spoil(cache, how, elsewhere):
+    """mac4's store spoiled: its shard-2 entry truncated, the marker gone, or the prefix folder a link."""
+    snap = next((cache / kit.REPO_FOLDER / "snapshots").iterdir())
+    entry = (snap / "model-00002-of-00002.safetensors").resolve()
+    assert entry.parent.parent == cache / "blobs"
+    if how == "truncated":
+        os.chmod(entry, 0o644)
+        with open(entry, "r+b") as f:
+            f.truncate(entry.stat().st_size // 2)
+    elif how == "unmarked":
+        os.unlink(cache / "blobs" / ".huggingface-shared-blobs")
+    else:
+        shutil.move(entry.parent, elsewhere)
+        os.symlink(elsewhere, entry.parent)
+    return entry
+
+
+@pytest.mark.parametrize("how,verdict,synced", [
+    ("truncated", "is not a whole safetensors file", True),
+    ("unmarked", "marker of blobs/ at the hub root is missing", False),
+    ("escape", "goes through a link to", False),
+])
+def test_a_spoiled_host_store_is_named_and_never_fixed_by_deleting(lab_inv, lab_dir, tmp_path, how, verdict, synced):
+    """verify-cache names the store path; sync-cache either refuses (a link leaving the repo folder)
+    or makes the repo whole with a classic blob of its own; the store entry, which another repo
+    may list, is never deleted or rewritten."""
+    cache = arrange(lab_dir, "classic", "shared", "partial")
+    entry = spoil(cache, how, tmp_path / "elsewhere")
+    repo = cache / kit.REPO_FOLDER
+    store = tree(cache / "blobs", set()) if how != "escape" else tree(tmp_path / "elsewhere", set())
+    code, before = fab_json(lab_inv, "verify-cache")
+    mac4 = by_host(before)["mac4"]
+    assert mac4["verdict"] == "corrupt" and verdict in mac4["detail"], mac4
+    assert (str(tmp_path) if how == "escape" else str(entry.relative_to(cache))) in mac4["detail"], mac4
+    untouched = tree(repo, set())
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    if synced:
+        assert code == 0 and out["results"][0]["after"] == "complete", out
+        assert fab_json(lab_inv, "verify-cache", "--deep")[0] == 0
+    else:
+        assert code == 1 and "model-00002-of-00002.safetensors" in out["errors"][0], out
+        assert "refusing" in out["errors"][0] and tree(repo, set()) == untouched
+    assert store == (tree(cache / "blobs", set()) if how != "escape" else tree(tmp_path / "elsewhere", set()))
