@@ -129,16 +129,26 @@ def _sync_line(r):
 
 @task(auto_shortflags=False, help={"hosts": "comma-separated lab host names (default: mac4,mac5)",
                                    "model_mb": "approximate weight bytes of the generated model, in MB",
-                                   "reseed": "put the fixtures back to the handoff's situation"})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False):
-    """Start the lab: one real sshd per host on loopback, fixtures seeded (mac4 partial)."""
+                                   "reseed": "put the fixtures back to the handoff's situation",
+                                   "layout": "the caches' layout: classic, shared, or per host "
+                                             "(local=shared,mac4=classic); default: as the lab was, "
+                                             "else " + lab.DEFAULT_LAYOUT})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
+    """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
+    (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
     try:
-        path = lab.up(names, model_mb=model_mb, reseed=reseed)
+        lab.parse_layout(layout, names, lab.DEFAULT_LAYOUT)
+    except ValueError as e:
+        raise Exit(f"lab-up: {e}", code=2) from None
+    try:
+        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
         print(f"{name}: {'sshd pid ' + str(pid) if pid else 'stopped'}")
+    layouts = (lab.seeded(lab.LAB) or {}).get("layouts", {})
+    print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
 
 

@@ -40,7 +40,8 @@ def figures(facts, missing_bytes=None):
             "bytes": human_bytes(snapshot_bytes(facts)) if facts.files else "-",
             "bytes_exact": snapshot_bytes(facts), "missing": human_bytes(missing_bytes),
             "missing_bytes": missing_bytes, "cache_root": facts.cache_root,
-            "incomplete": len(facts.incomplete), "stale_locks": sum(1 for lock in facts.locks if lock.stale),
+            "incomplete": len(_live(facts)), "orphans": len(_orphans(facts)),
+            "locks_held": sum(1 for lock in facts.locks if lock.held),
             "store_entries": len({e.store for e in facts.files.values() if e.store})}
 
 
@@ -92,8 +93,8 @@ def _leftovers(facts, against_reference=False):
         out.append("missing shards: " + ", ".join(missing_shards))
     if facts.index_error:
         out.append(facts.index_error)
-    hub = [i for i in facts.incomplete if i.name.endswith(".incomplete")]
-    temp = [i for i in facts.incomplete if i.name.startswith(".")]
+    hub = [i for i in _live(facts) if i.name.endswith(".incomplete")]
+    temp = [i for i in _live(facts) if i.name.startswith(".")]
     if hub:
         out.append(f"{len(hub)} *.incomplete blob(s) left over")
     if temp:
@@ -101,15 +102,34 @@ def _leftovers(facts, against_reference=False):
     return out
 
 
+def _orphans(facts):
+    """``*.incomplete`` files beside their finished blob: a killed download's, never reused by the hub's
+    client (its name is unique to the process). Not a gap in the cache."""
+    return [i for i in facts.incomplete if i.finished]
+
+
+def _live(facts):
+    return [i for i in facts.incomplete if not i.finished]
+
+
 def _note(facts):
-    """'; note: ...' when a store entry's .refs does not list this repo's blob: huggingface_hub would
-    then delete the entry along with another repo that uses it. Worth knowing, not a fault here."""
+    """'; note: ...' for what is worth knowing but no fault: a store entry whose .refs does not list
+    this repo's blob (huggingface_hub would then delete it along with another repo that uses it),
+    orphaned *.incomplete files, a download running in this cache now (a lock held)."""
+    notes = []
     unlisted = sorted({e.store for e in facts.files.values() if e.store and e.store_listed is False})
-    if not unlisted:
-        return ""
-    more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
-    return (f"; note: the .refs of shared-store entry {unlisted[0]}{more} does not list this repo's blob: "
-            "deleting another repo through huggingface_hub may remove the entry")
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        notes.append(f"the .refs of shared-store entry {unlisted[0]}{more} does not list this repo's blob: "
+                     "deleting another repo through huggingface_hub may remove the entry")
+    orphans = _orphans(facts)
+    if orphans:
+        notes.append(f"{len(orphans)} orphaned *.incomplete file(s) beside finished blobs, left by a killed "
+                     f"download ({orphans[0].name}); the hub's client never reuses them")
+    held = [lock.name for lock in facts.locks if lock.held]
+    if held:
+        notes.append(f"a download is running in this cache now ({len(held)} lock(s) held: {held[0]})")
+    return "".join(f"; note: {n}" for n in notes)
 
 
 def judge_reference(facts):
@@ -118,7 +138,7 @@ def judge_reference(facts):
     state = _own_state(facts) or (("partial", "; ".join(leftovers)) if leftovers else None)
     if state:
         verdict, detail = state
-        return HostResult("local", verdict, False, f"{detail} (local is the reference)", figures(facts))
+        return HostResult("local", verdict, False, f"{detail} (local is the reference){_note(facts)}", figures(facts))
     return HostResult("local", "complete", True, f"reference, {facts.cache_root}{_note(facts)}", figures(facts))
 
 
@@ -144,7 +164,7 @@ def judge(host, facts, reference):
     if names or leftovers:
         detail = [f"missing {len(names)} file(s), {human_bytes(missing_bytes)}: " + ", ".join(names)] \
             if names else []
-        return HostResult(host, "partial", False, "; ".join(detail + leftovers), shown)
+        return HostResult(host, "partial", False, "; ".join(detail + leftovers) + _note(facts), shown)
     same = "same revision, files, sizes and blobs as local"
     return HostResult(host, "complete", True, same + _note(facts), shown)
 

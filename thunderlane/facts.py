@@ -133,16 +133,22 @@ class SharedStore:
 
 @dataclass(frozen=True)
 class Leftover:
-    """A blob an interrupted transfer left behind (``*.incomplete``, rsync's dot-temp files)."""
+    """A blob an interrupted transfer left behind (``*.incomplete``, rsync's dot-temp files). ``blob``:
+    the etag a hub ``*.incomplete`` was becoming; ``finished``: that blob is in place, so this one is an
+    orphan of a killed download (the hub's client never reuses it)."""
     name: str
     size: int
+    blob: str | None = None
+    finished: bool = False
 
 
 @dataclass(frozen=True)
 class LockFile:
+    """A file under ``.locks/``: huggingface_hub keeps one per blob after every download. ``held``: a
+    process holds it now (a download is running in this cache)."""
     name: str
     age_s: int
-    stale: bool
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,8 +183,9 @@ class CacheFacts:
             cache_root=d["cache_root"], resolved_by=d.get("resolved_by", "inventory"), repo_dir=d["repo_dir"],
             exists=bool(d["exists"]), ref=d.get("ref"), snapshot_exists=bool(d.get("snapshot_exists")),
             revisions=tuple(d.get("revisions", ())), files=_frozen(d.get("files"), SnapshotEntry.from_json),
-            blobs=_frozen(d.get("blobs")), incomplete=tuple(Leftover(**i) for i in d.get("incomplete", ())),
-            locks=tuple(LockFile(**lk) for lk in d.get("locks", ())),
+            blobs=_frozen(d.get("blobs")), incomplete=tuple(Leftover(i["name"], i["size"], i.get("blob"), bool(i.get("finished")))
+                                              for i in d.get("incomplete", ())),
+            locks=tuple(LockFile(lk["name"], lk["age_s"], bool(lk.get("held"))) for lk in d.get("locks", ())),
             shards=_frozen(d.get("shards"), lambda s: Check(s["ok"], s.get("reason"))),
             index_error=d.get("index_error"),
             deep=None if deep is None else _frozen(deep, lambda c: Check(c["ok"], c.get("actual"))),

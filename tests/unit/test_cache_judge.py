@@ -1,7 +1,9 @@
 import os
 import shutil
+import time
 
 import pytest
+from filelock import FileLock
 from huggingface_hub import scan_cache_dir
 
 from thunderlane import cache
@@ -100,14 +102,51 @@ def test_absent_cache(cache_pair, tmp_path):
     assert r.verdict == "absent" and r.figures["missing_bytes"] > 0
 
 
-def test_stale_lock_is_reported(cache_pair):
+def _locks(repo, age=None):
+    """A lock per blob, as huggingface_hub keeps them after every download (old ones if `age`)."""
+    lock_dir = repo.parent / ".locks" / repo.name
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for blob in (repo / "blobs").iterdir():
+        lock = lock_dir / f"{blob.name}.lock"
+        lock.touch()
+        if age:
+            os.utime(lock, (time.time() - age, time.time() - age))
+    return lock_dir
+
+
+def test_the_clients_permanent_locks_are_no_problem(cache_pair):
     local, host = cache_pair
-    lock_dir = host.parent / ".locks" / host.name
-    lock_dir.mkdir(parents=True)
-    lock = lock_dir / "x.lock"
-    lock.touch()
-    os.utime(lock, (0, 0))
-    assert cache.judge("mac4", facts(host), facts(local)).figures["stale_locks"] == 1
+    lock_dir = _locks(host, age=30 * 86400)
+    r = cache.judge("mac4", facts(host), facts(local))
+    assert r.verdict == "complete" and r.detail == "same revision, files, sizes and blobs as local"
+    assert r.figures["locks_held"] == 0 and "stale" not in str(r.figures)
+    lock = sorted(lock_dir.iterdir())[0]
+    with FileLock(lock):  # what huggingface_hub holds while it downloads that blob
+        r = cache.judge("mac4", facts(host), facts(local))
+    assert r.verdict == "complete" and r.figures["locks_held"] == 1
+    assert f"a download is running in this cache now (1 lock(s) held: {lock.name})" in r.detail
+    assert cache.judge("mac4", facts(host), facts(local)).figures["locks_held"] == 0, "released: not held"
+
+
+def test_an_orphaned_incomplete_beside_its_finished_blob_is_a_note(cache_pair):
+    """A download killed then re-run leaves ``<etag>.<8 hex>.incomplete`` beside the finished blob:
+    the client never reuses it (its name is unique to the killed process). Without the blob it is
+    still a gap."""
+    local, host = cache_pair
+    blob = host / "blobs" / os.readlink(host / "snapshots" / SNAP / SHARD1).split("/")[-1]
+    orphan = blob.with_name(f"{blob.name}.6d66cb76.incomplete")
+    orphan.write_bytes(b"")
+    r = cache.judge("mac4", facts(host), facts(local))
+    assert r.verdict == "complete" and r.ok, r.detail
+    assert "note: 1 orphaned *.incomplete file(s) beside finished blobs" in r.detail and orphan.name in r.detail
+    assert (r.figures["incomplete"], r.figures["orphans"]) == (0, 1)
+    shared(host)  # the finished blob behind a store link counts as finished too
+    assert cache.judge("mac4", facts(host), facts(local)).verdict == "complete"
+    (host / "snapshots" / SNAP / SHARD1).unlink()
+    blob.unlink()
+    r = cache.judge("mac4", facts(host), facts(local))
+    assert r.verdict == "partial" and "1 *.incomplete blob(s) left over" in r.detail
+    assert (r.figures["incomplete"], r.figures["orphans"]) == (1, 0)
 
 
 # --- huggingface_hub 2.x's shared blob store -----------------------------------------------------

@@ -18,6 +18,7 @@ from huggingface_hub import scan_cache_dir, snapshot_download
 from huggingface_hub.errors import IncompleteSnapshotError
 
 from tests.unit.test_fixture_model import nko_texts
+from thunderlane.lab import client as lab_client
 from thunderlane.lab import hub as lab_hub
 from thunderlane.lab.fixtures import model as fixture
 from thunderlane.lab.hub import HubServer, download, partial_over, sent_over
@@ -208,3 +209,50 @@ def test_nothing_but_loopback(tmp_path, built):
         HubServer(built["snapshot_dir"], built["repo_id"], built["revision"], host="0.0.0.0")
     env = lab_hub.client_env(tmp_path, "http://127.0.0.1:1", {"HF_TOKEN": "hf_x", "HOME": str(tmp_path)})
     assert "HF_TOKEN" not in env and env["HF_HUB_DISABLE_XET"] == "1" and env["HOME"] == str(tmp_path)
+
+
+# The lab's caches (thunderlane.lab.client) ------------------------------------------------------
+HOSTS = ["mac4", "mac5"]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("", {"local": "shared", "mac4": "classic", "mac5": "classic"}),
+    ("classic", {"local": "classic", "mac4": "classic", "mac5": "classic"}),
+    ("shared", {"local": "shared", "mac4": "shared", "mac5": "shared"}),
+    ("mac4=shared", {"local": "shared", "mac4": "shared", "mac5": "classic"}),
+    (" local = classic , mac5=shared ", {"local": "classic", "mac4": "classic", "mac5": "shared"}),
+])
+def test_layout_specs(spec, expected):
+    assert lab_client.parse_layout(spec, HOSTS, "local=shared") == expected
+    remembered = {"local": "shared", "mac4": "classic", "gone": "shared"}  # an earlier lab-up's
+    assert lab_client.parse_layout(spec, HOSTS, remembered) == expected
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("Shared", "give classic, shared"), ("local", "give classic, shared"), ("mac4=xet", "give classic, shared"),
+    ("mac9=shared", "no lab host 'mac9'"), ("local=shared;mac4=shared", "give classic, shared"),
+])
+def test_bad_layout_specs_name_the_part(spec, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        lab_client.parse_layout(spec, HOSTS, "classic")
+
+
+def test_fab_lab_up_refuses_a_bad_layout_with_exit_2(tmp_path):
+    fab = str(Path(sys.executable).parent / "fab")
+    p = subprocess.run([fab, "lab-up", "--layout", "mac4=xet"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "lab-up: --layout 'mac4=xet'" in p.stderr, p.stderr
+
+
+def test_a_made_cache_is_whole_or_absent_and_made_once(built, tmp_path):
+    fixtures, repo = tmp_path / "fixtures", Path(built["repo_dir"])
+    with pytest.raises(lab_client.ClientError, match="snapshot_download"):
+        lab_client.made(fixtures, repo, "/bin/false", "classic", "complete")
+    (folder,) = fixtures.iterdir()
+    assert list(folder.iterdir()) == [], "no half-made cache under any name"
+    root = lab_client.made(fixtures, repo, sys.executable, "classic", "complete")
+    record = json.loads((root.parents[3] / "made.json").read_text())
+    assert record["listing"] == lab_client.listing(root) and record["in_flight"] == []
+    assert lab_client.made(fixtures, repo, "/bin/false", "classic", "complete") == root, "made once, then kept"
+    target = tmp_path / "host" / "hub"
+    lab_client.place(root, target)
+    assert lab_client.listing(target) == record["listing"], "placed with its links as the client made them"

@@ -18,12 +18,17 @@ import yaml
 
 from .. import inventory, remote
 from ..fsutil import atomic_write, pid_alive
-from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed
+from .client import parse_layout
+from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed, seeded
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".lab"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 BASE_PORT = 22400
+# The caches' layouts (a --layout spec) when neither --layout nor an earlier lab-up says. Issue 9
+# wants "local=shared" (a new control machine beside older hosts) once sync-cache handles a shared
+# source: today it refuses one, and the demo's sync would fail.
+DEFAULT_LAYOUT = "classic"
 
 
 def paths(lab=LAB):
@@ -126,13 +131,16 @@ def _previous_ports(lab):
         return {}
 
 
-def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False):
-    """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures."""
+def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None):
+    """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures.
+    layout: the caches' layouts (``client.parse_layout``: 'classic', 'shared' or 'host=layout,...');
+    None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``."""
     names = list(names)
     for n in names:
         if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
             raise LabError(f"lab host name {n!r} must match [a-z0-9_-] and not be 'local'")
     p = paths(lab)
+    layouts = parse_layout(layout, names, (seeded(lab) or {}).get("layouts") or DEFAULT_LAYOUT)
     user = getpass.getuser()
     client_pub = _keygen(p["identity"], "thunder-lab-control")
     ports = _previous_ports(lab)
@@ -147,7 +155,7 @@ def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False):
     atomic_write(p["known_hosts"], "\n".join(known) + "\n")
     _write_inventory(p, hosts, user)
     _write_ssh_files(p)
-    seed(p, names, model_mb, reseed)
+    seed(p, names, model_mb, reseed, layouts, python=lab_python())
     return p["inventory"]
 
 
@@ -157,9 +165,14 @@ def _write_ssh_files(p):
     atomic_write(p["ssh_config"], remote.ssh_config(inv, inv.hosts.values(), extra=[("LogLevel", "ERROR")]))
 
 
+def lab_python():
+    """The interpreter every lab host's inventory entry names (the project's .venv, else this one)."""
+    return str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").is_dir() else sys.executable
+
+
 def _write_inventory(p, hosts, user):
     lab = p["lab"]
-    python = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").is_dir() else sys.executable
+    python = lab_python()
     local_home = lab / "local"
     data = {
         "model": {"repo": "mlx-community/gemma-4-e2b-4bit"},

@@ -1,6 +1,8 @@
 """The handoff's situation in the lab, from fixtures generated here (deterministic, offline): the
 corpus everywhere, the complete model cache on local and on every host but the first, which gets
-what an interrupted download leaves."""
+what a real interrupted download leaves (the caches come from huggingface_hub's own client,
+``client.py``). ``seed_partial`` is the older hand-made imitation, kept for the benchmarks and for
+fault cases that need that exact state; the lab itself no longer uses it."""
 import json
 import os
 import shutil
@@ -10,10 +12,12 @@ import time
 from pathlib import Path
 
 from ..fsutil import atomic_write
+from . import client
 
 DATASET_REL = "thunder-train/data/gemma4_e2b_nko_correction_partial_real"
 RUNS_REL = "thunder-train/runs"
-CACHE_REL = ".cache/huggingface/hub"
+CACHE_REL = client.CACHE_REL
+SEEDED = "seeded.json"
 
 
 class LabError(RuntimeError):
@@ -42,25 +46,38 @@ def build_fixtures(p, model_mb):
     return corpus, Path(json.loads(out)["repo_dir"])
 
 
-def seed(p, names, model_mb, reseed=False):
-    """The handoff's situation: corpus everywhere, full cache on local and all hosts but the
-    first, a partial cache on the first (configs and tokenizer, no shards, an .incomplete blob)."""
+def seed(p, names, model_mb, reseed=False, layouts=None, python=sys.executable):
+    """The handoff's situation: corpus everywhere, a complete cache on local and on every host but
+    the first, which gets what a real interrupted download leaves; every cache made by
+    huggingface_hub's own client (``client.py``) in the host's layout (``layouts``: {host: layout},
+    classic where not given). Remembered in ``.lab/seeded.json`` (``seeded()``)."""
     lab = p["lab"]
-    marker = lab / ".seeded"
-    wanted = f"{','.join(names)} {model_mb:g}"
-    if not reseed and marker.exists() and marker.read_text() == wanted:
+    homes = {"local": lab / "local", **{n: lab / n for n in names}}
+    layouts = {h: (layouts or {}).get(h, "classic") for h in homes}
+    wanted = {"hosts": list(names), "model_mb": model_mb, "layouts": layouts,
+              "partial": names[0] if names else None}
+    if not reseed and seeded(lab) == wanted:
         return
     corpus, repo = build_fixtures(p, model_mb)
-    for i, home in enumerate([lab / "local", *(lab / n for n in names)]):
+    made = {}
+    for host, home in homes.items():
         _copy_tree(corpus, home / DATASET_REL)
-        cache = home / CACHE_REL
-        shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(home / RUNS_REL, ignore_errors=True)
-        if i == 1:
-            seed_partial(repo, cache)
-        else:
-            _copy_tree(repo, cache / repo.name)
-    marker.write_text(wanted)
+        key = (layouts[host], "partial" if host == wanted["partial"] else "complete")
+        try:
+            made[key] = made.get(key) or client.made(p["fixtures"], repo, python, *key)
+        except client.ClientError as e:
+            raise LabError(f"seeding {host}: {e}") from None
+        client.place(made[key], home / CACHE_REL)
+    atomic_write(lab / SEEDED, json.dumps(wanted, indent=1) + "\n")
+
+
+def seeded(lab):
+    """What the last seed left: {"hosts", "model_mb", "layouts": {host: layout}, "partial": host}."""
+    try:
+        return json.loads((Path(lab) / SEEDED).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _copy_tree(src, dst):

@@ -5,6 +5,7 @@ never writes; the one exception, ``reap``, ends the lane's own training processe
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 CHAT_ROLES = {"system", "user", "assistant", "tool"}
-STALE_LOCK_SECONDS = 600
+INCOMPLETE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(?:\.[0-9a-f]{8})?\.incomplete$")
 
 
 # --- hashing -------------------------------------------------------------------------------------
@@ -188,10 +189,40 @@ def _blobs(blob_dir):
             continue  # a link is a shared-store blob: judged through the snapshot entry that uses it
         size = os.path.getsize(path)
         if name.endswith(".incomplete") or name.startswith("."):  # hub or rsync temp leftovers
-            incomplete.append({"name": name, "size": size})
+            incomplete.append(_leftover(blob_dir, name, size))
         else:
             blobs[name] = size
     return blobs, incomplete
+
+
+def _leftover(blob_dir, name, size):
+    """A ``*.incomplete`` (huggingface_hub 2.x: ``<etag>.<8 hex>.incomplete``, unique per process) or
+    an rsync temp file; ``finished``: the blob it was becoming is in place (through a store link too),
+    so it is an orphan a killed download left, which the hub's client never reuses."""
+    match = INCOMPLETE.fullmatch(name)
+    etag = match.group(1) if match else None
+    finished = bool(etag) and os.path.isfile(os.path.join(blob_dir, etag))
+    return {"name": name, "size": size, "blob": etag, "finished": finished}
+
+
+def lock_held(path):
+    """Whether a process holds the lock file now (huggingface_hub's filelock takes flock on it).
+    Tested by a non-blocking flock of our own, on a read-only descriptor, released at once: nothing
+    is written. A lock nobody holds is only a file the client keeps after every download."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _locks(lock_dir):
@@ -200,8 +231,9 @@ def _locks(lock_dir):
     for dirpath, _, names in os.walk(lock_dir):
         for name in names:
             if name.endswith(".lock") and not finder_file(name):
-                age = now - os.path.getmtime(os.path.join(dirpath, name))
-                found.append({"name": name, "age_s": int(age), "stale": age > STALE_LOCK_SECONDS})
+                path = os.path.join(dirpath, name)
+                age = now - os.path.getmtime(path)
+                found.append({"name": name, "age_s": int(age), "held": lock_held(path)})
     return sorted(found, key=lambda x: x["name"])
 
 
