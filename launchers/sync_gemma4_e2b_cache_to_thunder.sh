@@ -16,8 +16,8 @@ usage() {
 usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   Push models--ORG--NAME from the local HF hub cache to HOST's hub cache: blobs as files (also
   those the local cache keeps in huggingface_hub's shared store), snapshot links kept; on HOST,
-  stale leftovers (*.incomplete blobs, locks no download holds) are removed first and blobs that
-  link to its own shared store are kept; only missing files are sent.
+  *.incomplete blobs whose lock no download holds are removed first, blobs that link to its own
+  shared store are kept; only missing files are sent.
   HOST               ssh destination: an ssh config alias or user@host
   --dest-cache DIR   absolute hub cache root on HOST (the folder holding models--*)
   --src-cache DIR    local hub cache root (default: $HF_HUB_CACHE, else $HF_HOME/hub,
@@ -252,6 +252,10 @@ esac
 flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
        "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
+# a blob's name is its content hash: on the host, one of the right size is that blob (a flipped
+# byte is --checksum's job), whatever its mtime; no delta pass re-reads a shard on both sides
+blob_check=(--size-only)
+[ "$checksum" -eq 0 ] || blob_check=()
 [ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
 prep_script=$(cd -P "$(dirname "$0")/.." && pwd -P)/thunderlane/onhost/sync_prep.py
 
@@ -290,7 +294,7 @@ if [ "$dry_run" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -i -L "${flags[@]}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" |
+  rsync -n -i -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" |
     tee "$logs/dry-run"
   rsync -n -i "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/dry-run-2"
   echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run" "$logs/dry-run-2")" \
@@ -303,7 +307,7 @@ prepare_host
 # names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
 # failed pass (a full disk, a dropped link) never leaves a link to a blob that did not arrive, nor
 # a ref to a missing snapshot
-rsync -L "${flags[@]}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
+rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
 rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee "$logs/2"
 rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/3"
 # the caller (thunderlane.transfer.parse_summary) reads this line; "unknown" where the local rsync's

@@ -4,8 +4,8 @@
     python3 - CACHE_ROOT REPO_FOLDER [--dry-run]
 
 It checks that the repo folder and its lock folder are real folders of this cache (no link on the
-way that would send rsync's writes elsewhere), removes the leftovers of this repo that are stale and
-keeps those of a live download, and lists the repo blobs that are links to a regular file (the hub's
+way that would send rsync's writes elsewhere), removes this repo's stale leftovers and keeps those
+of a live download, and lists the repo blobs that are links to a regular file (the hub's
 shared-store links, which the sync keeps as they are). One line per finding on stdout:
 
     removed leftover <path>          (would remove leftover <path> with --dry-run)
@@ -13,11 +13,14 @@ shared-store links, which the sync keeps as they are). One line per finding on s
     linked <etag> <size>
     absent                           the cache root does not exist yet
 
-A leftover is stale when the hub's per-blob lock (``.locks/<repo folder>/<etag>.lock``, which
-huggingface_hub holds with flock for the whole download) can be taken now, without waiting; it is
-removed while that lock is held, so no download can start on it meanwhile. Nothing outside
-``<repo folder>/blobs`` and ``.locks/<repo folder>`` is ever removed: not another repo, not the
-shared store. Exit 3 with the reason on stderr when a path is unsafe.
+A ``<etag>[.<id>].incomplete`` is stale when the hub's per-blob lock (``.locks/<repo folder>/
+<etag>.lock``, which huggingface_hub holds with flock for the whole download) can be taken now,
+without waiting; it is removed while that lock is held, so no download can start on it meanwhile.
+The lock files stay: the client leaves one per blob after every download, and unlinking a lock
+file another process has open would let two downloads hold "the" lock. rsync's own temp files
+(``.<name>.XXXXXX``) are removed: the control machine's per-host lock keeps two syncs apart.
+Nothing outside ``<repo folder>/blobs`` is ever removed: not another repo, not the shared store.
+Exit 3 with the reason on stderr when a path is unsafe.
 """
 import errno
 import fcntl
@@ -28,7 +31,6 @@ import sys
 
 TEMP = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")      # rsync's own temp file: .<name>.XXXXXX
 INCOMPLETE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(\.[0-9a-f]{8})?\.incomplete$")
-LOCK = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})\.lock$")
 
 
 class Unsafe(Exception):
@@ -59,7 +61,7 @@ def real_folder(path, root):
 def try_lock(path):
     """An open fd holding ``path``'s flock, None if a process holds it, -1 if there is no such file."""
     try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # flock needs no write access
     except FileNotFoundError:
         return -1
     try:
@@ -79,7 +81,7 @@ def remove(path, shown, dry_run):
 
 
 def clear_download(blobs, locks, etag, names, dry_run, folder):
-    """Remove ``names`` (this etag's *.incomplete) and its lock if no download holds the lock."""
+    """Remove ``names`` (this etag's *.incomplete) unless a download holds the etag's lock."""
     lock = os.path.join(locks, f"{etag}.lock")
     fd = try_lock(lock) if kind(lock) in ("file", None) else None
     if fd is None:
@@ -89,8 +91,6 @@ def clear_download(blobs, locks, etag, names, dry_run, folder):
     try:
         for name in names:
             remove(os.path.join(blobs, name), f"{folder}/blobs/{name}", dry_run)
-        if fd != -1:
-            remove(lock, f".locks/{folder}/{etag}.lock", dry_run)
     finally:
         if fd != -1:
             os.close(fd)
@@ -113,11 +113,6 @@ def prepare(root, folder, dry_run):
             remove(path, f"{folder}/blobs/{name}", dry_run)
         elif kind(path) == "link" and os.path.isfile(path):
             print(f"linked {name} {os.path.getsize(path)}", flush=True)
-    lock_names = os.listdir(locks) if kind(locks) == "dir" else []
-    for name in sorted(lock_names):
-        m = LOCK.match(name)
-        if m and m.group(1) not in downloads and kind(os.path.join(locks, name)) == "file":
-            downloads[m.group(1)] = []
     for etag, found in sorted(downloads.items()):
         clear_download(blobs, locks, etag, found, dry_run, folder)
     if not dry_run:
