@@ -1,7 +1,7 @@
 """sync-cache between every mix of cache layouts: huggingface_hub's classic one (blobs in the repo
 folder) and 2.x's shared blob store (the repo's blobs link into ``<hub>/blobs/<2 hex>/<xet hash>``),
 on a fresh host and on a partial one. The shared layouts are made by huggingface_hub's own
-``publish_blob_to_shared_store`` on top of the lab's classic caches.
+``publish_blob_to_shared_store`` as the lab's client-made caches are (``lab.up(layout=...)``).
 
 Each ends with ``verify-cache --deep`` complete, and, on the host (its interpreter, its home),
 ``scan_cache_dir`` reporting the repo with local's size and no warnings and ``mlx_lm.load`` working
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from thunderlane import lab
 from thunderlane.lab import hub, kit
-from tests.lab.conftest import by_host, fab, fab_json
+from tests.lab.conftest import HOSTS, by_host, fab, fab_json
 from tests.unit.builders import to_shared_layout
 
 OTHER = "models--lab--other"
@@ -73,23 +74,23 @@ def tree(root, skip):
 
 
 def arrange(lab_dir, local_layout, host_layout, state):
-    """Lay out local and mac4 as asked; returns the host cache's root."""
+    """The lab seeded by the hub's client in the layouts asked (mac4 partial: a killed download; in
+    the shared layout its second shard already in the store), mac4 emptied if ``fresh``; another
+    repo beside ours in mac4's cache. Returns mac4's cache root."""
+    lab.up(HOSTS, lab=lab_dir, model_mb=1.0, reseed=True,
+           layout=f"local={local_layout},mac4={host_layout},mac5=classic")
     local, host = kit.host_repo(lab_dir, "local"), kit.host_repo(lab_dir, "mac4")
     cache = host.parent
     shard1, shard2 = shard_blobs(local).values()
+    assert shard2.is_symlink() == (local_layout == "shared")
     if state == "fresh":
         shutil.rmtree(host)
         shutil.rmtree(cache / ".locks" / kit.REPO_FOLDER)
-    elif host_layout == "shared":  # the host also has shard 2, in its store: the sync keeps it
-        snap = next((host / "snapshots").iterdir())
-        shutil.copy2(shard2, host / "blobs" / shard2.name)
-        (snap / "model-00002-of-00002.safetensors").symlink_to(f"../../blobs/{shard2.name}")
-        assert to_shared_layout(cache, host)
+    elif host_layout == "shared":  # the sync must keep this one as it is
+        assert os.readlink(host / "blobs" / shard2.name).startswith("../../blobs/")
     other = other_repo(cache, shard1.read_bytes())
     if host_layout == "shared":
         assert to_shared_layout(cache, other)
-    if local_layout == "shared":
-        assert to_shared_layout(local.parent, local)
     return cache
 
 

@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -78,8 +79,9 @@ def test_a_store_link_through_another_link_is_refused(lab_inv, lab_dir, tmp_path
     with no link on the way: a store prefix folder that is a link elsewhere is refused."""
     from tests.unit.builders import to_shared_layout
     cache = kit.host_cache(lab_dir, "local")
-    stored = to_shared_layout(cache, cache / kit.REPO_FOLDER)
-    entry = next(iter(stored.values()))
+    to_shared_layout(cache, cache / kit.REPO_FOLDER)  # if the lab's local is not shared already
+    entry = Path(snapshot_link(lab_inv, "model-00001-of-00002.safetensors")).resolve()
+    assert entry.parent.parent == cache / "blobs"
     prefix = entry.parent
     shutil.move(prefix, tmp_path / "moved")
     os.symlink(tmp_path / "moved", prefix)
