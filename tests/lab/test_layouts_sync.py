@@ -225,3 +225,20 @@ def test_a_spoiled_host_store_is_named_and_never_fixed_by_deleting(lab_inv, lab_
         assert code == 1 and "model-00002-of-00002.safetensors" in out["errors"][0], out
         assert "refusing" in out["errors"][0] and tree(repo, set()) == untouched
     assert store == (tree(cache / "blobs", set()) if how != "escape" else tree(tmp_path / "elsewhere", set()))
+
+
+def test_a_store_manifest_naming_another_repo_is_named_and_left_alone(lab_inv, lab_dir):
+    """mac4's store entry for shard 2 lists only another repo's blob in its .refs: after the sync,
+    verify-cache calls mac4 complete with a note naming the entry; the manifest is not rewritten."""
+    cache = arrange(lab_dir, "classic", "shared", "partial")
+    snap = next((cache / kit.REPO_FOLDER / "snapshots").iterdir())
+    entry = (snap / "model-00002-of-00002.safetensors").resolve()
+    refs = entry.with_name(entry.name + ".refs")
+    os.chmod(refs, 0o644)
+    refs.write_text(f"{OTHER}/blobs/{'e' * 64}\n")
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    assert code == 0 and out["results"][0]["after"] == "complete", out
+    code, report = fab_json(lab_inv, "verify-cache")
+    mac4 = by_host(report)["mac4"]
+    assert mac4["verdict"] == "complete" and f"{entry.relative_to(cache)} does not list this repo's blob" in mac4["detail"]
+    assert refs.read_text() == f"{OTHER}/blobs/{'e' * 64}\n"
