@@ -97,17 +97,26 @@ def test_shared_layout_everywhere(lab_dir, lab_in):
     assert loaded.returncode == 0 and loaded.stdout.split()[-1] == "gemma4", loaded.stderr[-2000:]
 
 
-def test_shared_local_beside_classic_hosts(lab_dir, lab_in):
-    inv = lab_in("local=shared")
-    assert lab.seeded(lab_dir)["layouts"] == {"local": "shared", "mac4": "classic", "mac5": "classic"}
-    assert not os.path.lexists(kit.host_cache(lab_dir, "mac5") / "blobs")
+@pytest.mark.parametrize("spec", ["local=shared", "mac4=shared,mac5=shared"])
+def test_mixed_layouts_are_judged_alike(lab_dir, lab_in, spec):
+    """A shared local beside classic hosts (a new control machine, older hosts) and the reverse:
+    parity is by files, sizes and etags, not by how each host stores them."""
+    inv = lab_in(spec)
+    layouts = lab.seeded(lab_dir)["layouts"]
+    assert layouts == lab.parse_layout(spec, HOSTS) and len(set(layouts.values())) == 2
+    for host, layout in layouts.items():
+        assert kit.host_layout(lab_dir, host) == layout
+        assert is_shared_blobs_dir(kit.host_cache(lab_dir, host) / "blobs") == (layout == "shared"), host
     code, hosts = verify(inv, "--deep")
     assert hosts["local"]["verdict"] == "complete" and hosts["mac5"]["verdict"] == "complete", hosts
-    assert hosts["mac4"]["verdict"] == "partial"
-    assert SHARD1 in hosts["mac4"]["detail"] and SHARD2 in hosts["mac4"]["detail"]
+    in_flight = [SHARD1, SHARD2] if layouts["mac4"] == "classic" else [SHARD1]
+    assert code == 1 and hosts["mac4"]["verdict"] == "partial"
+    assert all(s in hosts["mac4"]["detail"] for s in in_flight), hosts["mac4"]["detail"]
     assert hosts["mac4"]["figures"]["missing_bytes"] == sum(
-        (snapshot(lab_dir, "local") / s).stat().st_size for s in (SHARD1, SHARD2))
-    assert_real_interrupted_download(lab_dir, [SHARD1, SHARD2])
+        (snapshot(lab_dir, "local") / s).stat().st_size for s in in_flight)
+    assert_real_interrupted_download(lab_dir, in_flight)
+    info = scan_cache_dir(kit.host_cache(lab_dir, "mac5"))
+    assert info.warnings == [] and not info.incomplete_files
 
 
 def test_a_killed_then_rerun_download_is_complete_with_a_note(lab_inv, lab_dir):

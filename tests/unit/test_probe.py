@@ -192,3 +192,20 @@ def test_probe_reports_the_shared_store_standalone(tmp_path):
     assert shard["store"] == f"blobs/{entry.parent.name}/{entry.name}" and shard["store_listed"] is True
     assert shard["escapes"] is False and shard["refusal"] is None and shard["size"] == entry.stat().st_size
     assert facts["files"]["config.json"]["store"] is None
+
+
+@pytest.mark.parametrize("name, blob", [
+    ("a" * 64 + ".6d66cb76.incomplete", "a" * 64),  # huggingface_hub 2.x: unique per process
+    ("b" * 40 + ".incomplete", "b" * 40),  # older releases
+    ("a" * 64 + ".6D66CB76.incomplete", None), ("a" * 63 + ".incomplete", None),
+    (".model.safetensors.Xy12Zw", None),  # rsync's temp file: a leftover, never an orphan
+])
+def test_a_leftover_knows_the_blob_it_was_becoming(tmp_path, name, blob):
+    (tmp_path / name).write_bytes(b"")
+    assert probe._leftover(str(tmp_path), name, 0) == {"name": name, "size": 0, "blob": blob, "finished": False}
+    if blob:
+        (tmp_path / blob).write_bytes(b"done")
+        assert probe._leftover(str(tmp_path), name, 0)["finished"] is True
+        (tmp_path / blob).unlink()
+        (tmp_path / blob).symlink_to("nowhere")  # a dangling store link is no finished blob
+        assert probe._leftover(str(tmp_path), name, 0)["finished"] is False

@@ -7,7 +7,7 @@ from huggingface_hub.file_download import repo_folder_name
 
 from ..inventory import DEFAULT_REPO
 from ..profiles import PROFILE_DIR
-from .seed import CACHE_REL
+from .seed import CACHE_REL, seeded
 
 REPO_FOLDER = repo_folder_name(repo_id=DEFAULT_REPO, repo_type="model")  # models--mlx-community--gemma-4-e2b-4bit
 
@@ -15,6 +15,11 @@ REPO_FOLDER = repo_folder_name(repo_id=DEFAULT_REPO, repo_type="model")  # model
 def host_cache(lab_dir, host):
     """The hub cache root of a lab host (``local`` included)."""
     return Path(lab_dir) / host / CACHE_REL
+
+
+def host_layout(lab_dir, host):
+    """'classic' or 'shared': how the last lab-up laid out a lab host's cache (None if never seeded)."""
+    return ((seeded(lab_dir) or {}).get("layouts") or {}).get(host)
 
 
 def host_repo(lab_dir, host):
