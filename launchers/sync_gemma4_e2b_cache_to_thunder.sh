@@ -275,7 +275,8 @@ prepare_host() {   # [--dry-run]: the host-side check and stale-leftover cleanup
   fi
   while IFS=' ' read -r line etag size; do
     case "$line" in
-      linked)
+      linked)   # the host's word: only a blob name (hex) is taken from it
+        case "$etag" in ''|*[!0-9a-f]*) continue ;; esac
         [ -f "$src_repo/blobs/$etag" ] || continue
         mine=$(wc -c <"$src_repo/blobs/$etag" | tr -d ' ')
         [ "$mine" != "$size" ] || keep+=("--exclude=/$etag") ;;
