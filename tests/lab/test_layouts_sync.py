@@ -242,3 +242,17 @@ def test_a_store_manifest_naming_another_repo_is_named_and_left_alone(lab_inv, l
     mac4 = by_host(report)["mac4"]
     assert mac4["verdict"] == "complete" and f"{entry.relative_to(cache)} does not list this repo's blob" in mac4["detail"]
     assert refs.read_text() == f"{OTHER}/blobs/{'e' * 64}\n"
+
+
+def test_a_local_store_without_its_marker_is_no_source(lab_inv, lab_dir):
+    """local's blobs link into a hub-root blobs/ folder that is not marked as the hub's store: the
+    sync refuses before any transfer, naming the marker and the link; mac4 is left as it was."""
+    cache = arrange(lab_dir, "shared", "classic", "partial")
+    os.unlink(kit.host_cache(lab_dir, "local") / "blobs" / ".huggingface-shared-blobs")
+    before = tree(cache, set())
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    assert code == 1 and out["results"] == [], out
+    error = out["errors"][0]
+    assert error.startswith("local cache is corrupt, so it cannot be the source: snapshots/"), error
+    assert ".huggingface-shared-blobs marker of blobs/ at the hub root is missing" in error
+    assert tree(cache, set()) == before
