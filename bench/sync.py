@@ -3,17 +3,46 @@
 Bytes rsync reports as sent / bytes missing; wall time of `fab sync-cache --host mac4` against
 plain `rsync -a` of the same repo folder over the same ssh settings (each run starts from the same
 partial cache; the order alternates); and a second sync, which should send no file bytes.
+The "(shared)" rows repeat 1a and 1c with local's cache in huggingface_hub 2.x's shared layout
+(its weight blobs links into the hub root's store; ``layouts.py``).
 """
 import re
 import shlex
+import shutil
 
 import common as c
-from thunderlane import remote, sync
+import layouts
+from thunderlane import lab as labmod, remote, sync
 
 
 def total_sent(stats):
     m = re.search(r"Total bytes sent: ([\d,]+)", stats)
     return int(m.group(1).replace(",", "")) if m else None
+
+
+def shared_runs(lab, runs):
+    """(bytes sent / missing per run, second sync's file bytes per run, the command): mac4 partial
+    (classic, as the handoff finds it), local in the shared layout, under an inventory of their own."""
+    root = lab.dir / "shared"
+    source = layouts.classic_copy(lab.repo("local"), root / "classic" / c.REPO)
+    local = layouts.shared_cache(source, root, "local")
+    dest = root / "mac4-partial" / "hub"
+
+    def change(data):
+        data["local"]["hf_cache"] = str(local)
+        data["hosts"]["mac4"]["hf_cache"] = str(dest)
+    path = c.write_inventory(lab, "hosts-shared-sync.yaml", change)
+    ratios, second = [], []
+    for i in range(runs):
+        shutil.rmtree(dest, ignore_errors=True)
+        labmod.seed_partial(source, dest)
+        row = c.fab(lab, "sync-cache", "--host", "mac4", inventory_path=path, check=True).data["results"][0]
+        assert row["after"] == "complete", row
+        ratios.append(row["total_sent"] / row["missing_bytes"])
+        again = c.fab(lab, "sync-cache", "--host", "mac4", inventory_path=path, check=True)
+        second.append(again.data["results"][0]["literal_bytes"])
+        c.log(f"shared run {i + 1}: sent/missing {ratios[-1]:.5f}, second sync {second[-1]} bytes")
+    return ratios, second, c.fab_command(lab, "sync-cache", "--host", "mac4", inventory_path=path)
 
 
 def main():
@@ -51,6 +80,7 @@ def main():
         ssh = [c.run([*shlex.split(remote.ssh_command(inv, host)), host.destination, "true"], check=True).seconds
                for _ in range(5)]
         verify = [c.fab(lab, "verify-cache", "--hosts", "mac4", check=True).seconds for _ in range(5)]
+        shared, shared_second, shared_cmd = shared_runs(lab, args.runs)
         c.set_complete(lab, "mac4")
     med = {k: c.median(v) for k, v in times.items()}
     figures = [
@@ -71,8 +101,14 @@ def main():
         c.figure("1c", "sync: second sync file bytes sent", max(second_literal), "==", 0, goal="0 bytes",
                  runs=second_literal, unit="bytes",
                  detail=f"second `fab sync-cache` took {med['second']:.2f}s (median)"),
+        c.figure("1a-shared", "sync (shared local): bytes sent / bytes missing", c.median(shared), "<=", 1.02,
+                 runs=c.rounded(shared, 5), detail="local's weight blobs in huggingface_hub's shared store; "
+                                                   "mac4 partial, classic; rsync 'Total bytes sent' over missing"),
+        c.figure("1c-shared", "sync (shared local): second sync file bytes sent", max(shared_second), "==", 0,
+                 goal="0 bytes", runs=shared_second, unit="bytes"),
     ]
     c.emit("sync", vars(args), figures, [
+        f"1a-shared, 1c-shared: `{shared_cmd}`",
         f"1: model {args.model_mb:g} MB; missing {row['missing_bytes']} bytes on mac4; plain rsync sent "
         f"{c.median(plain_sent)} bytes; commands: `{c.fab_command(lab, 'sync-cache', '--host', 'mac4')}` "
         f"vs `rsync -a --stats -e '<the inventory ssh command>' {lab.repo('local')}/ {host.destination}:{dest}/`",

@@ -5,12 +5,14 @@
 metadata only, never weight bytes). Both inventories name hf_cache explicitly, so neither side pays
 for resolving the cache root with huggingface_hub on the host.
 Runs alternate between the two sides; the figure is the ratio of the medians.
+2b-shared: the same with every cache in huggingface_hub 2.x's shared layout (``layouts.py``).
 """
 import os
 import shutil
 import time
 
 import common as c
+import layouts
 from thunderlane import lab as labmod, remote
 from thunderlane.onhost import probe
 
@@ -102,6 +104,15 @@ def main():
                                    timed_ok(lab, "verify-cache", inventory_path=small))
         c.log(f"{args.model_mb:g} MB {c.rounded(t_big)} 10 MB {c.rounded(t_small)}")
         p_big, p_small = probe_ms(lab.cache("mac5")), probe_ms(small.parent / "small-10mb" / "mac5" / "hub")
+        _, repo10 = labmod.build_fixtures(labmod.paths(lab.dir), 10)
+        s_big, _ = layouts.shared_inventory(lab, lab.hosts, name="hosts-shared.yaml")
+        s_small, _ = layouts.shared_inventory(lab, lab.hosts, name="hosts-shared-10mb.yaml",
+                                              root=lab.dir / "shared-10mb", src_repo=repo10)
+        ts_big, ts_small = alternate(args.runs, timed_ok(lab, "verify-cache", inventory_path=s_big),
+                                     timed_ok(lab, "verify-cache", inventory_path=s_small))
+        c.log(f"shared: {args.model_mb:g} MB {c.rounded(ts_big)} 10 MB {c.rounded(ts_small)}")
+        cmd_sbig, cmd_ssmall = c.fab_command(lab, "verify-cache", inventory_path=s_big), \
+            c.fab_command(lab, "verify-cache", inventory_path=s_small)
         cmd_four, cmd_one = c.fab_command(lab, "verify-cache"), c.fab_command(lab, "verify-cache", "--hosts", "mac5")
         cmd_big, cmd_small = c.fab_command(lab, "verify-cache", inventory_path=big), \
             c.fab_command(lab, "verify-cache", inventory_path=small)
@@ -116,8 +127,14 @@ def main():
                  "<=", 1.2, runs=c.rounded([a / b for a, b in zip(t_big, t_small)]),
                  detail=f"median {args.model_mb:g} MB {c.median(t_big):.3f}s, 10 MB {c.median(t_small):.3f}s (4 hosts each); the "
                         f"probe alone (in-process, one host): {p_big:.1f} ms vs {p_small:.1f} ms"),
+        c.figure("2b-shared", f"verify-cache (shared layout): {args.model_mb:g} MB model vs 10 MB",
+                 c.median(ts_big) / c.median(ts_small), "<=", 1.2,
+                 runs=c.rounded([a / b for a, b in zip(ts_big, ts_small)]),
+                 detail=f"median {args.model_mb:g} MB {c.median(ts_big):.3f}s, 10 MB {c.median(ts_small):.3f}s "
+                        "(4 hosts each, every cache's weight blobs in its hub root's shared store)"),
     ]
     c.emit("verify_cache", vars(args), figures, [
+        f"2b-shared: `{cmd_sbig}` vs `{cmd_ssmall}`",
         f"2a: `{cmd_four}` vs `{cmd_one}`",
         f"2b: `{cmd_big}` vs `{cmd_small}` (same lab; the two inventories differ only in hf_cache)",
     ])

@@ -14,8 +14,10 @@ EX_NORSYNC=69   # no usable rsync on the host (point --rsync-path at one)
 usage() {
   cat >&2 <<'EOF'
 usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
-  Push models--ORG--NAME from the local HF hub cache to HOST's hub cache, symlinks kept,
-  leftovers (*.incomplete blobs, locks) removed on HOST first; only missing files are sent.
+  Push models--ORG--NAME from the local HF hub cache to HOST's hub cache: blobs as files (also
+  those the local cache keeps in huggingface_hub's shared store), snapshot links kept; on HOST,
+  *.incomplete blobs whose lock no download holds are removed first, blobs that link to its own
+  shared store are kept; only missing files are sent.
   HOST               ssh destination: an ssh config alias or user@host
   --dest-cache DIR   absolute hub cache root on HOST (the folder holding models--*)
   --src-cache DIR    local hub cache root (default: $HF_HUB_CACHE, else $HF_HOME/hub,
@@ -23,6 +25,7 @@ usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   --repo ID          model repo id (default: mlx-community/gemma-4-e2b-4bit)
   --ssh CMD          ssh command for rsync -e and the cleanup (default: ssh; split on spaces)
   --rsync-path PATH  rsync program on HOST (default: rsync)
+  --host-python PATH python 3.9+ on HOST, for the leftover check (default: python3)
   --checksum         compare file contents, not size and mtime (repairs a flipped byte)
   --bwlimit KBPS     limit the transfer rate (KiB/s)
   --dry-run          print what would be sent and removed; change nothing
@@ -54,31 +57,82 @@ check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control charac
   esac
 }
 
-link_stays_inside() {   # REL_DIR TARGET: does REL_DIR/TARGET stay inside the repo folder?
-  local depth=0 part joined="$1/$2"
-  local IFS=/
-  # shellcheck disable=SC2086  # split on / on purpose
-  set -- $joined
-  for part in "$@"; do
-    case "$part" in
-      ''|.) ;;
-      ..) depth=$((depth - 1)); [ "$depth" -ge 0 ] || return 1 ;;
-      *) depth=$((depth + 1)) ;;
-    esac
-  done
-  return 0
+phys() {   # PATH: PATH with every folder on the way resolved (cd -P), its last part kept as it is
+  local dir base
+  base=$(basename "$1")
+  case "$base" in
+    .|..) (cd -P "$1" 2>/dev/null && pwd -P); return ;;
+  esac
+  dir=$(cd -P "$(dirname "$1")" 2>/dev/null && pwd -P) || return 1
+  printf '%s/%s\n' "${dir%/}" "$base"
 }
 
-check_links() {   # every symlink in the repo folder: relative, and resolving inside it
-  local repo=$1 link rel target
+resolve() {   # PATH: its real path, resolving link after link (at most 40): readlink -f without GNU
+  local p hops=0 target
+  p=$(phys "$1") || return 1
+  while [ -L "$p" ]; do
+    hops=$((hops + 1))
+    [ "$hops" -le 40 ] || return 1
+    target=$(readlink "$p")
+    case "$target" in
+      /*) ;;
+      *) target=$(dirname "$p")/$target ;;
+    esac
+    p=$(phys "$target") || return 1
+  done
+  printf '%s\n' "$p"
+}
+
+store_marked() {   # CACHE: is CACHE/blobs huggingface_hub's marked shared blob store (layout 1)?
+  local marker=$1/blobs/.huggingface-shared-blobs
+  [ -d "$1/blobs" ] && [ ! -L "$1/blobs" ] && [ -f "$marker" ] && [ ! -L "$marker" ] &&
+    [ "$(cat "$marker")" = 1 ]
+}
+
+store_link_ok() {   # REL TARGET REAL: is repo blob REL a link by the hub's own relative path to a
+  # regular entry of the marked store of this same cache, with no other link on the way?
+  local name=${3##*/} prefix
+  case "$1" in blobs/*/*) return 1 ;; blobs/?*) ;; *) return 1 ;; esac
+  printf '%s' "$name" | grep -Eq '^[0-9a-f]{64}$' || return 1
+  prefix=${name%"${name#??}"}
+  [ "$2" = "../../blobs/$prefix/$name" ] && [ "$3" = "$real_src_cache/blobs/$prefix/$name" ] &&
+    [ -f "$3" ] && [ "$store" = 1 ]
+}
+
+check_links() {   # every symlink in the repo folder: relative, and by its real path inside the repo
+  # folder, or (a repo blob) into the marked shared store of the same cache, or (a snapshot link)
+  # to a repo blob that does so; a blob link must end at a regular file
+  local repo=$1 link rel target real hop
+  real_src_repo=$(cd -P "$repo" && pwd -P)
+  real_src_cache=$(cd -P "$src_cache" && pwd -P)
+  [ "$real_src_repo" = "$real_src_cache/${repo##*/}" ] ||
+    die "$EX_REFUSED" "$repo is a link to $real_src_repo, not a folder of the cache; refusing to sync it"
+  store=0
+  if store_marked "$real_src_cache"; then store=1; fi
   while IFS= read -r link; do
+    [ -n "$link" ] || continue
     rel=${link#"$repo"/}
     target=$(readlink "$link")
     case "$target" in
       /*) die "$EX_REFUSED" "$rel is an absolute link ($target); refusing to sync it" ;;
     esac
-    link_stays_inside "$(dirname "$rel")" "$target" ||
-      die "$EX_REFUSED" "$rel links outside the repo folder ($target); refusing to sync it"
+    real=$(resolve "$link") || die "$EX_REFUSED" "$rel ($target) does not resolve (a loop, or a" \
+      "folder missing on the way); refusing to sync it"
+    case "$real" in
+      "$real_src_repo"/*)
+        [ -e "$real" ] || die "$EX_SOURCE" "$rel is a dangling link ($target -> $real)"
+        case "$rel" in
+          blobs/*) [ -f "$real" ] || die "$EX_REFUSED" "$rel ($target) is not a file; refusing to sync it" ;;
+        esac
+        continue ;;
+    esac
+    store_link_ok "$rel" "$target" "$real" && continue
+    hop=$(phys "$(dirname "$link")/$target") || hop=""
+    case "$rel" in
+      snapshots/*) if [ "$(dirname "$hop")" = "$real_src_repo/blobs" ] && [ -L "$hop" ] &&
+          store_link_ok "blobs/$(basename "$hop")" "$(readlink "$hop")" "$real"; then continue; fi ;;
+    esac
+    die "$EX_REFUSED" "$rel links outside the repo folder ($target -> $real); refusing to sync it"
   done <<EOF
 $(find "$repo" -type l)
 EOF
@@ -106,7 +160,7 @@ sum_stat() {   # LABEL LOGFILE...: a --stats figure added up over the passes, el
 }
 
 repo_id=mlx-community/gemma-4-e2b-4bit
-src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; dry_run=0; host=""; checksum=0; bwlimit=""
+src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
@@ -114,6 +168,7 @@ while [ $# -gt 0 ]; do
     --repo) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; repo_id=$2; shift 2 ;;
     --ssh) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; ssh_cmd=$2; shift 2 ;;
     --rsync-path) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; rsync_path=$2; shift 2 ;;
+    --host-python) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; host_python=$2; shift 2 ;;
     --checksum|-c) checksum=1; shift ;;
     --bwlimit) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; bwlimit=$2; shift 2 ;;
     --dry-run|-n) dry_run=1; shift ;;
@@ -132,6 +187,9 @@ repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
 case "$rsync_path" in
   -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
 esac
+case "$host_python" in
+  -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
+esac
 case "$bwlimit" in
   *[!0-9]*) die "$EX_USAGE" "--bwlimit '$bwlimit' is not a whole number of KiB/s" ;;
 esac
@@ -147,7 +205,6 @@ check_abs_path --src-cache "$src_cache"
 folder="models--$(printf '%s' "$repo_id" | sed 's#/#--#')"
 src_repo=$src_cache/$folder
 dest_repo=$dest_cache/$folder
-lock_dir=$dest_cache/.locks/$folder
 
 [ -d "$src_repo" ] || die "$EX_SOURCE" "no $src_repo on this machine"
 [ -f "$src_repo/refs/main" ] || die "$EX_SOURCE" "$src_repo/refs/main is missing"
@@ -192,44 +249,68 @@ case "$remote_version" in
        "pass --rsync-path /path/to/rsync" ;;
 esac
 
-flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/"
-       -e "$ssh_cmd" "--rsync-path=$rsync_path")
+flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
+       "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
+# a blob's name is its content hash: on the host, one of the right size is that blob (a flipped
+# byte is --checksum's job), whatever its mtime; no delta pass re-reads a shard on both sides
+blob_check=(--size-only)
+[ "$checksum" -eq 0 ] || blob_check=()
 [ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
+prep_script=$(cd -P "$(dirname "$0")/.." && pwd -P)/thunderlane/onhost/sync_prep.py
 
+prepare_host() {   # [--dry-run]: the host-side check and stale-leftover cleanup (sync_prep.py),
+  # its findings shown as "sync: ..." lines; the host's blobs that link to a whole file (the hub's
+  # shared store) become excludes of the blobs pass: the host keeps them as they are
+  local rc=0 line etag size mine
+  "${ssh_argv[@]}" "$host" "$(sq "$host_python") - $(sq "$dest_cache") $(sq "$folder") $*" \
+    <"$prep_script" >"$logs/prep" || rc=$?
+  if [ "$rc" -eq 255 ]; then
+    die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
+  elif [ "$rc" -eq 3 ]; then
+    die "$EX_REFUSED" "$host:$dest_cache: refused by the host-side check (see above)"
+  elif [ "$rc" -ne 0 ]; then
+    die "$EX_REMOTE" "could not prepare $host:$dest_repo with $host_python (exit $rc; is it python 3," \
+      "is the disk full or read-only? pass --host-python)"
+  fi
+  while IFS=' ' read -r line etag size; do
+    case "$line" in
+      linked)   # the host's word: only a blob name (hex) is taken from it
+        case "$etag" in ''|*[!0-9a-f]*) continue ;; esac
+        [ -f "$src_repo/blobs/$etag" ] || continue
+        mine=$(wc -c <"$src_repo/blobs/$etag" | tr -d ' ')
+        [ "$mine" != "$size" ] || keep+=("--exclude=/$etag") ;;
+      absent) host_absent=1 ;;
+      removed|would|kept) echo "sync: $line $etag $size" ;;
+    esac
+  done <"$logs/prep"
+}
+
+keep=()
+host_absent=0
 echo "sync: $src_repo -> $host:$dest_repo (revision $revision)"
 if [ "$dry_run" -eq 1 ]; then
-  echo "sync: dry run: would remove *.incomplete and temp files in $dest_repo/blobs and *.lock in $lock_dir"
-  if ! "${ssh_argv[@]}" "$host" "test -d $(sq "$dest_cache")"; then
+  prepare_host --dry-run
+  if [ "$host_absent" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -i "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$logs/dry-run"
-  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run")" \
+  rsync -n -i -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" |
+    tee "$logs/dry-run"
+  rsync -n -i "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/dry-run-2"
+  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run" "$logs/dry-run-2")" \
        "bytes of file data"
   exit 0
 fi
+prepare_host
 
-# shellcheck disable=SC2016  # expanded by the remote sh, not here
-cleanup='set -e; mkdir -p "$1/blobs"
-find "$1/blobs" -type f \( -name "*.incomplete" -o -name ".*" \) -print -exec rm -f {} \;
-if [ -d "$2" ]; then find "$2" -type f -name "*.lock" -print -exec rm -f {} \; ; fi'
-set +e
-"${ssh_argv[@]}" "$host" "sh -c $(sq "$cleanup") sh $(sq "$dest_repo") $(sq "$lock_dir")" |
-  sed 's/^/sync: removed leftover /'
-rc=${PIPESTATUS[0]}
-set -e
-if [ "$rc" -eq 255 ]; then
-  die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
-elif [ "$rc" -ne 0 ]; then
-  die "$EX_REMOTE" "could not prepare $host:$dest_repo (exit $rc; is the disk full or read-only?)"
-fi
-
-# blobs first, then the snapshot links to them, then refs/main: a failed pass (a full disk, a
-# dropped link) never leaves a link to a blob that did not arrive, nor a ref to a missing snapshot
-rsync "${flags[@]}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
+# blobs first (their content: a local blob that links into the shared store is sent as the file it
+# names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
+# failed pass (a full disk, a dropped link) never leaves a link to a blob that did not arrive, nor
+# a ref to a missing snapshot
+rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
 rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee "$logs/2"
-rsync "${flags[@]}" "$src_repo/" "$host:$dest_repo/" | tee "$logs/3"
+rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/3"
 # the caller (thunderlane.transfer.parse_summary) reads this line; "unknown" where the local rsync's
 # stats lack a figure (openrsync has no Literal data / Total bytes sent lines)
 echo "sync: done: file data sent $(sum_stat 'Literal data:' "$logs/1" "$logs/2" "$logs/3") bytes," \

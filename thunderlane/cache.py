@@ -47,7 +47,7 @@ def figures(facts, missing_bytes=None):
 
 def _stored(entry):
     """' (store entry blobs/ab/...)' for a blob kept in the shared store, else ''."""
-    return f" (store entry {entry.store})" if entry.store else ""
+    return f" (store entry {entry.store})" if entry and entry.store else ""
 
 
 def _corrupt(facts):
@@ -58,7 +58,7 @@ def _corrupt(facts):
             return f"snapshots/{facts.ref}/{name} {why}"
     for name, shard in sorted(facts.shards.items()):
         if not shard.ok and shard.reason != "missing":
-            return f"{name} is not a whole safetensors file: {shard.reason}"
+            return f"{name}{_stored(facts.files.get(name))} is not a whole safetensors file: {shard.reason}"
     for blob, check in sorted((facts.deep or {}).items()):
         if not check.ok:
             files = [n + _stored(e) for n, e in sorted(facts.files.items()) if e.blob == blob]

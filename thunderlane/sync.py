@@ -3,13 +3,16 @@
 Plan (verify local and the host, work out what is missing), act (the launcher's rsync over the
 inventory's ssh settings), check (verify the host again; bytes sent against bytes missing).
 """
+import os
 import re
 import shlex
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import facts as queries, layout
+from . import facts as queries, fsutil, layout
 from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
 from .report import human_bytes
@@ -67,7 +70,7 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=Fals
         if re.search(r"\s", path):
             raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
-            "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path]
+            "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python]
     argv += ["--dry-run"] if dry_run else []
     argv += ["--checksum"] if checksum else []
     argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []
@@ -101,24 +104,46 @@ def free_bytes(inv, host, path):
 
 
 def _refuse_links(host, facts):
-    """Links the sync cannot handle yet: escaping ones on the host, and huggingface_hub 2.x's shared
-    blob store on either side (verify-cache judges it; syncing it would re-send what the store holds)."""
+    """Snapshot links on the host that leave its repo folder other than into its own marked shared
+    store: the sync would write beside them, so the operator looks first. huggingface_hub 2.x's
+    shared store is fine on either side: local's store entries are sent as the files they are and
+    the host's are kept as they are (see the launcher)."""
     escaping = [n for n, e in facts[host.name].files.items() if e.escapes]
     if escaping:
         raise SyncError(f"{host.name}: snapshot link(s) {', '.join(sorted(escaping))} point outside the "
                         f"repo folder on the host; refusing to sync into it: inspect and remove them first")
-    for side in ("local", host.name):
-        shared = sorted(n for n, e in facts[side].files.items() if e.store)
-        if shared:
-            raise SyncError(f"{side}: {facts[side].repo_dir} keeps {', '.join(shared)} in huggingface_hub's "
-                            "shared blob store (blobs/<2 hex>/<hash>); sync-cache does not handle that layout "
-                            "yet: download those files on the host with its own client instead")
+
+
+def lock_path(inv, host):
+    """The per-host sync lock on the control machine: two sync-caches to one host never interleave."""
+    return layout.local(inv).root / ".locks" / f"sync-cache.{host.name}.lock"
+
+
+@contextmanager
+def host_lock(inv, host):
+    """Hold ``host``'s sync lock for the body, or raise :class:`SyncError` naming who holds it. It
+    refuses rather than waits: a sync runs for minutes, and the second one's plan would be stale."""
+    path = lock_path(inv, host)
+    state, owner = fsutil.take_lock(path, os.getpid())
+    if state == "held":
+        raise SyncError(f"{host.name}: another sync-cache (pid {owner or '?'}) is syncing this host now; "
+                        f"run again when it has finished (lock {path})")
+    try:
+        yield
+    finally:
+        if fsutil.lock_holder(path) == ("held", os.getpid()):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout):
-    """Verify, push what is missing, verify again. Raises :class:`SyncError` on any failure.
-    ``checksum`` compares contents (and verifies deeply before and after): it repairs a blob whose
-    bytes changed without its size or mtime changing."""
+    """Verify, push what is missing, verify again, under the host's sync lock. Raises
+    :class:`SyncError` on any failure. ``checksum`` compares contents (and verifies deeply before
+    and after): it repairs a blob whose bytes changed without its size or mtime changing."""
+    with host_lock(inv, host):
+        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out)
+
+
+def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     t0 = time.monotonic()
     facts = gather_caches(inv, [host], deep=checksum)
     before = judge_caches(facts)

@@ -1,6 +1,8 @@
 """The sync launcher by itself: usage, refusals, and that a refusal writes nothing."""
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,36 @@ def test_unsafe_source_link_is_refused_before_any_transfer(lab_inv, lab_dir, tar
     p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
     assert p.returncode == 65 and "config.json" in p.stderr and "refusing" in p.stderr
     assert sorted(os.listdir(blobs)) == before  # not even the leftover cleanup ran
+
+
+@pytest.mark.parametrize("links", [
+    {"a": "..", "b": "a/../../.."},                 # by its string, b stays inside the repo folder
+    {"a": "../../blobs", "c": "a/../../outside"},   # through a link to a folder, then up
+])
+def test_a_link_chain_that_climbs_out_is_refused(lab_inv, lab_dir, links):
+    """Links are judged by their real path, resolved link after link, not by splitting strings."""
+    snap = os.path.dirname(snapshot_link(lab_inv, "config.json"))
+    for name, target in links.items():
+        os.symlink(target, os.path.join(snap, name))
+    dest = str(lab_dir / "mac4" / ".cache" / "huggingface" / "hub")
+    before = sorted(os.listdir(os.path.join(dest, kit.REPO_FOLDER, "blobs")))
+    p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
+    last = list(links)[-1]
+    assert p.returncode == 65 and "snapshots/" in p.stderr and f"/{last} links outside the repo folder" in p.stderr
+    assert sorted(os.listdir(os.path.join(dest, kit.REPO_FOLDER, "blobs"))) == before
+
+
+def test_a_store_link_through_another_link_is_refused(lab_inv, lab_dir, tmp_path):
+    """A repo blob may link into the marked shared store of its own cache, by the hub's own path and
+    with no link on the way: a store prefix folder that is a link elsewhere is refused."""
+    from tests.unit.builders import to_shared_layout
+    cache = kit.host_cache(lab_dir, "local")
+    to_shared_layout(cache, cache / kit.REPO_FOLDER)  # if the lab's local is not shared already
+    entry = Path(snapshot_link(lab_inv, "model-00001-of-00002.safetensors")).resolve()
+    assert entry.parent.parent == cache / "blobs"
+    prefix = entry.parent
+    shutil.move(prefix, tmp_path / "moved")
+    os.symlink(tmp_path / "moved", prefix)
+    dest = str(lab_dir / "mac4" / ".cache" / "huggingface" / "hub")
+    p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
+    assert p.returncode == 65 and "links outside the repo folder" in p.stderr and str(tmp_path) in p.stderr
