@@ -1,4 +1,5 @@
 """The lab for integration tests: real sshd per host on loopback, real rsync, real fab."""
+import hashlib
 import json
 import os
 import subprocess
@@ -16,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 HOSTS = ("mac4", "mac5")
 TEST_LABS = "pytest-of-"  # replaced by this session's lab folder once the lab is up
-# The caches' layout the lab tests start from. Classic everywhere until sync-cache handles a shared
-# source (issue 9 wants local=shared by default); tests/lab/test_lab_layouts.py covers the others.
-LAYOUT = "classic"
+# The caches' layout every lab test starts from: the lab's default (a new control machine in the
+# shared layout beside older classic hosts), spelled in full so that a test that changed a host's
+# layout does not leak it into the next; tests/lab/test_lab_layouts.py and test_layouts_sync.py
+# cover the other mixes.
+LAYOUT = "local=shared,mac4=classic,mac5=classic"
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +131,20 @@ def wait_for_step(inv, host, run_name, step, seconds=300):
             return True
         time.sleep(0.2)
     return False
+
+
+def tree(folder):
+    """Everything under ``folder`` as lstat sees it, to compare before and after:
+    {relative path: the file's sha256, 'link -> target' or 'folder'}."""
+    out = {}
+    for dirpath, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(folder))
+            if path.is_symlink():
+                out[rel] = f"link -> {os.readlink(path)}"
+            elif path.is_dir():
+                out[rel] = "folder"
+            else:
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

@@ -21,7 +21,7 @@ from thunderlane.facts import RunFacts
 from thunderlane.lab import kit
 from thunderlane.sync import launcher_argv, sync_cache
 from tests.lab.conftest import (FAB, ROOT, by_host, fab, fab_json, no_rank_left, run_facts, start_fab, train,
-                                wait_for_step)
+                                tree, wait_for_step)
 
 REPO_DIR = kit.REPO_FOLDER
 TRAINING_ENV = {}
@@ -117,18 +117,6 @@ def test_02_flipped_byte_named_by_deep_and_repaired_on_request(lab_inv, lab_dir)
 
 
 # 3 -----------------------------------------------------------------------------------------------
-def tree(root):
-    """Everything under ``root`` as lstat sees it: {relative path: link target, or the file's bytes}."""
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            out[rel] = ("link", os.readlink(p)) if p.is_symlink() else (
-                ("dir",) if p.is_dir() else ("file", p.read_bytes()))
-    return out
-
-
 @pytest.mark.fault_case("3", "a snapshot link that is absolute or climbs out of the repo folder, on local or on "
                         "a partial host", "replace `config.json`'s link with one to an existing file outside the "
                         "repo (absolute, or `../..` climbing out)")

@@ -11,25 +11,9 @@ import pytest
 import yaml
 
 from thunderlane import inventory, layout, mirror, mirror_rules as rules, profiles
-from tests.lab.conftest import fab, start_fab, train
+from tests.lab.conftest import fab, start_fab, train, tree
 
 RUN = "test_run_a"
-
-
-def tree(folder):
-    """{relative path: sha256 or 'link -> target' or 'folder'} of everything under ``folder``."""
-    out = {}
-    for dirpath, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(folder))
-            if path.is_symlink():
-                out[rel] = f"link -> {os.readlink(path)}"
-            elif path.is_dir():
-                out[rel] = "folder"
-            else:
-                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
 
 
 def writer_run(inv):

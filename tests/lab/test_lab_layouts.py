@@ -97,7 +97,8 @@ def test_shared_layout_everywhere(lab_dir, lab_in):
     assert loaded.returncode == 0 and loaded.stdout.split()[-1] == "gemma4", loaded.stderr[-2000:]
 
 
-@pytest.mark.parametrize("spec", ["local=shared", "mac4=shared,mac5=shared"])
+@pytest.mark.parametrize("spec", ["local=shared,mac4=classic,mac5=classic",
+                                  "local=classic,mac4=shared,mac5=shared"])
 def test_mixed_layouts_are_judged_alike(lab_dir, lab_in, spec):
     """A shared local beside classic hosts (a new control machine, older hosts) and the reverse:
     parity is by files, sizes and etags, not by how each host stores them."""

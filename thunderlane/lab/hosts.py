@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".lab"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 BASE_PORT = 22400
-# The caches' layouts (a --layout spec) when neither --layout nor an earlier lab-up says. Issue 9
-# wants "local=shared" (a new control machine beside older hosts) once sync-cache handles a shared
-# source: today it refuses one, and the demo's sync would fail.
-DEFAULT_LAYOUT = "classic"
+# The caches' layouts (a --layout spec) when neither --layout nor an earlier lab-up says: a new
+# control machine (huggingface_hub 2.x, shared blob store) beside older hosts (classic blobs).
+DEFAULT_LAYOUT = "local=shared"
 
 
 def paths(lab=LAB):
