@@ -98,7 +98,9 @@ def lab_session(kind, hosts, model_mb):
     d = BENCH_ROOT / f"{kind}-{model_mb:g}mb"
     t0 = time.monotonic()
     try:
-        labmod.up(hosts, lab=d, model_mb=model_mb)
+        # classic everywhere: the scripts copy local's repo to set a host's state; the "(shared)"
+        # rows make their own shared-layout copies (bench/layouts.py)
+        labmod.up(hosts, lab=d, model_mb=model_mb, layout="classic")
         log(f"lab {d} up ({', '.join(hosts)}, {model_mb:g} MB model) in {time.monotonic() - t0:.1f}s")
         lab = Lab(d, list(hosts), model_mb)
         lab.profiles.mkdir(exist_ok=True)
