@@ -67,7 +67,7 @@ phys() {   # PATH: PATH with every folder on the way resolved (cd -P), its last 
   printf '%s/%s\n' "${dir%/}" "$base"
 }
 
-resolve() {   # PATH: its real path, resolving link after link (at most 40): readlink -f without GNU
+resolve() {   # PATH: its real path, resolving link after link (at most 40), as GNU readlink does with its -f flag
   local p hops=0 target
   p=$(phys "$1") || return 1
   while [ -L "$p" ]; do

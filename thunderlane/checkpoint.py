@@ -39,9 +39,19 @@ def named_files(record):
             raise CheckpointError(f"checkpoint.json: {name}: needs a sha256 and a size")
         out[name] = (sha, size)
     for key in ("step_file", "state_file"):
-        if record.get(key) not in out:
+        if not isinstance(record.get(key), str) or record.get(key) not in out:
             raise CheckpointError(f"checkpoint.json: {key} {record.get(key)!r} is not among its files")
     return out
+
+
+def keeps(record, step):
+    """Whether a rank whose checkpoint.json is ``record`` can still resume from commit ``step``: it is
+    that commit or one of its ``previous`` ones; step 0 (nothing committed) only from a first commit,
+    so that no rank ever drops steps it had committed before."""
+    previous = record.get("previous") or []
+    if step == 0:
+        return not previous
+    return any(isinstance(r, Mapping) and r.get("step") == step for r in [record, *previous])
 
 
 def committed_step(facts):

@@ -113,6 +113,7 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
     staging = Path(tempfile.mkdtemp(dir=staging_root, prefix="stage."))
     try:
         sent, argv = _pull_verified(inv, writer, facts.run_dir, mirror, staging, wants)
+        _same_record(writer, staging, record)
         mirrorfs.copy_new(staging / record["step_file"], staging / rules.ADAPTERS)
         keep = mirrorfs.dated_copy(mirror) if refusal and os.path.lexists(mirror) else None
         mirrorfs.swap(staging, mirror, keep_as=keep)
@@ -149,6 +150,18 @@ def current_record(mirror):
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"{rules.CHECKPOINT}: {e}"
     return data if isinstance(data, dict) else f"{rules.CHECKPOINT} is not a JSON object"
+
+
+def _same_record(writer, staging, record):
+    """The checkpoint.json that arrived is the record that chose the files (not merely a file with
+    the sha256 the host reported beside it)."""
+    try:
+        staged = json.loads(mirrorfs.read_nofollow(staging / rules.CHECKPOINT, rules.CHECKPOINT_CAP))
+    except (OSError, ValueError, RecursionError) as e:
+        staged = f"unreadable ({printable(e)})"
+    if staged != record:
+        raise MirrorError(f"{writer.name}: the {rules.CHECKPOINT} that arrived is not the one the writer's probe "
+                          "read; the local mirror is left as it was")
 
 
 def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):

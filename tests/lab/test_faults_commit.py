@@ -3,6 +3,7 @@ commit points where the writer and another rank differ. Every point on one proce
 tests/unit/test_lane_train.py (test_a_kill_at_every_commit_point_...); here the barrier and the two
 hosts' own checkpoint.json writes are what is tested."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def resumed(result):
 
 def killed(inv, profile_dir, target, fault):
     code, r = train(inv, profile_dir, "run_a", "--target", str(target), "--window", "5", "--watchdog", "30",
-                    "--skip-preflight", env={"THUNDER_FAULT": fault})
+                    env={"THUNDER_FAULT": fault})  # with preflight: ranks one commit apart may go on
     assert code == 1 or r["gate_ok"], r  # a rank that dies after the writer's commit may go unnoticed
     return r
 
@@ -68,3 +69,14 @@ def test_18_a_rank_killed_mid_commit_loses_no_step_and_the_run_ends_equal(warm_l
         assert sorted(p.name for p in (runs[host] / "test_run_a").glob("0*")) == [
             f"00000{s}_{k}.safetensors" for s in (10, 15) for k in ("adapters", "lane_state")]
     assert no_rank_left()
+
+    # mac5's run directory lost: restarting from 0 would drop mac4's commits; refused by preflight
+    # and, past it, by the ranks themselves (kind resume), mac4's files untouched
+    before = sorted((p.name, p.read_bytes()) for p in (runs["mac4"] / "test_run_a").glob("0*"))
+    shutil.rmtree(runs["mac5"] / "test_run_a")
+    code, r = train(warm_lab, profile_dir, "run_a", "--target", "20", "--window", "5")
+    assert code == 1 and "step 0's files are no longer kept" in json.dumps(r), r
+    code, r = train(warm_lab, profile_dir, "run_a", "--target", "20", "--window", "5", "--skip-preflight")
+    assert code == 1 and "restarting from 0 would drop them" in json.dumps(r), r
+    assert sorted((p.name, p.read_bytes()) for p in (runs["mac4"] / "test_run_a").glob("0*")) == before
+    assert steps(warm_lab)["mac4"] == 15 and no_rank_left()

@@ -41,6 +41,8 @@ def test_named_files_refuses_anything_but_a_plain_name(name):
     ({"files": {"0000010_adapters.safetensors": {"sha256": "a" * 64, "size": True}}}, "needs a sha256 and a size"),
     ({"files": {"0000010_adapters.safetensors": {"sha256": "a" * 64, "size": -1}}}, "needs a sha256 and a size"),
     ({"files": {"0000010_adapters.safetensors": "a" * 64}}, "needs a sha256 and a size"),
+    ({"step_file": {}}, "step_file {} is not among"),  # unhashable: a refusal, not a TypeError
+    ({"state_file": ["x"]}, "state_file \\['x'\\] is not among"),
 ])
 def test_named_files_refuses_a_malformed_record(change, words):
     with pytest.raises(CheckpointError, match=words):
@@ -149,3 +151,25 @@ def test_a_rank_that_resumed_below_its_checkpoint_points_it_back_before_rewritin
     commit.settle_rollback(SimpleNamespace(run_dir=tmp_path, ahead=True, committed=None))
     assert not (tmp_path / "checkpoint.json").exists()
     assert json.loads((tmp_path / ".lane" / "checkpoint.rolled-back.json").read_text()) == newer
+
+
+def test_a_rank_keeps_a_step_it_committed_or_still_holds_in_previous():
+    first, later = record(5), dict(record(10), previous=[record(5)])
+    assert checkpoint.keeps(first, 5) and checkpoint.keeps(later, 10) and checkpoint.keeps(later, 5)
+    assert not checkpoint.keeps(later, 3)
+    assert checkpoint.keeps(first, 0)  # its first commit: restarting from 0 drops nothing kept
+    assert not checkpoint.keeps(later, 0)  # it had committed before: 0 would drop steps
+
+
+def test_preflight_lets_ranks_one_commit_apart_resume_together_and_refuses_a_rank_that_lost_the_step():
+    from thunderlane.window.preflight import _steps_apart
+    ahead = RunFacts.from_json(run_facts(10, previous=[record(5)]))
+    behind, none = RunFacts.from_json(run_facts(5)), RunFacts.from_json({"exists": False, "run_dir": "/r",
+                                                                         "checkpoint": {"present": False}})
+    problems = {"mac4": [], "mac5": []}
+    _steps_apart({"mac4": ahead, "mac5": behind}, problems)
+    assert problems == {"mac4": [], "mac5": []}
+    _steps_apart({"mac4": ahead, "mac5": none}, problems)
+    assert problems["mac5"] == [] and problems["mac4"] == [
+        "committed step 10 here and step 0's files are no longer kept, so the ranks cannot resume "
+        "together ({'mac4': 10, 'mac5': 0})"]

@@ -249,3 +249,19 @@ def test_wanted_is_checkpoint_json_the_named_files_at_their_size_and_capped_repo
 def test_wanted_refuses_a_list_it_cannot_trust(record, writer, words):
     with pytest.raises(rules.Refused, match=words):
         rules.wanted(record, "c" * 64, writer)
+
+
+def test_the_checkpoint_json_that_arrives_must_be_the_record_that_chose_the_files(tmp_path):
+    """A host may report one record and the sha256 of another file: what arrived is what counts."""
+    import json
+    from types import SimpleNamespace
+    record = {"format": 2, "step": 5, "run_id": "r1"}
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    mirror._same_record(SimpleNamespace(name="mac4"), tmp_path, record)
+    (tmp_path / "checkpoint.json").write_text(json.dumps(dict(record, step=10**9)))
+    with pytest.raises(mirror.MirrorError, match="mac4: the checkpoint.json that arrived is not the one"):
+        mirror._same_record(SimpleNamespace(name="mac4"), tmp_path, record)
+    (tmp_path / "checkpoint.json").unlink()
+    os.symlink(tmp_path / "elsewhere.json", tmp_path / "checkpoint.json")
+    with pytest.raises(mirror.MirrorError, match="not the one"):
+        mirror._same_record(SimpleNamespace(name="mac4"), tmp_path, record)

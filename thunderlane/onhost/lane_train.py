@@ -225,6 +225,10 @@ def restore(lane, model, optimizer):
     steps = mx.distributed.all_gather(mx.array([mine], dtype=mx.int32), group=lane.group, stream=mx.cpu).tolist()
     step = min(steps)
     lane.ahead = step < mine
+    if step == 0 and mine and ckpt.get("previous"):
+        raise LaneError("resume", f"the ranks' committed steps are {steps}: a rank has no checkpoint.json while "
+                        f"{lane.run_dir / CHECKPOINT} holds commits up to step {mine}; restarting from 0 would "
+                        "drop them: restore that rank's run directory, or start a new run_name")
     if step == 0:
         return 0
     record = record_at(ckpt, step)

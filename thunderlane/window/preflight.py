@@ -68,13 +68,23 @@ def _run_problems(inv, profile, hosts, runs, problems):
             problems[h.name].append(f"{f.run_dir}/checkpoint.json is unreadable")
     _agree(reachable, problems)
     _same_python(hosts, problems)
-    steps = {n: checkpoint.committed_step(f) for n, f in reachable.items()}
-    if len(set(steps.values())) > 1:
-        for name, step in steps.items():
-            problems[name].append(f"committed step {step} here, ranks disagree ({steps})")
+    _steps_apart(reachable, problems)
     state, pid = lock_state(inv, profile)
     if state == "held":
         problems.setdefault("local", []).append(f"another window holds the lock {lock_dir(inv, profile)} (pid {pid})")
+
+
+def _steps_apart(reachable, problems):
+    """Ranks may end one commit apart (a rank killed between the barrier and its checkpoint.json):
+    every rank resumes from the lowest committed step, so each rank ahead must still keep it."""
+    steps = {n: checkpoint.committed_step(f) for n, f in reachable.items()}
+    if len(set(steps.values())) < 2 or None in steps.values():
+        return
+    low = min(steps.values())
+    for name, step in steps.items():
+        if step > low and not checkpoint.keeps(reachable[name].record, low):
+            problems[name].append(f"committed step {step} here and step {low}'s files are no longer kept, "
+                                  f"so the ranks cannot resume together ({steps})")
 
 
 def _agree(reachable, problems):
