@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import checkpoint, layout, mirror_rules as rules, mirrorfs
 from .facts import thaw
-from .fsutil import real_folder, take_lock
+from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
 from .remote import ssh_command
 from .report import human_bytes, printable
@@ -76,7 +76,8 @@ def locked(paths):
         yield
     finally:
         for path in reversed(taken):
-            mirrorfs.remove(path)
+            if lock_holder(path) == ("held", os.getpid()):  # ours still: never another's lock
+                mirrorfs.remove(path)
 
 
 def mirror_back(inv, profile, force=False):
@@ -251,7 +252,8 @@ def literal_bytes(stats):
 
 
 def describe(result):
-    lines = [f"{result.host}:{result.remote_dir} -> {result.local_dir}: run {result.run_id} step {result.step}, "
+    lines = [f"{result.host}:{printable(result.remote_dir)} -> {result.local_dir}: run {printable(result.run_id)} "
+             f"step {result.step}, "
              f"{result.files} files, {human_bytes(result.run_bytes)}; file data sent "
              f"{human_bytes(result.literal_bytes)} in {result.seconds:.1f}s"]
     return "\n".join(lines + [f"  {printable(n)}" for n in result.notes])

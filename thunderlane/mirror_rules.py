@@ -16,6 +16,8 @@ REPORTS = ("handoff_report.md", "handoff_report.json")
 CHECKPOINT_CAP = 1 << 20
 REPORT_CAP = 8 << 20
 OWN_NAMES = (CHECKPOINT, ADAPTERS, *REPORTS)  # never taken from checkpoint.json's list
+OWN_FOLDED = {n.casefold() for n in OWN_NAMES}
+MAX_NAMED = 1 << 40  # 1 TiB: no adapter or optimizer state comes near; a cap rlimit can express
 
 
 class Refused(RuntimeError):
@@ -41,9 +43,14 @@ def wanted(record, checkpoint_sha256, writer_files):
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise Refused(f"{CHECKPOINT} does not list its files usably: {printable(e)}") from None
     wants = [Want(CHECKPOINT, CHECKPOINT_CAP, checkpoint_sha256)]
+    folded = [n.casefold() for n in named]
     for name, (sha, size) in sorted(named.items()):
-        if name in OWN_NAMES:
-            raise Refused(f"{CHECKPOINT} lists {printable(name)}, a name mirror-back writes itself")
+        if name.casefold() in OWN_FOLDED or folded.count(name.casefold()) > 1:  # APFS folds case
+            raise Refused(f"{CHECKPOINT} lists {printable(name)}, a name mirror-back writes itself or "
+                          "lists twice (case aside)")
+        if size > MAX_NAMED:
+            raise Refused(f"{CHECKPOINT} records {size} bytes for {printable(name)}, over the {MAX_NAMED} "
+                          "bytes mirror-back takes for one file")
         have = writer_files.get(name)
         if have is not None and have.size != size:
             raise Refused(f"{printable(name)} is {have.size} bytes on the writer, {CHECKPOINT} records {size}")

@@ -179,6 +179,14 @@ def test_a_second_mirror_back_is_refused_while_the_first_holds_the_lock(tmp_path
         pass
 
 
+def test_a_lock_another_process_took_over_meanwhile_is_not_removed_at_the_end(tmp_path):
+    path = tmp_path / "run.lock"
+    with mirror.locked([path]):
+        (path / "pid").write_text(f"{os.getppid()}\n")  # as if another process now owned it
+        (path / "started").unlink()
+    assert path.is_dir() and (path / "pid").read_text().strip() == str(os.getppid())
+
+
 def test_the_size_cap_stops_a_local_writer_that_goes_past_it(tmp_path):
     out = tmp_path / "big"
     p = subprocess.run(["dd", "if=/dev/zero", f"of={out}", "bs=5000", "count=1"],
@@ -243,6 +251,9 @@ def test_wanted_is_checkpoint_json_the_named_files_at_their_size_and_capped_repo
 @pytest.mark.parametrize("record,writer,words", [
     (format2(**STEP5, **{"../x": 1}), {}, "not a plain file name"),
     (format2(**STEP5, **{"adapters.safetensors": 1}), {}, "a name mirror-back writes itself"),
+    (format2(**STEP5, **{"Adapters.Safetensors": 1}), {}, "case aside"),  # one file on APFS
+    (format2(**STEP5, **{"0000005_ADAPTERS.safetensors": 1}), {}, "lists twice"),
+    (format2(**STEP5, **{"big.bin": 1 << 63}), {}, "over the 1099511627776 bytes"),
     (format2(**STEP5), {"0000005_adapters.safetensors": RunFile(10 << 30)}, "records 100"),
     ({**format2(**STEP5), "format": 1}, {}, "does not list its files usably"),
 ])
