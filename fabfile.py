@@ -9,7 +9,7 @@ from fabric import Connection, task
 from invoke.exceptions import Exit
 
 from thunderlane import handoff as handoff_mod
-from thunderlane import inventory, lab, mirror, profiles, status as status_mod, window
+from thunderlane import inventory, lab, mirror, profiles, setup_hosts as setup_mod, status as status_mod, window
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.report import human_bytes
@@ -58,6 +58,14 @@ def _finish(report, columns, as_json):
     print(report.to_json() if as_json else report.to_table(columns))
     if not report.ok:
         raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "json": JSON_HELP})
+def setup_hosts(c, hosts="", json=False):
+    """Build each host's lane venv from its base_python with launchers/host-requirements.txt."""
+    _no_fabric_hosts(c)
+    inv = _inventory()
+    _finish(setup_mod.setup_hosts(inv, _hosts(inv, hosts), out=sys.stderr), setup_mod.columns(), json)
 
 
 @task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "json": JSON_HELP})

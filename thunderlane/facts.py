@@ -5,7 +5,7 @@ The probe (``onhost/probe.py``) runs on each host with nothing but the stdlib an
 ``cache``, ``checkpoint``, ``mirror``, preflight) read attributes, never string-keyed dicts.
 A :class:`Query` pairs the probe's command line with the parser of its answer.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -196,14 +196,20 @@ class CacheFacts:
 
 @dataclass(frozen=True)
 class Versions:
+    """An interpreter's version and platform, and {distribution: version or None} of the packages
+    the probe was asked about (mlx and mlx-lm always, the host requirements' pins when given)."""
     python: str | None
     mlx: str | None
     mlx_lm: str | None
+    platform: str | None = None
+    packages: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+    venv: bool | None = None  # the interpreter runs in a venv (sys.prefix != sys.base_prefix)
 
     @classmethod
     def from_json(cls, d):
         d = d or {}
-        return cls(d.get("python"), d.get("mlx"), d.get("mlx-lm"))
+        packages = {k: v for k, v in d.items() if k not in ("python", "platform", "venv")}
+        return cls(d.get("python"), d.get("mlx"), d.get("mlx-lm"), d.get("platform"), _frozen(packages), d.get("venv"))
 
 
 @dataclass(frozen=True)
@@ -286,8 +292,14 @@ def cache(repo_id, cache_root=None, deep=False):
     return Query(("cache", repo_id, cache_root or "-", *(("--deep",) if deep else ())), CacheFacts.from_json)
 
 
-def run(runs_root, run_name):
-    return Query(("lane", runs_root, run_name), RunFacts.from_json)
+def run(runs_root, run_name, dists=()):
+    """A run directory's facts, with the versions of ``dists`` (the host requirements' names)."""
+    return Query(("lane", runs_root, run_name, *dists), RunFacts.from_json)
+
+
+def versions(dists=()):
+    """The lane interpreter's version, platform and the versions of ``dists``."""
+    return Query(("versions", *dists), Versions.from_json)
 
 
 def reap(runs_root, run_name):

@@ -33,8 +33,8 @@ IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN 
              "an IPv6 literal would need brackets in ssh, rsync and the mlx hostfile)")
 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
-               "dataset_root", "hf_cache", "runs_root", "rsync_path"}
-HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path"}
+               "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python"}
+HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python"}
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
 SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout"}
@@ -60,6 +60,7 @@ class Host:
     port: int = 22
     data_ip: str | None = None
     rsync_path: str = "rsync"
+    base_python: str | None = None  # the interpreter setup-hosts builds the venv at ``python`` from
 
     @property
     def is_local(self):
@@ -180,7 +181,7 @@ def _host(name, spec, where):
                              f"(1-32 characters) and not be 'local'")
     check_mapping(spec, where, f"host {name}", HOST_FIELDS, HOST_REQUIRED)
     values = {}
-    for key in ("python", "dataset_root", "runs_root", "hf_cache", "rsync_path"):
+    for key in ("python", "dataset_root", "runs_root", "hf_cache", "rsync_path", "base_python"):
         if spec.get(key) is not None:
             values[key] = abs_path(spec[key], where, name, key) if key != "rsync_path" \
                 else _rsync_path(spec[key], where, name)

@@ -1,6 +1,8 @@
 """verify-dataset and verify-cache: probe local and every host at once, then judge."""
-from . import cache, dataset, facts
-from .remote import HostError, ask_each
+from dataclasses import replace
+
+from . import cache, dataset, facts, hostenv, requirements
+from .remote import HostError, ask, ask_each, on_hosts
 from .report import HostResult, Report
 
 
@@ -36,8 +38,25 @@ def gather_caches(inv, hosts, deep=False):
 
 
 def verify_cache(inv, hosts, deep=False):
-    got = gather_caches(inv, hosts, deep)
-    return judge_caches(got, deep), got
+    """Cache verdicts of local and ``hosts``, and the hosts' version parity (python and every pinned
+    package, the hosts among themselves and against the pins: the control machine is no rank)."""
+    pins = requirements.shipped()
+    wanted = facts.versions(requirements.names(pins))
+    asked = on_hosts([inv.local, *hosts], lambda h: ask(inv, h, *([cache_query(inv, h, deep)]
+                                                                  + ([] if h.is_local else [wanted]))))
+    got = {n: a if isinstance(a, HostError) else a[0] for n, a in asked.items()}
+    versions = {n: a[1] for n, a in asked.items() if n != "local" and not isinstance(a, HostError)}
+    return with_versions(judge_caches(got, deep), hostenv.parity(versions, pins)), got
+
+
+def with_versions(report, problems):
+    """``report`` with each host's version problems added: such a host is not ok (verdict 'versions'
+    where its cache alone was fine)."""
+    results = [r if not problems.get(r.host) else
+               replace(r, verdict=r.verdict if not r.ok else "versions", ok=False,
+                       detail="; ".join(filter(None, [r.detail, *problems[r.host]])))
+               for r in report.results]
+    return replace(report, results=tuple(results))
 
 
 def judge_caches(gathered, deep=False):

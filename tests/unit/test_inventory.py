@@ -190,3 +190,20 @@ def test_ipv4_data_ip_is_normalised():
     data = copy.deepcopy(GOOD)
     data["hosts"]["mac5"]["data_ip"] = "169.254.10.5"
     assert inventory.parse(data).hosts["mac5"].data_ip == "169.254.10.5"
+
+
+# --- base_python: the interpreter setup-hosts builds the lane's venv from ----------------------------
+
+def test_base_python_is_optional_and_read_as_an_absolute_path():
+    data = copy.deepcopy(GOOD)
+    data["hosts"]["mac5"]["base_python"] = "/opt/homebrew/bin/python3.12"
+    inv = inventory.parse(data)
+    assert inv.hosts["mac5"].base_python == "/opt/homebrew/bin/python3.12" and inv.hosts["mac4"].base_python is None
+
+
+@pytest.mark.parametrize("value,words", [("python3.12", "relative path"), ("/opt/x/../python3", "climbs"),
+                                         ("/opt/homebrew/bin/python3.12; rm -rf ~", "shell metacharacter"),
+                                         (312, "expected an absolute path")])
+def test_a_bad_base_python_is_refused_naming_host_and_field(value, words):
+    msg = bad(lambda d: d["hosts"]["mac5"].update(base_python=value))
+    assert "inv.yaml: host mac5: base_python" in msg and words in msg

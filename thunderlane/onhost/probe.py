@@ -16,7 +16,7 @@ import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
     from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
-    from .runs import lane_facts, read_json_file, reap
+    from .runs import lane_facts, read_json_file, reap, versions
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
@@ -309,7 +309,8 @@ def _rehash(repo_dir, files):
 # --- entry ---------------------------------------------------------------------------------------
 
 USAGE = ("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
-         " | lane|reap RUNS_ROOT RUN_NAME | multi JSON-LIST-OF-THESE\n")
+         " | lane RUNS_ROOT RUN_NAME [DIST...] | reap RUNS_ROOT RUN_NAME"
+         " | versions [DIST...] | multi JSON-LIST-OF-THESE\n")
 
 
 def command(argv):
@@ -319,8 +320,10 @@ def command(argv):
     if argv[:1] == ["cache"] and len(argv) in (3, 4):
         root, how = resolve_cache_root(None if argv[2] == "-" else argv[2])
         return cache_facts(root, argv[1], deep="--deep" in argv[3:], resolved_by=how)
-    if argv[:1] == ["lane"] and len(argv) == 3:
-        return lane_facts(argv[1], argv[2])
+    if argv[:1] == ["lane"] and len(argv) >= 3:  # then the distributions whose versions to report
+        return lane_facts(argv[1], argv[2], argv[3:])
+    if argv[:1] == ["versions"]:
+        return versions(argv[1:])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session

@@ -26,11 +26,11 @@ def read_json_file(path):
         return {"present": True, "error": f"not valid JSON: {e}"}
 
 
-def lane_facts(runs_root, run_name):
-    """What train-window, the gate and mirror-back need of one host: versions, free disk, the run
-    directory's checkpoint and files (hashed), running ranks, leftover temp files."""
+def lane_facts(runs_root, run_name, dists=()):
+    """What train-window, the gate and mirror-back need of one host: versions (of ``dists`` too),
+    free disk, the run directory's checkpoint and files (hashed), running ranks, leftover temp files."""
     run_dir = os.path.join(runs_root, run_name)
-    out = {"run_dir": run_dir, "exists": os.path.isdir(run_dir), "versions": _versions(),
+    out = {"run_dir": run_dir, "exists": os.path.isdir(run_dir), "versions": versions(dists),
            "free_bytes": _free_bytes(runs_root), "checkpoint": None, "files": {}, "ranks": [],
            "temp_files": []}
     if not out["exists"]:
@@ -55,13 +55,16 @@ def _run_file(path, name):
     return entry
 
 
-def _versions():
-    out = {"python": sys.version.split()[0]}
+def versions(dists=()):
+    """This interpreter's version and platform, and the installed version of mlx, mlx-lm and each
+    distribution in ``dists`` (None where it is not installed)."""
+    out = {"python": sys.version.split()[0], "platform": sys.platform,
+           "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}
     try:
         from importlib.metadata import PackageNotFoundError, version
     except ImportError:
         return out
-    for dist in ("mlx", "mlx-lm"):
+    for dist in dict.fromkeys(("mlx", "mlx-lm", *dists)):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

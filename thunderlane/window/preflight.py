@@ -1,7 +1,7 @@
 """Preflight: before a window spends compute, every host of the profile is proven ready, in
-parallel: dataset parity, cache complete, same Python/mlx/mlx-lm and model revision, free disk,
+parallel: dataset parity, cache complete, same Python and pinned packages and model revision, free disk,
 no window running."""
-from .. import checkpoint
+from .. import checkpoint, hostenv, requirements
 from ..remote import HostError, ask, on_hosts
 from ..report import HostResult, Report, human_bytes
 from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
@@ -88,20 +88,11 @@ def _steps_apart(reachable, problems):
 
 
 def _agree(reachable, problems):
-    """Python, mlx and mlx-lm versions must be the same everywhere: name both sides of a mismatch."""
-    names = list(reachable)
-    if not names:
-        return
-    ref = names[0]
-    for name in names[1:]:
-        for dist, attr in (("python", "python"), ("mlx", "mlx"), ("mlx-lm", "mlx_lm")):
-            a, b = getattr(reachable[ref].versions, attr), getattr(reachable[name].versions, attr)
-            if a != b:
-                problems[name].append(f"{dist} {b} here but {a} on {ref}")
-    for name in names:
-        for dist, attr in (("mlx", "mlx"), ("mlx-lm", "mlx_lm")):
-            if getattr(reachable[name].versions, attr) is None:
-                problems[name].append(f"{dist} is not installed for this host's lane python")
+    """Python and every package of the host requirements must be the same everywhere, and pinned:
+    name both sides of a mismatch."""
+    found = hostenv.parity({name: f.versions for name, f in reachable.items()}, requirements.shipped())
+    for name, items in found.items():
+        problems[name].extend(items)
 
 
 def _same_python(hosts, problems):

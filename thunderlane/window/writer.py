@@ -1,5 +1,5 @@
 """The profile's hosts and its writer (rank 0, the host whose run directory is the record)."""
-from .. import checkpoint, facts, layout
+from .. import checkpoint, facts, layout, requirements
 from ..inventory import InventoryError
 from ..remote import HostError, ask, ask_each
 
@@ -17,7 +17,7 @@ def profile_hosts(inv, profile):
 
 
 def run_query(host, profile):
-    return facts.run(host.runs_root, profile.run_name)
+    return facts.run(host.runs_root, profile.run_name, requirements.names(requirements.shipped()))
 
 
 def run_facts(inv, hosts, profile):
