@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -110,3 +111,22 @@ def test_a_base_python_below_3_11_or_none_is_refused_naming_host_and_version(lab
     assert got["mac5"]["verdict"] == "refused" and f"mac5: base_python {old} is Python 3.9.6" in got["mac5"]["detail"]
     assert got["mac4"]["verdict"] == "refused" and "mac4: base_python is not set" in got["mac4"]["detail"]
     assert not venv.exists()
+
+
+def test_verify_cache_names_any_pinned_package_that_differs_between_hosts(lab_inv, tmp_path):
+    """Not only python/mlx/mlx-lm: mac5's interpreter seeing a `transformers 9.9.9` first fails mac5,
+    naming both sides; mac4 stays as its cache makes it."""
+    fake = tmp_path / "site" / "transformers-9.9.9.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 9.9.9\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={fake.parent} exec {lab_inv.hosts['mac5'].python} \"$@\"\n")
+    wrapper.chmod(0o755)
+    inv = write_inventory(Path(lab_inv.path).parent, tmp_path / "hosts.yaml", mac5={"python": str(wrapper)})
+    p = subprocess.run([FAB, "verify-cache", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, THUNDER_INVENTORY=str(inv)))
+    got = rows(json.loads(p.stdout))
+    assert p.returncode == 1 and not got["mac5"]["ok"]
+    pinned = requirements.for_platform(requirements.shipped(), sys.platform)["transformers"]
+    assert f"transformers 9.9.9 here but {pinned} on mac4" in got["mac5"]["detail"]
+    assert "transformers" not in got["mac4"]["detail"]
