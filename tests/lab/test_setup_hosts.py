@@ -130,3 +130,11 @@ def test_verify_cache_names_any_pinned_package_that_differs_between_hosts(lab_in
     pinned = requirements.for_platform(requirements.shipped(), sys.platform)["transformers"]
     assert f"transformers 9.9.9 here but {pinned} on mac4" in got["mac5"]["detail"]
     assert "transformers" not in got["mac4"]["detail"]
+
+
+def test_the_lab_s_own_hosts_need_nothing(lab_dir):
+    """`fab lab-up` names the project's .venv and the interpreter it was made from: already set up."""
+    data = yaml.safe_load((lab_dir / "hosts.yaml").read_text())
+    assert {h["base_python"] for h in data["hosts"].values()} == {BASE}
+    p, report, _ = setup(lab_dir / "hosts.yaml")
+    assert p.returncode == 0 and {r["verdict"] for r in report["results"]} == {"nothing to do"}, p.stderr

@@ -169,6 +169,16 @@ def lab_python():
     return str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").is_dir() else sys.executable
 
 
+def base_python(python):
+    """The interpreter the venv of ``python`` was made from (pyvenv.cfg), as setup-hosts' base_python."""
+    cfg = Path(python).parent.parent / "pyvenv.cfg"
+    keys = dict(line.split("=", 1) for line in cfg.read_text().splitlines() if "=" in line) if cfg.is_file() else {}
+    keys = {k.strip(): v.strip() for k, v in keys.items()}
+    if keys.get("executable"):
+        return os.path.realpath(keys["executable"])
+    return os.path.realpath(os.path.join(keys["home"], "python3")) if keys.get("home") else python
+
+
 def _write_inventory(p, hosts, user):
     lab = p["lab"]
     python = lab_python()
@@ -180,7 +190,7 @@ def _write_inventory(p, hosts, user):
         "local": {"python": python, "dataset_root": str(local_home / DATASET_REL),
                   "hf_cache": str(local_home / CACHE_REL), "runs_root": str(local_home / RUNS_REL)},
         "hosts": {name: {"ssh_name": name, "hostname": h["ip"], "user": user, "port": h["port"],
-                         "data_ip": h["ip"], "python": python,
+                         "data_ip": h["ip"], "python": python, "base_python": base_python(python),
                          "dataset_root": str(lab / name / DATASET_REL),
                          "runs_root": str(lab / name / RUNS_REL)}
                   for name, h in hosts.items()},
