@@ -8,7 +8,7 @@ the host writes it to a temp file of its own). Nothing is installed when every p
 import time
 
 from . import facts, hostenv, requirements
-from .remote import PROBE_SOURCE, HostError, on_hosts, parse_answers, decode, run
+from .remote import PROBE_SOURCE, HostError, decode, on_hosts, parse_answers, run
 from .report import HostResult, Report
 
 ASK_TIMEOUT = 60
