@@ -18,6 +18,7 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules ab
     from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
     from .runs import lane_facts, read_json_file, reap
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
+    from .links import links_facts, rdma_facts
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
@@ -309,7 +310,7 @@ def _rehash(repo_dir, files):
 # --- entry ---------------------------------------------------------------------------------------
 
 USAGE = ("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
-         " | lane|reap RUNS_ROOT RUN_NAME | multi JSON-LIST-OF-THESE\n")
+         " | lane|reap RUNS_ROOT RUN_NAME | links JSON | rdma | multi JSON-LIST-OF-THESE\n")
 
 
 def command(argv):
@@ -323,6 +324,10 @@ def command(argv):
         return lane_facts(argv[1], argv[2])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
+    if argv[:1] == ["links"] and len(argv) == 2:  # the ring's data path (onhost/links.py)
+        return links_facts(json.loads(argv[1]))
+    if argv == ["rdma"]:
+        return rdma_facts()
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
         subs = json.loads(argv[1])
         if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):

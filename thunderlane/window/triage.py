@@ -9,6 +9,8 @@ SUCCESS = "success"
 NOISY = "success-noisy-teardown"
 INTERRUPTED = "interrupted"
 NOT_COMMITTED = "not-committed"
+DATA_LINK = "data-link"  # preflight: a pair of hosts cannot reach each other's ring port (datapath.py)
+REFUSED = "refused"
 PEER_LOST = "connection to a peer was lost"  # mlx's ring backend, on the ranks a vanished rank leaves
 
 
@@ -46,6 +48,12 @@ def classify(outcome, gate_ok):
             return STALLED, f"the launch ended (exit {outcome.exit_code}) before any model loaded"
         return CRASH, f"the window ended with exit {outcome.exit_code} before committing its end step"
     return NOT_COMMITTED, "the window ended cleanly but checkpoint.json does not show the target"
+
+
+def refusal(pre):
+    """The window's verdict when preflight refused: ``data-link`` if a link between hosts is broken
+    (the ring would hang, not fail), else ``refused``."""
+    return DATA_LINK if any(r.verdict == DATA_LINK for r in pre.results) else REFUSED
 
 
 def _silent_ranks(events):
