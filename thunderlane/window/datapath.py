@@ -126,6 +126,10 @@ def judge_rdma(hosts, answers):
     """{host: [problem]} for jaccl: ``ibv_devices`` present, devices listed, the inventory's among them."""
     problems = {h.name: [] for h in hosts}
     for h in hosts:
+        unlisted = [p.name for p in hosts if p.name != h.name and p.name not in dict(h.rdma)]
+        if unlisted:
+            problems[h.name].append(f"jaccl: the inventory's rdma names no device toward {', '.join(unlisted)} "
+                                    f"(rdma: {{{unlisted[0]}: rdma_enN}}, as ibv_devices names it)")
         facts = answers.get(h.name)
         if isinstance(facts, HostError) or facts is None:
             continue
