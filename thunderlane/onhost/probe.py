@@ -1,7 +1,8 @@
 # thunderlane on-host probe: stdlib only (bundled after files.py and runs.py; see onhost/__init__.py)
 """Facts gathered on a host, sent as source to each host's interpreter
-(``python -c <bundle> dataset|cache|lane|reap|multi ...``); prints one JSON document. It reads and
-never writes; the one exception, ``reap``, ends the lane's own training processes by their PIDs. (To
+(``python -c <bundle> dataset|cache|lane|reap|links|rdma|multi ...``); prints one JSON document. It
+reads and never writes; the one exception, ``reap``, ends the lane's own training processes by their
+PIDs (``links`` opens short-lived sockets on the ring's ports, see ``links.py``). (To
 see whether a download holds a cache lock it takes a non-blocking flock and releases it at once.)
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
