@@ -1,10 +1,12 @@
 """Issue 11 items 6 and 7 on the lab: preflight proves the ring's data path between every pair of
 hosts (real listeners and connects on the hosts' data IPs, through their real sshd), and refuses a
 jaccl profile where ibv_devices is missing. Fault-suite id 32."""
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +16,7 @@ from thunderlane import inventory, lab
 from thunderlane.lab import kit
 from thunderlane.window import datapath
 
-from .conftest import PROFILE, train
+from .conftest import PROFILE, ROOT, train
 
 
 def test_a_port_in_use_on_a_host_is_said_so_not_called_a_broken_link(lab_inv, profile_dir):
@@ -87,3 +89,28 @@ def test_a_jaccl_profile_is_refused_where_ibv_devices_is_missing(lab_inv, profil
     assert code == 1 and r["verdict"] == "refused", r
     for name in ("mac4", "mac5"):
         assert "jaccl: ibv_devices not found on this host" in hosts[name]["detail"], hosts[name]
+
+
+@pytest.mark.parametrize("backend", ["ring", "jaccl"])
+def test_the_plan_writes_the_backends_hostfile_mlx_reads(lab_inv, profile_dir, tmp_path, backend):
+    """plan-window (what the launcher runs) writes the backend the launcher passes to mlx.launch and
+    a hostfile mlx's own parser reads: jaccl's with the inventory's RDMA devices, null for itself."""
+    from mlx._distributed_utils.common import Hostfile
+    data = yaml.safe_load(open(lab_inv.path))
+    data["hosts"]["mac4"]["rdma"] = {"mac5": "rdma_en3"}
+    data["hosts"]["mac5"]["rdma"] = {"mac4": "rdma_en4"}
+    variant = tmp_path / "hosts.yaml"
+    variant.write_text(yaml.safe_dump(data))
+    kit.write_profile(profile_dir, "run_p", "test_run_p", source=PROFILE, lane={"backend": backend})
+    out = tmp_path / "plan"
+    env = dict(os.environ, THUNDER_INVENTORY=str(variant), THUNDER_PROFILES=str(profile_dir))
+    p = subprocess.run([sys.executable, "-m", "thunderlane.launcher_helpers", "plan-window", "run_p", "--to", "1",
+                        "--target", "1", "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (out / "backend").read_text() == backend + "\n"
+    assert json.loads((out / "spec.json").read_text())["backend"] == backend
+    parsed = Hostfile.from_file(out / "hostfile.json")
+    assert [(h.ssh_hostname, h.ips) for h in parsed.hosts] == [("mac4", [lab_inv.hosts["mac4"].data_ip]),
+                                                               ("mac5", [lab_inv.hosts["mac5"].data_ip])]
+    want = [[None, "rdma_en3"], ["rdma_en4", None]] if backend == "jaccl" else [[], []]
+    assert [h.rdma for h in parsed.hosts] == want and parsed.backend == ("jaccl" if backend == "jaccl" else "")
