@@ -114,3 +114,16 @@ def test_the_plan_writes_the_backends_hostfile_mlx_reads(lab_inv, profile_dir, t
                                                                ("mac5", [lab_inv.hosts["mac5"].data_ip])]
     want = [[None, "rdma_en3"], ["rdma_en4", None]] if backend == "jaccl" else [[], []]
     assert [h.rdma for h in parsed.hosts] == want and parsed.backend == ("jaccl" if backend == "jaccl" else "")
+
+
+def test_without_preflight_the_ring_that_cannot_form_is_still_a_data_link(warm_lab, profile_dir, tmp_path,
+                                                                          dead_data_ip):
+    """--skip-preflight with mac5's data_ip dead: mlx's ring fails on mac5 ("Couldn't bind socket"),
+    mlx.launch ends mac4's rank, and triage names it `data-link`, not a runtime crash."""
+    data = yaml.safe_load(open(warm_lab.path))
+    data["hosts"]["mac5"]["data_ip"] = dead_data_ip
+    variant = tmp_path / "hosts.yaml"
+    variant.write_text(yaml.safe_dump(data))
+    code, r = train(inventory.load(variant), profile_dir, "run_a", "--target", "1", "--skip-preflight")
+    assert code == 1 and r["verdict"] == "data-link", r
+    assert "the ring could not be formed: mac5: " in r["explanation"] and "Couldn't bind socket" in r["explanation"]

@@ -160,3 +160,14 @@ def test_links_probe_reports_refused_and_in_use():
                               "error": "Address already in use"}]
     assert not got["connect"][0]["ok"] and got["connect"][0]["error"] == "Connection refused"
     assert got["connect"][0]["tries"] > 1  # retried until the deadline
+
+
+def test_a_ring_that_cannot_form_at_runtime_is_a_data_link():
+    """Without preflight (--skip-preflight), mlx's own ring error is recognised: the message a rank
+    printed in the lab when its data_ip was not its own (tests/lab/test_datapath.py)."""
+    from .test_window_logic import STARTED, ev, outcome
+    bind = ev("mac5", "error", kind="runtime", msg="RuntimeError: [ring] Couldn't bind socket (error: 99)")
+    verdict, why = triage.classify(outcome(STARTED + [bind], code=1), False)
+    assert verdict == "data-link" and "mac5: RuntimeError: [ring] Couldn't bind socket" in why
+    other = ev("mac5", "error", kind="runtime", msg="RuntimeError: [ring] connection to a peer was lost")
+    assert triage.classify(outcome(STARTED + [other], code=1), False)[0] == "runtime-crash"
