@@ -2,6 +2,9 @@
 plan writes read back by mlx's own parser."""
 import copy
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from mlx._distributed_utils.common import Hostfile
@@ -97,3 +100,33 @@ def test_unknown_backend_names_file_and_field(value):
     data["lane"]["backend"] = value
     with pytest.raises(profiles.ProfileError, match=r"p\.yaml: lane\.backend: .* is not one of ring, jaccl"):
         profiles.parse("p", data, "p.yaml")
+
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launchers" / "launch_gemma4_e2b_nko_correction_thunder.sh"
+# Stands in for the project's python: writes the plan folder plan-window would (the launcher's
+# input), with the backend under test; and for mlx.launch: prints the arguments it was given.
+PLAN_STUB = """#!/bin/sh
+while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done
+printf '%s\\n' "$BACKEND" > "$out/backend"
+printf '%s\\n' /usr/bin/python3 > "$out/python"
+printf '%s\\n' "$STUB_DIR/mlx.launch" > "$out/mlx_launch"
+echo '[]' > "$out/hostfile.json"; echo '{}' > "$out/spec.json"; echo 'pass' > "$out/entry.py"
+"""
+
+
+@pytest.mark.parametrize("backend,code", [("ring", 0), ("jaccl", 0), ("mpi", 78), ("ring;id", 78)])
+def test_the_launcher_passes_the_planned_backend_and_refuses_others(tmp_path, backend, code):
+    stub = tmp_path / "python"
+    stub.write_text(PLAN_STUB)
+    (tmp_path / "mlx.launch").write_text('#!/bin/sh\necho "mlx.launch $*"\n')
+    for f in (stub, tmp_path / "mlx.launch"):
+        f.chmod(0o755)
+    env = dict(os.environ, THUNDER_PYTHON=str(stub), THUNDER_PLAN_ROOT=str(tmp_path / "plans"), BACKEND=backend,
+               STUB_DIR=str(tmp_path))
+    env.pop("THUNDER_RING_PORT", None)
+    p = subprocess.run(["bash", str(LAUNCH), "p", "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == code, p.stdout + p.stderr
+    if code:
+        assert f"launch: backend '{backend}'" in p.stderr and "is not ring or jaccl" in p.stderr
+    else:
+        assert f"mlx.launch --backend {backend} --starting-port 32323 --hostfile" in p.stdout
