@@ -4,7 +4,9 @@ bind and connects to every other host's (``onhost/links.py``), all at once, one 
 Which endpoints (mlx 0.32.4, ``mlx/_distributed_utils/launch.py``): with the ring backend, rank i
 listens on its ``data_ip`` at ``starting_port + i`` (one IP per host, one connection per IP); with
 jaccl, rank 0's ``data_ip`` at ``starting_port`` is the coordinator every rank dials
-(``MLX_JACCL_COORDINATOR``), the data itself goes over RDMA. For jaccl every host must also list
+(``MLX_JACCL_COORDINATOR``), the data itself goes over RDMA. The ring itself (``ring.cpp``) has rank
+i accept its left neighbour and dial rank i+1; the check dials every pair both ways, which is the
+same for two and three hosts and stricter beyond (one data_ip per host means one network). For jaccl every host must also list
 its RDMA devices with ``ibv_devices``, and those the inventory names for it.
 
 A broken pair is a ``data-link`` refusal naming both ends (``mac4 -> mac5 10.0.0.5:32324: timed
