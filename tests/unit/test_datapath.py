@@ -90,7 +90,7 @@ def test_a_data_ip_the_host_does_not_have_is_a_data_link():
 def test_pairs_to_a_host_that_could_not_be_asked_are_not_judged():
     answers = {"mac4": LinkFacts((listen("10.0.0.4", 32323),), (dial("mac5", "10.0.0.5", 32324, "Connection refused"),)),
                "mac5": HostError("mac5", "unreachable", "no answer")}
-    assert datapath.judge_links(answers) == {"mac4": [], "mac5": []}
+    assert datapath.judge_links(answers) == {"mac4": [], "mac5": ["data path not checked: unreachable: no answer"]}
 
 
 def test_rdma_devices_missing_tool_none_listed_or_not_the_inventorys():

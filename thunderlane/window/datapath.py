@@ -97,12 +97,13 @@ RDMA_QUERY = Query(("rdma",), RdmaFacts.from_json)
 
 
 def judge_links(answers):
-    """{host: [problem]} from every host's LinkFacts (a HostError: that host was not asked, and
-    the pairs to it are not judged: the host's own error says why)."""
+    """{host: [problem]} from every host's LinkFacts (a HostError: that host could not be asked, which
+    is its problem, and the pairs to it are not judged)."""
     problems = {name: [] for name in answers}
     in_use = set()
     for name, facts in answers.items():
         if isinstance(facts, HostError):
+            problems[name].append(f"data path not checked: {facts.kind}: {facts.message}")
             continue
         for lst in facts.listen:
             where = f"{lst['ip']}:{lst['port']}"
