@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One training window: build the JSON hostfile (ssh names, data IPs) and the window's spec from
-# the inventory, then run mlx.launch with the ring backend, the hosts' absolute --python and
+# the inventory, then run mlx.launch with the profile's backend (ring or jaccl), the hosts' absolute --python and
 # HF_HUB_OFFLINE=1 (a cold cache fails at once instead of starting a download).
 # Runs on macOS bash 3.2 with BSD tools.
 set -euo pipefail
@@ -15,7 +15,8 @@ usage: launch_gemma4_e2b_nko_correction_thunder.sh PROFILE TO_STEP [TARGET_STEP]
   Train PROFILE from its committed step to TO_STEP in one window across the profile's hosts.
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
        THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR),
-       THUNDER_RING_PORT (first port of the ring backend on each data IP; default 32323)
+       THUNDER_RING_PORT (first port of the ring backend on each data IP, or jaccl's coordinator
+       port on rank 0's data IP; default 32323)
 exit: 0 window ended, 64 usage, 78 could not plan, other codes from mlx.launch
 USAGE
 }
@@ -48,14 +49,19 @@ ring_port=${THUNDER_RING_PORT:-32323}
 case "$ring_port" in
   ''|*[!0-9]*) echo "launch: THUNDER_RING_PORT '$ring_port' is not a port" >&2; exit "$EX_USAGE" ;;
 esac
+backend=$(cat "$plan/backend")
+case "$backend" in
+  ring|jaccl) ;;
+  *) echo "launch: backend '$backend' in $plan/backend is not ring or jaccl" >&2; exit "$EX_PLAN" ;;
+esac
 python=$(cat "$plan/python")
 mlx_launch=$(cat "$plan/mlx_launch")
-line="PATH=$plan/bin:\$PATH $mlx_launch --backend ring --starting-port $ring_port --hostfile $plan/hostfile.json"
+line="PATH=$plan/bin:\$PATH $mlx_launch --backend $backend --starting-port $ring_port --hostfile $plan/hostfile.json"
 line="$line --python $python --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0"
 line="$line -- -c \"\$(cat $plan/entry.py)\" \"\$(cat $plan/spec.json)\""
 printf '%s\n' "$line" > "$plan/mlx_launch_line"   # the exact line, for the report
 echo "launch: plan in $plan"
 echo "launch: + $line"
-PATH="$plan/bin:$PATH" "$mlx_launch" --backend ring --starting-port "$ring_port" --hostfile "$plan/hostfile.json" \
+PATH="$plan/bin:$PATH" "$mlx_launch" --backend "$backend" --starting-port "$ring_port" --hostfile "$plan/hostfile.json" \
   --python "$python" --env HF_HUB_OFFLINE=1 --env PYTHONUNBUFFERED=1 --env TERM=dumb --env TTY_INTERACTIVE=0 \
   -- -c "$(cat "$plan/entry.py")" "$(cat "$plan/spec.json")"

@@ -33,8 +33,9 @@ IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN 
              "an IPv6 literal would need brackets in ssh, rsync and the mlx hostfile)")
 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
-               "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python"}
-HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python"}
+               "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python", "rdma"}
+HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python", "rdma"}
+RDMA_RE = re.compile(r"^rdma_[A-Za-z0-9]{1,32}$")  # ibv_devices' names on macOS: rdma_en2, rdma_en3...
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
 SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout"}
@@ -61,6 +62,7 @@ class Host:
     data_ip: str | None = None
     rsync_path: str = "rsync"
     base_python: str | None = None  # the interpreter setup-hosts builds the venv at ``python`` from
+    rdma: tuple = ()  # ((peer host, RDMA device toward it), ...): the jaccl backend's hostfile
 
     @property
     def is_local(self):
@@ -145,6 +147,10 @@ def parse(data, where="<inventory>"):
     _unique(hosts, where, "hostname and port", lambda h: (h.hostname.lower(), h.port))
     _unique(hosts, where, "ssh_name", lambda h: h.ssh_name.lower())  # ssh matches Host names caselessly
     _unique(hosts, where, "data_ip", lambda h: h.data_ip)
+    for h in hosts.values():
+        unknown = sorted({peer for peer, _ in h.rdma} - set(hosts))
+        if unknown:
+            raise InventoryError(f"{where}: host {h.name}: rdma: {unknown[0]!r} is not an inventory host")
     return Inventory(path=where, repo_id=repo, local=local, hosts=hosts, ssh=ssh)
 
 
@@ -190,7 +196,20 @@ def _host(name, spec, where):
     values["user"] = _match(spec["user"], USER_RE, where, name, "user")
     values["port"] = _port(spec["port"], where, name)
     values["data_ip"] = _ip(spec["data_ip"], where, name)
+    values["rdma"] = _rdma(spec.get("rdma") or {}, where, name)
     return Host(name=name, **values)
+
+
+def _rdma(spec, where, host):
+    """``rdma: {peer: rdma_enN}``: the device this host reaches each peer through (jaccl only)."""
+    if not isinstance(spec, dict) or not all(isinstance(k, str) and NAME_RE.fullmatch(k) and k != host
+                                             for k in spec):
+        raise InventoryError(f"{where}: host {host}: rdma: a mapping of other hosts' names to RDMA devices")
+    for peer, device in spec.items():
+        if not isinstance(device, str) or not RDMA_RE.fullmatch(device):
+            raise InventoryError(f"{where}: host {host}: rdma.{peer}: {device!r} is not an RDMA device name "
+                                 f"(as ibv_devices lists them, e.g. rdma_en3)")
+    return tuple(sorted(spec.items()))
 
 
 def _ssh(spec, where):

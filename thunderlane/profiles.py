@@ -17,7 +17,10 @@ LORA_FIELDS = {"model", "data", "fine_tune_type", "optimizer", "batch_size", "le
                "lr_schedule", "num_layers", "lora_parameters", "max_seq_length", "mask_prompt",
                "save_every", "val_batches", "seed", "grad_checkpoint"}
 LORA_REQUIRED = {"batch_size", "num_layers", "lora_parameters", "max_seq_length", "save_every", "seed"}
-LANE_FIELDS = {"hosts", "run_name", "watchdog_seconds", "min_free_mb", "keep_steps"}
+LANE_FIELDS = {"hosts", "run_name", "watchdog_seconds", "min_free_mb", "keep_steps", "backend"}
+# mlx.launch's backends the lane runs: the TCP ring (default), or jaccl (RDMA over Thunderbolt 5,
+# macOS 26.2+). The launcher checks the same list.
+BACKENDS = ("ring", "jaccl")
 
 
 class ProfileError(ValueError):
@@ -34,6 +37,7 @@ class Profile:
     watchdog_seconds: int = 600
     min_free_mb: int = 1024
     keep_steps: int = 2   # commits whose step files stay in a run directory (2: ranks one commit apart resume)
+    backend: str = "ring"  # one of BACKENDS
 
     @property
     def writer(self):
@@ -79,7 +83,14 @@ def parse(name, data, where):
     return Profile(name=name, path=where, config=config, hosts=tuple(hosts), run_name=lane["run_name"],
                    watchdog_seconds=_positive(lane.get("watchdog_seconds", 600), where, "lane.watchdog_seconds"),
                    min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True),
-                   keep_steps=_keep_steps(lane.get("keep_steps", 2), where))
+                   keep_steps=_keep_steps(lane.get("keep_steps", 2), where),
+                   backend=_backend(lane.get("backend", "ring"), where))
+
+
+def _backend(value, where):
+    if value not in BACKENDS:
+        raise ProfileError(f"{where}: lane.backend: {value!r} is not one of {', '.join(BACKENDS)}")
+    return value
 
 
 def _lane_hosts(hosts, where):

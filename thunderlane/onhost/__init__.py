@@ -9,7 +9,7 @@ a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "probe")
+PROBE = ("files", "runs", "store", "links", "probe")
 ENTRY = ("files", "commit", "lane_train")
 
 

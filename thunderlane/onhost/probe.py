@@ -1,7 +1,8 @@
 # thunderlane on-host probe: stdlib only (bundled after files.py and runs.py; see onhost/__init__.py)
 """Facts gathered on a host, sent as source to each host's interpreter
-(``python -c <bundle> dataset|cache|lane|reap|multi ...``); prints one JSON document. It reads and
-never writes; the one exception, ``reap``, ends the lane's own training processes by their PIDs. (To
+(``python -c <bundle> dataset|cache|lane|reap|links|rdma|multi ...``); prints one JSON document. It
+reads and never writes; the one exception, ``reap``, ends the lane's own training processes by their
+PIDs (``links`` opens short-lived sockets on the ring's ports, see ``links.py``). (To
 see whether a download holds a cache lock it takes a non-blocking flock and releases it at once.)
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
@@ -18,6 +19,7 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules ab
     from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
     from .runs import lane_facts, read_json_file, reap, versions
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
+    from .links import links_facts, rdma_facts
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
@@ -310,7 +312,7 @@ def _rehash(repo_dir, files):
 
 USAGE = ("usage: probe.py dataset ROOT | cache REPO_ID CACHE_ROOT|- [--deep]"
          " | lane RUNS_ROOT RUN_NAME [DIST...] | reap RUNS_ROOT RUN_NAME"
-         " | versions [DIST...] | multi JSON-LIST-OF-THESE\n")
+         " | versions [DIST...] | links JSON | rdma | multi JSON-LIST-OF-THESE\n")
 
 
 def command(argv):
@@ -326,6 +328,10 @@ def command(argv):
         return versions(argv[1:])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
+    if argv[:1] == ["links"] and len(argv) == 2:  # the ring's data path (onhost/links.py)
+        return links_facts(json.loads(argv[1]))
+    if argv == ["rdma"]:
+        return rdma_facts()
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
         subs = json.loads(argv[1])
         if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):

@@ -12,7 +12,8 @@ from pathlib import Path
 from .. import checkpoint, dataset, facts, layout, onhost
 from ..fsutil import atomic_write
 from ..remote import ask, ssh_config
-from .writer import profile_hosts, writer_facts
+from .hostfile import HostfileError, hostfile
+from .writer import WindowError, profile_hosts, writer_facts
 
 # mlx.launch runs `ssh -o LogLevel=QUIET host ...`, which would hide "Host key verification failed":
 # the wrapper keeps errors visible and adds the window's config (endpoints, key, pinned host keys).
@@ -42,7 +43,7 @@ def window_spec(inv, profile, to_step, target):
         "profile": profile.name, "run_id": record.get("run_id") or new_run_id(profile),
         "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.ref,
         "dataset_digest": dataset.digest(data) if data.exists else None,
-        "config": profile.config, "keep_steps": profile.keep_steps,
+        "config": profile.config, "keep_steps": profile.keep_steps, "backend": profile.backend,
         "ranks": [{"host": h.name, "run_dir": layout.run_dir(h, profile.run_name), "hf_cache": h.hf_cache,
                    "data": profile.config.get("data") or h.dataset_root} for h in hosts],
         "command": shlex.join([str(layout.LAUNCH), profile.name, str(to_step), str(target)]),
@@ -54,8 +55,12 @@ def plan_window(inv, profile, to_step, target, out_dir):
     hosts = profile_hosts(inv, profile)
     spec = window_spec(inv, profile, to_step, target)
     out = Path(out_dir)
-    hostfile = [{"ssh": h.ssh_name, "ips": [h.data_ip]} for h in hosts]
-    atomic_write(out / "hostfile.json", json.dumps(hostfile, indent=2) + "\n")
+    try:
+        hosts_doc = hostfile(hosts, profile.backend)
+    except HostfileError as e:
+        raise WindowError(f"profile {profile.name}: {e}") from None
+    atomic_write(out / "hostfile.json", json.dumps(hosts_doc, indent=2) + "\n")
+    atomic_write(out / "backend", profile.backend + "\n")
     atomic_write(out / "ssh_config", ssh_config(inv, hosts))
     ssh = shutil.which("ssh") or "/usr/bin/ssh"
     atomic_write(out / "bin" / "ssh", SSH_WRAPPER.format(ssh=shlex.quote(ssh),

@@ -5,6 +5,7 @@ from .. import checkpoint, hostenv, requirements
 from ..remote import HostError, ask, on_hosts
 from ..report import HostResult, Report, human_bytes
 from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
+from . import datapath
 from .lock import lock_dir, lock_state
 from .writer import profile_hosts, run_query
 
@@ -37,10 +38,23 @@ def preflight(inv, profile):
                 problems.setdefault(r.host, []).append(f"{what} {r.verdict}: {r.detail}")
     runs = got["run"]
     _run_problems(inv, profile, hosts, runs, problems)
-    results = [HostResult(name, "refused" if items else "ready", not items, "; ".join(items),
+    _links(inv, profile, hosts, runs, problems)
+    results = [HostResult(name, datapath.verdict(items), not items, "; ".join(items),
                           _figures(runs.get(name)))
                for name, items in problems.items()]
     return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
+
+
+def _links(inv, profile, hosts, runs, problems):
+    """The ring's data path (or jaccl's coordinator and RDMA devices), once every host answered."""
+    if any(isinstance(runs[h.name], HostError) for h in hosts):
+        return
+    try:
+        found = datapath.check(inv, hosts, profile.backend)
+    except datapath.PortError as e:
+        found = {"local": [str(e)]}
+    for name, items in found.items():
+        problems.setdefault(name, []).extend(items)
 
 
 def _figures(run):

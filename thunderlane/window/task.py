@@ -8,7 +8,7 @@ from ..remote import HostError
 from ..report import HostResult, Report
 from .preflight import preflight
 from .runner import RunOutcome, finish, run_chunks
-from .triage import NOISY, SUCCESS, classify
+from .triage import NOISY, SUCCESS, classify, refusal
 from .writer import committed, writer_facts
 
 ALREADY = "already-at-target"
@@ -43,7 +43,7 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     """The whole task: preflight, train (unless at the target), reap, gate, classify."""
     pre, runs = (Report("preflight", ()), {}) if skip_preflight else preflight(inv, profile)
     if not pre.ok:
-        return WindowResult(profile.name, target, "refused", "preflight failed on " + ", ".join(pre.failed), pre)
+        return WindowResult(profile.name, target, refusal(pre), "preflight failed on " + ", ".join(pre.failed), pre)
     start = checkpoint.committed_step(runs[profile.writer]) if profile.writer in runs else None
     start = committed(inv, profile) if start is None else start
     if start >= target:

@@ -1,4 +1,5 @@
 """Triage: the handoff's failure classes, from what a window printed, how it ended and the gate."""
+import re
 
 STALLED = "stalled-before-training"
 DATASET = "rank-cannot-see-dataset"
@@ -9,6 +10,11 @@ SUCCESS = "success"
 NOISY = "success-noisy-teardown"
 INTERRUPTED = "interrupted"
 NOT_COMMITTED = "not-committed"
+DATA_LINK = "data-link"  # preflight: a pair of hosts cannot reach each other's ring port (datapath.py)
+REFUSED = "refused"
+# mlx's ring backend (libmlx) when it cannot form the ring: a data_ip that is not the host's, a port
+# taken, a peer it cannot reach ("Couldn't bind socket (error: 99)", "Couldn't connect ...")
+RING_SOCKET = re.compile(r"\[ring\] Couldn't (bind socket|listen|connect)")
 PEER_LOST = "connection to a peer was lost"  # mlx's ring backend, on the ranks a vanished rank leaves
 
 
@@ -31,6 +37,9 @@ def classify(outcome, gate_ok):
         return STALLED, "cache or model materialization: " + _err(next(e for e in errors if e.get("kind") == "cache"))
     if "write" in kinds:
         return WRITE, _err(next(e for e in errors if e.get("kind") == "write"))
+    link = next((e for e in errors if RING_SOCKET.search(e.get("msg", ""))), None)
+    if link:
+        return DATA_LINK, f"the ring could not be formed: {_err(link)} (preflight checks every pair's data path)"
     if outcome.watchdog_fired:
         if not loaded:
             return STALLED, "no training log before the watchdog: cache or model materialization"
@@ -46,6 +55,12 @@ def classify(outcome, gate_ok):
             return STALLED, f"the launch ended (exit {outcome.exit_code}) before any model loaded"
         return CRASH, f"the window ended with exit {outcome.exit_code} before committing its end step"
     return NOT_COMMITTED, "the window ended cleanly but checkpoint.json does not show the target"
+
+
+def refusal(pre):
+    """The window's verdict when preflight refused: ``data-link`` if a link between hosts is broken
+    (the ring would hang, not fail), else ``refused``."""
+    return DATA_LINK if any(r.verdict == DATA_LINK for r in pre.results) else REFUSED
 
 
 def _silent_ranks(events):
