@@ -21,7 +21,7 @@ from . import checkpoint, layout, mirror_rules as rules, mirrorfs
 from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
-from .remote import ssh_command
+from .remote import rsync_env, rsync_remote, ssh_command
 from .report import human_bytes, printable
 from .window import lock_state, profile_hosts, writer_facts
 
@@ -195,7 +195,7 @@ def rsync_argv(inv, host, remote_dir, staging, list_file, cap):
     """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L."""
     return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
             "-e", ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
-            f"{host.destination}:{remote_dir}/", f"{staging}/"]
+            rsync_remote(host, f"{remote_dir}/"), f"{staging}/"]
 
 
 def pull(inv, host, remote_dir, staging, wants):
@@ -207,7 +207,8 @@ def pull(inv, host, remote_dir, staging, wants):
         f.write("".join(f"{w.name}\n" for w in wants))
     argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=lambda: _cap_files(cap))
+        p = subprocess.run(argv, capture_output=True, text=True, env=rsync_env(),
+                           preexec_fn=lambda: _cap_files(cap))
     finally:
         os.unlink(list_file)
     if p.returncode < 0:

@@ -3,6 +3,7 @@ mlx.launch), Fabric connections that refuse unknown host keys, and the probe ask
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -50,7 +51,7 @@ def ssh_options(inv, host):
     """``ssh`` command-line options for ``host``; shared by rsync and the launchers."""
     opts = ["-F", inv.ssh.config] if inv.ssh.config else []
     for key, value in _ssh_settings(inv):
-        opts += ["-o", f"{key}={value}"]
+        opts += ["-o", f"{key}={_ssh_quoted(value)}"]
     return opts + ["-p", str(host.port), "-l", host.user]
 
 
@@ -61,9 +62,33 @@ def ssh_config(inv, hosts, extra=()):
     for h in hosts:
         lines = [f"Host {h.ssh_name}", f"  HostName {h.hostname}", f"  Port {h.port}", f"  User {h.user}"]
         for key, value in [*_ssh_settings(inv), *extra]:
-            lines.append(f'  {key} "{value}"' if "/" in str(value) else f"  {key} {value}")
+            lines.append(f"  {key} {_ssh_quoted(value, always='/' in str(value))}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def _ssh_quoted(value, always=False):
+    """A value as ssh reads it from a config line or ``-o``: in double quotes when it holds white
+    space (``UserKnownHostsFile`` would take ``/a b`` as two files). The inventory refuses ``"``,
+    ``\\`` and ``%`` in paths, which these quotes could not carry."""
+    value = str(value)
+    return f'"{value}"' if always or any(c.isspace() for c in value) else value
+
+
+def rsync_remote(host, path):
+    """``user@host:PATH`` as rsync takes it, PATH quoted for the host's shell: rsync 2.6.9 and
+    openrsync hand it to that shell as it is. Run rsync with :func:`rsync_env`."""
+    return f"{host.destination}:{shlex.quote(path)}"
+
+
+def rsync_env():
+    """The environment for a local rsync given :func:`rsync_remote` paths: rsync 3.2.4+ would
+    backslash-escape the quoted path once more (its quotes would then arrive as part of the name);
+    RSYNC_OLD_ARGS=1 stops that, and older rsyncs ignore it. RSYNC_PROTECT_ARGS (rsync 3.0-3.2.3's
+    -s by default) would do the same harm: it is dropped."""
+    env = dict(os.environ, RSYNC_OLD_ARGS="1")
+    env.pop("RSYNC_PROTECT_ARGS", None)
+    return env
 
 
 def ssh_command(inv, host):

@@ -66,9 +66,12 @@ class SyncOutcome:
 def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None):
     """The exact launcher command line for ``host``."""
     ssh = ssh_command(inv, host)
-    for path in filter(None, (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity)):
-        if re.search(r"\s", path):
-            raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
+    for key in ("config", "known_hosts", "identity"):
+        path = getattr(inv.ssh, key)
+        if path and re.search(r"\s", path):
+            raise SyncError(f"{inv.path}: ssh.{key}: {path!r} has white space, which the sync launcher's "
+                            f"--ssh and an openrsync's -e split apart; keep the lane's ssh files on a "
+                            f"path without (data paths on the hosts may have spaces)")
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python]
     argv += ["--dry-run"] if dry_run else []
