@@ -197,8 +197,9 @@ repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
 case "$rsync_path" in
   -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
 esac
-case "$host_python" in
-  -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
+case "$host_python" in   # a program name, or a path as the inventory takes it (spaces allowed)
+  -*|*[[:cntrl:]%]*|*["$refused_chars"]*|'') die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
+  /*|*[!A-Za-z0-9_.+-]*) check_abs_path --host-python "$host_python" ;;
 esac
 case "$bwlimit" in
   *[!0-9]*) die "$EX_USAGE" "--bwlimit '$bwlimit' is not a whole number of KiB/s" ;;

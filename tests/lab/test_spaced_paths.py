@@ -35,6 +35,12 @@ def spaced_inventory(inv, folder):
         entry.update(dataset_root=str(home / "data"), runs_root=str(home / "runs"), hf_cache=str(home / "hf"))
     path = Path(folder) / "Application Support" / "hosts.yaml"
     path.parent.mkdir(parents=True)
+    # the lane's interpreter too: one path for every host (mlx.launch's --python), a link to the
+    # lab's venv folder (so that the venv's pyvenv.cfg is found beside it)
+    venv = path.parent / "lane venv"
+    venv.symlink_to(Path(data["hosts"]["mac4"]["python"]).parent.parent)
+    for entry in (data["local"], *data["hosts"].values()):
+        entry["python"] = str(venv / "bin" / "python")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return inventory.load(path)
 
@@ -54,7 +60,8 @@ def verdicts(report):
 
 def test_paths_with_spaces_work_end_to_end(spaced, profile_dir):
     for name in ("local", "mac4", "mac5"):
-        assert " " in spaced.host(name).dataset_root and " " in spaced.host(name).hf_cache
+        h = spaced.host(name)
+        assert all(" " in p for p in (h.python, h.dataset_root, h.runs_root, h.hf_cache))
     code, report = fab_json(spaced, "verify-dataset")
     assert code == 0 and set(verdicts(report).values()) == {"ok"}, report
     code, report = fab_json(spaced, "verify-cache")
@@ -69,6 +76,7 @@ def test_paths_with_spaces_work_end_to_end(spaced, profile_dir):
     env = {"THUNDER_PROFILES": str(profile_dir)}
     code, out = fab_json(spaced, "train-window", "--profile", "run_a", "--target", "4", "--window", "4", env=env)
     assert code == 0 and out["verdict"] == "success", out
+    assert f"--python {spaced.hosts['mac4'].python}" in out["launches"][0]
     for host in ("mac4", "mac5"):  # every rank wrote into its spaced run directory
         assert (Path(spaced.hosts[host].runs_root) / "test_run_a" / "0000004_adapters.safetensors").is_file()
     code, out = fab_json(spaced, "mirror-back", "--profile", "run_a", env=env)
