@@ -3,7 +3,6 @@ mlx.launch), Fabric connections that refuse unknown host keys, and the probe ask
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
 import json
-import os
 import shlex
 import socket
 import subprocess
@@ -73,22 +72,6 @@ def _ssh_quoted(value, always=False):
     ``\\`` and ``%`` in paths, which these quotes could not carry."""
     value = str(value)
     return f'"{value}"' if always or any(c.isspace() for c in value) else value
-
-
-def rsync_remote(host, path):
-    """``user@host:PATH`` as rsync takes it, PATH quoted for the host's shell: rsync 2.6.9 and
-    openrsync hand it to that shell as it is. Run rsync with :func:`rsync_env`."""
-    return f"{host.destination}:{shlex.quote(path)}"
-
-
-def rsync_env():
-    """The environment for a local rsync given :func:`rsync_remote` paths: rsync 3.2.4+ would
-    backslash-escape the quoted path once more (its quotes would then arrive as part of the name);
-    RSYNC_OLD_ARGS=1 stops that, and older rsyncs ignore it. RSYNC_PROTECT_ARGS (rsync 3.0-3.2.3's
-    -s by default) would do the same harm: it is dropped."""
-    env = dict(os.environ, RSYNC_OLD_ARGS="1")
-    env.pop("RSYNC_PROTECT_ARGS", None)
-    return env
 
 
 def ssh_command(inv, host):

@@ -1,7 +1,8 @@
-"""Paths as Macs name them (issue 11, item 9): data, runs and caches on ``/Volumes/T7 Shield``-like
-folders and under ``Application Support``, on the hosts and on the control side, end to end through
-the real fab CLI: verify, sync to a cold host, a training window, mirror-back. Also the lane's ssh
-files (known_hosts, key) on a path with a space, read by a real ssh."""
+"""Paths as Macs name them (issue 11, item 9): data, runs, caches and the lane's interpreter on
+``/Volumes/T7 Shield``-like folders and under ``Application Support``, on the hosts and on the
+control side, the inventory and the lane's ssh files too, end to end through the real fab CLI:
+verify, sync to a cold host, a training window, mirror-back. Also the ssh options and generated
+ssh_config with such files, read by a real ssh."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,6 +42,10 @@ def spaced_inventory(inv, folder):
     venv.symlink_to(Path(data["hosts"]["mac4"]["python"]).parent.parent)
     for entry in (data["local"], *data["hosts"].values()):
         entry["python"] = str(venv / "bin" / "python")
+    keys = path.parent / "ssh files"  # and the lane's own ssh files (a private key keeps its mode)
+    keys.mkdir()
+    for key in ("config", "known_hosts", "identity"):
+        data["ssh"][key] = shutil.copy2(data["ssh"][key], keys)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return inventory.load(path)
 
@@ -59,6 +64,7 @@ def verdicts(report):
 
 
 def test_paths_with_spaces_work_end_to_end(spaced, profile_dir):
+    assert " " in spaced.ssh.known_hosts and " " in spaced.ssh.identity and " " in spaced.ssh.config
     for name in ("local", "mac4", "mac5"):
         h = spaced.host(name)
         assert all(" " in p for p in (h.python, h.dataset_root, h.runs_root, h.hf_cache))

@@ -2,6 +2,7 @@
 and which it refuses (naming the field), the launcher refusing the same set, and how paths with a
 space are written for ssh (``-o``, ssh_config) and for rsync's remote side."""
 import copy
+import os
 import re
 import shlex
 import subprocess
@@ -9,8 +10,8 @@ import subprocess
 import pytest
 
 from tests.unit.test_inventory import GOOD, bad
-from thunderlane import inventory, remote
-from thunderlane.sync import LAUNCHER, SyncError, launcher_argv
+from thunderlane import inventory, remote, rsync_ssh
+from thunderlane.sync import LAUNCHER
 
 MAC_PATHS = ["/Volumes/T7 Shield/hf", "/Users/me/Library/Application Support/thunder",
              "/Volumes/Samsung T5 & co #2 (old)/data", "/Volumes/Données/x", "/a]b/c!d/e~f/g;h|i<j>k{l}m=n,o@p"]
@@ -90,20 +91,40 @@ def test_ssh_config_quotes_files_with_a_space(tmp_path):
     assert f'  IdentityFile "{inv.ssh.identity}"\n' in text and "  BatchMode yes\n" in text
 
 
-def test_sync_refuses_ssh_files_with_white_space_naming_the_field(tmp_path):
+def test_rsync_shell_is_the_ssh_command_unless_an_ssh_file_has_a_space(tmp_path):
+    inv = parse(lambda d: None)
+    with rsync_ssh.rsync_shell(inv, inv.hosts["mac4"]) as ssh:
+        assert ssh == remote.ssh_command(inv, inv.hosts["mac4"])
+
+
+def test_rsync_shell_wraps_spaced_ssh_files_in_a_script_without_spaces(tmp_path):
+    """openrsync splits -e on every space and the sync launcher splits --ssh: a wrapper script at a
+    path without white space carries the quoted options instead, and is gone afterwards."""
     inv = spaced_inv(tmp_path)
-    with pytest.raises(SyncError, match=r"inv\.yaml: ssh\.config: .* has white space"):
-        launcher_argv(inv, inv.hosts["mac4"], "/Volumes/T7 Shield/hf", "/Volumes/T7 Shield/hf")
+    host = inv.hosts["mac4"]
+    with rsync_ssh.rsync_shell(inv, host) as ssh:
+        assert not re.search(r"\s", ssh) and ssh.startswith("/tmp/thunder-ssh.")
+        p = subprocess.run(["sh", "-c", 'sed -n 2p "$1"', "-", ssh], capture_output=True, text=True)
+        assert p.stdout == f'exec {remote.ssh_command(inv, host)} "$@"\n'
+        # the script, run by sh, hands ssh each option whole: shown here by a stand-in "ssh" (echo)
+        echo = tmp_path / "bin"
+        echo.mkdir()
+        (echo / "ssh").write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+        (echo / "ssh").chmod(0o755)
+        p = subprocess.run([ssh, "me@mac4", "true"], capture_output=True, text=True,
+                           env={"PATH": f"{echo}:/usr/bin:/bin"})
+        assert p.stdout.splitlines() == [*remote.ssh_options(inv, host), "me@mac4", "true"]
+    assert not os.path.exists(ssh)
 
 
 def test_rsync_remote_quotes_the_path_for_the_hosts_shell():
     host = parse(lambda d: None).hosts["mac4"]
-    arg = remote.rsync_remote(host, "/Volumes/T7 Shield/run's (1)/")
+    arg = rsync_ssh.rsync_remote(host, "/Volumes/T7 Shield/run's (1)/")
     assert arg.startswith("me@mac4.local:")
     assert shlex.split(arg.split(":", 1)[1]) == ["/Volumes/T7 Shield/run's (1)/"]  # as the host's sh reads it
 
 
 def test_rsync_env_turns_rsyncs_own_escaping_off(monkeypatch):
     monkeypatch.setenv("RSYNC_PROTECT_ARGS", "1")
-    env = remote.rsync_env()
+    env = rsync_ssh.rsync_env()
     assert env["RSYNC_OLD_ARGS"] == "1" and "RSYNC_PROTECT_ARGS" not in env
