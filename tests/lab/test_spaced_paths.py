@@ -78,6 +78,8 @@ def test_paths_with_spaces_work_end_to_end(spaced, profile_dir):
     assert (Path(spaced.hosts["mac5"].hf_cache) / "models--mlx-community--gemma-4-e2b-4bit" / "refs" / "main").is_file()
     code, report = fab_json(spaced, "verify-cache")
     assert code == 0 and set(verdicts(report).values()) == {"complete"}, report
+    code, out = fab_json(spaced, "sync-cache", "--host", "mac4", "--dry-run")  # rsync -n into the spaced cache
+    assert code == 0 and out["results"][0]["after"] == "dry-run" and "T7 Shield" in out["results"][0]["command"], out
 
     env = {"THUNDER_PROFILES": str(profile_dir)}
     code, out = fab_json(spaced, "train-window", "--profile", "run_a", "--target", "4", "--window", "4", env=env)
