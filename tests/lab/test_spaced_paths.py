@@ -92,6 +92,10 @@ def test_paths_with_spaces_work_end_to_end(spaced, profile_dir):
     mirror = Path(out["local_dir"])
     assert mirror.parent == Path(spaced.local.runs_root)
     assert (mirror / "0000004_adapters.safetensors").stat().st_size > 0
+    # the handoff on top (at target already): its report is pushed into the writer's spaced run dir
+    code, out = fab_json(spaced, "handoff", "--profile", "run_a", "--target", "4", "--window", "4", env=env)
+    assert code == 0 and out["report_remote"], out
+    assert (Path(spaced.hosts["mac4"].runs_root) / "test_run_a" / "handoff_report.md").is_file()
     assert no_rank_left()
 
 
