@@ -23,7 +23,7 @@ SSH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 (NEL), Unicode line breaks
 # Paths may hold white space and most punctuation (``/Volumes/T7 Shield``, ``Application Support``,
 # ``(old)``, ``&``, ``#``): every one is passed as an argv element or shlex-quoted for a remote shell.
 # Refused are only the characters that cannot be carried through every layer, named in the error:

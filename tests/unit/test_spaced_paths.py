@@ -47,7 +47,7 @@ def test_each_refused_character_is_named_with_host_and_field(field, ch, what):
     assert msg.startswith(f"inv.yaml: host mac5: {field}: ") and f"has {what}" in msg and f"({ch!r})" in msg
 
 
-@pytest.mark.parametrize("ch", ["\t", "\n", "\r", "\x1b", "\x7f"])
+@pytest.mark.parametrize("ch", ["\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\u2028"])
 def test_control_characters_stay_refused(ch):
     assert "control character" in bad(lambda d: d["local"].update(runs_root=f"/Volumes/T7 Shield{ch}x"))
 
