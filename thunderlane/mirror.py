@@ -194,7 +194,7 @@ def _checked(writer, staging, wants):
 
 def rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh=None):
     """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L.
-    ``ssh``: the ``-e`` value (default :func:`remote.ssh_command`; see :func:`remote.rsync_shell`)."""
+    ``ssh``: the ``-e`` value (default :func:`remote.ssh_command`; see :func:`rsync_ssh.rsync_shell`)."""
     return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
             "-e", ssh or ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
             rsync_remote(host, f"{remote_dir}/"), f"{staging}/"]

@@ -66,7 +66,7 @@ class SyncOutcome:
 
 def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None):
     """The exact launcher command line for ``host``; ``ssh``: the ``--ssh`` value (default: the
-    inventory's ssh command; :func:`remote.rsync_shell` when an ssh file's path has a space)."""
+    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space)."""
     ssh = ssh or ssh_command(inv, host)
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python]
