@@ -19,13 +19,13 @@ def has_spaced_ssh_file(inv):
 def rsync_shell(inv, host):
     """The ssh command for ``rsync -e`` and the sync launcher's ``--ssh``: :func:`ssh_command`, or,
     when an ssh file's path has white space, a wrapper script that runs it, at a path without
-    (``/tmp/thunder-ssh.*/ssh``, removed afterwards): openrsync splits ``-e`` on every space, quotes
+    (``/tmp/thunder-rsh.*/ssh``, removed afterwards): openrsync splits ``-e`` on every space, quotes
     or not, and so does the launcher's ``--ssh``."""
     command = ssh_command(inv, host)
     if not has_spaced_ssh_file(inv):
         yield command
         return
-    folder = tempfile.mkdtemp(prefix="thunder-ssh.", dir="/tmp")
+    folder = tempfile.mkdtemp(prefix="thunder-rsh.", dir="/tmp")
     try:
         wrapper = os.path.join(folder, "ssh")
         with open(wrapper, "w", encoding="utf-8") as f:

@@ -103,7 +103,7 @@ def test_rsync_shell_wraps_spaced_ssh_files_in_a_script_without_spaces(tmp_path)
     inv = spaced_inv(tmp_path)
     host = inv.hosts["mac4"]
     with rsync_ssh.rsync_shell(inv, host) as ssh:
-        assert not re.search(r"\s", ssh) and ssh.startswith("/tmp/thunder-ssh.")
+        assert not re.search(r"\s", ssh) and ssh.startswith("/tmp/thunder-rsh.")
         p = subprocess.run(["sh", "-c", 'sed -n 2p "$1"', "-", ssh], capture_output=True, text=True)
         assert p.stdout == f'exec {remote.ssh_command(inv, host)} "$@"\n'
         # the script, run by sh, hands ssh each option whole: shown here by a stand-in "ssh" (echo)
