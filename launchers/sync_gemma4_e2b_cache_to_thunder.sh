@@ -51,10 +51,20 @@ check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control charac
   esac
   case "$2" in
     *[[:cntrl:]]*) die "$EX_REFUSED" "$1 has a control character" ;;
-    *[!A-Za-z0-9_.,/+@=:-]*)
-      die "$EX_REFUSED" "$1 '$2' has white space, a % (ssh expands it) or a shell metacharacter (old rsync passes" \
-        "paths through the remote shell unprotected)" ;;
+    *%*) die "$EX_REFUSED" "$1 '$2' has a % (ssh expands it)" ;;
+    *["$refused_chars"]*)
+      die "$EX_REFUSED" "$1 '$2' has a quote, a backslash, a \$, a backtick or a wildcard (* ? [), which" \
+        "the lane does not carry (white space and other characters are fine)" ;;
   esac
+}
+
+# the characters thunderlane/inventory.py refuses in paths besides % and control characters
+refused_chars="'\"\\\$\`*?["
+
+remote_path() {   # PATH: HOST:PATH for rsync, PATH quoted for the remote shell. rsync 2.6.9 and
+  # openrsync pass it to that shell as it is; a local rsync 3.2.4+ would escape it once more,
+  # which RSYNC_OLD_ARGS=1 (exported below; older rsyncs ignore it) turns off
+  printf '%s:%s' "$host" "$(sq "$1")"
 }
 
 phys() {   # PATH: PATH with every folder on the way resolved (cd -P), its last part kept as it is
@@ -187,8 +197,9 @@ repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
 case "$rsync_path" in
   -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
 esac
-case "$host_python" in
-  -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
+case "$host_python" in   # a program name, or a path as the inventory takes it (spaces allowed)
+  -*|*[[:cntrl:]%]*|*["$refused_chars"]*|'') die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
+  /*|*[!A-Za-z0-9_.+-]*) check_abs_path --host-python "$host_python" ;;
 esac
 case "$bwlimit" in
   *[!0-9]*) die "$EX_USAGE" "--bwlimit '$bwlimit' is not a whole number of KiB/s" ;;
@@ -215,6 +226,8 @@ check_links "$src_repo"
 
 # one ssh connection for every step (version check, cleanup, three rsync passes): a short socket
 # path under /tmp (macOS limits it to 104 bytes), closed on exit
+export RSYNC_OLD_ARGS=1       # our remote paths are quoted already: see remote_path
+unset RSYNC_PROTECT_ARGS
 ctl=$(mktemp -d /tmp/thunder-ssh.XXXXXX)
 ssh_cmd="$ssh_cmd -o ControlMaster=auto -o ControlPath=$ctl/%C -o ControlPersist=30"
 read -r -a ssh_argv <<EOF
@@ -295,9 +308,9 @@ if [ "$dry_run" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -i -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" |
+  rsync -n -i -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" |
     tee "$logs/dry-run"
-  rsync -n -i "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/dry-run-2"
+  rsync -n -i "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/dry-run-2"
   echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run" "$logs/dry-run-2")" \
        "bytes of file data"
   exit 0
@@ -308,9 +321,9 @@ prepare_host
 # names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
 # failed pass (a full disk, a dropped link) never leaves a link to a blob that did not arrive, nor
 # a ref to a missing snapshot
-rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$host:$dest_repo/blobs/" | tee "$logs/1"
-rsync "${flags[@]}" "$src_repo/snapshots/" "$host:$dest_repo/snapshots/" | tee "$logs/2"
-rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$host:$dest_repo/" | tee "$logs/3"
+rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" | tee "$logs/1"
+rsync "${flags[@]}" "$src_repo/snapshots/" "$(remote_path "$dest_repo/snapshots/")" | tee "$logs/2"
+rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/3"
 # the caller (thunderlane.transfer.parse_summary) reads this line; "unknown" where the local rsync's
 # stats lack a figure (openrsync has no Literal data / Total bytes sent lines)
 echo "sync: done: file data sent $(sum_stat 'Literal data:' "$logs/1" "$logs/2" "$logs/3") bytes," \

@@ -12,7 +12,7 @@ import time
 from . import layout, mirror, window
 from .facts import thaw
 from .fsutil import atomic_write, real_folder
-from .remote import ssh_command
+from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import printable
 from .sync import SyncError, sync_cache
 from .verify import verify_cache, verify_dataset
@@ -187,9 +187,10 @@ def _enrich(inv, profile, data):
 def _push(inv, profile, folder):
     """Copy the two report files into the writer's run directory (if it exists) with rsync."""
     writer, remote = window.writer_run_dir(inv, profile)
-    argv = ["rsync", "-t", "-e", ssh_command(inv, writer), f"--rsync-path={writer.rsync_path}",
-            str(folder / REPORT_MD), str(folder / REPORT_JSON), f"{writer.destination}:{remote}/"]
-    p = subprocess.run(argv, capture_output=True, text=True)
+    with rsync_shell(inv, writer) as ssh:
+        argv = ["rsync", "-t", "-e", ssh, f"--rsync-path={writer.rsync_path}",
+                str(folder / REPORT_MD), str(folder / REPORT_JSON), rsync_remote(writer, f"{remote}/")]
+        p = subprocess.run(argv, capture_output=True, text=True, env=rsync_env())
     return f"{writer.name}:{remote}/{REPORT_MD}" if p.returncode == 0 else None
 
 

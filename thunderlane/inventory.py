@@ -23,11 +23,17 @@ SSH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-# Paths travel through remote shells (ssh, and rsync 2.6.9 / openrsync, which do not protect
-# arguments): only characters no shell interprets are accepted. No ``%`` either: ssh expands
-# ``%h``-style tokens in IdentityFile, UserKnownHostsFile and -o values (Fabric does not).
-PATH_SAFE = re.compile(r"^[A-Za-z0-9_.,/+@=:-]+$")
+PATH_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 (NEL), Unicode line breaks
+# Paths may hold white space and most punctuation (``/Volumes/T7 Shield``, ``Application Support``,
+# ``(old)``, ``&``, ``#``): every one is passed as an argv element or shlex-quoted for a remote shell.
+# Refused are only the characters that cannot be carried through every layer, named in the error:
+# ``%`` (ssh expands ``%h``-style tokens in IdentityFile, UserKnownHostsFile and -o values), the
+# quote characters and backslash (ssh_config and rsync's ``-e`` have their own, narrower quoting, and
+# the launchers' remote commands are built from them), ``$`` and backtick (expansions, should a
+# layer ever lose its quotes) and rsync's wildcards ``* ? [`` (an rsync server that receives
+# protected arguments expands them itself).
+PATH_REFUSED = {"%": "a % (ssh expands %-tokens)", "'": "a quote", '"': "a quote", "\\": "a backslash",
+                "$": "a $", "`": "a backtick", "*": "a wildcard", "?": "a wildcard", "[": "a wildcard"}
 RSYNC_PATH_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
 IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN addresses are IPv4; "
              "an IPv6 literal would need brackets in ssh, rsync and the mlx hostfile)")
@@ -239,10 +245,11 @@ def abs_path(value, where, host, key):
         raise InventoryError(f"{where}: host {host}: {key}: expected an absolute path, got {value!r}")
     if PATH_BAD_CHARS.search(value):
         raise InventoryError(f"{where}: host {host}: {key}: control character in path {value!r}")
-    if not PATH_SAFE.fullmatch(value):
-        raise InventoryError(f"{where}: host {host}: {key}: {value!r} has white space, a shell "
-                             f"metacharacter or a % (ssh expands %-tokens); use letters, digits "
-                             f"and _ . , / + @ = : - only")
+    refused = path_refusal(value)
+    if refused:
+        raise InventoryError(f"{where}: host {host}: {key}: {value!r} has {refused}, which the lane cannot "
+                             f"carry safely through ssh, rsync and the remote shells; rename the folder "
+                             f"or point to it through a symlink (refused: {' '.join(PATH_REFUSED)})")
     if not value.startswith("/"):
         raise InventoryError(f"{where}: host {host}: {key}: {value!r} is a relative path; "
                              f"give an absolute one")
@@ -253,6 +260,15 @@ def abs_path(value, where, host, key):
     if norm == "/":
         raise InventoryError(f"{where}: host {host}: {key}: '/' is not an acceptable root")
     return norm
+
+
+def path_refusal(value):
+    """What makes ``value`` a path the lane refuses (``'a quote'``...), or None. Control
+    characters are :data:`PATH_BAD_CHARS`' job."""
+    for ch in value:
+        if ch in PATH_REFUSED:
+            return f"{PATH_REFUSED[ch]} ({ch!r})"
+    return None
 
 
 def _rsync_path(value, where, host):

@@ -22,6 +22,7 @@ from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
 from .remote import ssh_command
+from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import human_bytes, printable
 from .window import lock_state, profile_hosts, writer_facts
 
@@ -191,11 +192,12 @@ def _checked(writer, staging, wants):
         raise MirrorError(f"{writer.name}: {e}") from None
 
 
-def rsync_argv(inv, host, remote_dir, staging, list_file, cap):
-    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L."""
+def rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh=None):
+    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L.
+    ``ssh``: the ``-e`` value (default :func:`remote.ssh_command`; see :func:`rsync_ssh.rsync_shell`)."""
     return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
-            "-e", ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
-            f"{host.destination}:{remote_dir}/", f"{staging}/"]
+            "-e", ssh or ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
+            rsync_remote(host, f"{remote_dir}/"), f"{staging}/"]
 
 
 def pull(inv, host, remote_dir, staging, wants):
@@ -205,9 +207,11 @@ def pull(inv, host, remote_dir, staging, wants):
     fd, list_file = tempfile.mkstemp(dir=Path(staging).parent, prefix="list.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("".join(f"{w.name}\n" for w in wants))
-    argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=lambda: _cap_files(cap))
+        with rsync_shell(inv, host) as ssh:
+            argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh)
+            p = subprocess.run(argv, capture_output=True, text=True, env=rsync_env(),
+                               preexec_fn=lambda: _cap_files(cap))
     finally:
         os.unlink(list_file)
     if p.returncode < 0:

@@ -50,7 +50,7 @@ def ssh_options(inv, host):
     """``ssh`` command-line options for ``host``; shared by rsync and the launchers."""
     opts = ["-F", inv.ssh.config] if inv.ssh.config else []
     for key, value in _ssh_settings(inv):
-        opts += ["-o", f"{key}={value}"]
+        opts += ["-o", f"{key}={_ssh_quoted(value)}"]
     return opts + ["-p", str(host.port), "-l", host.user]
 
 
@@ -61,9 +61,17 @@ def ssh_config(inv, hosts, extra=()):
     for h in hosts:
         lines = [f"Host {h.ssh_name}", f"  HostName {h.hostname}", f"  Port {h.port}", f"  User {h.user}"]
         for key, value in [*_ssh_settings(inv), *extra]:
-            lines.append(f'  {key} "{value}"' if "/" in str(value) else f"  {key} {value}")
+            lines.append(f"  {key} {_ssh_quoted(value, always='/' in str(value))}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def _ssh_quoted(value, always=False):
+    """A value as ssh reads it from a config line or ``-o``: in double quotes when it holds white
+    space (``UserKnownHostsFile`` would take ``/a b`` as two files). The inventory refuses ``"``,
+    ``\\`` and ``%`` in paths, which these quotes could not carry."""
+    value = str(value)
+    return f'"{value}"' if always or any(c.isspace() for c in value) else value
 
 
 def ssh_command(inv, host):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import facts as queries, fsutil, layout
 from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
+from .rsync_ssh import rsync_shell
 from .report import human_bytes
 from .transfer import parse_summary, stream
 from .verify import cache_query, gather_caches, judge_caches
@@ -63,12 +64,10 @@ class SyncOutcome:
         return self.literal_bytes / self.missing_bytes
 
 
-def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None):
-    """The exact launcher command line for ``host``."""
-    ssh = ssh_command(inv, host)
-    for path in filter(None, (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity)):
-        if re.search(r"\s", path):
-            raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
+def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None):
+    """The exact launcher command line for ``host``; ``ssh``: the ``--ssh`` value (default: the
+    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space)."""
+    ssh = ssh or ssh_command(inv, host)
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python]
     argv += ["--dry-run"] if dry_run else []
@@ -157,11 +156,12 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     _refuse_links(host, facts)
     missing = host_before.figures.get("missing_bytes") or 0
     dest = dest_cache_of(host, facts[host.name])
-    argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit)
-    command = shlex.join(argv)
-    out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
-              f"missing {human_bytes(missing)}\n$ {command}\n")
-    code, output = stream(argv, host.name, missing, out=out, verbose=verbose)
+    with rsync_shell(inv, host) as ssh:
+        argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
+        command = shlex.join(argv)
+        out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
+                  f"missing {human_bytes(missing)}\n$ {command}\n")
+        code, output = stream(argv, host.name, missing, out=out, verbose=verbose)
     if code:
         free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")

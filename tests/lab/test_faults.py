@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thunderlane import checkpoint, lab, layout, mirror, profiles, window
+from thunderlane import checkpoint, inventory, lab, layout, mirror, profiles, window
 from thunderlane.facts import RunFacts
 from thunderlane.lab import kit
 from thunderlane.sync import launcher_argv, sync_cache
@@ -563,9 +563,10 @@ def test_13_payloads_create_the_canary_when_injected(evil):
 @pytest.mark.parametrize("evil", EVIL)
 def test_13_injection_in_names_and_arguments(lab_inv, canary, evil):
     """Refused (exit 2 naming the field, or 64/65 from the launchers), or taken as literal text; the
-    canary file never appears. Inventory paths may hold only `A-Za-z0-9_.,/+@=:%-`, because rsync
-    2.6.9 / openrsync pass remote paths through the remote shell unprotected; every value reaching a
-    shell is `shlex.quote`d (Python) or single-quoted (bash)."""
+    canary file never appears. Inventory paths may hold spaces and most punctuation, but no control
+    character, `%`, quote, backslash, `$`, backtick or `* ? [`; every value reaching a shell is
+    `shlex.quote`d (Python) or single-quoted (bash), remote rsync paths included (rsync 2.6.9 /
+    openrsync pass them through the remote shell)."""
     for argv in (["train-window", f"--profile={evil}"], ["sync-cache", f"--host={evil}"],
                  ["verify-cache", f"--hosts={evil}"], ["mirror-back", f"--profile={evil}"]):
         p = fab(lab_inv, *argv)
@@ -578,6 +579,8 @@ def test_13_injection_in_names_and_arguments(lab_inv, canary, evil):
     dest = f"/tmp/thunderlane-literal/{evil}"
     p = subprocess.run(launcher_argv(lab_inv, mac4, lab_inv.local.hf_cache, dest), capture_output=True, text=True)
     assert p.returncode == 65 or Path(dest).is_dir()  # refused, or taken as a literal folder name
+    if not (inventory.path_refusal(dest) or inventory.PATH_BAD_CHARS.search(dest)):  # a path the lane takes
+        assert p.returncode == 0 and Path(dest).is_dir(), p.stderr[-2000:]
     shutil.rmtree("/tmp/thunderlane-literal", ignore_errors=True)
 
 

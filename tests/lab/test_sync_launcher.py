@@ -23,7 +23,9 @@ def test_usage_line():
 
 @pytest.mark.parametrize("dest,why", [("/", "not a cache root"), ("relative/hub", "not an absolute path"),
                                       ("/x/../etc", "climbs"), ("/x/y\n/z", "control character"),
-                                      ("/x/%h/hub", "a % (ssh expands it)")])
+                                      ("/x/%h/hub", "a % (ssh expands it)"),
+                                      ("/x/T7 Shield/it's/hub", "has a quote, a backslash"),
+                                      ("/x/T7 Shield/*/hub", "or a wildcard (* ? [)")])
 def test_bad_destination_is_refused(lab_inv, dest, why):
     argv = launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest)
     p = run(argv)
