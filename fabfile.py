@@ -132,8 +132,11 @@ def _sync_line(r):
                                    "reseed": "put the fixtures back to the handoff's situation",
                                    "layout": "the caches' layout: classic, shared, or per host "
                                              "(local=shared,mac4=classic); default: as the lab was, "
-                                             "else " + lab.DEFAULT_LAYOUT})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
+                                             "else " + lab.DEFAULT_LAYOUT,
+                                   "addresses": "single (every host on 127.0.0.1, own ports; macOS's "
+                                                "default) or per-host (127.77.0.10, .11, ...; Linux's); "
+                                                "default: as the lab was"})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses=""):
     """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
     (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
@@ -142,13 +145,15 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
     except ValueError as e:
         raise Exit(f"lab-up: {e}", code=2) from None
     try:
-        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None)
+        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None,
+                      addresses=addresses or None)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
         print(f"{name}: {'sshd pid ' + str(pid) if pid else 'stopped'}")
     layouts = (lab.seeded(lab.LAB) or {}).get("layouts", {})
     print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
+    print(f"addresses: {lab.net.remembered(lab.LAB)}")
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
 
 
