@@ -114,14 +114,14 @@ def _sync_row(o):
             "after": o.after.verdict if o.after else "dry-run",
             "detail": "" if o.after is None or o.after.ok else o.after.detail,
             "missing_bytes": o.missing_bytes, "literal_bytes": o.literal_bytes,
-            "total_sent": o.total_sent, "literal_from": o.literal_from,
+            "total_sent": o.total_sent, "literal_from": o.literal_from, "literal_derivation": o.derivation,
             "ratio": None if o.ratio is None else round(o.ratio, 4),
             "seconds": round(o.seconds, 2), "command": o.command}
 
 
 def _sync_line(r):
     """One summary line per host: before -> after, bytes sent against missing, time."""
-    estimate = " (estimated from rsync's progress)" if r["literal_from"] == "progress" else ""
+    estimate = r["literal_derivation"]
     return (f"{r['host']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
             f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
             + (f"; {r['detail']}" if r["detail"] else ""))
