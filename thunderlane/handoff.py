@@ -63,6 +63,7 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
             m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile, force=force))
             data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
                               "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes,
+                              "bytes_sent_derived_from": m.derived_from,
                               "replaced": m.replaced, "notes": m.notes}
         except mirror.MirrorError as e:
             data["mirror"] = {"ok": False, "error": str(e)}

@@ -46,3 +46,16 @@ def test_file_data_is_derived_from_itemized_files_without_rsync_stats(lab_inv, t
     row = out["results"][0]
     assert code == 0 and row["literal_bytes"] == 0 and row["literal_derivation"] == \
         " (derived from 0 files itemized)", row
+
+
+def test_mirror_back_without_rsync_stats_counts_the_files_received(warm_lab, profile_dir, tmp_path):
+    env = statless_rsync(tmp_path / "bin")
+    code, r = fab_json(warm_lab, "train-window", "--profile", "run_a", "--target", "2", "--window", "2",
+                       env={"THUNDER_PROFILES": str(profile_dir)})
+    assert code == 0 and r["verdict"] == "success", r
+    code, m = fab_json(warm_lab, "mirror-back", "--profile", "run_a", env={"THUNDER_PROFILES": str(profile_dir), **env})
+    assert code == 0, m
+    # a first mirror receives every file whole: the derived figure is all of them
+    assert m["derived_from"] == m["files"] and m["literal_bytes"] == m["run_bytes"] > 0, m
+    p = fab(warm_lab, "mirror-back", "--profile", "run_a", env={"THUNDER_PROFILES": str(profile_dir), **env})
+    assert p.returncode == 0 and "(derived from 0 files itemized)" in p.stdout, p.stdout + p.stderr
