@@ -55,3 +55,17 @@ def test_single_address_lab_verifies_syncs_and_trains(single_lab, tmp_path):
     ckpt = json.loads((d / "mac4" / lab.RUNS_REL / "test_single_address" / "checkpoint.json").read_text())
     assert ckpt["step"] == 2 and ckpt["world_size"] == len(HOSTS)
     assert no_rank_of(d)
+
+
+def test_lab_up_moves_running_sshds_when_the_mode_changes(single_lab):
+    """A lab brought up again in the other mode restarts its sshds at the new addresses (a running
+    one left at the old address would no longer match the inventory); the mode is remembered."""
+    d, _ = single_lab
+    before = lab.status(d)
+    inv = inventory.load(lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT, addresses="per-host"))
+    assert [h.hostname for h in inv.hosts.values()] == [lab.address(i, "per-host") for i in range(len(HOSTS))]
+    assert lab.net.remembered(d) == "per-host" and lab.status(d) != before
+    code, report = fab_json(inv, "verify-dataset")
+    assert code == 0 and report["ok"], report
+    inv = inventory.load(lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT))   # the remembered mode
+    assert {h.hostname for h in inv.hosts.values()} != {"127.0.0.1"}
