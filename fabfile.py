@@ -144,6 +144,8 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresse
         lab.parse_layout(layout, names, lab.DEFAULT_LAYOUT)
     except ValueError as e:
         raise Exit(f"lab-up: {e}", code=2) from None
+    if addresses and addresses not in lab.net.MODES:
+        raise Exit(f"lab-up: --addresses {addresses!r}: choose one of {', '.join(lab.net.MODES)}", code=2)
     try:
         path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None,
                       addresses=addresses or None)

@@ -51,3 +51,11 @@ def test_command_line_is_read_with_ps():
         child.kill()
         child.wait()
     assert command_line(child.pid) == ""
+
+
+def test_fab_lab_up_refuses_an_unknown_address_mode_with_exit_2():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    fab = str(Path(sys.executable).parent / "fab")
+    p = subprocess.run([fab, "lab-up", "--addresses", "aliases"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "lab-up: --addresses 'aliases': choose one of single, per-host" in p.stderr, p.stderr
