@@ -147,11 +147,11 @@ def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None,
     for n in names:
         if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
             raise LabError(f"lab host name {n!r} must match [a-z0-9_-] and not be 'local'")
+    mode = net.choose(addresses, lab)   # a bad mode refused before anything is touched
     p = paths(lab)
     layouts = parse_layout(layout, names, (seeded(lab) or {}).get("layouts") or DEFAULT_LAYOUT)
     user = getpass.getuser()
     client_pub = _keygen(p["identity"], "thunder-lab-control")
-    mode = net.choose(addresses, lab)
     previous = _previous_hosts(lab)
     hosts = {}
     for i, name in enumerate(names):
