@@ -12,7 +12,9 @@ them):
     rsync 3      "\r      3,000,000 100%    1.01MB/s    0:00:02 (xfr#1, to-chk=1/3)\n"
     rsync 2.6.9  "     3000000 100%    1.01MB/s    0:00:02 (xfer#1, to-check=1/3)\n"
     openrsync    "        3000000 100%    1.01MB/s   00:00:02 (xfer#1, to-check=1/3)\n"
-                 (openrsync prints no rate at all under 1 KiB/s)
+                 (openrsync prints no rate at all under 1 KiB/s; its rates are KB/s, MB/s, GB/s)
+
+(rsync's progress.c; openrsync's client.c progress function, whose format Apple's build carries.)
 
 In-flight updates end with ``\r`` and carry no ``(xfr#...)`` suffix; the suffixed line is a file's
 last. Lines that parse as none of this are left alone. Parsing and formatting are pure functions;

@@ -168,6 +168,9 @@ def watch(output, clock, out=None, code=0, expected=MISSING):
     ("     1500000  50%    1.01MB/s    0:00:01", FileProgress(1_500_000, 50, False)),
     ("        3000000 100%    1.01MB/s   00:00:02 (xfer#2, to-check=0/3)", FileProgress(3_000_000, 100, True)),
     ("            512  50%   00:00:01", FileProgress(512, 50, False)),   # openrsync, no rate
+    # openrsync's client.c: " %14llu", " %3.0f%%", " %7.2fKB/s" (MB/s, GB/s; none under 1 KiB/s)
+    ("         524288  50%  512.00KB/s   00:00:01", FileProgress(524_288, 50, False)),
+    ("     3221225472 100%    1.50GB/s   00:00:02 (xfer#1, to-check=0/3)", FileProgress(3_221_225_472, 100, True)),
 ])
 def test_progress_lines_of_every_rsync_parse(line, expected):
     assert parse_progress(line) == expected
