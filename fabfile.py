@@ -122,14 +122,14 @@ def _sync_row(o):
             "after": o.after.verdict if o.after else "dry-run",
             "detail": "" if o.after is None or o.after.ok else o.after.detail,
             "missing_bytes": o.missing_bytes, "literal_bytes": o.literal_bytes,
-            "total_sent": o.total_sent, "literal_from": o.literal_from,
+            "total_sent": o.total_sent, "literal_from": o.literal_from, "literal_derivation": o.derivation,
             "ratio": None if o.ratio is None else round(o.ratio, 4),
             "seconds": round(o.seconds, 2), "command": o.command}
 
 
 def _sync_line(r):
     """One summary line per host: before -> after, bytes sent against missing, time."""
-    estimate = " (estimated from rsync's progress)" if r["literal_from"] == "progress" else ""
+    estimate = r["literal_derivation"]
     return (f"{r['host']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
             f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
             + (f"; {r['detail']}" if r["detail"] else ""))
@@ -140,8 +140,11 @@ def _sync_line(r):
                                    "reseed": "put the fixtures back to the handoff's situation",
                                    "layout": "the caches' layout: classic, shared, or per host "
                                              "(local=shared,mac4=classic); default: as the lab was, "
-                                             "else " + lab.DEFAULT_LAYOUT})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
+                                             "else " + lab.DEFAULT_LAYOUT,
+                                   "addresses": "single (every host on 127.0.0.1, own ports; macOS's "
+                                                "default) or per-host (127.77.0.10, .11, ...; Linux's); "
+                                                "default: as the lab was"})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses=""):
     """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
     (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
@@ -149,14 +152,18 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
         lab.parse_layout(layout, names, lab.DEFAULT_LAYOUT)
     except ValueError as e:
         raise Exit(f"lab-up: {e}", code=2) from None
+    if addresses and addresses not in lab.net.MODES:
+        raise Exit(f"lab-up: --addresses {addresses!r}: choose one of {', '.join(lab.net.MODES)}", code=2)
     try:
-        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None)
+        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None,
+                      addresses=addresses or None)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
         print(f"{name}: {'sshd pid ' + str(pid) if pid else 'stopped'}")
     layouts = (lab.seeded(lab.LAB) or {}).get("layouts", {})
     print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
+    print(f"addresses: {lab.net.remembered(lab.LAB)}")
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
 
 

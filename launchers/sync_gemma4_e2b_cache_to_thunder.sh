@@ -169,6 +169,64 @@ sum_stat() {   # LABEL LOGFILE...: a --stats figure added up over the passes, el
   echo "$total"
 }
 
+pass_derived() {   # DIR LOGFILE: "BYTES FILES" of the regular files one pass itemized as sent, each
+  # sized as it is under DIR here (a link followed, as -L sends it), or nothing if one cannot be
+  # sized (rsync writes odd characters as \#ooo: a figure from such a name would be a guess).
+  # -i lines: '<f' (pushed; '>f' if pulled), then rsync 3's 9 flags ("<f+++++++++ name",
+  # YXcstpoguax), rsync 2.6.9's 7 (YXcstpogz, its rsync.1) or openrsync's (its tests: '^.[dfLS]\+{7,} ')
+  local line name size bytes=0 files=0 flag='[.+?a-zA-Z]'
+  while IFS= read -r line; do
+    # shellcheck disable=SC2254  # $flag is a pattern
+    case "$line" in
+      [\<\>]f$flag$flag$flag$flag$flag$flag$flag*' '?*) ;;
+      *) continue ;;
+    esac
+    name=${line#* }
+    [ -f "$1/$name" ] || return 0
+    size=$(wc -c <"$1/$name" | tr -d ' ')
+    bytes=$((bytes + size))
+    files=$((files + 1))
+  done <<EOF
+$(tr '\r' '\n' <"$2")
+EOF
+  echo "$bytes $files"
+}
+
+sum_derived() {   # DIR LOGFILE [DIR LOGFILE ...]: pass_derived added up over the passes, or nothing
+  local got bytes=0 files=0
+  while [ $# -ge 2 ]; do
+    got=$(pass_derived "$1" "$2")
+    [ -n "$got" ] || return 0
+    bytes=$((bytes + ${got% *}))
+    files=$((files + ${got#* }))
+    shift 2
+  done
+  echo "$bytes $files"
+}
+
+file_data() {   # LABEL DIR LOGFILE [DIR LOGFILE ...]: the passes' --stats figure LABEL added up;
+  # else (openrsync prints no such line) the sizes of the files they itemized as sent, saying
+  # so: "N bytes", "N bytes (derived from K files itemized)" or "unknown bytes"
+  local label=$1 outputs=() pairs got total
+  shift
+  pairs=("$@")
+  while [ $# -ge 2 ]; do
+    outputs+=("$2")
+    shift 2
+  done
+  total=$(sum_stat "$label" "${outputs[@]}")
+  if [ "$total" != unknown ]; then
+    echo "$total bytes"
+    return 0
+  fi
+  got=$(sum_derived "${pairs[@]}")
+  if [ -z "$got" ]; then
+    echo "unknown bytes"
+    return 0
+  fi
+  echo "${got% *} bytes (derived from ${got#* } files itemized)"
+}
+
 repo_id=mlx-community/gemma-4-e2b-4bit
 src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""
 while [ $# -gt 0 ]; do
@@ -262,7 +320,7 @@ case "$remote_version" in
        "pass --rsync-path /path/to/rsync" ;;
 esac
 
-flags=(-rlt --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
+flags=(-rlt -i --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
        "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
 # a blob's name is its content hash: on the host, one of the right size is that blob (a flipped
@@ -308,11 +366,11 @@ if [ "$dry_run" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -i -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" |
+  rsync -n -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" |
     tee "$logs/dry-run"
-  rsync -n -i "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/dry-run-2"
-  echo "sync: dry run: would send $(sum_stat 'Total transferred file size:' "$logs/dry-run" "$logs/dry-run-2")" \
-       "bytes of file data"
+  rsync -n "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/dry-run-2"
+  echo "sync: dry run: would send $(file_data 'Total transferred file size:' "$src_repo/blobs" "$logs/dry-run" \
+       "$src_repo" "$logs/dry-run-2") of file data"
   exit 0
 fi
 prepare_host
@@ -324,7 +382,9 @@ prepare_host
 rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" | tee "$logs/1"
 rsync "${flags[@]}" "$src_repo/snapshots/" "$(remote_path "$dest_repo/snapshots/")" | tee "$logs/2"
 rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/3"
-# the caller (thunderlane.transfer.parse_summary) reads this line; "unknown" where the local rsync's
-# stats lack a figure (openrsync has no Literal data / Total bytes sent lines)
-echo "sync: done: file data sent $(sum_stat 'Literal data:' "$logs/1" "$logs/2" "$logs/3") bytes," \
+# the caller (thunderlane.transfer.parse_summary) reads this line. openrsync (macOS 15.4+) prints no
+# Literal data / Total bytes sent lines: file data is then derived from the files itemized as sent
+# ("N bytes (derived from K files itemized)"), total sent is "unknown"
+echo "sync: done: file data sent $(file_data 'Literal data:' "$src_repo/blobs" "$logs/1" \
+     "$src_repo/snapshots" "$logs/2" "$src_repo" "$logs/3")," \
      "total sent $(sum_stat 'Total bytes sent:' "$logs/1" "$logs/2" "$logs/3") bytes"

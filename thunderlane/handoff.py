@@ -63,6 +63,7 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
             m = phase("mirror-back", lambda: mirror.mirror_back(inv, profile, force=force))
             data["mirror"] = {"ok": True, "local_dir": m.local_dir, "remote_dir": m.remote_dir,
                               "step": m.step, "files": m.files, "bytes_sent": m.literal_bytes,
+                              "bytes_sent_derived_from": m.derived_from,
                               "replaced": m.replaced, "notes": m.notes}
         except mirror.MirrorError as e:
             data["mirror"] = {"ok": False, "error": str(e)}
@@ -84,7 +85,8 @@ def _sync_cold(inv, hosts, report, out):
         try:
             o = sync_cache(inv, h, out=out)
             done[h.name] = {"before": o.before.verdict, "after": o.after.verdict,
-                            "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes}
+                            "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes,
+                            "bytes_sent_derivation": o.derivation}
         except SyncError as e:
             done[h.name] = {"error": str(e)}
     return done
@@ -128,7 +130,8 @@ def render_markdown(d):
                      f"{a['figures'].get('bytes', '-')} | {a['detail']} |")
     for host, s in d["sync"].items():
         lines += ["", f"{host} was {s.get('before', '?')} before the sync; sync-cache: "
-                     + (f"sent {s.get('bytes_sent')} of {s.get('missing_bytes')} missing bytes, now {s.get('after')}"
+                     + (f"sent {s.get('bytes_sent')}{s.get('bytes_sent_derivation', '')} of {s.get('missing_bytes')} "
+                        f"missing bytes, now {s.get('after')}"
                         if "error" not in s else s["error"])]
     lines += ["", "## Training window", "",
               f"- Command: `{t.get('command') or '(not launched)'}`"]

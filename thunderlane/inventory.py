@@ -152,7 +152,9 @@ def parse(data, where="<inventory>"):
         hosts[name] = _host(name, spec, where)
     _unique(hosts, where, "hostname and port", lambda h: (h.hostname.lower(), h.port))
     _unique(hosts, where, "ssh_name", lambda h: h.ssh_name.lower())  # ssh matches Host names caselessly
-    _unique(hosts, where, "data_ip", lambda h: h.data_ip)
+    # hosts sharing this machine's loopback are one machine (the lab's single-address mode, each
+    # host with its own ports; mlx.launch gives every rank its own ring port): any other is a mistake
+    _unique({n: h for n, h in hosts.items() if not _loopback(h.data_ip)}, where, "data_ip", lambda h: h.data_ip)
     for h in hosts.values():
         unknown = sorted({peer for peer, _ in h.rdma} - set(hosts))
         if unknown:
@@ -304,6 +306,10 @@ def _ip(value, where, host):
     if ip.version != 4:
         raise InventoryError(f"{where}: host {host}: data_ip: {value!r} is IPv6; {IPV4_ONLY}")
     return str(ip)
+
+
+def _loopback(ip):
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
 
 
 def _unique(hosts, where, what, key):

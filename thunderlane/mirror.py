@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint, layout, mirror_rules as rules, mirrorfs
+from . import checkpoint, itemized, layout, mirror_rules as rules, mirrorfs
 from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
@@ -49,6 +49,7 @@ class MirrorResult:
     run_id: str | None = None
     replaced: str | None = None  # the dated copy of a mirror --force replaced
     notes: list = field(default_factory=list)
+    derived_from: int | None = None  # literal_bytes is the size of this many files itemized (openrsync)
 
 
 def local_paths(inv, profile):
@@ -122,9 +123,10 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
     finally:
         mirrorfs.remove(staging)
     return MirrorResult(writer.name, facts.run_dir, str(mirror), step, len(wants),
-                        _bytes(mirror, wants), sent, 0.0, " ".join(argv),
+                        _bytes(mirror, wants), sent[0], 0.0, " ".join(argv),
                         run_id=record.get("run_id"), replaced=str(keep) if keep else None,
-                        notes=[f"replaced {refusal}; the old mirror is {keep}"] if keep else [])
+                        notes=[f"replaced {refusal}; the old mirror is {keep}"] if keep else [],
+                        derived_from=sent[1])
 
 
 def _bytes(folder, wants):
@@ -168,7 +170,8 @@ def _same_record(writer, staging, record):
 
 def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
     """Pull ``wants`` into ``staging`` (seeded from the mirror) and check every entry; a seeded
-    file that turns out to differ from the writer's is pulled again once. (bytes sent, argv)"""
+    file that turns out to differ from the writer's is pulled again once. ((bytes, files), argv):
+    see :func:`sent_figure`"""
     linked = mirrorfs.seed(mirror, staging, wants)
     sent, argv = pull(inv, writer, remote_dir, staging, wants)
     bad = _checked(writer, staging, wants)
@@ -177,7 +180,7 @@ def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
         for w in again:
             os.unlink(staging / w.name)
         more, argv = pull(inv, writer, remote_dir, staging, again)
-        sent = None if sent is None or more is None else sent + more
+        sent = (None, None) if None in (sent[0], more[0]) else (sent[0] + more[0], _add(sent[1], more[1]))
         bad = _checked(writer, staging, wants)
     if bad:
         raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is left as "
@@ -193,16 +196,17 @@ def _checked(writer, staging, wants):
 
 
 def rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh=None):
-    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L.
+    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L;
+    -i names each file received (openrsync's --stats prints no byte counts).
     ``ssh``: the ``-e`` value (default :func:`remote.ssh_command`; see :func:`rsync_ssh.rsync_shell`)."""
-    return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
+    return ["rsync", "-t", "-i", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
             "-e", ssh or ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
             rsync_remote(host, f"{remote_dir}/"), f"{staging}/"]
 
 
 def pull(inv, host, remote_dir, staging, wants):
     """One rsync of ``wants`` into ``staging``; the local rsync may not write a file larger than
-    the largest cap (RLIMIT_FSIZE), whatever the writer's rsync claims. (bytes sent, argv)"""
+    the largest cap (RLIMIT_FSIZE), whatever the writer's rsync claims. (:func:`sent_figure`, argv)"""
     cap = max(w.cap for w in wants)
     fd, list_file = tempfile.mkstemp(dir=Path(staging).parent, prefix="list.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -219,7 +223,7 @@ def pull(inv, host, remote_dir, staging, wants):
                           f"cap of {cap} bytes?); the local mirror is left as it was")
     if p.returncode not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
         raise MirrorError(f"{host.name}: rsync exit {p.returncode}: {printable(p.stderr.strip()[-300:])}")
-    return literal_bytes(p.stdout), argv
+    return sent_figure(p.stdout, staging), argv
 
 
 def _cap_files(cap):
@@ -255,9 +259,30 @@ def literal_bytes(stats):
     return int(m.group(1).replace(",", "")) if m else None
 
 
+def sent_figure(output, staging):
+    """(rsync's Literal data, None); without it (openrsync prints no --stats figures) the sizes, as
+    staged, of the files rsync itemized as received and their count; (None, None) if one is not there."""
+    literal = literal_bytes(output)
+    if literal is not None:
+        return literal, None
+    names = itemized.transferred(output, ">")
+    if any("/" in n or n in (".", "..") for n in names):  # the writer's word: only flat names are ours
+        return None, None
+    try:
+        return sum(os.lstat(Path(staging) / n).st_size for n in names), len(names)
+    except OSError:
+        return None, None
+
+
+def _add(a, b):
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 def describe(result):
     lines = [f"{result.host}:{printable(result.remote_dir)} -> {result.local_dir}: run {printable(result.run_id)} "
              f"step {result.step}, "
              f"{result.files} files, {human_bytes(result.run_bytes)}; file data sent "
-             f"{human_bytes(result.literal_bytes)} in {result.seconds:.1f}s"]
+             f"{human_bytes(result.literal_bytes)}"
+             + (f" (derived from {result.derived_from} files itemized)" if result.derived_from is not None else "")
+             + f" in {result.seconds:.1f}s"]
     return "\n".join(lines + [f"  {printable(n)}" for n in result.notes])

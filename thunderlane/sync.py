@@ -51,7 +51,8 @@ class SyncOutcome:
     total_sent: int | None
     command: str
     seconds: float
-    literal_from: str | None = None   # "stats" (rsync's own figure) or "progress" (an estimate)
+    literal_from: str | None = None   # "stats" (rsync's own figure), "itemized" (derived) or "progress"
+    derivation: str = ""              # how a figure not rsync's own was made, e.g. " (derived from 3 files itemized)"
 
     @property
     def ok(self):
@@ -165,10 +166,10 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     if code:
         free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
-    summary = parse_summary(output)  # with openrsync, file data is estimated from the progress lines
+    summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
     after = None
     if not dry_run:  # only the host changed: judge its new facts against the local ones from before
         again = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))
         after = judge_caches({"local": facts["local"], **again}, deep=checksum).results[1]
     return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
-                       command, time.monotonic() - t0, summary.file_data_from)
+                       command, time.monotonic() - t0, summary.file_data_from, summary.derivation)

@@ -12,7 +12,9 @@ them):
     rsync 3      "\r      3,000,000 100%    1.01MB/s    0:00:02 (xfr#1, to-chk=1/3)\n"
     rsync 2.6.9  "     3000000 100%    1.01MB/s    0:00:02 (xfer#1, to-check=1/3)\n"
     openrsync    "        3000000 100%    1.01MB/s   00:00:02 (xfer#1, to-check=1/3)\n"
-                 (openrsync prints no rate at all under 1 KiB/s)
+                 (openrsync prints no rate at all under 1 KiB/s; its rates are KB/s, MB/s, GB/s)
+
+(rsync's progress.c; openrsync's client.c progress function, whose format Apple's build carries.)
 
 In-flight updates end with ``\r`` and carry no ``(xfr#...)`` suffix; the suffixed line is a file's
 last. Lines that parse as none of this are left alone. Parsing and formatting are pure functions;
@@ -49,7 +51,8 @@ STATS = re.compile(
 LAUNCHER = "sync: "
 LEFTOVER = "sync: removed leftover "
 DONE = "sync: done:"
-DONE_LINE = re.compile(r"sync: done: file data sent (\w+) bytes, total sent (\w+) bytes")
+DONE_LINE = re.compile(r"sync: done: file data sent (\w+) bytes(?: \(derived from (\d+) files itemized\))?, "
+                       r"total sent (\w+) bytes")
 
 
 # ---- parsing -------------------------------------------------------------------------------
@@ -93,22 +96,32 @@ def classify(line):
 class Summary:
     """The launcher's closing figures; None where unknown. ``file_data_from`` says where
     ``literal_bytes`` came from: 'stats' (rsync's ``Literal data:``, summed over the passes by the
-    launcher), 'progress' (the fallback :func:`progress_file_bytes`) or None."""
+    launcher), 'itemized' (openrsync: the local sizes of the ``files`` rsync itemized as sent, added
+    up by the launcher), 'progress' (the fallback :func:`progress_file_bytes`) or None."""
     literal_bytes: int | None
     total_sent: int | None
     file_data_from: str | None = None
+    files: int | None = None
+
+    @property
+    def derivation(self):
+        """How a file data figure that is not rsync's own was made, for the operator ('' if it is)."""
+        if self.file_data_from == "itemized":
+            return f" (derived from {self.files} files itemized)"
+        return " (estimated from rsync's progress)" if self.file_data_from == "progress" else ""
 
 
 def parse_summary(output):
     """The :class:`Summary` in the launcher's closing line ``sync: done: file data sent N bytes,
-    total sent M bytes`` (N, M may be ``unknown``). When N is unknown (openrsync prints no
-    ``Literal data:``), file data falls back to :func:`progress_file_bytes`."""
+    total sent M bytes`` (N, M may be ``unknown``; N may be followed by ``(derived from K files
+    itemized)``). When N is unknown, file data falls back to :func:`progress_file_bytes`."""
     found = DONE_LINE.findall(output)
     if not found:
         return Summary(None, None)
-    literal, total = (int(x) if x.isdigit() else None for x in found[-1])
+    literal, files, total = found[-1]
+    literal, total = (int(x) if x.isdigit() else None for x in (literal, total))
     if literal is not None:
-        return Summary(literal, total, "stats")
+        return Summary(literal, total, "itemized", int(files)) if files else Summary(literal, total, "stats")
     counted = progress_file_bytes(output)
     return Summary(counted, total, None if counted is None else "progress")
 

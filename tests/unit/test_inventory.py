@@ -153,6 +153,14 @@ def test_duplicate_ssh_name_or_data_ip_names_both_hosts_and_the_field(field, val
     assert "mac4 and mac5" in msg and field in msg and "share" in msg
 
 
+def test_hosts_may_share_the_loopback_data_ip_of_a_single_address_lab():
+    """The lab's single-address mode: every host on 127.0.0.1 with its own ssh port."""
+    data = copy.deepcopy(GOOD)
+    for port, h in enumerate(data["hosts"].values(), 22400):
+        h.update(hostname="127.0.0.1", port=port, data_ip="127.0.0.1")
+    assert {h.data_ip for h in inventory.parse(data).hosts.values()} == {"127.0.0.1"}
+
+
 def test_duplicate_endpoint_names_both_hosts():
     msg = bad(lambda d: d["hosts"]["mac5"].update(hostname="MAC4.local"))
     assert "mac4 and mac5" in msg and "hostname and port" in msg

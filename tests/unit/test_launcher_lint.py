@@ -8,7 +8,8 @@ import pytest
 
 from thunderlane.portability import scan
 
-LAUNCHERS = sorted((Path(__file__).resolve().parents[2] / "launchers").glob("*.sh"))
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHERS = sorted((ROOT / "launchers").glob("*.sh")) + [ROOT / "bootstrap"]   # bootstrap: macOS's bash 3.2 too
 
 
 def test_there_are_launchers():

@@ -23,14 +23,15 @@ MISSING = sum(size for _, size in BLOBS)
 # ---- canned outputs, shaped like the real thing (rsync 3 recorded from rsync 3.5.0) ---------------
 
 def rsync3_pass(files, links=()):
-    """One rsync 3 pass with --progress --stats: names, '\\r' updates, (xfr#, to-chk), stats."""
-    out, n = ["sending incremental file list\n", "./\n"], len(files) + len(links) + 1
+    """One rsync 3 pass with -i --progress --stats: itemized names (YXcstpoguax, rsync 3's rsync.1),
+    '\\r' updates, (xfr#, to-chk), stats (main.c output_summary())."""
+    out, n = ["sending incremental file list\n", "cd+++++++++ ./\n"], len(files) + len(links) + 1
     for i, (name, size) in enumerate(files, 1):
         first = min(32_768, size // 4)
-        out.append(f"{name}\n\r{first:>15,} {first * 100 // size:>3}%    0.00kB/s    0:00:00  ")
+        out.append(f"<f+++++++++ {name}\n\r{first:>15,} {first * 100 // size:>3}%    0.00kB/s    0:00:00  ")
         out.append(f"\r{size // 2:>15,}  50%    1.00MB/s    0:00:01  ")
         out.append(f"\r{size:>15,} 100%    1.01MB/s    0:00:02 (xfr#{i}, to-chk={n - i - 1}/{n})\n")
-    out += [f"{link} -> ../../blobs/x\n" for link in links]
+    out += [f"cL+++++++++ {link} -> ../../blobs/x\n" for link in links]
     sent = sum(s for _, s in files)
     out.append(f"\nNumber of files: {n} (reg: {len(files)}, dir: 1)\nNumber of created files: {len(files)}\n"
                f"Number of deleted files: 0\nNumber of regular files transferred: {len(files)}\n"
@@ -44,12 +45,14 @@ def rsync3_pass(files, links=()):
 
 
 def rsync269_pass(files, links=()):
-    """rsync 2.6.9: no separators, updates end in '\\r', (xfer#, to-check=), shorter stats."""
+    """rsync 2.6.9: itemized names of 9 letters (YXcstpogz, its rsync.1), no separators, updates
+    end in '\\r' (progress.c), (xfer#, to-check=), shorter stats (main.c output_summary(): plain
+    "%.0f" numbers, "Total bytes sent:")."""
     out, n = ["building file list ... done\n"], len(files) + len(links) + 1
     for i, (name, size) in enumerate(files, 1):
-        out.append(f"{name}\n{size // 2:>12}  50%    1.00MB/s    0:00:01\r")
+        out.append(f"<f+++++++ {name}\n{size // 2:>12}  50%    1.00MB/s    0:00:01\r")
         out.append(f"{size:>12} 100%    1.01MB/s    0:00:02 (xfer#{i}, to-check={n - i - 1}/{n})\n")
-    out += [f"{link} -> ../../blobs/x\n" for link in links]
+    out += [f"cL+++++++ {link} -> ../../blobs/x\n" for link in links]
     sent = sum(s for _, s in files)
     out.append(f"\nNumber of files: {n}\nNumber of files transferred: {len(files)}\n"
                f"Total file size: {sent} bytes\nTotal transferred file size: {sent} bytes\n"
@@ -62,13 +65,14 @@ def rsync269_pass(files, links=()):
 
 
 def openrsync_pass(files, links=()):
-    """openrsync: 2.6.9-like progress (no rate under 1 KiB/s), no stats block at all, at most a
-    rounded 'Transfer complete' line."""
+    """openrsync: itemized names (its tests match '^.[dfLS]\\+{7,} '), 2.6.9-like progress (no rate
+    under 1 KiB/s), no stats block at all even with --stats; with -v only, one rounded line
+    (session.c stats_log(), kristapsdz/openrsync and KlaraSystems/openrsync: "%.*lf %s" in B/KB/MB/GB)."""
     out, n = [], len(files) + len(links) + 1
     for i, (name, size) in enumerate(files, 1):
-        out.append(f"{name}\n {size // 2:>14}  50%   00:00:01\r")
+        out.append(f"<f+++++++ {name}\n {size // 2:>14}  50%   00:00:01\r")
         out.append(f" {size:>14} 100%    1.01MB/s   00:00:02 (xfer#{i}, to-check={n - i - 1}/{n})\n")
-    out += [f"{link} -> ../../blobs/x\n" for link in links]
+    out += [f"cL+++++++ {link} -> ../../blobs/x\n" for link in links]
     out.append("Transfer complete: 2.86 MB sent, 0 B read, 2.86 MB file size\n")
     return "".join(out)
 
@@ -86,24 +90,44 @@ def launcher_passes(make_pass):
     return [make_pass(BLOBS), make_pass([], LINKS), make_pass([("refs/main", 40)])]
 
 
-def launcher_done_line(passes, tmp_path):
-    """The launcher's own closing line for these pass outputs: its sum_stat, run by bash."""
+def launcher_done_line(passes, tmp_path, repo=None):
+    """The launcher's own closing line for these pass outputs: its file_data and sum_stat, run by
+    bash; ``repo`` is the local repo folder whose files the passes name (default: none there)."""
     logs = []
     for i, text in enumerate(passes, 1):
         logs.append(tmp_path / f"pass{i}")
         logs[-1].write_text(text)
-    return "sync: done: file data sent {} bytes, total sent {} bytes".format(
-        sum_stat("Literal data:", *logs), sum_stat("Total bytes sent:", *logs))
+    repo = repo or tmp_path / "no-repo"
+    return "sync: done: file data sent {}, total sent {} bytes".format(
+        launcher_function("file_data", "Literal data:", repo / "blobs", logs[0], repo / "snapshots", logs[1],
+                          repo, logs[2]),
+        sum_stat("Total bytes sent:", *logs))
+
+
+def launcher_function(name, *args):
+    """One of the launcher's byte-counting functions (with those it calls), cut out of it and run alone."""
+    text = LAUNCHER.read_text()
+    names = "pass_stat|sum_stat|pass_derived|sum_derived|file_data"
+    functions = "".join(re.findall(rf"^(?:{names})\(\) \{{.*?^\}}\n", text, re.M | re.S))
+    assert all(f"{n}()" in functions for n in names.split("|"))
+    p = subprocess.run(["bash", "-c", functions + f'{name} "$@"', "bash", *map(str, args)],
+                       capture_output=True, text=True, check=True)
+    return p.stdout.strip()
 
 
 def sum_stat(label, *logs):
-    """The launcher's ``sum_stat`` (with ``pass_stat``), cut out of it and run alone."""
-    text = LAUNCHER.read_text()
-    functions = "".join(re.findall(r"^(?:pass_stat|sum_stat)\(\) \{.*?^\}\n", text, re.M | re.S))
-    assert "pass_stat()" in functions and "sum_stat()" in functions
-    p = subprocess.run(["bash", "-c", functions + 'sum_stat "$@"', "bash", label, *map(str, logs)],
-                       capture_output=True, text=True, check=True)
-    return p.stdout.strip()
+    return launcher_function("sum_stat", label, *logs)
+
+
+def local_repo(tmp_path):
+    """A local repo folder holding the files the canned passes send (blobs at their sizes, refs/main)."""
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for name, size in BLOBS:
+        (repo / "blobs" / name).write_bytes(b"x" * size)
+    (repo / "refs" / "main").write_bytes(b"r" * 40)
+    return repo
 
 
 class Ticking:
@@ -144,6 +168,9 @@ def watch(output, clock, out=None, code=0, expected=MISSING):
     ("     1500000  50%    1.01MB/s    0:00:01", FileProgress(1_500_000, 50, False)),
     ("        3000000 100%    1.01MB/s   00:00:02 (xfer#2, to-check=0/3)", FileProgress(3_000_000, 100, True)),
     ("            512  50%   00:00:01", FileProgress(512, 50, False)),   # openrsync, no rate
+    # openrsync's client.c: " %14llu", " %3.0f%%", " %7.2fKB/s" (MB/s, GB/s; none under 1 KiB/s)
+    ("         524288  50%  512.00KB/s   00:00:01", FileProgress(524_288, 50, False)),
+    ("     3221225472 100%    1.50GB/s   00:00:02 (xfer#1, to-check=0/3)", FileProgress(3_221_225_472, 100, True)),
 ])
 def test_progress_lines_of_every_rsync_parse(line, expected):
     assert parse_progress(line) == expected
@@ -190,10 +217,48 @@ def test_summary_of_rsync269_is_its_literal_data(tmp_path):
         Summary(MISSING + 40, MISSING + 40 + 3 * 434, "stats")
 
 
-def test_openrsync_gives_unknown_and_file_data_counted_from_progress(tmp_path):
+def test_openrsync_file_data_is_derived_from_the_files_itemized_as_sent(tmp_path):
+    done = launcher_done_line(launcher_passes(openrsync_pass), tmp_path, local_repo(tmp_path))
+    n = len(BLOBS) + 1   # the blobs and refs/main; the snapshot links are not file data
+    assert done == (f"sync: done: file data sent {MISSING + 40} bytes (derived from {n} files itemized), "
+                    "total sent unknown bytes")
+    summary = parse_summary(launcher_output(openrsync_pass, done))
+    assert summary == Summary(MISSING + 40, None, "itemized", n)
+    assert summary.derivation == f" (derived from {n} files itemized)"
+
+
+def test_openrsync_without_the_local_files_is_unknown_then_counted_from_progress(tmp_path):
+    """A name the launcher cannot size here (gone, or written with rsync's \\#ooo escapes) is
+    no guess: the figure falls back to the progress lines, said to be an estimate."""
     done = launcher_done_line(launcher_passes(openrsync_pass), tmp_path)
     assert done == "sync: done: file data sent unknown bytes, total sent unknown bytes"
-    assert parse_summary(launcher_output(openrsync_pass, done)) == Summary(MISSING + 40, None, "progress")
+    summary = parse_summary(launcher_output(openrsync_pass, done))
+    assert summary == Summary(MISSING + 40, None, "progress")
+    assert summary.derivation == " (estimated from rsync's progress)"
+
+
+@pytest.mark.parametrize("line,counted", [
+    ("<f+++++++++ blobs/0101", True),       # rsync 3, pushed (YXcstpoguax)
+    (">f+++++++++ blobs/0101", True),       # rsync 3, pulled
+    ("<f+++++++ blobs/0101", True),         # rsync 2.6.9 (YXcstpogz) / openrsync
+    ("<f.st...... blobs/0101", True),       # an update: size and time differ
+    ("<f..T.... blobs/0101", True),
+    (".f..t...... blobs/0101", False),      # not sent: only its time is set
+    ("cL+++++++++ abc/config.json -> ../../blobs/0101", False),
+    ("cd+++++++++ ./", False), ("*deleting   blobs/0101", False),
+    ("blobs/0101", False), ("<f+++ blobs/0101", False),
+])
+def test_only_regular_files_itemized_as_sent_count(tmp_path, line, counted):
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "0101").write_bytes(b"x" * 1234)
+    log = tmp_path / "log"
+    log.write_text(f"sending incremental file list\n{line}\n   1,234 100%  1.00MB/s  0:00:00 (xfr#1, to-chk=0/1)\n")
+    assert launcher_function("pass_derived", tmp_path, log) == ("1234 1" if counted else "0 0")
+
+
+def test_rsync3_stats_win_over_the_itemized_derivation(tmp_path):
+    done = launcher_done_line(launcher_passes(rsync3_pass), tmp_path, local_repo(tmp_path))
+    assert "derived" not in done and parse_summary(done).file_data_from == "stats"
 
 
 def test_unknown_without_any_progress_stays_unknown():
@@ -384,7 +449,7 @@ def test_stream_verbose_shows_everything(tmp_path):
     output = launcher_output(rsync269_pass, "sync: done: file data sent 1 bytes, total sent 2 bytes")
     (code, full), shown = play(tmp_path, output, code=23, verbose=True)
     assert code == 23
-    for seen in (BLOBS[0][0], LINKS[0], "Number of files: 13", "Literal data: ", "Total bytes sent: ",
+    for seen in (f"<f+++++++ {BLOBS[0][0]}", f"cL+++++++ {LINKS[0]}", "Number of files: 13", "Literal data: ", "Total bytes sent: ",
                  f"sync: removed leftover {REPO}/blobs/{'ab' * 32}.incomplete", "sync: done:"):
         assert f"[mac4] {seen}" in shown
     assert f"[mac4] {BLOBS[-1][1]:>12} 100%    1.01MB/s    0:00:02 (xfer#12, to-check=0/13)" in shown

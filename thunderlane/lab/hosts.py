@@ -1,15 +1,16 @@
-"""The lab: one real OpenSSH ``sshd`` per compute host on its own loopback address, each with its
-own host key, key-only login and home at ``.lab/<host>/``; the control side under ``.lab/local/``.
+"""The lab: one real OpenSSH ``sshd`` per compute host on its own loopback address (or all on
+127.0.0.1 with their own ports: ``net.py``), each with its own host key, key-only login and home
+at ``.lab/<host>/``; the control side under ``.lab/local/``.
 
 ``up()`` writes ``.lab/hosts.yaml`` (an inventory), ``.lab/ssh_config`` and ``.lab/known_hosts``
 with every host key pinned, and seeds the handoff's situation (``seed.py``).
 """
 import getpass
 import os
-import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ import yaml
 
 from .. import inventory, remote
 from ..fsutil import atomic_write, pid_alive
+from . import net
 from .client import parse_layout
+from .net import address
 from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed, seeded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,17 +37,6 @@ def paths(lab=LAB):
     return {"lab": lab, "inventory": lab / "hosts.yaml", "ssh_config": lab / "ssh_config",
             "known_hosts": lab / "known_hosts", "identity": lab / "local" / "id_ed25519",
             "fixtures": lab / "fixtures"}
-
-
-NET_VAR = "THUNDER_LAB_NET"  # another loopback /24 for a second lab (benchmarks beside tests)
-
-
-def address(index):
-    """Loopback address of the index-th lab host: 127.77.0.10, .11, ... (or $THUNDER_LAB_NET.10)."""
-    net = os.environ.get(NET_VAR, "127.77.0")
-    if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}", net):
-        raise LabError(f"{NET_VAR}={net!r}: give the first three parts of a loopback address, e.g. 127.78.0")
-    return f"{net}.{10 + index}"
 
 
 def _keygen(path, comment):
@@ -63,12 +55,17 @@ def sshd_pid(lab, name):
     pidfile = _state_dir(lab, name) / "sshd.pid"
     try:
         pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid_alive(pid) else b""
     except (OSError, ValueError):
         return None
     # sshd rewrites its title ("sshd: /usr/sbin/sshd -f CONFIG ... [listener]"): match the path
-    config = str(_state_dir(lab, name) / "sshd_config").encode()
-    return pid if config in cmdline else None
+    config = str(_state_dir(lab, name) / "sshd_config")
+    return pid if pid_alive(pid) and config in command_line(pid) else None
+
+
+def command_line(pid):
+    """``pid``'s command line as ps shows it (procps and BSD ps alike; no /proc on macOS), or ''."""
+    p = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def _free_port(ip, start):
@@ -103,7 +100,7 @@ def _start_sshd(lab, name, ip, port, user, client_pub):
     host_pub = _keygen(state / "ssh_host_ed25519_key", f"lab-{name}")
     (state / "authorized_keys").write_text(" ".join(client_pub) + "\n")
     (state / "sshd_config").write_text(_sshd_config(lab, name, ip, port, user))
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and sys.platform.startswith("linux"):  # Debian's sshd wants it as root
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     if sshd_pid(lab, name) is None:
         run_tool([SSHD, "-f", str(state / "sshd_config"), "-E", str(state / "sshd.log")])
@@ -121,37 +118,50 @@ def _wait_listening(ip, port, name, seconds=10):
     raise LabError(f"lab sshd for {name} did not listen on {ip}:{port}")
 
 
-def _previous_ports(lab):
-    """Ports already given to hosts by an earlier lab-up, so that re-running keeps them."""
+def _previous_hosts(lab):
+    """{host: (address, port)} an earlier lab-up gave, so that re-running keeps them."""
     try:
         data = yaml.safe_load((lab / "hosts.yaml").read_text())
-        return {n: h["port"] for n, h in data["hosts"].items()}
+        return {n: (h["hostname"], h["port"]) for n, h in data["hosts"].items()}
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return {}
 
 
-def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None):
+def _kept_port(lab, name, ip, previous):
+    """The port ``name``'s running sshd listens on if it stays at ``ip``; a running sshd at another
+    address (the lab switched modes) is stopped, and None returned."""
+    if sshd_pid(lab, name) is None:
+        return None
+    if previous.get(name, (None,))[0] == ip:
+        return previous[name][1]
+    _stop(lab, name)
+    return None
+
+
+def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None, addresses=None):
     """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures.
     layout: the caches' layouts (``client.parse_layout``: 'classic', 'shared' or 'host=layout,...');
-    None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``."""
+    None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``. addresses: 'single' (every
+    host on 127.0.0.1, own ports) or 'per-host'; None keeps the lab's, else ``net.default_mode()``."""
     names = list(names)
     for n in names:
         if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
             raise LabError(f"lab host name {n!r} must match [a-z0-9_-] and not be 'local'")
+    mode = net.choose(addresses, lab)   # a bad mode refused before anything is touched
     p = paths(lab)
     layouts = parse_layout(layout, names, (seeded(lab) or {}).get("layouts") or DEFAULT_LAYOUT)
     user = getpass.getuser()
     client_pub = _keygen(p["identity"], "thunder-lab-control")
-    ports = _previous_ports(lab)
+    previous = _previous_hosts(lab)
     hosts = {}
     for i, name in enumerate(names):
-        ip = address(i)
-        port = ports.get(name) if sshd_pid(lab, name) else None
-        port = port or _free_port(ip, BASE_PORT + i)
+        ip = address(i, mode)
+        port = _kept_port(lab, name, ip, previous) or _free_port(ip, BASE_PORT + i)
         host_pub = _start_sshd(lab, name, ip, port, user, client_pub)
         hosts[name] = {"ip": ip, "port": port, "key": host_pub}
     known = [f"[{h['ip']}]:{h['port']} {' '.join(h['key'])}" for h in hosts.values()]
     atomic_write(p["known_hosts"], "\n".join(known) + "\n")
+    net.remember(lab, mode)
     _write_inventory(p, hosts, user)
     _write_ssh_files(p)
     seed(p, names, model_mb, reseed, layouts, python=lab_python())
@@ -205,16 +215,23 @@ def down(lab=LAB):
     stopped = []
     state_root = lab / "sshd"
     for state in sorted(state_root.iterdir()) if state_root.is_dir() else []:
-        pid = sshd_pid(lab, state.name)
-        if pid is None:
-            continue
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if sshd_pid(lab, state.name) is None or not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.05)
-        stopped.append((state.name, pid))
+        pid = _stop(lab, state.name)
+        if pid is not None:
+            stopped.append((state.name, pid))
     return stopped
+
+
+def _stop(lab, name):
+    """Stop ``name``'s lab sshd if it runs (checked by its config path); its PID, else None."""
+    pid = sshd_pid(lab, name)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if sshd_pid(lab, name) is None or not pid_alive(pid):
+            break
+        time.sleep(0.05)
+    return pid
 
 
 def status(lab=LAB):
