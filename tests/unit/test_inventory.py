@@ -210,7 +210,7 @@ def test_base_python_is_optional_and_read_as_an_absolute_path():
 
 
 @pytest.mark.parametrize("value,words", [("python3.12", "relative path"), ("/opt/x/../python3", "climbs"),
-                                         ("/opt/homebrew/bin/python3.12; rm -rf ~", "shell metacharacter"),
+                                         ("/opt/homebrew/bin/python3.12$(rm -rf ~)", "cannot carry safely"),
                                          (312, "expected an absolute path")])
 def test_a_bad_base_python_is_refused_naming_host_and_field(value, words):
     msg = bad(lambda d: d["hosts"]["mac5"].update(base_python=value))
