@@ -19,7 +19,7 @@ import yaml
 from .. import inventory, remote
 from ..fsutil import atomic_write, pid_alive
 from .client import parse_layout
-from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed, seeded
+from .seed import CACHE_REL, DATASET_REL, HOST_CACHE_REL, RUNS_REL, LabError, run_tool, seed, seeded
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".lab"
@@ -182,7 +182,8 @@ def _write_inventory(p, hosts, user):
         "hosts": {name: {"ssh_name": name, "hostname": h["ip"], "user": user, "port": h["port"],
                          "data_ip": h["ip"], "python": python,
                          "dataset_root": str(lab / name / DATASET_REL),
-                         "runs_root": str(lab / name / RUNS_REL)}
+                         "runs_root": str(lab / name / RUNS_REL),
+                         **({"hf_cache": str(lab / name / HOST_CACHE_REL[name])} if name in HOST_CACHE_REL else {})}
                   for name, h in hosts.items()},
     }
     text = "# Written by `fab lab-up`: the lab's inventory. Use it with\n" \
