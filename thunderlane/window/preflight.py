@@ -5,6 +5,7 @@ from .. import checkpoint
 from ..remote import HostError, ask, on_hosts
 from ..report import HostResult, Report, human_bytes
 from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
+from . import macos
 from .lock import lock_dir, lock_state
 from .writer import profile_hosts, run_query
 
@@ -37,8 +38,10 @@ def preflight(inv, profile):
                 problems.setdefault(r.host, []).append(f"{what} {r.verdict}: {r.detail}")
     runs = got["run"]
     _run_problems(inv, profile, hosts, runs, problems)
+    shown = {}  # {host: "macOS: caffeinate, F_FULLFSYNC, firewall on, python allowed" or "not darwin ..."}
+    macos.check(inv, [h for h in hosts if not isinstance(runs.get(h.name), HostError)], problems, shown)
     results = [HostResult(name, "refused" if items else "ready", not items, "; ".join(items),
-                          _figures(runs.get(name)))
+                          {**_figures(runs.get(name)), **({"macos": shown[name]} if name in shown else {})})
                for name, items in problems.items()]
     return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
 
