@@ -17,6 +17,7 @@ from . import client
 DATASET_REL = "thunder-train/data/gemma4_e2b_nko_correction_partial_real"
 RUNS_REL = "thunder-train/runs"
 CACHE_REL = client.CACHE_REL
+SEEDED = "seeded.json"
 # Hosts whose inventory names an hf_cache away from the default (an external volume, as on a real
 # Mac): the cache is seeded there and the default path stays empty, so only a rank that was given
 # HF_HUB_CACHE finds the model. Relative to the host's home.
@@ -26,7 +27,6 @@ HOST_CACHE_REL = {"mac5": "Volumes/ext/hf"}
 def cache_rel(host):
     """Where a lab host's hub cache lives, relative to its home."""
     return HOST_CACHE_REL.get(host, CACHE_REL)
-SEEDED = "seeded.json"
 
 
 class LabError(RuntimeError):

@@ -168,7 +168,7 @@ def init_group(lane):
     try:
         group = mx.distributed.init(strict=want > 1, backend=backend)
     except (RuntimeError, ValueError) as e:
-        raise LaneError("backend", f"mx.distributed.init(strict=True, backend={backend!r}) failed on "
+        raise LaneError("backend", f"mx.distributed.init(strict={want > 1}, backend={backend!r}) failed on "
                         f"{lane.host}: {e}") from None
     if group.size() != want:
         raise LaneError("world-size", f"distributed group has {group.size()} rank(s), expected {want}"
