@@ -204,6 +204,7 @@ def train_window(c, profile="partial_real_stage1_stable", target=10, window_=10,
 
 def _window_text(result, summary):
     lines = [] if result.preflight.ok else [result.preflight.to_table(["python", "mlx", "mlx_lm", "free", "step"])]
+    lines += [f"preflight: {r.host}: {r.figures['macos']}" for r in result.preflight.results if "macos" in r.figures]
     if summary["command"]:
         lines.append(f"command: {summary['command']}")
         lines += [f"mlx.launch: {launch}" for launch in summary["launches"]]

@@ -15,6 +15,7 @@ usage: run_gemma4_e2b_nko_correction_chunks.sh PROFILE TARGET_STEP WINDOW
   most WINDOW steps across the profile's hosts. At or past the target it trains nothing.
   example: ./run_gemma4_e2b_nko_correction_chunks.sh partial_real_stage1_stable 10 10
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python)
+  on macOS the runner and every rank run under caffeinate -i -s -w <pid> (no sleep mid-window)
 exit: 0 target reached, 64 usage, 75 locked, 76 a window did not commit, 77 state unreadable,
       other codes are the failing window's (see launch_gemma4_e2b_nko_correction_thunder.sh)
 USAGE
@@ -36,6 +37,22 @@ for n in "$target" "$window"; do
 done
 
 helper() { (cd "$repo" && "$py" -m thunderlane.launcher_helpers "$@"); }
+
+# macOS: no idle or system sleep while this runner lives (caffeinate ends with it). The lab acts
+# as macOS with THUNDER_FORCE_DARWIN=<folder of stand-in tools>, honoured only with THUNDER_LAB_HOST.
+keep_awake() {
+  local tool=
+  if [ -n "${THUNDER_FORCE_DARWIN:-}" ] && [ -n "${THUNDER_LAB_HOST:-}" ]; then
+    tool=$THUNDER_FORCE_DARWIN/caffeinate
+  elif [ "$(uname)" = Darwin ]; then
+    tool=$(command -v caffeinate || true)
+  fi
+  if [ -n "$tool" ] && [ -x "$tool" ]; then
+    "$tool" -i -s -w "$$" </dev/null >/dev/null 2>&1 &
+    echo "chunks: macOS: $tool -i -s -w $$ (pid $!)"
+  fi
+}
+keep_awake
 
 # the lock is a directory renamed into place with this shell's pid and start time already inside:
 # atomic, never ownerless, and a reused pid is not its owner

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .onhost.files import full_fsync  # the one durable-write helper, control side and hosts alike
+
 
 def atomic_write(path, text, mode=0o644):
     """Write ``text`` to ``path`` through a temporary file, then rename it onto ``path``: a crash
@@ -28,7 +30,7 @@ def atomic_write(path, text, mode=0o644):
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            full_fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
@@ -62,7 +64,7 @@ def fsync_dir(path):
     except OSError:
         return
     try:
-        os.fsync(fd)
+        full_fsync(fd)
     except OSError:
         pass
     finally:

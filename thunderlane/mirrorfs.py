@@ -8,7 +8,7 @@ import stat
 import time
 from pathlib import Path
 
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, full_fsync
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -101,7 +101,7 @@ def copy_new(src, dst):
     with os.fdopen(fd_in, "rb") as fin, os.fdopen(fd_out, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
-        os.fsync(fout.fileno())
+        full_fsync(fout.fileno())
 
 
 def old_copy(mirror):

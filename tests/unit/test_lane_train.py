@@ -266,3 +266,15 @@ def test_resume_verifies_the_named_files_and_refuses_a_changed_one(world):
     assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "resume")
     assert f"{state} does not match the size and sha256" in events[-1]["msg"] and "step 4" in events[-1]["msg"]
     assert (run_dir / "checkpoint.json").read_bytes() == before and state.read_bytes() == bytes(data)
+
+
+def test_a_backend_that_cannot_init_is_a_backend_event(world):
+    """The rank asks mlx for the spec's backend by name (never 'any'): one mlx refuses is a clear
+    error naming it and the host, before any model is loaded. The start event shows the cache the
+    prologue gave the rank."""
+    run_dir = world["root"] / "run_backend"
+    proc, events = run_entry(world, dict(window_spec(world, run_dir, 2), backend="no-such-backend"))
+    assert proc.returncode == EXIT_CODES["backend"], proc.stdout + proc.stderr
+    assert events[0]["phase"] == "start" and events[0]["hf_hub_cache"] == str(world["hub"])
+    assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "backend")
+    assert "backend='no-such-backend'" in events[-1]["msg"] and "local_host" in events[-1]["msg"]

@@ -22,7 +22,7 @@ from ..fsutil import atomic_write, pid_alive
 from . import net
 from .client import parse_layout
 from .net import address
-from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed, seeded
+from .seed import CACHE_REL, DATASET_REL, HOST_CACHE_REL, RUNS_REL, LabError, run_tool, seed, seeded
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".lab"
@@ -202,7 +202,8 @@ def _write_inventory(p, hosts, user):
         "hosts": {name: {"ssh_name": name, "hostname": h["ip"], "user": user, "port": h["port"],
                          "data_ip": h["ip"], "python": python, "base_python": base_python(python),
                          "dataset_root": str(lab / name / DATASET_REL),
-                         "runs_root": str(lab / name / RUNS_REL)}
+                         "runs_root": str(lab / name / RUNS_REL),
+                         **({"hf_cache": str(lab / name / HOST_CACHE_REL[name])} if name in HOST_CACHE_REL else {})}
                   for name, h in hosts.items()},
     }
     text = "# Written by `fab lab-up`: the lab's inventory. Use it with\n" \

@@ -7,14 +7,14 @@ from huggingface_hub.file_download import repo_folder_name
 
 from ..inventory import DEFAULT_REPO
 from ..profiles import PROFILE_DIR
-from .seed import CACHE_REL, seeded
+from .seed import cache_rel, seeded
 
 REPO_FOLDER = repo_folder_name(repo_id=DEFAULT_REPO, repo_type="model")  # models--mlx-community--gemma-4-e2b-4bit
 
 
 def host_cache(lab_dir, host):
-    """The hub cache root of a lab host (``local`` included)."""
-    return Path(lab_dir) / host / CACHE_REL
+    """The hub cache root of a lab host (``local`` included): its inventory's hf_cache, if any."""
+    return Path(lab_dir) / host / cache_rel(host)
 
 
 def host_layout(lab_dir, host):

@@ -18,6 +18,15 @@ DATASET_REL = "thunder-train/data/gemma4_e2b_nko_correction_partial_real"
 RUNS_REL = "thunder-train/runs"
 CACHE_REL = client.CACHE_REL
 SEEDED = "seeded.json"
+# Hosts whose inventory names an hf_cache away from the default (an external volume, as on a real
+# Mac): the cache is seeded there and the default path stays empty, so only a rank that was given
+# HF_HUB_CACHE finds the model. Relative to the host's home.
+HOST_CACHE_REL = {"mac5": "Volumes/ext/hf"}
+
+
+def cache_rel(host):
+    """Where a lab host's hub cache lives, relative to its home."""
+    return HOST_CACHE_REL.get(host, CACHE_REL)
 
 
 class LabError(RuntimeError):
@@ -55,7 +64,7 @@ def seed(p, names, model_mb, reseed=False, layouts=None, python=sys.executable):
     homes = {"local": lab / "local", **{n: lab / n for n in names}}
     layouts = {h: (layouts or {}).get(h, "classic") for h in homes}
     wanted = {"hosts": list(names), "model_mb": model_mb, "layouts": layouts,
-              "partial": names[0] if names else None}
+              "partial": names[0] if names else None, "caches": {h: cache_rel(h) for h in homes}}
     if not reseed and seeded(lab) == wanted:
         return
     corpus, repo = build_fixtures(p, model_mb)
@@ -68,7 +77,9 @@ def seed(p, names, model_mb, reseed=False, layouts=None, python=sys.executable):
             made[key] = made.get(key) or client.made(p["fixtures"], repo, python, *key)
         except client.ClientError as e:
             raise LabError(f"seeding {host}: {e}") from None
-        client.place(made[key], home / CACHE_REL)
+        if cache_rel(host) != CACHE_REL:
+            shutil.rmtree(home / CACHE_REL, ignore_errors=True)  # nothing at the default path
+        client.place(made[key], home / cache_rel(host))
     atomic_write(lab / SEEDED, json.dumps(wanted, indent=1) + "\n")
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROBE = ("files", "runs", "store", "links", "probe")
-ENTRY = ("files", "commit", "lane_train")
+MACOS = ("macos",)  # preflight's macOS facts (firewall, caffeinate, F_FULLFSYNC)
+ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
 
 def source(modules):
@@ -24,3 +25,7 @@ def probe_source():
 
 def entry_source():
     return source(ENTRY)
+
+
+def macos_source():
+    return source(MACOS)

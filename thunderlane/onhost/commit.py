@@ -30,7 +30,7 @@ ADAPTERS = "adapters.safetensors"  # mlx-lm's fixed name: refreshed after a comm
 CONFIG_FILE = "adapter_config.json"
 STEP_FILE = re.compile(r"\d{7}_(adapters|lane_state)\.safetensors")
 EXIT_CODES = {"runtime": 1, "cache": 10, "dataset": 11, "write": 12, "world-size": 13,
-              "divergence": 14, "checkpoint": 15, "spec": 16, "resume": 17}
+              "divergence": 14, "checkpoint": 15, "spec": 16, "resume": 17, "backend": 18}
 # Where the fault hook can kill a rank during a commit, in commit order. ``during-*`` kills half-way
 # through the temporary file; ``before-state`` is the moment of ``after-adapters``, and so on.
 POINTS = tuple(f"{when}-{what}" for what in ("adapters", "state", "config") for when in ("before", "during", "after")) \

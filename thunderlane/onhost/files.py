@@ -40,10 +40,28 @@ def checked_write(path, write):
         raise OSError(errno.ENOSPC if full else errno.EIO, str(e), path) from None
 
 
+def full_fsync(fd, fcntl_module=None, platform=None):
+    """Make ``fd``'s data durable. On macOS ``os.fsync`` leaves it in the drive's cache and
+    ``fcntl(F_FULLFSYNC)`` flushes it; a filesystem that refuses F_FULLFSYNC (ENOTSUP, EINVAL on some
+    network or external volumes) falls back to fsync. Returns the call used ("F_FULLFSYNC" or
+    "fsync"). ``fcntl_module``/``platform``: stand-ins for tests."""
+    import sys
+    if fcntl_module is None:
+        import fcntl as fcntl_module
+    if (platform or sys.platform) == "darwin" and hasattr(fcntl_module, "F_FULLFSYNC"):
+        try:
+            fcntl_module.fcntl(fd, fcntl_module.F_FULLFSYNC)
+            return "F_FULLFSYNC"
+        except OSError:
+            pass
+    os.fsync(fd)
+    return "fsync"
+
+
 def fsync_path(path):
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        full_fsync(fd)
     finally:
         os.close(fd)
 

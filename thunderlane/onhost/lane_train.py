@@ -162,7 +162,14 @@ def prepare_run_dir(lane):
 
 
 def init_group(lane):
-    group, want = mx.distributed.init(), len(lane.spec["ranks"])
+    """The spec's backend (the profile's; ring by default), strictly: no silent fallback to another
+    backend. A one-rank window may be a singleton group (mlx.launch sets no hostfile then)."""
+    backend, want = lane.spec.get("backend") or "ring", len(lane.spec["ranks"])
+    try:
+        group = mx.distributed.init(strict=want > 1, backend=backend)
+    except (RuntimeError, ValueError) as e:
+        raise LaneError("backend", f"mx.distributed.init(strict={want > 1}, backend={backend!r}) failed on "
+                        f"{lane.host}: {e}") from None
     if group.size() != want:
         raise LaneError("world-size", f"distributed group has {group.size()} rank(s), expected {want}"
                         " (did the ring backend fall back to a single process?)")
@@ -176,7 +183,8 @@ def load_model(lane):
         snapshot = snapshot_download(repo, local_files_only=True)
         model, tokenizer = load(repo)
     except Exception as e:  # noqa: BLE001 - any failure here is a cache/materialization one
-        raise LaneError("cache", f"cannot load {repo} offline from the HF cache: "
+        raise LaneError("cache", f"cannot load {repo} offline from the HF cache "
+                        f"{os.environ.get('HF_HUB_CACHE') or '(the default: HF_HUB_CACHE unset)'}: "
                         f"{type(e).__name__}: {e}") from None
     if mx.default_device() == mx.cpu:
         model.set_dtype(mx.float32)  # bf16 is emulated on CPU (Linux lab): float32 is ~6x faster
@@ -319,7 +327,7 @@ def run_window(lane):
     """Set up, restore, train with mlx-lm up to the spec's ``to_step``, committing on the way."""
     refuse_fault_outside_lab(lane.spec)
     prepare_run_dir(lane)
-    lane.say("start", pid=os.getpid())
+    lane.say("start", pid=os.getpid(), **globals().get("RANK_PROLOGUE", {}))  # rank_env.py's, in a bundle
     lane.group = init_group(lane)
     model, tokenizer = load_model(lane)
     lane.say("model-loaded", world=lane.group.size())

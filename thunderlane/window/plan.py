@@ -40,6 +40,8 @@ def window_spec(inv, profile, to_step, target):
     record = wfacts.record if checkpoint.committed_step(wfacts) else {}
     return {
         "fault": os.environ.get("THUNDER_FAULT") or None,  # fault injection, for the reliability suite
+        # lab only (a lab host's rank honours it): act as macOS with stand-in tools from this folder
+        "force_darwin": os.environ.get("THUNDER_FORCE_DARWIN") or None,
         "profile": profile.name, "run_id": record.get("run_id") or new_run_id(profile),
         "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.ref,
         "dataset_digest": dataset.digest(data) if data.exists else None,

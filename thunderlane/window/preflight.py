@@ -5,7 +5,7 @@ from .. import checkpoint, hostenv, requirements
 from ..remote import HostError, ask, on_hosts
 from ..report import HostResult, Report, human_bytes
 from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
-from . import datapath
+from . import datapath, macos
 from .lock import lock_dir, lock_state
 from .writer import profile_hosts, run_query
 
@@ -39,8 +39,10 @@ def preflight(inv, profile):
     runs = got["run"]
     _run_problems(inv, profile, hosts, runs, problems)
     _links(inv, profile, hosts, runs, problems)
+    shown = {}  # {host: "macOS: caffeinate, F_FULLFSYNC, firewall on, python allowed" or "not darwin ..."}
+    macos.check(inv, [h for h in hosts if not isinstance(runs.get(h.name), HostError)], problems, shown)
     results = [HostResult(name, datapath.verdict(items), not items, "; ".join(items),
-                          _figures(runs.get(name)))
+                          {**_figures(runs.get(name)), **({"macos": shown[name]} if name in shown else {})})
                for name, items in problems.items()]
     return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
 

@@ -1,0 +1,51 @@
+# thunderlane on-host macOS facts: stdlib only, run alone by the host's lane python
+"""What preflight needs to know of a host's macOS behaviours, as one JSON document: the platform,
+the lane Python's real path (a venv's python is a link to the base interpreter, and the firewall's
+rules name the real file), the application firewall's answers as socketfilterfw prints them (parsed
+on the control side), and whether caffeinate and F_FULLFSYNC are there.
+
+Argument: a folder of stand-in macOS tools, or ``-``. Honoured only on a lab host (its sshd sets
+THUNDER_LAB_HOST): the lab acts as macOS with it. Elsewhere only Darwin is macOS."""
+import json
+import os
+import subprocess
+import sys
+
+FIREWALL = "/usr/libexec/ApplicationFirewall/socketfilterfw"
+QUESTIONS = (("global", "--getglobalstate"), ("blockall", "--getblockall"))
+
+
+def ask(tool, *args):
+    """socketfilterfw's answer (stdout then stderr), or None when it cannot be run."""
+    try:
+        p = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (p.stdout + p.stderr)[:4000]
+
+
+def facts(forced):
+    python = os.path.realpath(sys.executable)
+    darwin = sys.platform == "darwin" or bool(forced)
+    out = {"platform": sys.platform, "darwin": darwin, "forced": bool(forced), "python": python}
+    if not darwin:
+        return out
+    tool = os.path.join(forced, "socketfilterfw") if forced else FIREWALL
+    caffeinate = os.path.join(forced or "/usr/bin", "caffeinate")
+    import fcntl
+    out.update(firewall_tool=tool, caffeinate=os.access(caffeinate, os.X_OK),
+               fullfsync=hasattr(fcntl, "F_FULLFSYNC"))
+    answers = {key: ask(tool, flag) for key, flag in QUESTIONS}
+    answers["app"] = ask(tool, "--getappblocked", python)
+    out["firewall"] = answers
+    return out
+
+
+def main(argv):
+    forced = argv[0] if argv and argv[0] != "-" and os.environ.get("THUNDER_LAB_HOST") else None
+    sys.stdout.write(json.dumps(facts(forced), sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
