@@ -132,8 +132,11 @@ def _sync_line(r):
                                    "reseed": "put the fixtures back to the handoff's situation",
                                    "layout": "the caches' layout: classic, shared, or per host "
                                              "(local=shared,mac4=classic); default: as the lab was, "
-                                             "else " + lab.DEFAULT_LAYOUT})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
+                                             "else " + lab.DEFAULT_LAYOUT,
+                                   "key_in_agent": "give the control key a passphrase and hold it in an ssh-agent "
+                                                   "the lab starts (source .lab/agent.env); without it: no "
+                                                   "passphrase, no agent"})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", key_in_agent=False):
     """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
     (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
@@ -142,7 +145,7 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
     except ValueError as e:
         raise Exit(f"lab-up: {e}", code=2) from None
     try:
-        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None)
+        path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None, key_in_agent=key_in_agent)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
@@ -150,14 +153,16 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout=""):
     layouts = (lab.seeded(lab.LAB) or {}).get("layouts", {})
     print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
+    if key_in_agent:
+        print(f"key:       passphrase-protected, held by the lab's ssh-agent; use it: . {lab.LAB / 'agent.env'}")
 
 
 @task
 def lab_down(c):
-    """Stop exactly the lab's sshd processes."""
+    """Stop exactly the lab's sshd processes (and the ssh-agent of --key-in-agent)."""
     stopped = lab.down()
     for name, pid in stopped:
-        print(f"{name}: stopped sshd pid {pid}")
+        print(f"{name}: stopped {'' if name == 'ssh-agent' else 'sshd '}pid {pid}")
     if not stopped:
         print("lab: nothing running")
 

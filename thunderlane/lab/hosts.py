@@ -18,6 +18,7 @@ import yaml
 
 from .. import inventory, remote
 from ..fsutil import atomic_write, pid_alive
+from . import agent
 from .client import parse_layout
 from .seed import CACHE_REL, DATASET_REL, RUNS_REL, LabError, run_tool, seed, seeded
 
@@ -130,10 +131,12 @@ def _previous_ports(lab):
         return {}
 
 
-def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None):
+def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None, key_in_agent=False):
     """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures.
     layout: the caches' layouts (``client.parse_layout``: 'classic', 'shared' or 'host=layout,...');
-    None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``."""
+    None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``.
+    key_in_agent: the control key gets a passphrase and the lab's ssh-agent holds it (``agent.py``);
+    False takes the passphrase off and stops that agent."""
     names = list(names)
     for n in names:
         if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
@@ -142,6 +145,10 @@ def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None)
     layouts = parse_layout(layout, names, (seeded(lab) or {}).get("layouts") or DEFAULT_LAYOUT)
     user = getpass.getuser()
     client_pub = _keygen(p["identity"], "thunder-lab-control")
+    if key_in_agent:
+        agent.start(lab, p["identity"])
+    else:
+        agent.stop(lab, p["identity"])
     ports = _previous_ports(lab)
     hosts = {}
     for i, name in enumerate(names):
@@ -204,7 +211,8 @@ def down(lab=LAB):
                 break
             time.sleep(0.05)
         stopped.append((state.name, pid))
-    return stopped
+    agent_pid = agent.stop(lab)  # exactly the lab's own agent, if --key-in-agent started one
+    return stopped + ([("ssh-agent", agent_pid)] if agent_pid else [])
 
 
 def status(lab=LAB):
