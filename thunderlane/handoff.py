@@ -187,7 +187,8 @@ def _enrich(inv, profile, data):
 def _push(inv, profile, folder):
     """Copy the two report files into the writer's run directory (if it exists) with rsync."""
     writer, remote = window.writer_run_dir(inv, profile)
-    argv = ["rsync", "-t", "-e", ssh_command(inv, writer), f"--rsync-path={writer.rsync_path}",
+    argv = ["rsync", "-t", f"--timeout={inv.ssh.rsync_timeout}", "-e", ssh_command(inv, writer),
+            f"--rsync-path={writer.rsync_path}",
             str(folder / REPORT_MD), str(folder / REPORT_JSON), f"{writer.destination}:{remote}/"]
     p = subprocess.run(argv, capture_output=True, text=True)
     return f"{writer.name}:{remote}/{REPORT_MD}" if p.returncode == 0 else None

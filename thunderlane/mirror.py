@@ -192,8 +192,10 @@ def _checked(writer, staging, wants):
 
 
 def rsync_argv(inv, host, remote_dir, staging, list_file, cap):
-    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L."""
+    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap, an I/O timeout (a
+    host that stops answering ends it with exit 30); no -r, -l, -L."""
     return ["rsync", "-t", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
+            f"--timeout={inv.ssh.rsync_timeout}",
             "-e", ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
             f"{host.destination}:{remote_dir}/", f"{staging}/"]
 

@@ -70,7 +70,8 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=Fals
         if re.search(r"\s", path):
             raise SyncError(f"ssh file path {path!r} has white space, which rsync -e cannot carry")
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
-            "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python]
+            "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python,
+            "--timeout", str(inv.ssh.rsync_timeout)]
     argv += ["--dry-run"] if dry_run else []
     argv += ["--checksum"] if checksum else []
     argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []

@@ -1,0 +1,88 @@
+"""Timeouts everywhere (issue 11, item 4) without SSH: the inventory's timeouts, the probe's
+command timeout chosen by the kind of query (asked of the local host, whose probe is a real
+subprocess: here a script that stops answering), and rsync's --timeout on every command line."""
+import dataclasses
+import subprocess
+import sys
+import time
+
+import pytest
+
+from thunderlane import facts, inventory, mirror, remote, sync
+from thunderlane.remote import HostError
+
+from .test_remote import make_inv
+
+
+def with_ssh(inv, **values):
+    return dataclasses.replace(inv, ssh=dataclasses.replace(inv.ssh, **values))
+
+
+def silent(tmp_path, seconds):
+    """The local host with an interpreter that says nothing for ``seconds``, then prints {}."""
+    script = tmp_path / "silent"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep({seconds})\nprint('{{}}')\n")
+    script.chmod(0o755)
+    inv = make_inv(tmp_path)
+    return inv, dataclasses.replace(inv.local, python=str(script))
+
+
+def inventory_data(**ssh):
+    host = {"ssh_name": "mac4", "hostname": "127.0.0.4", "user": "me", "port": 22, "data_ip": "10.0.0.4",
+            "python": "/v/bin/python", "dataset_root": "/d", "runs_root": "/r"}
+    return {"ssh": {"known_hosts": "/k", **ssh}, "local": {"dataset_root": "/d", "runs_root": "/r"},
+            "hosts": {"mac4": host}}
+
+
+def test_inventory_timeouts_default_and_are_read(tmp_path):
+    inv = make_inv(tmp_path)
+    assert (inv.ssh.probe_timeout, inv.ssh.deep_probe_timeout, inv.ssh.rsync_timeout) == (120, 1800, 300)
+    ssh = inventory.parse(inventory_data(probe_timeout=30, deep_probe_timeout=600, rsync_timeout=60), "inv.yaml").ssh
+    assert (ssh.probe_timeout, ssh.deep_probe_timeout, ssh.rsync_timeout) == (30, 600, 60)
+
+
+@pytest.mark.parametrize("key,value", [("probe_timeout", 0), ("rsync_timeout", "60"), ("deep_probe_timeout", True),
+                                       ("probe_timeout", 99999)])
+def test_bad_timeouts_are_refused_naming_the_field(key, value):
+    with pytest.raises(inventory.InventoryError, match=rf"inv.yaml: ssh.{key}: "):
+        inventory.parse(inventory_data(**{key: value}), "inv.yaml")
+
+
+def test_a_probe_that_stops_answering_is_the_hosts_timeout(tmp_path):
+    inv, host = silent(tmp_path, 30)
+    t0 = time.monotonic()
+    with pytest.raises(HostError) as e:
+        remote.ask(with_ssh(inv, probe_timeout=1), host, facts.dataset("/data"))
+    assert time.monotonic() - t0 < 5
+    assert e.value.kind == "timeout" and e.value.host == "local" and "no answer within 1s" in e.value.message
+
+
+def test_a_deep_scan_gets_the_deep_timeout_and_a_plain_probe_does_not(tmp_path):
+    inv, host = silent(tmp_path, 3)
+    inv = with_ssh(inv, probe_timeout=60, deep_probe_timeout=1)
+    with pytest.raises(HostError, match="no answer within 1s"):
+        remote.ask(inv, host, facts.dataset("/data"), facts.cache("org/name", "/c", deep=True))
+    with pytest.raises(HostError) as e:  # waits the 3 s out, then cannot parse {}: not a timeout
+        remote.ask(inv, host, facts.cache("org/name", "/c"))
+    assert e.value.kind == "error"
+
+
+def test_the_mirrors_rsync_carries_the_io_timeout(tmp_path):
+    inv = with_ssh(make_inv(tmp_path), rsync_timeout=77)
+    argv = mirror.rsync_argv(inv, inv.hosts["mac4"], "/runs/x", "/stage", "/list", 10)
+    assert "--timeout=77" in argv and argv.index("--timeout=77") < argv.index("-e")
+
+
+def test_the_sync_launcher_is_given_the_io_timeout(tmp_path):
+    inv = with_ssh(make_inv(tmp_path), rsync_timeout=77)
+    argv = sync.launcher_argv(inv, inv.hosts["mac4"], "/src", "/dest")
+    assert argv[argv.index("--timeout") + 1] == "77"
+
+
+def test_the_sync_launcher_passes_timeout_to_rsync_and_refuses_a_bad_one():
+    text = sync.LAUNCHER.read_text()
+    assert '"--timeout=$io_timeout"' in text.split("flags=(", 1)[1].split(")", 1)[0]
+    for bad in ("0", "5s", ""):
+        p = subprocess.run(["bash", str(sync.LAUNCHER), "--timeout", bad, "--dest-cache", "/d", "mac4"],
+                           capture_output=True, text=True)
+        assert p.returncode == 64 and "--timeout" in p.stderr, (bad, p.returncode, p.stderr)
