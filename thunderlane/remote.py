@@ -187,9 +187,7 @@ def run(inv, host, argv, timeout=None):
     if host.is_local:
         return _run_local(host, argv, timeout)
     try:
-        with connect(inv, host) as conn:
-            conn.open()
-            conn.transport.set_keepalive(KEEPALIVE)
+        with open_session(inv, host) as conn:
             r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
             return r.exited, r.stdout, r.stderr
     except ThreadException as e:
@@ -200,6 +198,18 @@ def run(inv, host, argv, timeout=None):
         raise _timed_out(host, argv, timeout) from None
     except (paramiko.SSHException, OSError) as e:
         raise _ssh_error(inv, host, e) from None
+
+
+def open_session(inv, host):
+    """:func:`connect`, opened (host key checked, our key accepted), with keepalives on."""
+    conn = connect(inv, host)
+    try:
+        conn.open()
+        conn.transport.set_keepalive(KEEPALIVE)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _timed_out(host, argv, timeout):
@@ -215,9 +225,12 @@ def _ssh_error(inv, host, e):
                                                 f"to connect. If the change is expected, fix {inv.ssh.known_hosts}")
     if "not found in known_hosts" in str(e):
         return HostError(host.name, "host-key", f"{where} is not in {inv.ssh.known_hosts}; refusing an unknown host key")
+    if isinstance(e, paramiko.PasswordRequiredException):  # no ssh.identity: a ~/.ssh/id_* has a passphrase
+        return HostError(host.name, "key", f"a key in ~/.ssh is passphrase-protected and no ssh-agent holds it "
+                                           f"({e}): ssh-add it, or name the key as ssh.identity in the inventory")
     if isinstance(e, paramiko.AuthenticationException):
         keys_tried = f"key {inv.ssh.identity}" if inv.ssh.identity else "the agent's keys and ~/.ssh/id_*"
-        return HostError(host.name, "key", f"{host.destination} at {where} refused {keys_tried} ({e}); "
+        return HostError(host.name, "key", f"{host.destination}:{host.port} refused {keys_tried} ({e}); "
                                            f"is its public half in the host's authorized_keys?")
     if isinstance(e, paramiko.SSHException):
         return HostError(host.name, "unreachable", f"ssh to {host.destination}:{host.port}: {e}")
