@@ -10,7 +10,6 @@ later step is replaced only with ``--force`` (kept as a dated copy beside it).""
 import json
 import os
 import re
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from . import checkpoint, layout, mirror_rules as rules, mirrorfs
 from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
-from .remote import ssh_command
+from .remote import MAX_OUTPUT, OutputTooLarge, capture, ssh_command
 from .report import human_bytes, printable
 from .window import lock_state, profile_hosts, writer_facts
 
@@ -209,15 +208,18 @@ def pull(inv, host, remote_dir, staging, wants):
         f.write("".join(f"{w.name}\n" for w in wants))
     argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=lambda: _cap_files(cap))
+        code, out, err = capture(argv, preexec_fn=lambda: _cap_files(cap))
+    except OutputTooLarge:
+        raise MirrorError(f"{host.name}: rsync printed more than {MAX_OUTPUT // 2**20} MiB; stopped it") from None
     finally:
         os.unlink(list_file)
-    if p.returncode < 0:
-        raise MirrorError(f"{host.name}: rsync was stopped by signal {-p.returncode} (a file outgrew its "
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if code < 0:
+        raise MirrorError(f"{host.name}: rsync was stopped by signal {-code} (a file outgrew its "
                           f"cap of {cap} bytes?); the local mirror is left as it was")
-    if p.returncode not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
-        raise MirrorError(f"{host.name}: rsync exit {p.returncode}: {printable(p.stderr.strip()[-300:])}")
-    return literal_bytes(p.stdout), argv
+    if code not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
+        raise MirrorError(f"{host.name}: rsync exit {code}: {printable(err.strip()[-300:])}")
+    return literal_bytes(out), argv
 
 
 def _cap_files(cap):

@@ -247,22 +247,35 @@ def _too_large(host):
 def _run_local(host, argv, timeout):
     """:func:`run` for the control machine: a subprocess, its streams read up to the same cap."""
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        code, out, err = capture(argv, timeout)
     except FileNotFoundError:
         return 127, "", f"{argv[0]}: not found"
     except OSError as e:
         raise HostError(host.name, "error", f"cannot run {argv[0]}: {e.strerror or e}") from None
+    except subprocess.TimeoutExpired:
+        raise _timed_out(host, argv, timeout) from None
+    except OutputTooLarge:
+        raise _too_large(host) from None
+    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def capture(argv, timeout=None, **popen):
+    """Run ``argv`` locally, no stdin: (exit code, stdout bytes, stderr bytes). Past ``timeout``
+    seconds it is killed (TimeoutExpired); a stream past :data:`MAX_OUTPUT` bytes kills it too
+    (:class:`OutputTooLarge`): what the lane reads from any program is capped, an ssh or rsync
+    relaying a host's words included."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     with proc, ThreadPoolExecutor(max_workers=2) as pool:
         streams = [pool.submit(_read_capped, proc, s) for s in (proc.stdout, proc.stderr)]
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise _timed_out(host, argv, timeout) from None
+            raise
         out, err = (f.result() for f in streams)
     if out is None or err is None:
-        raise _too_large(host)
-    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        raise OutputTooLarge("stdout" if out is None else "stderr")
+    return code, out, err
 
 
 def _read_capped(proc, stream):

@@ -162,7 +162,7 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     command = shlex.join(argv)
     out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
               f"missing {human_bytes(missing)}\n$ {command}\n")
-    code, output = stream(argv, host.name, missing, out=out, verbose=verbose)
+    code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=inv.ssh.rsync_timeout)
     if code:
         free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")

@@ -1,4 +1,5 @@
-"""Fault case 30: a host that stops answering in the middle of a probe (docs/RELIABILITY.md)."""
+"""Fault cases 30 and 30b: a host that stops answering in the middle of a probe, or of an rsync
+(docs/RELIABILITY.md)."""
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import yaml
 
 from thunderlane import lab
 
-from .conftest import by_host
+from .conftest import FAB, ROOT, by_host
 from .test_faults_probe import fab_measured
 
 PROBE_TIMEOUT = 5
@@ -133,3 +134,68 @@ class _Background:
         self._thread.join(seconds)
         assert "r" in self._out, "fab did not end"
         return self._out["r"]
+
+
+RSYNC_TIMEOUT = 3
+
+
+def lab_rsync_servers(listener):
+    """PIDs of `rsync --server` processes below the lab's own sshd ``listener`` (never another's)."""
+    p = subprocess.run(["pgrep", "-f", "rsync --server"], capture_output=True, text=True)
+    found = []
+    for pid in map(int, p.stdout.split()):
+        chain, up = [], pid
+        while up and up > 1 and ps(up):
+            chain.append(up)
+            up = ps(up)[0]
+        if listener in chain:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.fault_case("30b", "a host stops answering in the middle of an rsync",
+                        "`fab sync-cache --host mac4 --bwlimit 64` with ssh.rsync_timeout 3 s in a test inventory; "
+                        "SIGSTOP of mac4's `rsync --server` (its sshd still answers), or of the lab sshd session "
+                        "process relaying it (the link falls silent)")
+@pytest.mark.parametrize("mode", ["rsync", "session"])
+def test_30b_host_silent_mid_rsync_ends_the_sync(lab_inv, lab_dir, tmp_path, reliability, mode):
+    """The sync ends once the launcher has printed nothing for `ssh.rsync_timeout` seconds, failing
+    as exit 30 (timeout) naming mac4 (rsync's own `--timeout` does not fire while the local rsync's
+    keepalives still go out: a stopped host rsync under a live sshd would hang it; a silent link
+    would end only after ssh's ServerAliveInterval x ServerAliveCountMax, 30 s); no traceback, and a
+    stopped host rsync ends once resumed."""
+    data = yaml.safe_load(Path(lab_inv.path).read_text())
+    data["ssh"]["rsync_timeout"] = RSYNC_TIMEOUT
+    inventory = tmp_path / "rsync_timeout.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    listener = lab.sshd_pid(lab_dir, "mac4")
+    env = dict(os.environ, THUNDER_INVENTORY=str(inventory))
+    fab = subprocess.Popen([FAB, "sync-cache", "--host", "mac4", "--bwlimit", "64", "--json"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = []
+    try:
+        deadline = time.monotonic() + 60
+        while not stopped and fab.poll() is None and time.monotonic() < deadline:
+            servers = lab_rsync_servers(listener)
+            for pid in servers if mode == "rsync" else [lab_session_of(p, listener) for p in servers[:1]]:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            time.sleep(0.05)
+        assert stopped, "mac4's rsync --server was never seen running"
+        t0 = time.monotonic()
+        out, err = fab.communicate(timeout=90)
+        seconds = time.monotonic() - t0
+    finally:
+        resume(stopped)
+        if fab.poll() is None:
+            fab.kill()
+            fab.communicate()
+    assert all(gone(pid) for pid in stopped if mode == "rsync"), "a stopped rsync outlived the sync"
+    assert "Traceback" not in err, err[-3000:]
+    assert fab.returncode == 1, (out[-2000:], err[-2000:])
+    errors = json.loads(out)["errors"]
+    assert len(errors) == 1 and errors[0].startswith("mac4: sync failed with exit 30: rsync: timeout"), errors
+    # rsync keeps printing progress until the rest of the shard (under 1 MiB at 64 KiB/s: < 16 s) is
+    # in the socket buffers; the silence counts from there
+    assert seconds < 16 + RSYNC_TIMEOUT + 10, seconds
+    reliability(seconds_after_stop=round(seconds, 1), rsync_timeout=RSYNC_TIMEOUT)

@@ -86,3 +86,34 @@ def test_the_sync_launcher_passes_timeout_to_rsync_and_refuses_a_bad_one():
         p = subprocess.run(["bash", str(sync.LAUNCHER), "--timeout", bad, "--dest-cache", "/d", "mac4"],
                            capture_output=True, text=True)
         assert p.returncode == 64 and "--timeout" in p.stderr, (bad, p.returncode, p.stderr)
+
+
+def test_what_a_local_program_prints_is_capped(monkeypatch):
+    """remote.capture (the mirror's rsync, the local probe): past the cap the program is stopped."""
+    monkeypatch.setattr(remote, "MAX_OUTPUT", 2**20)
+    with pytest.raises(remote.OutputTooLarge):
+        remote.capture([sys.executable, "-c", "import sys\nwhile True: sys.stderr.write('x' * 65536)"], timeout=60)
+    assert remote.capture([sys.executable, "-c", "print('ok')"]) == (0, b"ok\n", b"")
+
+
+def test_a_local_program_past_its_timeout_is_killed():
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        remote.capture([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_sync_launcher_that_falls_silent_is_stopped_as_a_timeout(tmp_path):
+    """transfer.stream's watchdog: rsync's --timeout misses a host rsync stopped under a live sshd."""
+    from thunderlane import transfer
+    out = tmp_path / "screen"
+    t0 = time.monotonic()
+    with open(out, "w") as screen:
+        code, text = transfer.stream(["bash", "-c", "echo sync: started; sleep 30"], "mac4", 0, out=screen,
+                                     verbose=True, silence=1)
+    assert code == transfer.SILENT_EXIT == 30 and time.monotonic() - t0 < 10
+    assert "sync: no output for 1s: stopped it" in text and "no output for 1s" in out.read_text()
+    with open(out, "w") as screen:  # talking is not silence
+        code, _ = transfer.stream(["bash", "-c", "for i in 1 2 3 4; do echo $i; sleep 0.5; done"], "mac4", 0,
+                                  out=screen, verbose=True, silence=1)
+    assert code == 0
