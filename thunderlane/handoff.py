@@ -190,7 +190,11 @@ def _push(inv, profile, folder):
     argv = ["rsync", "-t", f"--timeout={inv.ssh.rsync_timeout}", "-e", ssh_command(inv, writer),
             f"--rsync-path={writer.rsync_path}",
             str(folder / REPORT_MD), str(folder / REPORT_JSON), f"{writer.destination}:{remote}/"]
-    p = subprocess.run(argv, capture_output=True, text=True)
+    try:  # two small files: nothing of rsync's output is read, and the whole push is bounded
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=inv.ssh.rsync_timeout)
+    except subprocess.TimeoutExpired:
+        return None
     return f"{writer.name}:{remote}/{REPORT_MD}" if p.returncode == 0 else None
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,8 @@ def test_every_step_of_a_handoff_goes_through_the_agent(lab_inv, lab_dir, key_in
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
     assert data["sync"]["mac4"]["after"] == "complete" and data["train"]["verdict"] == "success"
     assert data["mirror"]["ok"] and data["mirror"]["step"] == 10
+    writer_run = Path(lab_inv.hosts["mac4"].runs_root) / "gemma4_e2b_nko_correction_partial_real_stage1_stable"
+    assert (writer_run / "handoff_report.json").is_file()  # the report's rsync push, through the agent too
     ssh = subprocess.run(["ssh", "-F", str(lab_dir / "ssh_config"), "mac5", "echo", "via-agent"],
                          env={"PATH": os.environ["PATH"], **key_in_agent}, capture_output=True, text=True,
                          stdin=subprocess.DEVNULL, timeout=60)
