@@ -117,3 +117,18 @@ def test_a_sync_launcher_that_falls_silent_is_stopped_as_a_timeout(tmp_path):
         code, _ = transfer.stream(["bash", "-c", "for i in 1 2 3 4; do echo $i; sleep 0.5; done"], "mac4", 0,
                                   out=screen, verbose=True, silence=1)
     assert code == 0
+
+
+def test_the_chunk_runners_output_is_read_in_bounded_lines(tmp_path, monkeypatch):
+    """A host printing one endless line cannot make fab hold it whole: lines come in MAX_LINE pieces."""
+    import io
+    from thunderlane.window import runner
+    monkeypatch.setattr(runner, "MAX_LINE", 1000)
+    seen = []
+    monkeypatch.setattr(runner, "parse_event", lambda line: seen.append(len(line)))
+    p = subprocess.Popen([sys.executable, "-c", "print('x' * 5500)"], stdout=subprocess.PIPE)
+    outcome = runner.RunOutcome(command="", exit_code=-1, seconds=0.0, log="")
+    with open(tmp_path / "log", "w") as log:
+        runner._read(p, log, outcome, [0.0], io.StringIO())
+    p.wait()
+    assert sum(seen) == 5500 and max(seen) == 1000, seen
