@@ -143,8 +143,11 @@ def _sync_line(r):
                                              "else " + lab.DEFAULT_LAYOUT,
                                    "addresses": "single (every host on 127.0.0.1, own ports; macOS's "
                                                 "default) or per-host (127.77.0.10, .11, ...; Linux's); "
-                                                "default: as the lab was"})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses=""):
+                                                "default: as the lab was",
+                                   "key_in_agent": "give the control key a passphrase and hold it in an ssh-agent "
+                                                   "the lab starts (source .lab/agent.env); without it: no "
+                                                   "passphrase, no agent"})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses="", key_in_agent=False):
     """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
     (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
@@ -156,7 +159,7 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresse
         raise Exit(f"lab-up: --addresses {addresses!r}: choose one of {', '.join(lab.net.MODES)}", code=2)
     try:
         path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None,
-                      addresses=addresses or None)
+                      addresses=addresses or None, key_in_agent=key_in_agent)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
@@ -165,14 +168,16 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresse
     print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
     print(f"addresses: {lab.net.remembered(lab.LAB)}")
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
+    if key_in_agent:
+        print(f"key:       passphrase-protected, held by the lab's ssh-agent; use it: . {lab.LAB / 'agent.env'}")
 
 
 @task
 def lab_down(c):
-    """Stop exactly the lab's sshd processes."""
+    """Stop exactly the lab's sshd processes (and the ssh-agent of --key-in-agent)."""
     stopped = lab.down()
     for name, pid in stopped:
-        print(f"{name}: stopped sshd pid {pid}")
+        print(f"{name}: stopped {'' if name == 'ssh-agent' else 'sshd '}pid {pid}")
     if not stopped:
         print("lab: nothing running")
 

@@ -28,6 +28,7 @@ usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   --host-python PATH python 3.9+ on HOST, for the leftover check (default: python3)
   --checksum         compare file contents, not size and mtime (repairs a flipped byte)
   --bwlimit KBPS     limit the transfer rate (KiB/s)
+  --timeout SECONDS  rsync --timeout: give up (exit 30) after SECONDS without data (default: 300)
   --dry-run          print what would be sent and removed; change nothing
 exit: 0 ok, 64 usage, 65 refused path, 66 bad local cache, 67 remote cleanup failed,
       69 no usable rsync on HOST, other codes are rsync's (11 file I/O error, 23 partial
@@ -228,7 +229,7 @@ file_data() {   # LABEL DIR LOGFILE [DIR LOGFILE ...]: the passes' --stats figur
 }
 
 repo_id=mlx-community/gemma-4-e2b-4bit
-src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""
+src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""; io_timeout=300
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
@@ -239,6 +240,7 @@ while [ $# -gt 0 ]; do
     --host-python) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; host_python=$2; shift 2 ;;
     --checksum|-c) checksum=1; shift ;;
     --bwlimit) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; bwlimit=$2; shift 2 ;;
+    --timeout) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; io_timeout=$2; shift 2 ;;
     --dry-run|-n) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -261,6 +263,9 @@ case "$host_python" in   # a program name, or a path as the inventory takes it (
 esac
 case "$bwlimit" in
   *[!0-9]*) die "$EX_USAGE" "--bwlimit '$bwlimit' is not a whole number of KiB/s" ;;
+esac
+case "$io_timeout" in
+  ''|0|*[!0-9]*) die "$EX_USAGE" "--timeout '$io_timeout' is not a whole number of seconds above 0" ;;
 esac
 
 if [ -z "$src_cache" ]; then
@@ -321,7 +326,7 @@ case "$remote_version" in
 esac
 
 flags=(-rlt -i --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
-       "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path")
+       "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path" "--timeout=$io_timeout")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
 # a blob's name is its content hash: on the host, one of the right size is that blob (a flipped
 # byte is --checksum's job), whatever its mtime; no delta pass re-reads a shard on both sides

@@ -281,6 +281,7 @@ class Reaped:
 class Query:
     args: tuple
     parse: Callable
+    slow: bool = False  # re-reads whole files (a deep scan): ssh.deep_probe_timeout, not probe_timeout
 
 
 def dataset(root):
@@ -289,7 +290,8 @@ def dataset(root):
 
 def cache(repo_id, cache_root=None, deep=False):
     """The repo's cache under ``cache_root``, or where the host's interpreter resolves it."""
-    return Query(("cache", repo_id, cache_root or "-", *(("--deep",) if deep else ())), CacheFacts.from_json)
+    return Query(("cache", repo_id, cache_root or "-", *(("--deep",) if deep else ())), CacheFacts.from_json,
+                 slow=deep)
 
 
 def run(runs_root, run_name, dists=()):

@@ -191,9 +191,13 @@ def _push(inv, profile, folder):
     """Copy the two report files into the writer's run directory (if it exists) with rsync."""
     writer, remote = window.writer_run_dir(inv, profile)
     with rsync_shell(inv, writer) as ssh:
-        argv = ["rsync", "-t", "-e", ssh, f"--rsync-path={writer.rsync_path}",
+        argv = ["rsync", "-t", f"--timeout={inv.ssh.rsync_timeout}", "-e", ssh, f"--rsync-path={writer.rsync_path}",
                 str(folder / REPORT_MD), str(folder / REPORT_JSON), rsync_remote(writer, f"{remote}/")]
-        p = subprocess.run(argv, capture_output=True, text=True, env=rsync_env())
+        try:  # two small files: nothing of rsync's output is read, and the whole push is bounded
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=rsync_env(), timeout=inv.ssh.rsync_timeout)
+        except subprocess.TimeoutExpired:
+            return None
     return f"{writer.name}:{remote}/{REPORT_MD}" if p.returncode == 0 else None
 
 

@@ -44,7 +44,8 @@ HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python", "rdma"}
 RDMA_RE = re.compile(r"^rdma_[A-Za-z0-9]{1,32}$")  # ibv_devices' names on macOS: rdma_en2, rdma_en3...
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
-SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout"}
+SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout", "probe_timeout", "deep_probe_timeout",
+              "rsync_timeout"}
 MODEL_FIELDS = {"repo"}
 TOP_FIELDS = {"model", "local", "ssh", "hosts"}
 
@@ -87,6 +88,9 @@ class SshSettings:
     config: str | None = None
     identity: str | None = None
     connect_timeout: int = 10
+    probe_timeout: int = 120       # seconds a probe of a host may take (Fabric's command timeout)
+    deep_probe_timeout: int = 1800  # the same for a probe that re-hashes a model cache (--deep)
+    rsync_timeout: int = 300       # rsync --timeout: seconds without any data before rsync gives up
 
 
 @dataclass(frozen=True)
@@ -222,16 +226,23 @@ def _rdma(spec, where, host):
 
 def _ssh(spec, where):
     check_mapping(spec, where, "ssh", SSH_FIELDS, set())
-    timeout = spec.get("connect_timeout", 10)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 120:
-        raise InventoryError(f"{where}: ssh.connect_timeout: {timeout!r} is not 1-120 seconds")
+    timeouts = {key: _seconds(spec, where, key, default, most) for key, default, most in
+                (("connect_timeout", 10, 120), ("probe_timeout", 120, 3600),
+                 ("deep_probe_timeout", 1800, 86400), ("rsync_timeout", 300, 3600))}
     known = spec.get("known_hosts", "~/.ssh/known_hosts")
     return SshSettings(
         known_hosts=_local_file(known, where, "ssh.known_hosts"),
         config=_local_file(spec["config"], where, "ssh.config") if spec.get("config") else None,
         identity=_local_file(spec["identity"], where, "ssh.identity") if spec.get("identity") else None,
-        connect_timeout=timeout,
+        **timeouts,
     )
+
+
+def _seconds(spec, where, key, default, most):
+    value = spec.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise InventoryError(f"{where}: ssh.{key}: {value!r} is not 1-{most} seconds")
+    return value
 
 
 def _local_file(value, where, key):

@@ -10,7 +10,6 @@ later step is replaced only with ``--force`` (kept as a dated copy beside it).""
 import json
 import os
 import re
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from . import checkpoint, itemized, layout, mirror_rules as rules, mirrorfs
 from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
-from .remote import ssh_command
+from .remote import MAX_OUTPUT, OutputTooLarge, capture, ssh_command
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import human_bytes, printable
 from .window import lock_state, profile_hosts, writer_facts
@@ -196,10 +195,12 @@ def _checked(writer, staging, wants):
 
 
 def rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh=None):
-    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap; no -r, -l, -L;
-    -i names each file received (openrsync's --stats prints no byte counts).
+    """rsync 2.6.9 / openrsync flags only: an explicit list, times, a size cap, an I/O timeout (a
+    host that stops answering ends it with exit 30); no -r, -l, -L; -i names each file received
+    (openrsync's --stats prints no byte counts).
     ``ssh``: the ``-e`` value (default :func:`remote.ssh_command`; see :func:`rsync_ssh.rsync_shell`)."""
     return ["rsync", "-t", "-i", "--stats", f"--files-from={list_file}", f"--max-size={cap}",
+            f"--timeout={inv.ssh.rsync_timeout}",
             "-e", ssh or ssh_command(inv, host), f"--rsync-path={host.rsync_path}",
             rsync_remote(host, f"{remote_dir}/"), f"{staging}/"]
 
@@ -214,16 +215,18 @@ def pull(inv, host, remote_dir, staging, wants):
     try:
         with rsync_shell(inv, host) as ssh:
             argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh)
-            p = subprocess.run(argv, capture_output=True, text=True, env=rsync_env(),
-                               preexec_fn=lambda: _cap_files(cap))
+            code, out, err = capture(argv, env=rsync_env(), preexec_fn=lambda: _cap_files(cap))
+    except OutputTooLarge:
+        raise MirrorError(f"{host.name}: rsync printed more than {MAX_OUTPUT // 2**20} MiB; stopped it") from None
     finally:
         os.unlink(list_file)
-    if p.returncode < 0:
-        raise MirrorError(f"{host.name}: rsync was stopped by signal {-p.returncode} (a file outgrew its "
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if code < 0:
+        raise MirrorError(f"{host.name}: rsync was stopped by signal {-code} (a file outgrew its "
                           f"cap of {cap} bytes?); the local mirror is left as it was")
-    if p.returncode not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
-        raise MirrorError(f"{host.name}: rsync exit {p.returncode}: {printable(p.stderr.strip()[-300:])}")
-    return sent_figure(p.stdout, staging), argv
+    if code not in (0, 23, 24):  # 23/24: a file was skipped or vanished; the check names it
+        raise MirrorError(f"{host.name}: rsync exit {code}: {printable(err.strip()[-300:])}")
+    return sent_figure(out, staging), argv
 
 
 def _cap_files(cap):

@@ -17,7 +17,7 @@ RULES = [
     (r"\bsed\s+-[a-zA-Z]*r\b|\bsed\s+--", "sed -r / long options are GNU (use -E)"),
     (r"\bgrep\s+(-[a-zA-Z]*P|--perl)", "grep -P is GNU"),
     (r"\bdate\s+(-[a-zA-Z]*d\b|--date)", "date -d is GNU (BSD: date -j -f)"),
-    (r"\b(sha256sum|sha1sum|md5sum|numfmt|realpath|timeout|nproc|tac)\b", "GNU coreutils only"),
+    (r"(?<![-\w])(sha256sum|sha1sum|md5sum|numfmt|realpath|timeout|nproc|tac)\b", "GNU coreutils only"),
     (r"\bfind\b.*\s-(printf|regextype)\b", "find -printf is GNU"),
     (r"\bxargs\s+(-[a-zA-Z]*r|--no-run-if-empty)", "xargs -r is GNU"),
     (r"--info=|--append-verify|--mkpath|--outbuf|--copy-as|--checksum-choice|--zc\b|--cc\b",

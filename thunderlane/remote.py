@@ -15,7 +15,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.hostkeys import HostKeyEntry
 
-from . import onhost
+from . import keys, onhost
 
 PROBE_SOURCE = onhost.probe_source()
 # What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
@@ -25,7 +25,7 @@ MAX_OUTPUT = 64 * 2**20
 
 class HostError(RuntimeError):
     """A host could not be asked: unreachable, refused host key, no interpreter, bad answer.
-    ``kind`` is a short verdict ('unreachable', 'host-key', 'error')."""
+    ``kind`` is a short verdict ('unreachable', 'host-key', 'key', 'timeout', 'error')."""
 
     def __init__(self, host, kind, message):
         super().__init__(f"{host}: {message}")
@@ -109,22 +109,39 @@ class CappedRemote(Remote):
             super().respond(buffer_)
 
 
+class LaneConnection(Connection):
+    """Fabric's Connection, also closing the ssh-agent session its key signs through."""
+    lane_agent = None
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            if self.lane_agent is not None:
+                self.lane_agent.close()
+
+
 def connect(inv, host):
     """A Fabric Connection to ``host`` that refuses any key not pinned in known_hosts
     (Fabric's own default accepts any key) and gives up after the connect timeout. Only the
-    inventory's known_hosts is read (Fabric loads no system file), and the agent is never forwarded."""
+    inventory's known_hosts is read (Fabric loads no system file), our key is chosen as ssh's
+    IdentitiesOnly would (``keys.py``: the agent's copy of a passphrase-protected identity), and
+    the agent is never forwarded."""
     t = inv.ssh.connect_timeout
-    kwargs = {"banner_timeout": t, "auth_timeout": t, "allow_agent": False}
-    if inv.ssh.identity:
-        kwargs.update(key_filename=[inv.ssh.identity], look_for_keys=False)
-    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,
-                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})
-    conn = Connection(host.hostname, user=host.user, port=host.port, config=config,
-                      connect_timeout=t, connect_kwargs=kwargs, forward_agent=False)
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     known = Path(inv.ssh.known_hosts)
     if known.is_file():
         _check_known_hosts(host, known)
+    try:
+        auth, agent = keys.auth_kwargs(inv.ssh.identity)
+    except keys.KeyProblem as e:
+        raise HostError(host.name, "key", str(e)) from None
+    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,
+                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})
+    conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=config, connect_timeout=t,
+                          connect_kwargs={"banner_timeout": t, "auth_timeout": t, **auth}, forward_agent=False)
+    conn.lane_agent = agent
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if known.is_file():
         conn.client.load_host_keys(str(known))
     return conn
 
@@ -163,13 +180,22 @@ def _check_known_hosts(host, path):
                         f"pinned keys in a plain known_hosts file (ssh.known_hosts in the inventory)")
 
 
+# Seconds between keepalives on a Fabric session: a long deep scan is never idle long enough for
+# a NAT, a firewall or the host's sshd (ClientAliveInterval) to drop it. A host that stops
+# answering is caught by the command timeout (paramiko sends keepalives but never waits for them).
+KEEPALIVE = 10
+
+
 def run(inv, host, argv, timeout=None):
     """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr).
-    A stream over :data:`MAX_OUTPUT` bytes stops the command and is the host's error."""
+    ``timeout``: seconds the command may take (default: the inventory's ``ssh.probe_timeout``);
+    past it the command is the host's ``timeout`` error. A stream over :data:`MAX_OUTPUT` bytes
+    stops the command and is the host's error."""
+    timeout = timeout or inv.ssh.probe_timeout
     if host.is_local:
         return _run_local(host, argv, timeout)
     try:
-        with connect(inv, host) as conn:
+        with open_session(inv, host) as conn:
             r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
             return r.exited, r.stdout, r.stderr
     except ThreadException as e:
@@ -177,23 +203,48 @@ def run(inv, host, argv, timeout=None):
             raise _too_large(host) from None
         raise
     except CommandTimedOut:
-        raise HostError(host.name, "error", f"{argv[0]} did not finish within {timeout}s") from None
-    except paramiko.BadHostKeyException as e:
-        raise HostError(host.name, "host-key",
-                        f"host key for {host.hostname}:{host.port} CHANGED ({e.key.get_name()}); "
-                        f"refusing to connect. If the change is expected, fix {inv.ssh.known_hosts}") from None
-    except paramiko.SSHException as e:
-        if "not found in known_hosts" in str(e):
-            raise HostError(host.name, "host-key",
-                            f"{host.hostname}:{host.port} is not in {inv.ssh.known_hosts}; "
-                            f"refusing an unknown host key") from None
-        raise HostError(host.name, "unreachable", f"ssh to {host.destination}:{host.port}: {e}") from None
-    except (socket.timeout, TimeoutError):
-        raise HostError(host.name, "unreachable", f"no answer from {host.hostname}:{host.port} "
-                        f"within {inv.ssh.connect_timeout}s") from None
-    except OSError as e:
-        raise HostError(host.name, "unreachable",
-                        f"cannot connect to {host.hostname}:{host.port}: {e.strerror or e}") from None
+        raise _timed_out(host, argv, timeout) from None
+    except (paramiko.SSHException, OSError) as e:
+        raise _ssh_error(inv, host, e) from None
+
+
+def open_session(inv, host):
+    """:func:`connect`, opened (host key checked, our key accepted), with keepalives on."""
+    conn = connect(inv, host)
+    try:
+        conn.open()
+        conn.transport.set_keepalive(KEEPALIVE)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _timed_out(host, argv, timeout):
+    return HostError(host.name, "timeout", f"{argv[0]} gave no answer within {timeout}s "
+                                           f"(the host stopped answering: asleep, or a disk hung?); stopped it")
+
+
+def _ssh_error(inv, host, e):
+    """A failure to open the session (or a dropped one) as the host's error, by kind."""
+    where = f"{host.hostname}:{host.port}"
+    if isinstance(e, paramiko.BadHostKeyException):
+        return HostError(host.name, "host-key", f"host key for {where} CHANGED ({e.key.get_name()}); refusing "
+                                                f"to connect. If the change is expected, fix {inv.ssh.known_hosts}")
+    if "not found in known_hosts" in str(e):
+        return HostError(host.name, "host-key", f"{where} is not in {inv.ssh.known_hosts}; refusing an unknown host key")
+    if isinstance(e, paramiko.PasswordRequiredException):  # no ssh.identity: a ~/.ssh/id_* has a passphrase
+        return HostError(host.name, "key", f"a key in ~/.ssh is passphrase-protected and no ssh-agent holds it "
+                                           f"({e}): ssh-add it, or name the key as ssh.identity in the inventory")
+    if isinstance(e, paramiko.AuthenticationException):
+        keys_tried = f"key {inv.ssh.identity}" if inv.ssh.identity else "the agent's keys and ~/.ssh/id_*"
+        return HostError(host.name, "key", f"{host.destination}:{host.port} refused {keys_tried} ({e}); "
+                                           f"is its public half in the host's authorized_keys?")
+    if isinstance(e, paramiko.SSHException):
+        return HostError(host.name, "unreachable", f"ssh to {host.destination}:{host.port}: {e}")
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return HostError(host.name, "unreachable", f"no answer from {where} within {inv.ssh.connect_timeout}s")
+    return HostError(host.name, "unreachable", f"cannot connect to {where}: {e.strerror or e}")
 
 
 def _too_large(host):
@@ -204,22 +255,35 @@ def _too_large(host):
 def _run_local(host, argv, timeout):
     """:func:`run` for the control machine: a subprocess, its streams read up to the same cap."""
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        code, out, err = capture(argv, timeout)
     except FileNotFoundError:
         return 127, "", f"{argv[0]}: not found"
     except OSError as e:
         raise HostError(host.name, "error", f"cannot run {argv[0]}: {e.strerror or e}") from None
+    except subprocess.TimeoutExpired:
+        raise _timed_out(host, argv, timeout) from None
+    except OutputTooLarge:
+        raise _too_large(host) from None
+    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def capture(argv, timeout=None, **popen):
+    """Run ``argv`` locally, no stdin: (exit code, stdout bytes, stderr bytes). Past ``timeout``
+    seconds it is killed (TimeoutExpired); a stream past :data:`MAX_OUTPUT` bytes kills it too
+    (:class:`OutputTooLarge`): what the lane reads from any program is capped, an ssh or rsync
+    relaying a host's words included."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     with proc, ThreadPoolExecutor(max_workers=2) as pool:
         streams = [pool.submit(_read_capped, proc, s) for s in (proc.stdout, proc.stderr)]
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise HostError(host.name, "error", f"{argv[0]} did not finish within {timeout}s") from None
+            raise
         out, err = (f.result() for f in streams)
     if out is None or err is None:
-        raise _too_large(host)
-    return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        raise OutputTooLarge("stdout" if out is None else "stderr")
+    return code, out, err
 
 
 def _read_capped(proc, stream):
@@ -254,7 +318,11 @@ def decode(name, out):
 
 def ask(inv, host, *queries, timeout=None):
     """The facts of ``queries`` (see ``facts.py``) on ``host``, in one ssh session: a list of typed
-    facts in the order asked. A malformed answer is the host's error, not a traceback."""
+    facts in the order asked. A malformed answer is the host's error, not a traceback.
+    ``timeout``: seconds for the whole probe (default: ``ssh.probe_timeout``, or
+    ``ssh.deep_probe_timeout`` when a query re-hashes files)."""
+    slow = any(q.slow for q in queries)
+    timeout = timeout or (inv.ssh.deep_probe_timeout if slow else inv.ssh.probe_timeout)
     if len(queries) == 1:
         answers = [run_probe(inv, host, list(queries[0].args), timeout)]
     else:

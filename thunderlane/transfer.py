@@ -23,6 +23,7 @@ last. Lines that parse as none of this are left alone. Parsing and formatting ar
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -357,14 +358,24 @@ def records(pipe, keep):
         yield buf.decode("utf-8", "replace"), ""
 
 
-def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic):
+# What stream() returns as the exit code when it stopped a launcher that fell silent: rsync's own
+# code for "timeout in data send/receive".
+SILENT_EXIT = 30
+
+
+def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic, silence=None):
     """Run ``argv`` (the sync launcher) and show its output to the operator as it comes: with
     ``verbose`` every line prefixed ``[host]``, else the launcher's own lines, errors and one
     progress line against ``expected_bytes`` (the bytes the host is missing). ``clock`` times the
-    progress line. Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
+    progress line. ``silence``: seconds without any output after which the launcher is stopped
+    (its trap closes ssh) and the exit code is :data:`SILENT_EXIT`; rsync's own ``--timeout``
+    does not fire while the host's sshd still takes rsync's keepalives, e.g. when the host's rsync
+    or disk hangs. Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
     sink = Echo(out, host, clock) if verbose else Watch(Screen(out, host, expected_bytes, clock))
-    raw = []
+    raw, fell_silent = [], []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if silence:
+        threading.Thread(target=_stop_if_silent, args=(proc, raw, silence, fell_silent), daemon=True).start()
     try:
         for text, sep in records(proc.stdout, raw):
             sink.line(text, sep)
@@ -376,6 +387,23 @@ def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if fell_silent:
+        code = SILENT_EXIT
+        raw.append(f"\nsync: no output for {silence}s: stopped it (the host stopped answering?)\n".encode())
+        sink.line(f"sync: no output for {silence}s: stopped it (the host stopped answering?)", "\n")
     sink.close(code)
     text = b"".join(raw).decode("utf-8", "replace")
     return code, text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _stop_if_silent(proc, raw, silence, fired):
+    """SIGTERM ``proc`` once ``raw`` (its output chunks) has not grown for ``silence`` seconds."""
+    seen, since = 0, time.monotonic()
+    while proc.poll() is None:
+        time.sleep(min(1.0, silence / 4))
+        if len(raw) != seen:
+            seen, since = len(raw), time.monotonic()
+        elif time.monotonic() - since > silence:
+            fired.append(True)
+            proc.terminate()
+            return

@@ -42,6 +42,7 @@ def test_lint_catches_gnu_and_bash4(line):
 @pytest.mark.parametrize("line", [
     "sed -i.bak 's/a/b/' f", "stat -f %z f", "readlink link", "shasum -a 256 f",
     "rsync -rlt --progress a b", "# mapfile in a comment", 'echo "${#xs[@]}"',
+    'rsync --timeout="$io_timeout" a b', "--timeout) io_timeout=$2 ;;",  # rsync's option, not GNU timeout
 ])
 def test_lint_accepts_portable_forms(line):
     assert scan(line) == []

@@ -26,6 +26,8 @@ def ed25519_line(host):
 
 
 def make_inv(tmp_path, known_lines=()):
+    if not (tmp_path / "id_ed25519").exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id_ed25519")], check=True)
     known = tmp_path / "known_hosts"
     known.write_text("".join(f"{line}\n" for line in known_lines))
     data = {"ssh": {"known_hosts": str(known), "identity": str(tmp_path / "id_ed25519")},

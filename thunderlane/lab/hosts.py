@@ -19,7 +19,7 @@ import yaml
 
 from .. import inventory, remote
 from ..fsutil import atomic_write, pid_alive
-from . import net
+from . import agent, net
 from .client import parse_layout
 from .net import address
 from .seed import CACHE_REL, DATASET_REL, HOST_CACHE_REL, RUNS_REL, LabError, run_tool, seed, seeded
@@ -138,11 +138,14 @@ def _kept_port(lab, name, ip, previous):
     return None
 
 
-def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None, addresses=None):
+def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None, addresses=None,
+       key_in_agent=False):
     """Start (or keep) one sshd per host, write the inventory and ssh files, seed fixtures.
     layout: the caches' layouts (``client.parse_layout``: 'classic', 'shared' or 'host=layout,...');
     None keeps what the lab had (``seeded()``), else ``DEFAULT_LAYOUT``. addresses: 'single' (every
-    host on 127.0.0.1, own ports) or 'per-host'; None keeps the lab's, else ``net.default_mode()``."""
+    host on 127.0.0.1, own ports) or 'per-host'; None keeps the lab's, else ``net.default_mode()``.
+    key_in_agent: the control key gets a passphrase and the lab's ssh-agent holds it (``agent.py``);
+    False takes the passphrase off and stops that agent."""
     names = list(names)
     for n in names:
         if not inventory.NAME_RE.fullmatch(n) or n == inventory.LOCAL:
@@ -152,6 +155,10 @@ def up(names=("mac4", "mac5"), lab=LAB, model_mb=2.0, reseed=False, layout=None,
     layouts = parse_layout(layout, names, (seeded(lab) or {}).get("layouts") or DEFAULT_LAYOUT)
     user = getpass.getuser()
     client_pub = _keygen(p["identity"], "thunder-lab-control")
+    if key_in_agent:
+        agent.start(lab, p["identity"])
+    else:
+        agent.stop(lab, p["identity"])
     previous = _previous_hosts(lab)
     hosts = {}
     for i, name in enumerate(names):
@@ -219,7 +226,8 @@ def down(lab=LAB):
         pid = _stop(lab, state.name)
         if pid is not None:
             stopped.append((state.name, pid))
-    return stopped
+    agent_pid = agent.stop(lab)  # exactly the lab's own agent, if --key-in-agent started one
+    return stopped + ([("ssh-agent", agent_pid)] if agent_pid else [])
 
 
 def _stop(lab, name):

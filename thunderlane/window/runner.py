@@ -20,6 +20,7 @@ from .writer import profile_hosts, run_query
 EVENT_PREFIX = "LANE "  # a rank's event: this prefix, then one JSON object (onhost/lane_train.py)
 EVENT = re.compile(r"(?:^|[^A-Za-z0-9_])LANE (?=\{)")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+MAX_LINE = 2**20  # a longer line (a rank's or a host's) is read in pieces: what fab holds stays bounded
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _watch(p, outcome, last, watchdog, out):
 
 
 def _read(p, log, outcome, last, out):
-    for raw in iter(p.stdout.readline, b""):
+    for raw in iter(lambda: p.stdout.readline(MAX_LINE), b""):
         line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
         log.write(line + "\n")
         log.flush()

@@ -31,7 +31,7 @@ def writer_facts(inv, profile):
     try:
         return writer, ask(inv, writer, run_query(writer, profile))[0]
     except HostError as e:
-        raise WindowError(f"writer {e.host} unreachable: {e.message}") from None
+        raise WindowError(f"writer {e.host} {e.kind}: {e.message}") from None  # unreachable, timeout, key...
 
 
 def committed(inv, profile):
