@@ -17,7 +17,8 @@ from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
 from .report import human_bytes
-from .transfer import parse_summary, stream
+from .rsync_lines import parse_summary
+from .transfer import stream
 from .verify import cache_query, gather_caches, judge_caches
 
 LAUNCHER = layout.SYNC

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from thunderlane.transfer import (
-    FileProgress, Meter, Screen, Summary, Watch, classify, clock_time, format_progress,
-    parse_progress, parse_summary, percent, progress_file_bytes, stream,
+from thunderlane.rsync_lines import (
+    FileProgress, Summary, classify, parse_progress, parse_summary, progress_file_bytes,
 )
+from thunderlane.transfer import Meter, Screen, Watch, clock_time, format_progress, percent, stream
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "launchers" / "sync_gemma4_e2b_cache_to_thunder.sh"
 REPO = "/Users/op/.cache/huggingface/hub/models--mlx-community--gemma-4-e2b-4bit"

@@ -43,7 +43,7 @@ def agent_pid(lab):
         return None
     if not pid_alive(pid):
         return None
-    p = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    p = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
     return pid if str(f["sock"]) in p.stdout else None
 
 
