@@ -10,6 +10,7 @@ later step is replaced only with ``--force`` (kept as a dated copy beside it).""
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -215,7 +216,13 @@ def pull(inv, host, remote_dir, staging, wants):
     try:
         with rsync_shell(inv, host) as ssh:
             argv = rsync_argv(inv, host, remote_dir, staging, list_file, cap, ssh)
-            code, out, err = capture(argv, env=rsync_env(), preexec_fn=lambda: _cap_files(cap))
+            # bounded as a whole: rsync's --timeout misses a host rsync stopped under a live sshd
+            code, out, err = capture(argv, timeout=inv.ssh.deep_probe_timeout, env=rsync_env(),
+                                     preexec_fn=lambda: _cap_files(cap))
+    except subprocess.TimeoutExpired:
+        raise MirrorError(f"{host.name}: rsync did not finish within ssh.deep_probe_timeout "
+                          f"({inv.ssh.deep_probe_timeout}s; the host stopped answering?); stopped it, the local "
+                          "mirror is left as it was") from None
     except OutputTooLarge:
         raise MirrorError(f"{host.name}: rsync printed more than {MAX_OUTPUT // 2**20} MiB; stopped it") from None
     finally:

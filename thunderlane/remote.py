@@ -3,7 +3,9 @@ mlx.launch), Fabric connections that refuse unknown host keys, and the probe ask
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
 import json
+import os
 import shlex
+import signal
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -272,18 +274,28 @@ def capture(argv, timeout=None, **popen):
     seconds it is killed (TimeoutExpired); a stream past :data:`MAX_OUTPUT` bytes kills it too
     (:class:`OutputTooLarge`): what the lane reads from any program is capped, an ssh or rsync
     relaying a host's words included."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    # a session of its own: on timeout the whole group goes (an rsync's ssh child would otherwise
+    # keep stderr open, waiting on a host that does not answer, and the readers with it)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, **popen)
     with proc, ThreadPoolExecutor(max_workers=2) as pool:
         streams = [pool.submit(_read_capped, proc, s) for s in (proc.stdout, proc.stderr)]
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc)
             raise
         out, err = (f.result() for f in streams)
     if out is None or err is None:
         raise OutputTooLarge("stdout" if out is None else "stderr")
     return code, out, err
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def _read_capped(proc, stream):

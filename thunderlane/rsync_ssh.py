@@ -11,14 +11,16 @@ from .remote import ssh_command
 
 
 def has_spaced_ssh_file(inv):
-    """Does one of the lane's ssh files (config, known_hosts, key) have white space in its path?"""
-    return any(any(c.isspace() for c in p) for p in (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity) if p)
+    """Does one of the lane's ssh files (config, known_hosts, key) have a path ``shlex`` must quote
+    (white space, or punctuation such as ``(`` or ``&`` that the inventory accepts)? openrsync and the
+    launcher split ``-e`` on spaces without removing quotes, so such a command needs the wrapper."""
+    return any(shlex.quote(p) != p for p in (inv.ssh.config, inv.ssh.known_hosts, inv.ssh.identity) if p)
 
 
 @contextmanager
 def rsync_shell(inv, host):
     """The ssh command for ``rsync -e`` and the sync launcher's ``--ssh``: :func:`ssh_command`, or,
-    when an ssh file's path has white space, a wrapper script that runs it, at a path without
+    when an ssh file's path needs quoting (:func:`has_spaced_ssh_file`), a wrapper script that runs it, at a path without
     (``/tmp/thunder-rsh.*/ssh``, removed afterwards): openrsync splits ``-e`` on every space, quotes
     or not, and so does the launcher's ``--ssh``."""
     command = ssh_command(inv, host)

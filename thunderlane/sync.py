@@ -66,13 +66,20 @@ class SyncOutcome:
         return self.literal_bytes / self.missing_bytes
 
 
+def io_timeout(inv, checksum):
+    """Seconds the sync may stay silent: ``ssh.rsync_timeout``, or with ``--checksum`` (rsync hashes
+    the whole cache on both sides and prints nothing until a file differs) ``ssh.deep_probe_timeout``,
+    as a deep verify is given."""
+    return max(inv.ssh.rsync_timeout, inv.ssh.deep_probe_timeout) if checksum else inv.ssh.rsync_timeout
+
+
 def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None):
     """The exact launcher command line for ``host``; ``ssh``: the ``--ssh`` value (default: the
     inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space)."""
     ssh = ssh or ssh_command(inv, host)
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python,
-            "--timeout", str(inv.ssh.rsync_timeout)]
+            "--timeout", str(io_timeout(inv, checksum))]
     argv += ["--dry-run"] if dry_run else []
     argv += ["--checksum"] if checksum else []
     argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []
@@ -164,7 +171,7 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
         command = shlex.join(argv)
         out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
                   f"missing {human_bytes(missing)}\n$ {command}\n")
-        code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=inv.ssh.rsync_timeout)
+        code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
     if code:
         free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
         raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")

@@ -20,7 +20,9 @@ In-flight updates end with ``\r`` and carry no ``(xfr#...)`` suffix; the suffixe
 last. Lines that parse as none of this are left alone. Parsing and formatting are pure functions;
 :func:`stream` is the only thing here that runs a process.
 """
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -259,6 +261,7 @@ def records(pipe, keep):
 # What stream() returns as the exit code when it stopped a launcher that fell silent: rsync's own
 # code for "timeout in data send/receive".
 SILENT_EXIT = 30
+GRACE = 5.0  # seconds the launcher's trap gets, once stopped, before its group is killed
 
 
 def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic, silence=None):
@@ -271,7 +274,9 @@ def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time
     or disk hangs. Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
     sink = Echo(out, host, clock) if verbose else Watch(Screen(out, host, expected_bytes, clock))
     raw, fell_silent = [], []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # a session of its own: the watchdog stops the launcher's whole group (rsync, ssh, tee), whose
+    # members would otherwise keep the pipe open after the launcher itself is gone
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     if silence:
         threading.Thread(target=_stop_if_silent, args=(proc, raw, silence, fell_silent), daemon=True).start()
     try:
@@ -280,11 +285,7 @@ def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: let the launcher's trap close ssh and remove its logs
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop_group(proc, grace=10)
     if fell_silent:
         code = SILENT_EXIT
         raw.append(f"\nsync: no output for {silence}s: stopped it (the host stopped answering?)\n".encode())
@@ -303,5 +304,18 @@ def _stop_if_silent(proc, raw, silence, fired):
             seen, since = len(raw), time.monotonic()
         elif time.monotonic() - since > silence:
             fired.append(True)
-            proc.terminate()
+            _stop_group(proc)
             return
+
+
+def _stop_group(proc, grace=GRACE):
+    """SIGTERM the launcher's process group (its trap closes ssh), then SIGKILL whatever of it is
+    left after ``grace`` seconds: nothing of it may keep the output pipe, and so fab, waiting."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace
+        while sig == signal.SIGTERM and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -163,8 +163,8 @@ def host(app, global_=ON, blockall=BLOCKALL_OFF, **extra):
 def test_a_blocked_python_is_refused_with_the_exact_fix():
     problems, figure = macos.judge(host(BLOCKED))
     fw = "/usr/libexec/ApplicationFirewall/socketfilterfw"
-    assert problems == [f"the application firewall is on and the lane's python {PY} is blocked: "
-                        f"sudo {fw} --add {PY} && sudo {fw} --unblockapp {PY}"]
+    assert problems == [f"the application firewall is on and the lane's python cannot accept the ring's "
+                        f"connections: {PY} is blocked: sudo {fw} --add {PY} && sudo {fw} --unblockapp {PY}"]
     assert figure == "macOS: caffeinate, F_FULLFSYNC, firewall on, python blocked"
 
 
@@ -197,3 +197,28 @@ def test_linux_skips_the_check_and_says_so():
 
 def test_a_path_with_a_space_is_quoted_in_the_fix():
     assert macos.fix_commands("/Volumes/T7 Shield/py/bin/python3")[0].endswith("--add '/Volumes/T7 Shield/py/bin/python3'")
+
+
+APP = "/opt/homebrew/Cellar/python@3.12/3.12.8/Frameworks/Python.framework/Versions/3.12/Resources/Python.app"
+
+
+def test_a_framework_builds_python_app_is_judged_too():
+    """Homebrew's bin/python3.12 re-executes Python.app, the program the firewall sees listening."""
+    problems, figure = macos.judge(host(PERMITTED, apps=[PY, APP], firewall={
+        "global": ON, "blockall": BLOCKALL_OFF, "app": PERMITTED, "apps": {APP: f"The application {APP} is not "
+                                                                          "part of the firewall \n"}}))
+    assert len(problems) == 1 and f"{APP} is not in the firewall's list" in problems[0]
+    assert f"--add '{APP}'" not in problems[0] and f"--add {APP}" in problems[0] and f"--add {PY}" not in problems[0]
+    assert figure.endswith("python not-listed")
+    ok = host(PERMITTED, apps=[PY, APP], firewall={"global": ON, "blockall": BLOCKALL_OFF, "app": PERMITTED,
+                                                   "apps": {APP: PERMITTED}})
+    assert macos.judge(ok) == ([], "macOS: caffeinate, F_FULLFSYNC, firewall on, python allowed")
+
+
+def test_the_host_names_python_app_only_for_a_framework_build(tmp_path):
+    from thunderlane.onhost import macos as onhost_macos
+    framework = tmp_path / "Python.framework" / "Versions" / "3.12"
+    (framework / "Resources" / "Python.app").mkdir(parents=True)
+    assert onhost_macos.firewall_apps("/x/python3.12", str(framework)) == \
+        ["/x/python3.12", str(framework / "Resources" / "Python.app")]
+    assert onhost_macos.firewall_apps("/x/python3.12", str(tmp_path)) == ["/x/python3.12"]

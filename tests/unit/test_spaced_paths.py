@@ -117,6 +117,16 @@ def test_rsync_shell_wraps_spaced_ssh_files_in_a_script_without_spaces(tmp_path)
     assert not os.path.exists(ssh)
 
 
+@pytest.mark.parametrize("known_hosts", ["/Users/me/lane(1)/kh", "/Users/me/a&b/kh", "/Users/me/x;y/kh"])
+def test_rsync_shell_wraps_ssh_files_whose_paths_shlex_must_quote(known_hosts):
+    """No space, but shlex.join quotes it: openrsync and the launcher split -e on spaces and keep the
+    quotes, so ssh would read 'UserKnownHostsFile=... with the quote: the wrapper carries it instead."""
+    inv = parse(lambda d: d["ssh"].update(known_hosts=known_hosts))
+    assert "'" in remote.ssh_command(inv, inv.hosts["mac4"])
+    with rsync_ssh.rsync_shell(inv, inv.hosts["mac4"]) as ssh:
+        assert ssh.startswith("/tmp/thunder-rsh.") and "'" not in ssh
+
+
 def test_rsync_remote_quotes_the_path_for_the_hosts_shell():
     host = parse(lambda d: None).hosts["mac4"]
     arg = rsync_ssh.rsync_remote(host, "/Volumes/T7 Shield/run's (1)/")

@@ -79,6 +79,23 @@ def test_the_sync_launcher_is_given_the_io_timeout(tmp_path):
     assert argv[argv.index("--timeout") + 1] == "77"
 
 
+def test_a_checksum_sync_may_stay_silent_as_long_as_a_deep_verify(tmp_path):
+    """--checksum hashes the whole cache on both sides before rsync prints a thing."""
+    inv = with_ssh(make_inv(tmp_path), rsync_timeout=77, deep_probe_timeout=900)
+    argv = sync.launcher_argv(inv, inv.hosts["mac4"], "/src", "/dest", checksum=True)
+    assert argv[argv.index("--timeout") + 1] == "900" and sync.io_timeout(inv, True) == 900
+    assert sync.io_timeout(inv, False) == 77
+
+
+def test_a_local_program_holding_the_pipe_through_a_child_is_killed_whole():
+    """capture's timeout kills the process group: a child (an rsync's ssh) keeping stderr open
+    cannot hold the readers, and fab, waiting."""
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        remote.capture(["bash", "-c", "sleep 30 >&2 & sleep 30"], timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
 def test_the_sync_launcher_passes_timeout_to_rsync_and_refuses_a_bad_one():
     text = sync.LAUNCHER.read_text()
     assert '"--timeout=$io_timeout"' in text.split("flags=(", 1)[1].split(")", 1)[0]
@@ -109,9 +126,11 @@ def test_a_sync_launcher_that_falls_silent_is_stopped_as_a_timeout(tmp_path):
     out = tmp_path / "screen"
     t0 = time.monotonic()
     with open(out, "w") as screen:
-        code, text = transfer.stream(["bash", "-c", "echo sync: started; sleep 30"], "mac4", 0, out=screen,
-                                     verbose=True, silence=1)
-    assert code == transfer.SILENT_EXIT == 30 and time.monotonic() - t0 < 10
+        # children that hold the pipe (as rsync, ssh and tee do), and a bash that waits for them
+        code, text = transfer.stream(["bash", "-c", "echo sync: started; sleep 30 | cat; echo after"], "mac4", 0,
+                                     out=screen, verbose=True, silence=1)
+    assert code == transfer.SILENT_EXIT == 30 and time.monotonic() - t0 < 6
+    assert "after" not in text
     assert "sync: no output for 1s: stopped it" in text and "no output for 1s" in out.read_text()
     with open(out, "w") as screen:  # talking is not silence
         code, _ = transfer.stream(["bash", "-c", "for i in 1 2 3 4; do echo $i; sleep 0.5; done"], "mac4", 0,

@@ -24,6 +24,17 @@ def ask(tool, *args):
     return (p.stdout + p.stderr)[:4000]
 
 
+def firewall_apps(python, base_prefix):
+    """The executables the firewall may judge for the lane's python: its real file and, for a
+    framework build (Homebrew's, python.org's), the ``Python.app`` its ``bin/python3.x`` re-executes,
+    which is the program that really listens."""
+    apps = [python]
+    bundle = os.path.join(base_prefix, "Resources", "Python.app")
+    if "Python.framework" in base_prefix and os.path.isdir(bundle):
+        apps.append(bundle)
+    return apps
+
+
 def facts(forced):
     python = os.path.realpath(sys.executable)
     darwin = sys.platform == "darwin" or bool(forced)
@@ -36,7 +47,9 @@ def facts(forced):
     out.update(firewall_tool=tool, caffeinate=os.access(caffeinate, os.X_OK),
                fullfsync=hasattr(fcntl, "F_FULLFSYNC"))
     answers = {key: ask(tool, flag) for key, flag in QUESTIONS}
+    out["apps"] = firewall_apps(python, os.path.realpath(sys.base_prefix))
     answers["app"] = ask(tool, "--getappblocked", python)
+    answers["apps"] = {app: ask(tool, "--getappblocked", app) for app in out["apps"][1:]}
     out["firewall"] = answers
     return out
 

@@ -88,15 +88,20 @@ def judge(facts):
                 f"{(answers.get('global') or 'nothing').strip()[:120]!r})"], f"macOS: {shown}, firewall unknown"
     if not fw.on:
         return [], f"macOS: {shown}, firewall off"
-    fixes = " && ".join(fix_commands(python, tool))
+    apps = facts.get("apps") or [python]  # + a framework build's Python.app (onhost/macos.py)
+    states = {app: fw.app if app == python else parse_app((answers.get("apps") or {}).get(app), app)
+              for app in apps}
+    bad = [app for app in apps if states[app] != "allowed"]
+    fixes = " && ".join(c for app in (bad or apps) for c in fix_commands(app, tool))
     if fw.block_all:
         return [f"the application firewall blocks all incoming connections, so the ring cannot connect: "
                 f"sudo {tool} --setblockall off, then {fixes}"], f"macOS: {shown}, firewall blocks all"
-    if fw.app != "allowed":
-        state = {"blocked": "is blocked", "not-listed": "is not in the firewall's list (macOS would prompt, "
-                 "and nobody can answer over ssh)"}.get(fw.app, "has an unreadable rule")
-        return [f"the application firewall is on and the lane's python {python} {state}: {fixes}"], \
-            f"macOS: {shown}, firewall on, python {fw.app or 'unknown'}"
+    if bad:
+        words = {"blocked": "is blocked", "not-listed": "is not in the firewall's list (macOS would prompt, "
+                 "and nobody can answer over ssh)"}
+        said = "; ".join(f"{app} {words.get(states[app], 'has an unreadable rule')}" for app in bad)
+        return [f"the application firewall is on and the lane's python cannot accept the ring's connections: "
+                f"{said}: {fixes}"], f"macOS: {shown}, firewall on, python {states[bad[0]] or 'unknown'}"
     return [], f"macOS: {shown}, firewall on, python allowed"
 
 
