@@ -45,7 +45,7 @@ def _blackhole(address):
 def dead_data_ip():
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("routing a dead data address needs root and iproute2 (Linux)")
-    second = os.environ.get(lab.hosts.NET_VAR, "127.77.0").split(".")[1]
+    second = os.environ.get(lab.NET_VAR, "127.77.0").split(".")[1]
     address = f"198.18.{second}.11"  # one per lab net, so two labs' tests never share it
     _blackhole(address)
     yield address
