@@ -18,6 +18,7 @@ next window resumes every rank from the lowest committed step, which a rank ahea
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -36,6 +37,11 @@ EXIT_CODES = {"runtime": 1, "cache": 10, "dataset": 11, "write": 12, "world-size
 POINTS = tuple(f"{when}-{what}" for what in ("adapters", "state", "config") for when in ("before", "during", "after")) \
     + ("before-checkpoint", "during-checkpoint", "after-checkpoint", "during-refresh", "after-refresh",
        "after-prune")
+# A kill aimed at one rank past the barrier waits this long first, so that the other ranks finish
+# their own commit (milliseconds) before mlx.launch, seeing this rank gone, ends them (fault 18).
+AFTER_BARRIER = ("before-checkpoint", "during-checkpoint", "after-checkpoint", "during-refresh",
+                 "after-refresh", "after-prune")
+PEERS_FIRST = 2.0
 FAULT = re.compile(r"kill-during-save@(\d+)|kill-at@(\d+):([a-z-]+)(?::(\d+))?")
 
 
@@ -74,6 +80,8 @@ def fault_at(lane, step, point, tmp=None):
     want = f"kill-at@{step}:{point}"
     if fault not in (want, f"{want}:{lane.rank}"):
         return
+    if fault != want and point in AFTER_BARRIER:  # one rank torn, the others' commit whole: not raced
+        time.sleep(PEERS_FIRST)                   # by mlx.launch's teardown of the ranks left
     if tmp is not None:
         with open(tmp, "r+b") as f:
             f.truncate(os.path.getsize(tmp) // 2)
