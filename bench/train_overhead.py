@@ -12,6 +12,7 @@ from an empty run directory. The breakdown is from timestamped progress lines.
 import json
 import os
 import re
+import shlex
 import shutil
 
 import yaml
@@ -40,8 +41,16 @@ def bare_setup(lab, prof):
     cfg.update(train=True, data=hosts[0].dataset_root, iters=10, steps_per_report=1,
                adapter_path=str(d / "adapters"))
     (d / "lora.yaml").write_text(yaml.safe_dump(cfg))
+    # a host whose inventory names its hf_cache (the lab's mac5) needs HF_HUB_CACHE in its rank's
+    # environment, as the lane's ranks set it; mlx.launch's --env is one value for every host, so the
+    # bare run's --python is a wrapper that sets it by host (the lab sshd's THUNDER_LAB_HOST)
+    cases = "".join(f"  {h.name}) HF_HUB_CACHE={shlex.quote(h.hf_cache)}; export HF_HUB_CACHE ;;\n"
+                    for h in hosts if h.hf_cache)
+    (d / "python").write_text(f'#!/bin/sh\ncase "$THUNDER_LAB_HOST" in\n{cases}esac\n'
+                              f'exec {shlex.quote(hosts[0].python)} "$@"\n')
+    os.chmod(d / "python", 0o755)
     launch = [c.ROOT / ".venv" / "bin" / "mlx.launch", "--backend", "ring", "--starting-port",
-              os.environ["THUNDER_RING_PORT"], "--hostfile", d / "hostfile.json", "--python", hosts[0].python,
+              os.environ["THUNDER_RING_PORT"], "--hostfile", d / "hostfile.json", "--python", d / "python",
               "--env", "HF_HUB_OFFLINE=1", "--env", "PYTHONUNBUFFERED=1", "--env", "TERM=dumb",
               "--env", "TTY_INTERACTIVE=0", "--"]
     env = dict(os.environ, PATH=f"{d / 'bin'}:{os.environ['PATH']}")
