@@ -82,6 +82,13 @@ def pid_alive(pid):
     return True
 
 
+def command_line(pid):
+    """``pid``'s command line as ps shows it (procps and BSD ps alike; no /proc on macOS; ``-ww``:
+    never cut at a terminal's width), or ''."""
+    p = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
 def process_started(pid):
     """When process ``pid`` started, as ``ps -o lstart=`` prints it (BSD and procps alike), or None
     when there is no such process. With the PID it names a process: a reused PID has another start."""

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from thunderlane.lab import LabError, net
-from thunderlane.lab.hosts import command_line
+from thunderlane.fsutil import command_line
 
 
 @pytest.mark.parametrize("platform,env,mode", [

@@ -11,7 +11,7 @@ import pytest
 from thunderlane import facts, inventory, mirror, remote, sync
 from thunderlane.remote import HostError
 
-from .test_remote import make_inv
+from .test_remote import hostile, make_inv
 
 
 def with_ssh(inv, **values):
@@ -20,11 +20,7 @@ def with_ssh(inv, **values):
 
 def silent(tmp_path, seconds):
     """The local host with an interpreter that says nothing for ``seconds``, then prints {}."""
-    script = tmp_path / "silent"
-    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep({seconds})\nprint('{{}}')\n")
-    script.chmod(0o755)
-    inv = make_inv(tmp_path)
-    return inv, dataclasses.replace(inv.local, python=str(script))
+    return hostile(tmp_path, f"import time\ntime.sleep({seconds})\nprint('{{}}')")
 
 
 def inventory_data(**ssh):

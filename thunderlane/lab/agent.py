@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..fsutil import atomic_write, pid_alive
+from ..fsutil import atomic_write, command_line, pid_alive
 from ..keys import needs_passphrase
 from .seed import LabError, run_tool
 
@@ -43,8 +43,7 @@ def agent_pid(lab):
         return None
     if not pid_alive(pid):
         return None
-    p = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return pid if str(f["sock"]) in p.stdout else None
+    return pid if str(f["sock"]) in command_line(pid) else None
 
 
 def start(lab, key):

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .. import inventory, remote
-from ..fsutil import atomic_write, pid_alive
+from ..fsutil import atomic_write, command_line, pid_alive
 from . import agent, net
 from .client import parse_layout
 from .net import address
@@ -60,12 +59,6 @@ def sshd_pid(lab, name):
     # sshd rewrites its title ("sshd: /usr/sbin/sshd -f CONFIG ... [listener]"): match the path
     config = str(_state_dir(lab, name) / "sshd_config")
     return pid if pid_alive(pid) and config in command_line(pid) else None
-
-
-def command_line(pid):
-    """``pid``'s command line as ps shows it (procps and BSD ps alike; no /proc on macOS), or ''."""
-    p = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def _free_port(ip, start):
