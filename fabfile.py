@@ -225,7 +225,10 @@ def _lab_of_inventory():
                                    "which": "control (the link to this machine) or data (the hosts' bridge)",
                                    "state": "down (pull the cable: packets vanish, no reset) or up (plug it)"})
 def lab_link(c, host=None, which=None, state=None):
-    """Pull or plug a namespaced lab host's cable: fab lab-link mac5 data down|up."""
+    """Pull or plug a namespaced lab host's cable: fab lab-link mac5 data down|up.
+
+    The three are positional, so `fab lab-link --help` would be read as a host: use
+    `fab --help lab-link`. The lab is the one whose inventory $THUNDER_INVENTORY names, else .lab/."""
     if not host or which not in ("control", "data") or state not in ("down", "up"):
         raise Exit("usage: fab lab-link HOST control|data down|up", code=2)
     try:
