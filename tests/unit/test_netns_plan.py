@@ -3,6 +3,9 @@ disjoint between labs, every one behind the root namespace's unreachable route; 
 that Linux accepts; steps that can run twice; cables pulled at the wires, never at an end."""
 import ipaddress
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +141,12 @@ def test_the_net_is_remembered_and_loopback_by_default(tmp_path):
     assert net.choose_net(None, tmp_path) == "netns" and net.choose_net("loopback", tmp_path) == "loopback"
     with pytest.raises(Exception, match="loopback, netns"):
         net.choose_net("wifi", tmp_path)
+
+
+def test_fab_refuses_an_unknown_net_and_a_bad_lab_link_with_exit_2():
+    root = Path(__file__).resolve().parents[2]
+    fab = str(Path(sys.executable).parent / "fab")
+    p = subprocess.run([fab, "lab-up", "--net", "wifi"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "lab-up: --net 'wifi': choose one of loopback, netns" in p.stderr, p.stderr
+    p = subprocess.run([fab, "lab-link", "mac5", "wifi", "down"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "usage: fab lab-link HOST control|data down|up" in p.stderr, p.stderr
