@@ -83,7 +83,8 @@ def up(lab, names, control_mbit=1000, data_mbit=10000, scope="lab", env=None):
     data = np_.to_dict(p)
     if old and (old.get("lab_id"), old.get("names")) != (p.lab_id, [h.name for h in p.hosts]):
         down(lab)
-    elif not old and set(p.namespaces) & _namespaces():
+        old = None
+    if not old and set(p.namespaces) & _namespaces():
         _refuse_if_owned(p, lab)
         _record(lab, data)   # leftovers of a lab whose folder or record is gone: never adopt them
         down(lab)
