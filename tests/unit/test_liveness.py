@@ -1,5 +1,5 @@
 """liveness.Watch on a stand-in transport (its decisions), with real sockets for the port check.
-The real link cases (a pulled cable in the netns lab) are in tests/lab/test_links.py."""
+The real link cases (a pulled cable in the netns lab) are in tests/lab/test_faults_links.py."""
 import socket
 import threading
 import time
