@@ -17,7 +17,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.hostkeys import HostKeyEntry
 
-from . import keys, onhost
+from . import keys, liveness, onhost
 
 PROBE_SOURCE = onhost.probe_source()
 # What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
@@ -198,7 +198,14 @@ def run(inv, host, argv, timeout=None):
         return _run_local(host, argv, timeout)
     try:
         with open_session(inv, host) as conn:
-            r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+            with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
+                try:
+                    r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+                except (paramiko.SSHException, OSError, ThreadException):
+                    if not watch.down:
+                        raise
+            if watch.down:
+                raise _link_down(inv, host, argv)
             return r.exited, r.stdout, r.stderr
     except ThreadException as e:
         if any(isinstance(w.value, OutputTooLarge) for w in e.exceptions):
@@ -220,6 +227,14 @@ def open_session(inv, host):
         conn.close()
         raise
     return conn
+
+
+def _link_down(inv, host, argv):
+    half = max(0.5, inv.ssh.connect_timeout / 2)
+    return HostError(host.name, "unreachable", f"the link to {host.hostname}:{host.port} went silent while "
+                                               f"{argv[0]} ran: no ssh answer within {half:g}s and no new "
+                                               f"connection within {half:g}s (cable pulled, Wi-Fi gone, host "
+                                               f"asleep?); stopped waiting")
 
 
 def _timed_out(host, argv, timeout):

@@ -1,0 +1,225 @@
+"""Fault cases 33-35: faults only real links produce, on the namespaced lab (root, Linux; skipped
+elsewhere). A cable is pulled with `fab lab-link HOST control|data down`: packets stop, nothing
+resets, as with a real cable (thunderlane/lab/netns_plan.py cable())."""
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thunderlane import checkpoint, inventory, lab
+from thunderlane.lab import kit, netns
+from thunderlane.facts import RunFacts
+
+from .conftest import (FAB, HOSTS, LAYOUT, ROOT, by_host, fab, fab_json, no_rank_left, run_facts, start_fab,
+                       wait_for_step)
+
+CONTROL_MBIT, DATA_MBIT = 100, 1000
+WATCHDOG = 20
+
+
+@pytest.fixture(scope="module")
+def links_lab(tmp_path_factory):
+    why = netns.unsupported()
+    if why:
+        pytest.skip(f"the namespaced lab: {why}")
+    d = tmp_path_factory.mktemp("links-lab")
+    try:
+        lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT, net="netns", control_mbit=CONTROL_MBIT,
+               data_mbit=DATA_MBIT, scope="test")
+        yield d
+    finally:
+        lab.down(d)
+
+
+@pytest.fixture
+def links_inv(links_lab):
+    """The namespaced lab reset to the handoff's situation (mac4 partial), every cable plugged."""
+    for host in HOSTS:
+        for which in ("control", "data"):
+            netns.link(links_lab, host, which, "up")
+    return inventory.load(lab.up(HOSTS, lab=links_lab, model_mb=1.0, reseed=True, layout=LAYOUT))
+
+
+class Pulled:
+    """``with Pulled(lab, host, which):`` the cable is out; it goes back in whatever happens."""
+
+    def __init__(self, lab_dir, host, which):
+        self.lab_dir, self.host, self.which = lab_dir, host, which
+
+    def __enter__(self):
+        netns.link(self.lab_dir, self.host, self.which, "down")
+        self.at = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        netns.link(self.lab_dir, self.host, self.which, "up")
+
+
+def edited_inventory(inv, tmp_path, name, change):
+    data = yaml.safe_load(Path(inv.path).read_text())
+    change(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def wait_for(path, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.exists()
+
+
+# mac5's interpreter in a test inventory: marks that the probe started, waits 3 s (the cable is
+# pulled meanwhile, the ssh session open), then runs the real probe, whose answer never arrives
+WAITING = """#!/bin/sh
+: > {mark}
+sleep 3
+exec {python} "$@"
+"""
+
+
+@pytest.mark.fault_case("35", "the control cable is pulled during a probe",
+                        "`fab lab-link mac5 control down` while mac5's probe runs (its interpreter waits 3 s "
+                        "first); `verify-cache` and `verify-dataset`")
+def test_35_control_cable_pulled_mid_probe_is_unreachable_within_the_connect_timeout(links_inv, links_lab,
+                                                                                      tmp_path, reliability):
+    """mac5 is reported `unreachable` (the link went silent) within the connect timeout (+2 s of
+    pinging) from the pull, not after the probe timeout (120 s); mac4 and local are still judged
+    from their own answers; no traceback."""
+    mark = tmp_path / "probe-started"
+    script = tmp_path / "python"
+    script.write_text(WAITING.format(mark=mark, python=links_inv.hosts["mac5"].python))
+    script.chmod(0o755)
+    path = edited_inventory(links_inv, tmp_path, "waiting", lambda d: d["hosts"]["mac5"].update(python=str(script)))
+    connect_timeout = links_inv.ssh.connect_timeout
+    worst = 0.0
+    for task in ("verify-cache", "verify-dataset"):
+        mark.unlink(missing_ok=True)
+        out = {}
+        env = dict(os.environ, THUNDER_INVENTORY=str(path))
+        run = threading.Thread(target=lambda: out.update(p=subprocess.run(
+            [FAB, task, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)))
+        run.start()
+        assert wait_for(mark), "mac5's probe never started"
+        with Pulled(links_lab, "mac5", "control") as pulled:
+            run.join(120)
+            seconds = time.monotonic() - pulled.at
+        p = out["p"]
+        assert "Traceback" not in p.stderr, p.stderr[-3000:]
+        hosts = by_host(json.loads(p.stdout))
+        assert p.returncode == 1 and hosts["mac5"]["verdict"] == "unreachable", (task, hosts["mac5"])
+        assert "went silent" in hosts["mac5"]["detail"], hosts["mac5"]
+        assert hosts["mac4"]["verdict"] not in ("timeout", "unreachable", "error"), hosts["mac4"]
+        assert hosts["local"]["ok"], hosts["local"]
+        assert seconds < connect_timeout + 2 + 3, (task, seconds)   # + fab's own end
+        worst = max(worst, seconds)
+    reliability(seconds_after_pull=round(worst, 1), connect_timeout=connect_timeout)
+
+
+def missing_blobs(inv, lab_dir, host):
+    repo = kit.host_repo(lab_dir, host)
+    local = Path(inv.local.hf_cache) / kit.REPO_FOLDER
+    have = {b.name for b in (repo / "blobs").iterdir()} if (repo / "blobs").is_dir() else set()
+    return {b.name for b in (local / "blobs").iterdir()} - have
+
+
+RSYNC_TIMEOUT = 3
+
+
+@pytest.mark.fault_case("34", "the control cable is pulled mid-sync",
+                        "`fab sync-cache --host mac4 --bwlimit 64` (ssh.rsync_timeout 3 s); `fab lab-link mac4 "
+                        "control down` once a first missing blob has arrived; plugged back, the sync run again")
+def test_34_control_cable_pulled_mid_sync_then_rerun_sends_only_what_is_missing(links_inv, links_lab, tmp_path,
+                                                                                  reliability):
+    """The sync fails naming mac4 (rsync timeout, or ssh's) with no traceback; with the cable back,
+    a rerun completes mac4 sending only what was still missing: the blobs that arrived before the
+    pull are kept and not sent again (rsync's file data is the other blobs' bytes, within 4 KiB);
+    `verify-cache --deep` passes."""
+    path = edited_inventory(links_inv, tmp_path, "rsync_timeout", lambda d: d["ssh"].update(rsync_timeout=RSYNC_TIMEOUT))
+    missing = missing_blobs(links_inv, links_lab, "mac4")
+    assert len(missing) >= 2, missing
+    env = dict(os.environ, THUNDER_INVENTORY=str(path))
+    sync = subprocess.Popen([FAB, "sync-cache", "--host", "mac4", "--bwlimit", "64", "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while missing_blobs(links_inv, links_lab, "mac4") == missing and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sync.poll() is None, "the sync ended before the cable could be pulled"
+        arrived = missing - missing_blobs(links_inv, links_lab, "mac4")
+        assert arrived and missing_blobs(links_inv, links_lab, "mac4"), "no blob arrived, or all did"
+        with Pulled(links_lab, "mac4", "control") as pulled:
+            out, err = sync.communicate(timeout=120)
+            seconds = time.monotonic() - pulled.at
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.communicate()
+    assert "Traceback" not in err, err[-3000:]
+    first = json.loads(out)
+    assert sync.returncode == 1 and any(e.startswith("mac4: sync failed") for e in first["errors"]), first
+    code, again = fab_json(links_inv, "sync-cache", "--host", "mac4")
+    assert code == 0, again
+    row = again["results"][0]
+    assert row["after"] == "complete" and row["missing_bytes"] > 0, row
+    sizes = {b.name: b.stat().st_size for b in (Path(links_inv.local.hf_cache) / kit.REPO_FOLDER / "blobs").iterdir()}
+    kept, still = sum(sizes[b] for b in arrived), sum(sizes[b] for b in missing - arrived)
+    # the blobs that arrived before the pull are not sent again: rsync's file data is the rest (the
+    # blob cut off by the pull goes again whole: rsync keeps no partial file), plus small files
+    assert still <= row["literal_bytes"] <= still + 4096, (row, kept, still)
+    code, report = fab_json(links_inv, "verify-cache", "--deep")
+    assert code == 0, report
+    reliability(seconds_after_pull=round(seconds, 1), kept_bytes=kept, rerun_file_data=row["literal_bytes"],
+                still_missing_bytes=still)
+
+
+@pytest.mark.fault_case("33", "the data cable is pulled mid-window",
+                        "`fab lab-link mac5 data down` once mac5 has committed step 5 of a 60-step window; "
+                        "a 20 s watchdog (the model load must fit in it on a loaded machine)")
+def test_33_data_cable_pulled_mid_window(links_inv, links_lab, tmp_path, reliability):
+    """The ring goes silent (mlx gets no error: the cable sends nothing), the watchdog ends the
+    window: verdict `distributed-hang` (or `data-link` naming the link) within the watchdog plus
+    reaping; every rank is reaped over the control link; the last committed step passes the gate on
+    every host, and once the cable is back `mirror-back` brings exactly that step home."""
+    assert fab(links_inv, "sync-cache", "--host", "mac4").returncode == 0
+    kit.write_profile(tmp_path, "links", "test_links", source="synthetic_mechanics", lane={"min_free_mb": 0})
+    env = {"THUNDER_PROFILES": str(tmp_path)}
+    proc = start_fab(links_inv, "train-window", "--profile", "links", "--target", "60", "--window", "60",
+                     "--watchdog", str(WATCHDOG), "--json", env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not wait_for_step(links_inv, "mac5", "test_links", 5, seconds=1) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the window ended before step 5: " + proc.stdout.read()[-3000:]
+        with Pulled(links_lab, "mac5", "data") as pulled:
+            out, _ = proc.communicate(timeout=180)
+            seconds = time.monotonic() - pulled.at
+            r = json.loads(out)
+            deadline = time.monotonic() + 15
+            while not no_rank_left() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            reaped = no_rank_left()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert r["verdict"] in ("distributed-hang", "data-link"), r
+    if r["verdict"] == "data-link":
+        assert "mac5" in r["explanation"], r
+    assert seconds < WATCHDOG + 30, seconds
+    assert reaped, "a rank outlived the window"
+    steps = set()
+    for host in HOSTS:
+        facts = RunFacts.from_json(run_facts(links_inv, host, "test_links"))
+        step = checkpoint.committed_step(facts)
+        assert step >= 5 and checkpoint.gate(host, facts, step).ok, (host, step)
+        steps.add(step)
+    assert len(steps) == 1, steps
+    code, m = fab_json(links_inv, "mirror-back", "--profile", "links", env=env)
+    assert code == 0 and m["step"] == steps.pop(), m
+    reliability(watchdog_seconds=WATCHDOG, seconds_after_pull=round(seconds, 1), verdict=r["verdict"])
