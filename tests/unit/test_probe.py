@@ -209,3 +209,23 @@ def test_a_leftover_knows_the_blob_it_was_becoming(tmp_path, name, blob):
         (tmp_path / blob).unlink()
         (tmp_path / blob).symlink_to("nowhere")  # a dangling store link is no finished blob
         assert probe._leftover(str(tmp_path), name, 0)["finished"] is False
+
+
+@pytest.mark.parametrize("content", [
+    b'{"text": "a"}\n{"text": "b"}\n', b'{"text": "a"}\n{"text": "b"', b'', b'\n', b'{"text": "\xff"}\n' * 3,
+])
+def test_file_sums_agree_with_the_row_by_row_pass(tmp_path, content):
+    """A host that only sums its files reports the lines, bytes and sha256 the full pass would."""
+    f = tmp_path / "train.jsonl"
+    f.write_bytes(content)
+    full, sums = probe.jsonl_facts(f), probe.file_sums(f)
+    assert {k: sums[k] for k in ("lines", "bytes", "sha256")} == {k: full[k] for k in ("lines", "bytes", "sha256")}
+    assert full["checked"] and not sums["checked"] and sums["bad"] is None
+
+
+def test_dataset_sums_command(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\nnot json\n')
+    facts = probe.command(["dataset", str(tmp_path), "--sums"])
+    assert facts["files"]["train.jsonl"]["lines"] == 2 and facts["files"]["train.jsonl"]["checked"] is False
+    assert probe.command(["dataset", str(tmp_path)])["files"]["train.jsonl"]["bad"]["line"] == 2
+    assert probe.command(["dataset", str(tmp_path), "--rows"]) is None
