@@ -6,6 +6,10 @@ metadata only, never weight bytes). Both inventories name hf_cache explicitly, s
 for resolving the cache root with huggingface_hub on the host.
 Runs alternate between the two sides; the figure is the ratio of the medians.
 2b-shared: the same with every cache in huggingface_hub 2.x's shared layout (``layouts.py``).
+2c: 8 hosts against one, on a lab of its own with 8 sshds (``FAN_HOSTS``) and a --fan-model-mb model
+(host count, not bytes: 2b shows the model size does not matter to the fast check). Its details
+split a host's cost: fab's start, an ssh session running `true`, the cache probe alone (no ssh),
+on_hosts over 1 and over 8 hosts, and the CPU seconds the run took (fab and every host's processes).
 """
 import os
 import shutil
@@ -90,8 +94,92 @@ def timed_ok(lab, *args, inventory_path=None):
     return f
 
 
+FAN_HOSTS = [f"mac{i}" for i in range(4, 12)]
+
+
+def _reaped_cpu(lab):
+    """CPU seconds of every process this bench and the lab's sshd listeners have reaped: fab (our
+    child) and each host's ssh sessions with their shells and probes (the listener reaps a session,
+    which has reaped its own children: /proc/PID/stat cutime + cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = os.times().children_user + os.times().children_system
+    for name in lab.hosts:
+        pid = labmod.sshd_pid(lab.dir, name)
+        if pid:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime (fields 16, 17)
+    return total
+
+
+def cpu_seconds(lab, f):
+    """``f()``'s result and the CPU seconds (fab + every host's sessions) spent during it."""
+    before = _reaped_cpu(lab)
+    out = f()
+    return out, _reaped_cpu(lab) - before
+
+
+def fan_out_phases(lab, n=5):
+    """Medians (s): fab's start, on_hosts over 1 host and over 8 (`true`: session only; the cache
+    probe), and the probe alone on one host's cache without ssh."""
+    inv = lab.inv()
+    hosts = [inv.host(h) for h in FAN_HOSTS]
+    jobs = {"true": lambda h: remote.run(inv, h, ["true"]),
+            "probe": lambda h: remote.run_probe(inv, h, ["cache", inv.repo_id, h.hf_cache or "-"])}
+    out = {"start": c.median([c.run([c.FAB, "--list"], env=lab.env(), check=True).seconds for _ in range(n)]),
+           "probe_alone": c.median([c.run([c.PY, "-c", remote.PROBE_SOURCE, "cache", inv.repo_id,
+                                           str(lab.cache("mac5"))], check=True).seconds for _ in range(n)])}
+    for name, fn in jobs.items():
+        for group in (hosts[1:2], hosts):
+            ts = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                remote.on_hosts(group, fn)
+                ts.append(time.perf_counter() - t0)
+            out[f"{name}_{len(group)}"] = c.median(ts)
+    return out
+
+
+def eight_hosts(args):
+    """Figure 2c: `fab verify-cache` on 8 hosts vs on one (mac5), alternated, with CPU seconds."""
+    with c.lab_session("fan8", FAN_HOSTS, args.fan_model_mb) as lab:
+        c.set_complete(lab, FAN_HOSTS[0])  # the lab's first host is seeded partial
+        c.fab(lab, "verify-cache", check=True)  # warm-up
+        cpu = {8: [], 1: []}
+
+        def timed(*hosts_flag, n):
+            def f():
+                secs, used = cpu_seconds(lab, timed_ok(lab, "verify-cache", *hosts_flag))
+                cpu[n].append(used)
+                return secs
+            return f
+        eight, one = alternate(args.runs, timed(n=8), timed("--hosts", "mac5", n=1))
+        c.log(f"8 hosts {c.rounded(eight)} 1 host {c.rounded(one)}")
+        ph = fan_out_phases(lab)
+        cmd_eight, cmd_one = c.fab_command(lab, "verify-cache"), c.fab_command(lab, "verify-cache", "--hosts", "mac5")
+    m8, m1 = c.median(eight), c.median(one)
+    cpu8, cpu1 = c.median(cpu[8]), c.median(cpu[1])
+    fig = c.figure("2c", "verify-cache: 8 hosts vs 1", m8 / m1, "<=", 1.3,
+                   runs=c.rounded([a / b for a, b in zip(eight, one)]),
+                   detail=f"median 8 hosts {m8:.3f}s, 1 host {m1:.3f}s ({args.fan_model_mb:g} MB model); CPU seconds "
+                          f"(fab + sshds + probes) {cpu8:.2f} vs {cpu1:.2f}: {(cpu8 - cpu1) / 7:.3f} per extra host "
+                          f"on {os.cpu_count()} cores; fab's start {ph['start']:.3f}s; in-process on_hosts, 1 host -> 8: "
+                          f"`true` {ph['true_1']:.3f}s -> {ph['true_8']:.3f}s, cache probe {ph['probe_1']:.3f}s -> "
+                          f"{ph['probe_8']:.3f}s; the probe alone, no ssh, {ph['probe_alone']:.3f}s")
+    fig["details"] = {"medians_s": {"eight": round(m8, 4), "one": round(m1, 4), **{k: round(v, 4) for k, v in ph.items()}},
+                      "cpu_s": {"eight": c.rounded(cpu[8]), "one": c.rounded(cpu[1])},
+                      "runs_s": {"eight": c.rounded(eight), "one": c.rounded(one)}, "cores": os.cpu_count()}
+    return fig, f"2c: `{cmd_eight}` vs `{cmd_one}` (a lab of {len(FAN_HOSTS)} hosts)"
+
+
 def main():
-    args = c.parser(__doc__, runs=9).parse_args()
+    p = c.parser(__doc__, runs=9)
+    p.add_argument("--fan-model-mb", type=float, default=10.0, help="model size for figure 2c's 8-host lab")
+    p.add_argument("--only-2c", action="store_true", help="measure figure 2c only")
+    args = p.parse_args()
+    if args.only_2c:
+        fig, note = eight_hosts(args)
+        c.emit("verify_cache", vars(args), [fig], [note])
+        return
     with c.lab_session("bytes", c.BYTE_HOSTS, args.model_mb) as lab:
         if not c.fab(lab, "verify-cache", "--hosts", "mac4").data["ok"]:
             c.set_complete(lab, "mac4")
@@ -133,7 +221,9 @@ def main():
                  detail=f"median {args.model_mb:g} MB {c.median(ts_big):.3f}s, 10 MB {c.median(ts_small):.3f}s "
                         "(4 hosts each, every cache's weight blobs in its hub root's shared store)"),
     ]
-    c.emit("verify_cache", vars(args), figures, [
+    fig, note = eight_hosts(args)
+    figures.append(fig)
+    c.emit("verify_cache", vars(args), figures, [note,
         f"2b-shared: `{cmd_sbig}` vs `{cmd_ssmall}`",
         f"2a: `{cmd_four}` vs `{cmd_one}`",
         f"2b: `{cmd_big}` vs `{cmd_small}` (same lab; the two inventories differ only in hf_cache)",

@@ -60,7 +60,8 @@ class BadRow:
 
 @dataclass(frozen=True)
 class DataFile:
-    """One JSONL split: lines, bytes, sha256, mlx-lm row format, the first bad row."""
+    """One JSONL split: lines, bytes, sha256, mlx-lm row format, the first bad row. ``checked``
+    False: only summed on its host (``dataset --sums``), no row read: format and bad are unknown."""
     present: bool
     lines: int = 0
     bytes: int = 0
@@ -68,13 +69,15 @@ class DataFile:
     format: str | None = None
     bad: BadRow | None = None
     error: str | None = None
+    checked: bool = True
 
     @classmethod
     def from_json(cls, d):
         bad = d.get("bad")
         return cls(present=bool(d.get("present")), lines=d.get("lines", 0), bytes=d.get("bytes", 0),
                    sha256=d.get("sha256"), format=d.get("format"),
-                   bad=BadRow(bad["line"], bad["reason"]) if bad else None, error=d.get("error"))
+                   bad=BadRow(bad["line"], bad["reason"]) if bad else None, error=d.get("error"),
+                   checked=d.get("checked", True) is not False)
 
 
 @dataclass(frozen=True)
@@ -284,8 +287,9 @@ class Query:
     slow: bool = False  # re-reads whole files (a deep scan): ssh.deep_probe_timeout, not probe_timeout
 
 
-def dataset(root):
-    return Query(("dataset", root), DatasetFacts.from_json)
+def dataset(root, rows=True):
+    """A dataset root's facts; ``rows`` False: lines, bytes and sha256 only, no row read."""
+    return Query(("dataset", root, *(() if rows else ("--sums",))), DatasetFacts.from_json)
 
 
 def cache(repo_id, cache_root=None, deep=False):

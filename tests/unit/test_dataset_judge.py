@@ -88,3 +88,34 @@ def test_broken_reference_makes_hosts_unchecked(corpus, tmp_path):
 def test_empty_train_split_is_invalid(corpus, tmp_path):
     r = dataset.judge("mac4", facts_of(corpus, tmp_path, lambda root: (root / "train.jsonl").write_bytes(b"")))
     assert r.verdict == "invalid" and "train.jsonl" in r.detail
+
+
+def summed(root):
+    """A host's facts as ``dataset --sums`` reports them: no row read."""
+    return DatasetFacts.from_json(probe.dataset_facts(str(root), rows=False))
+
+
+def test_equal_bytes_are_judged_by_local_rows(corpus, tmp_path):
+    ref = dataset_facts(str(corpus))
+    host = summed(facts_of(corpus, tmp_path).root)
+    assert dataset.unchecked(host) == list(probe.DATA_FILES)
+    assert dataset.judge("mac4", host, ref).verdict == "unchecked"
+    r = dataset.judge("mac4", dataset.inherit(host, ref), ref)
+    assert r.ok and r.verdict == "ok" and dataset.unchecked(dataset.inherit(host, ref)) == []
+
+
+def test_equal_bad_bytes_name_the_host_file_and_line(corpus, tmp_path):
+    """Local and mac4 hold the same broken file: mac4's verdict, taken from local's, names mac4."""
+    broken = facts_of(corpus, tmp_path, lambda root: replace_row(root, "test.jsonl", 4, '{"messages": ['))
+    ref = dataset_facts(broken.root)
+    r = dataset.judge("mac4", dataset.inherit(summed(broken.root), ref), ref)
+    assert r.verdict == "invalid" and r.detail.startswith("mac4:test.jsonl:4: not JSON")
+
+
+def test_differing_bytes_stay_unchecked(corpus, tmp_path):
+    ref = dataset_facts(str(corpus))
+    host = dataset.inherit(summed(facts_of(corpus, tmp_path, lambda root: replace_row(
+        root, "valid.jsonl", 2, '{"text": "x"}')).root), ref)
+    assert dataset.unchecked(host) == ["valid.jsonl"]
+    r = dataset.judge("mac4", host, ref)
+    assert r.verdict == "unchecked" and r.detail == "mac4:valid.jsonl: rows not validated (summed only)"

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from thunderlane import onhost
-from thunderlane.onhost import probe
+from thunderlane.onhost import probe, runs
 from tests.unit.builders import REPO, build_repo, model_files, safetensors_bytes, to_shared_layout
 
 
@@ -209,3 +209,56 @@ def test_a_leftover_knows_the_blob_it_was_becoming(tmp_path, name, blob):
         (tmp_path / blob).unlink()
         (tmp_path / blob).symlink_to("nowhere")  # a dangling store link is no finished blob
         assert probe._leftover(str(tmp_path), name, 0)["finished"] is False
+
+
+@pytest.mark.parametrize("content", [
+    b'{"text": "a"}\n{"text": "b"}\n', b'{"text": "a"}\n{"text": "b"', b'', b'\n', b'{"text": "\xff"}\n' * 3,
+])
+def test_file_sums_agree_with_the_row_by_row_pass(tmp_path, content):
+    """A host that only sums its files reports the lines, bytes and sha256 the full pass would."""
+    f = tmp_path / "train.jsonl"
+    f.write_bytes(content)
+    full, sums = probe.jsonl_facts(f), probe.file_sums(f)
+    assert {k: sums[k] for k in ("lines", "bytes", "sha256")} == {k: full[k] for k in ("lines", "bytes", "sha256")}
+    assert full["checked"] and not sums["checked"] and sums["bad"] is None
+
+
+def test_dataset_sums_command(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\nnot json\n')
+    facts = probe.command(["dataset", str(tmp_path), "--sums"])
+    assert facts["files"]["train.jsonl"]["lines"] == 2 and facts["files"]["train.jsonl"]["checked"] is False
+    assert probe.command(["dataset", str(tmp_path)])["files"]["train.jsonl"]["bad"]["line"] == 2
+    assert probe.command(["dataset", str(tmp_path), "--rows"]) is None
+
+
+def dist_info(where, folder, name, version):
+    (where / folder).mkdir(parents=True)
+    (where / folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nbody\n")
+
+
+def test_versions_from_dist_info_folders_first_path_first(tmp_path, monkeypatch):
+    """The probe reads versions from .dist-info folders (importlib.metadata's import costs more than
+    the rest of a probe); the first sys.path entry wins, as importlib.metadata has it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    dist_info(a, "mlx_lm-9.9.dist-info", "mlx-lm", "9.9")
+    dist_info(a, "numpy-1.0.dist-info", "numpy", "1.0")
+    dist_info(b, "numpy-2.0.dist-info", "numpy", "2.0")
+    dist_info(a, "mlx-metal-0.2.dist-info", "mlx-metal", "0.2")  # not escaped: its stem reads "mlx"
+    (b / "Old_Pkg-3.0-py3.11.egg-info").mkdir()
+    monkeypatch.setattr(sys, "path", [str(a), str(tmp_path / "gone"), str(b)])
+    found, unsure = runs.dist_info_versions(["MLX_LM", "numpy", "mlx", "old-pkg", "absent"])
+    assert found == {"MLX_LM": "9.9", "numpy": "1.0"}
+    assert unsure == ["mlx", "old-pkg"]  # Name says mlx-metal; an egg-info: importlib.metadata decides
+
+
+def test_versions_agree_with_importlib_metadata():
+    from importlib.metadata import PackageNotFoundError, version
+    names = ["mlx", "mlx-lm", "huggingface_hub", "PyYAML", "numpy", "no-such-dist"]
+
+    def reference(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+    got = runs.versions(names[2:])
+    assert {n: got[n] for n in names} == {n: reference(n) for n in names}

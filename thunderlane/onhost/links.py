@@ -11,10 +11,8 @@ with a reset (SO_LINGER 0), so no TIME_WAIT is left on a port the ring binds nex
 """
 import errno
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 
@@ -127,6 +125,8 @@ def links_facts(req):
 
 def rdma_facts():
     """The RDMA devices ``ibv_devices`` lists: {"tool": path or None, "devices": [...], "error": ...}."""
+    import shutil  # here, not above: every probe (verify-cache's too) would pay for importing them
+    import subprocess
     tool = shutil.which("ibv_devices", path=os.environ.get("PATH", "") + os.pathsep + TOOL_PATH)
     if tool is None:
         return {"tool": None, "devices": [], "error": "ibv_devices not found"}

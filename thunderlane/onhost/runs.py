@@ -57,18 +57,71 @@ def _run_file(path, name):
 
 def versions(dists=()):
     """This interpreter's version and platform, and the installed version of mlx, mlx-lm and each
-    distribution in ``dists`` (None where it is not installed)."""
+    distribution in ``dists`` (None where it is not installed). Read from the ``.dist-info`` folders
+    on sys.path (:func:`dist_info_versions`); importlib.metadata, whose import costs more than the
+    rest of a probe, only for a name those folders cannot settle."""
     out = {"python": sys.version.split()[0], "platform": sys.platform,
            "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:
-        return out
-    for dist in dict.fromkeys(("mlx", "mlx-lm", *dists)):
+    names = list(dict.fromkeys(("mlx", "mlx-lm", *dists)))
+    found, unsure = dist_info_versions(names)
+    if unsure:
         try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
+            from importlib.metadata import PackageNotFoundError, version
+        except ImportError:
+            return out
+        for dist in unsure:
+            try:
+                found[dist] = version(dist)
+            except PackageNotFoundError:
+                pass
+    out.update((dist, found.get(dist)) for dist in names)
+    return out
+
+
+def _dist_key(name):
+    """A distribution name as PEP 503 normalises it (``mlx_lm``, ``MLX-LM`` -> ``mlx-lm``)."""
+    return "-".join(filter(None, name.replace("_", "-").replace(".", "-").lower().split("-")))
+
+
+def dist_info_versions(names):
+    """({name: version}, unsure names): each name's first ``<name>-<version>.dist-info`` along sys.path,
+    as importlib.metadata would find it, its version from the folder's METADATA (whose Name must be
+    that name). A name met first as ``.egg-info``, or whose METADATA does not say, is unsure
+    (importlib.metadata decides it)."""
+    want = {_dist_key(n): n for n in names}
+    found, unsure = {}, []
+    for entry in sys.path:
+        try:
+            listing = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for item in listing:
+            stem, dot, kind = item.rpartition(".")
+            name = want.get(_dist_key(stem.split("-", 1)[0])) if dot and kind in ("dist-info", "egg-info") else None
+            if name is None or name in found or name in unsure:
+                continue
+            meta = _metadata(os.path.join(entry or ".", item)) if kind == "dist-info" else {}
+            version = meta.get("Version") if _dist_key(meta.get("Name", "")) == _dist_key(name) else None
+            if version:
+                found[name] = version
+            else:
+                unsure.append(name)
+    return found, unsure
+
+
+def _metadata(folder):
+    """Name and Version from a dist-info folder's METADATA headers ({} when unreadable)."""
+    out = {}
+    try:
+        with open(os.path.join(folder, "METADATA"), encoding="utf-8") as f:
+            for line in f:
+                key, colon, value = line.partition(":")
+                if not line.strip() or len(out) == 2:
+                    break
+                if colon and key in ("Name", "Version"):
+                    out[key] = value.strip()
+    except (OSError, UnicodeDecodeError):
+        return {}
     return out
 
 
