@@ -82,9 +82,10 @@ def model_dir(inv, profile, record):
 
 
 def reproduce(inv, profile, step, split, limit):
-    cmd = [f"THUNDER_INVENTORY={shlex.quote(inv.path)}", "fab", "evaluate", "--profile", profile.name,
-           "--step", str(step), "--split", split]
-    return " ".join(cmd + (["--limit", str(limit)] if limit else []))
+    """The command that evaluates ``step`` again (None: the mirror's step)."""
+    cmd = [f"THUNDER_INVENTORY={shlex.quote(inv.path)}", "fab", "evaluate", "--profile", profile.name]
+    cmd += ["--step", str(step)] if step is not None else []
+    return " ".join(cmd + ["--split", split] + (["--limit", str(limit)] if limit else []))
 
 
 def evaluate(inv, profile, step=None, split="test", limit=0, batch=decode.BATCH, out=sys.stderr):
@@ -151,3 +152,14 @@ def peak_rss_mb():
     """This process's peak resident set (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
+
+
+def for_handoff(inv, profile, out=sys.stderr):
+    """fab handoff's evaluation of the step it mirrored, as the profile's ``promotion:`` asks: the
+    data without the per-row list (that stays in the saved file), or ``{error, command}``."""
+    p = profile.promotion
+    try:
+        data = evaluate(inv, profile, split=p.split, limit=p.limit, out=out)
+    except (EvaluateError, rows_mod.SplitError, OSError) as e:
+        return {"error": str(e), "command": reproduce(inv, profile, None, p.split, p.limit)}
+    return {k: v for k, v in data.items() if k != "rows"}
