@@ -160,3 +160,23 @@ def test_section_shows_verdict_figures_and_rows_both_ways():
     assert "    fab evaluate --profile p --step 10 --split test" in md
     assert "CER ratio 0.667" in section.text(data) and "bad row test.jsonl:9: empty line" in section.text(data)
     assert "Not evaluated: boom" in "\n".join(section.markdown({"error": "boom", "command": "c"}))
+
+
+def test_the_handoff_gets_the_reason_when_the_evaluation_cannot_run(tmp_path, monkeypatch):
+    """No mirror: refused with the fix; anything else raised (mlx, a disk) still leaves the handoff a
+    section to write instead of ending it before its report is saved."""
+    from tests.unit.test_inventory import GOOD
+    from thunderlane import inventory
+    from thunderlane.evaluate import run
+    data = copy.deepcopy(GOOD)
+    data["local"]["runs_root"] = str(tmp_path)
+    inv = inventory.parse(data, "inv.yaml")
+    prof = profiles.parse("p", copy.deepcopy(PROFILE), "p.yaml")
+    got = run.for_handoff(inv, prof)
+    assert "no committed step in the local mirror" in got["error"] and "fab mirror-back --profile p" in got["error"]
+    assert got["command"].endswith("fab evaluate --profile p --split test")
+
+    def crash(*a, **k):
+        raise RuntimeError("[metal] out of memory")
+    monkeypatch.setattr(run, "evaluate", crash)
+    assert run.for_handoff(inv, prof)["error"] == "RuntimeError: [metal] out of memory"

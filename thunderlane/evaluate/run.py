@@ -160,6 +160,8 @@ def for_handoff(inv, profile, out=sys.stderr):
     p = profile.promotion
     try:
         data = evaluate(inv, profile, split=p.split, limit=p.limit, out=out)
-    except (EvaluateError, rows_mod.SplitError, OSError) as e:
+    except (EvaluateError, rows_mod.SplitError) as e:
         return {"error": str(e), "command": reproduce(inv, profile, None, p.split, p.limit)}
+    except Exception as e:  # noqa: BLE001 - mlx or a disk failing here must not cost the handoff its report
+        return {"error": f"{type(e).__name__}: {e}", "command": reproduce(inv, profile, None, p.split, p.limit)}
     return {k: v for k, v in data.items() if k != "rows"}
