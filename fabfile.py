@@ -310,6 +310,28 @@ def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watc
         raise Exit(code=1)
 
 
+@task(auto_shortflags=False,
+      help={"profile": PROFILE_HELP, "json": "print the results as JSON (progress stays on stderr)",
+            "step": "the committed step to evaluate (default: the local mirror's; it must be that one)",
+            "limit": "evaluate the split's first N rows only (default: all)",
+            "split": "test or valid (default: test)",
+            "batch": "rows decoded together by mlx-lm's batch generator (default 8; 1: row by row)"})
+def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="test", batch=8, json=False):
+    """CER of the ASR hypotheses and of the adapter's corrections on a split; the promotion verdict."""
+    from thunderlane.evaluate import run as evaluate_mod, section
+    from thunderlane.evaluate.rows import SplitError
+    _no_fabric_hosts(c)
+    inv, prof = _inventory(), _profile(profile)
+    if limit < 0 or batch < 1 or (step != -1 and step < 1):
+        raise Exit("evaluate: --limit >= 0, --batch >= 1, --step >= 1", code=2)
+    try:
+        data = evaluate_mod.evaluate(inv, prof, step=None if step == -1 else step, split=split, limit=limit,
+                                     batch=batch, out=sys.stderr)
+    except (evaluate_mod.EvaluateError, SplitError) as e:
+        raise Exit(f"evaluate: {e}", code=1) from None
+    print(jsonlib.dumps(data, indent=2, ensure_ascii=False) if json else section.text(data))
+
+
 @task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})
 def status(c, profile="partial_real_stage1_stable", json=False):
     """One table: reachable, dataset, cache, versions, last committed step, window running."""

@@ -23,7 +23,8 @@ PY = ROOT / ".venv" / "bin" / "python"
 
 # (script, which model size it takes): byte-bound first, then training, then memory (both)
 SCRIPTS = [("sync", "bytes"), ("verify_cache", "bytes"), ("verify_deep", "bytes"), ("verify_dataset", "bytes"),
-           ("train_overhead", "train"), ("mirror", "train"), ("resume", "train"), ("memory", "both")]
+           ("train_overhead", "train"), ("mirror", "train"), ("resume", "train"), ("memory", "both"),
+           ("evaluate", "train")]
 
 GENERAL_NOTES = [
     "Ratios, not absolute times: the lab is one 2-core VM, so every 'host' is a loopback sshd on the same "

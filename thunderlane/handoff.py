@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import layout, mirror, window
+from .evaluate import run as evaluate_run, section as evaluate_section
 from .facts import thaw
 from .fsutil import atomic_write, real_folder
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
@@ -68,6 +69,8 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
         except mirror.MirrorError as e:
             data["mirror"] = {"ok": False, "error": str(e)}
             blockers.append(f"mirror-back: {e}")
+    if (data.get("mirror") or {}).get("ok") and profile.promotion.on_handoff:
+        data["evaluation"] = phase("evaluate", lambda: evaluate_run.for_handoff(inv, profile, out=out))
     data["finished"] = _now()
     data["ok"] = not blockers
     data["reproduce"] = reproduce_commands(inv, profile, target, window_size)
@@ -147,8 +150,10 @@ def render_markdown(d):
                  if (d.get('mirror') or {}).get('replaced') else ""),
               f"- Metrics: train loss {_num(fig.get('train_loss'))}, validation loss {_num(fig.get('val_loss'))}",
               f"- Run id {d.get('run_id', '-')}, dataset digest {d.get('dataset_digest', '-')}, "
-              f"model revision {d.get('revision', '-')}", "",
-              "## What still blocks the next window", ""]
+              f"model revision {d.get('revision', '-')}", ""]
+    if d.get("evaluation"):
+        lines += evaluate_section.markdown(d["evaluation"]) + [""]
+    lines += ["## What still blocks the next window", ""]
     lines += [f"- {b}" for b in d["blockers"]] or ["- nothing: the next window can start from this checkpoint"]
     lines += ["", "## Reproduce", ""] + [f"    {c}" for c in d["reproduce"]]
     lines += ["", "## Phase times", ""] + [f"- {k}: {v['seconds']}s" for k, v in d["phases"].items()]

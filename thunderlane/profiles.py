@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from .evaluate import policy
 from .inventory import LOCAL, NAME_RE as HOST_NAME_RE, InventoryError, abs_path, check_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "launchers" / "profiles"
@@ -38,6 +39,7 @@ class Profile:
     min_free_mb: int = 1024
     keep_steps: int = 2   # commits whose step files stay in a run directory (2: ranks one commit apart resume)
     backend: str = "ring"  # one of BACKENDS
+    promotion: policy.Promotion = policy.Promotion()  # the ``promotion:`` block: fab evaluate's verdict
 
     @property
     def writer(self):
@@ -71,7 +73,7 @@ def parse(name, data, where):
     if not isinstance(data, dict):
         raise ProfileError(f"{where}: expected a mapping")
     lane = data.get("lane")
-    config = {k: v for k, v in data.items() if k != "lane"}
+    config = {k: v for k, v in data.items() if k not in ("lane", "promotion")}
     check_mapping(config, where, "profile", LORA_FIELDS, LORA_REQUIRED, ProfileError)
     if not isinstance(lane, dict):
         raise ProfileError(f"{where}: lane: a mapping with hosts and run_name is required")
@@ -84,7 +86,14 @@ def parse(name, data, where):
                    watchdog_seconds=_positive(lane.get("watchdog_seconds", 600), where, "lane.watchdog_seconds"),
                    min_free_mb=_positive(lane.get("min_free_mb", 1024), where, "lane.min_free_mb", zero=True),
                    keep_steps=_keep_steps(lane.get("keep_steps", 2), where),
-                   backend=_backend(lane.get("backend", "ring"), where))
+                   backend=_backend(lane.get("backend", "ring"), where), promotion=_promotion(data, where))
+
+
+def _promotion(data, where):
+    try:
+        return policy.parse(data.get("promotion"), where)
+    except (policy.PolicyError, TypeError) as e:
+        raise ProfileError(str(e)) from None
 
 
 def _backend(value, where):

@@ -8,6 +8,7 @@ from thunderlane import requirements
 from thunderlane.requirements import Pin, RequirementsError
 
 ROOT = Path(__file__).resolve().parents[2]
+CONTROL_ONLY = {"rapidfuzz"}  # pinned in pyproject.toml for the control machine's fab evaluate, not on hosts
 WANTED = {"mlx", "mlx-lm", "huggingface-hub", "hf-xet", "transformers", "tokenizers", "numpy", "safetensors"}
 
 
@@ -23,7 +24,7 @@ def test_pyproject_pins_the_same_versions_and_needs_python_3_11():
     """The control machine runs the hosts' set: every host pin is a pyproject dependency, same
     name, extras, version and platform."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pinned = [d for d in project["dependencies"] if "==" in d]
+    pinned = [d for d in project["dependencies"] if "==" in d and d.split("==")[0] not in CONTROL_ONLY]
     assert set(requirements.load()) == set(requirements.parse("\n".join(pinned), "pyproject.toml"))
     assert project["requires-python"] == ">=3.11"
 

@@ -1,0 +1,92 @@
+"""fab evaluate and the handoff's "Promotion decision" on the lab: a real window, a real mirror,
+mlx-lm decoding the lab's test split with the committed adapters. The lab's model is tiny and
+random, so the figures are poor: the tests check that they are the right figures, not good ones."""
+import json
+from pathlib import Path
+
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from tests.lab.conftest import HOSTS, LAYOUT, fab, fab_json
+from thunderlane import inventory, lab
+from thunderlane.lab import kit
+
+RUN = "test_eval_run"
+
+
+@pytest.fixture(scope="module")
+def evaluated(lab_dir, tmp_path_factory):
+    """A handoff to step 5 of a profile that asks for the evaluation (6 rows of the test split)."""
+    inv = inventory.load(lab.up(HOSTS, lab=lab_dir, model_mb=1.0, reseed=True, layout=LAYOUT))
+    folder = tmp_path_factory.mktemp("eval-profiles")
+    kit.write_profile(folder, "eval_run", RUN, lane={"min_free_mb": 0}, promotion={"on_handoff": True, "limit": 6})
+    env = {"THUNDER_PROFILES": str(folder)}
+    code, data = fab_json(inv, "handoff", "--profile", "eval_run", "--target", "5", "--window", "5", env=env)
+    assert code == 0, data.get("blockers")
+    return inv, folder, env, data
+
+
+def first_rows(inv, n):
+    lines = (Path(inv.local.dataset_root) / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+    return [[m["content"] for m in json.loads(line)["messages"]] for line in lines]
+
+
+def test_handoff_evaluates_the_mirrored_step_and_reports_the_decision(evaluated):
+    inv, _, _, data = evaluated
+    ev = data["evaluation"]
+    m = ev["metrics"]
+    assert ev["step"] == 5 and m["rows"] == 6 and ev["bad_count"] == 0 and "rows" not in ev
+    # CER before, recomputed here from the file: the hypothesis is the user turn after its instruction
+    rows = first_rows(inv, 6)
+    before = sum(Levenshtein.distance(user.split("\n", 1)[1], ref) for user, ref in rows)
+    assert m["edits_before"] == before and m["ref_chars"] == sum(len(ref) for _, ref in rows)
+    assert ev["verdict"]["decision"] in ("promote", "hold", "reject") and ev["verdict"]["reasons"]
+    assert m["better"] + m["same"] + m["worse"] == 6 and ev["test_loss"] > 0
+    saved = Path(ev["saved"])
+    assert saved == Path(data["mirror"]["local_dir"]) / "eval_step5_test.json"
+    stored = json.loads(saved.read_text(encoding="utf-8"))
+    assert [r["where"].rsplit(":", 1)[1] for r in stored["rows"]] == ["1", "2", "3", "4", "5", "6"]
+    assert stored["metrics"] == m
+    md = (saved.parent / "handoff_report.md").read_text(encoding="utf-8")
+    assert "## Promotion decision" in md and f"Verdict: **{ev['verdict']['decision']}**" in md
+    assert "fab evaluate --profile eval_run --step 5 --split test --limit 6" in md
+    assert md.index("## Promotion decision") < md.index("## What still blocks the next window")
+    assert "evaluate" in data["phases"]
+
+
+def test_fab_evaluate_prints_json_and_progress(evaluated):
+    inv, _, env, _ = evaluated
+    p = fab(inv, "evaluate", "--profile", "eval_run", "--limit", "3", "--batch", "2", "--json", env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(p.stdout)  # progress went to stderr: stdout is the JSON alone
+    assert data["metrics"]["rows"] == 3 and len(data["rows"]) == 3 and data["decode"]["batch"] == 2
+    assert "evaluate: 3/3 rows" in p.stderr and "rows/s, ETA" in p.stderr
+    row = data["rows"][0]
+    assert row["edits_after"] == Levenshtein.distance(row["correction"], row["reference"])
+
+
+def test_bad_input_is_refused_or_reported(evaluated, tmp_path):
+    inv, folder, env, data = evaluated
+    p = fab(inv, "evaluate", "--profile", "eval_run", "--step", "4", env=env)
+    assert p.returncode == 1 and "step 4: it is not committed" in p.stderr
+    # a split of its own: an empty test file, a valid file with bad rows among good ones
+    good = (Path(inv.local.dataset_root) / "test.jsonl").read_text(encoding="utf-8").splitlines()[:2]
+    (tmp_path / "test.jsonl").write_text("")
+    (tmp_path / "valid.jsonl").write_text("\n".join([good[0], '{"text": "x"}', good[1]]) + "\n")
+    kit.write_profile(folder, "eval_data", RUN, lane={"min_free_mb": 0}, data=str(tmp_path))
+    p = fab(inv, "evaluate", "--profile", "eval_data", env=env)
+    assert p.returncode == 1 and f"{tmp_path}/test.jsonl: the split is empty" in p.stderr
+    p = fab(inv, "evaluate", "--profile", "eval_data", "--split", "valid", env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"bad row {tmp_path}/valid.jsonl:2: no 'messages' list" in p.stdout and "rows 2 (1 bad rows" in p.stdout
+    # adapters that fail the gate: one byte changed in the mirror's step file
+    step_file = Path(data["mirror"]["local_dir"]) / "0000005_adapters.safetensors"
+    raw = bytearray(step_file.read_bytes())
+    raw[-1] ^= 1
+    step_file.write_bytes(bytes(raw))
+    try:
+        p = fab(inv, "evaluate", "--profile", "eval_run", env=env)
+    finally:
+        raw[-1] ^= 1
+        step_file.write_bytes(bytes(raw))
+    assert p.returncode == 1 and "fails the gate (bad-adapter)" in p.stderr and "sha256" in p.stderr

@@ -1,0 +1,98 @@
+"""The one module that touches mlx-lm: load the base model with a committed step's adapters,
+decode greedily (batched), and measure the loss as mlx-lm's trainer does."""
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Room over the reference's length in tokens: a correction may be longer than its reference, but a
+# model that never stops is cut (its extra text counts as edits).
+TOKEN_FACTOR = 2
+TOKEN_MARGIN = 8
+BATCH = 8  # rows decoded together (mlx-lm's BatchGenerator); 1 decodes row by row
+
+
+def load(model_dir, adapter_dir):
+    """(model, tokenizer): mlx-lm's own ``load(model_dir, adapter_path=adapter_dir)``; float32 on a
+    CPU, as the lane trains there (bf16 is emulated on CPU)."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+    model, tokenizer = mlx_load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+    if mx.default_device() == mx.cpu:
+        model.set_dtype(mx.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_folder(config, adapters):
+    """A private folder in mlx-lm's ``adapter_path`` layout whose ``adapters.safetensors`` is the
+    verified step file itself (a link), not the mirror's refreshed copy. Remove it after loading."""
+    folder = Path(tempfile.mkdtemp(prefix="thunder-eval."))
+    os.symlink(os.path.abspath(config), folder / "adapter_config.json")
+    os.symlink(os.path.abspath(adapters), folder / "adapters.safetensors")
+    return folder
+
+
+def prompt(tokenizer, user):
+    """The user turn through the tokenizer's chat template with the generation prompt: what
+    mlx-lm's ChatDataset puts before the assistant's tokens when it trains with mask_prompt."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                         return_dict=False)
+
+
+def max_tokens(tokenizer, reference):
+    return TOKEN_FACTOR * len(tokenizer.encode(reference, add_special_tokens=False)) + TOKEN_MARGIN
+
+
+def greedy(model, tokenizer, prompts, limits, batch=BATCH, progress=None):
+    """The greedy continuation of each prompt (token lists), at most ``limits[i]`` tokens, stopped
+    at the tokenizer's end-of-sequence tokens; ``progress(done)`` after each row finishes."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_sampler
+    gen = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids], sampler=make_sampler(temp=0.0),
+                         completion_batch_size=batch, prefill_batch_size=batch)
+    try:
+        uids = gen.insert(prompts, list(limits))
+        tokens, done = {uid: [] for uid in uids}, 0
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":
+                    tokens[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    done += 1
+                    if progress:
+                        progress(done)
+    finally:
+        gen.close()
+    return [tokenizer.decode(tokens[uid]).strip() for uid in uids]
+
+
+def test_loss(model, tokenizer, rows, batch_size, max_seq_length, mask_prompt):
+    """mlx-lm's ``evaluate`` over the rows' chats (whole batches of ``batch_size``, at most the
+    row count), as the trainer measures validation loss."""
+    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.trainer import evaluate
+    data = CacheDataset(ChatDataset([{"messages": list(r.messages)} for r in rows], tokenizer,
+                                    mask_prompt=mask_prompt))
+    size = max(1, min(batch_size, len(rows)))
+    return evaluate(model, data, batch_size=size, num_batches=-1, max_seq_length=max_seq_length)
+
+
+class Progress:
+    """Rows done, rows per second and ETA on ``out``, at most one line a second (and the last)."""
+
+    def __init__(self, total, out=sys.stderr, label="evaluate", every=1.0):
+        self.total, self.out, self.label, self.every = total, out, label, every
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done):
+        now = time.monotonic()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate else math.inf
+        self.out.write(f"{self.label}: {done}/{self.total} rows, {rate:.2f} rows/s, ETA {eta:.0f}s\n")
+        self.out.flush()
