@@ -3,7 +3,8 @@
 with timing, medians and ratios, host cache states, profiles, and peak RSS of a fab process.
 
 Every script prints one JSON line: {"script", "params", "figures": [...], "notes": [...]}, where a
-figure is {"id", "name", "goal", "op", "limit", "value", "ok", "runs", "unit", "detail"}.
+figure is {"id", "name", "goal", "op", "limit", "value", "ok", "runs", "unit", "detail"} and, when
+measured, "phases", "baseline_phases", "work" and "facts" (see figure() and bench/explain.py).
 """
 import argparse
 import json
@@ -224,10 +225,24 @@ def median(xs):
     return statistics.median(xs)
 
 
-def figure(fid, name, value, op, limit, goal=None, runs=None, unit="ratio", detail=""):
+def figure(fid, name, value, op, limit, goal=None, runs=None, unit="ratio", detail="",
+           phases=None, baseline_phases=None, work=None, facts=None):
+    """One row of the table. The optional machine-readable parts feed the computed explanation
+    (bench/explain.py): ``phases`` {phase: seconds} of the measured side (medians, e.g. from
+    :func:`phase_medians`), ``baseline_phases`` the same for the side it is compared with (shared
+    phases under the same name), ``work`` the phase names that are the transfer or computation itself
+    (the rest is fixed cost), ``facts`` other measured facts (e.g. link rates)."""
     ok = None if value is None else (value <= limit if op == "<=" else value >= limit if op == ">=" else value == limit)
-    return {"id": fid, "name": name, "goal": goal or f"{op} {limit:g}", "op": op, "limit": limit,
-            "value": value, "ok": ok, "runs": runs, "unit": unit, "detail": detail}
+    f = {"id": fid, "name": name, "goal": goal or f"{op} {limit:g}", "op": op, "limit": limit,
+         "value": value, "ok": ok, "runs": runs, "unit": unit, "detail": detail}
+    extra = {"phases": phases, "baseline_phases": baseline_phases, "work": work, "facts": facts}
+    f.update({k: (list(v) if k == "work" else v) for k, v in extra.items() if v})
+    return f
+
+
+def phase_medians(per_run):
+    """{phase: [seconds per run]} -> {phase: median seconds}, rounded to the millisecond."""
+    return {k: round(statistics.median(v), 3) for k, v in per_run.items() if v}
 
 
 def emit(script, params, figures, notes=()):

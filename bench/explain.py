@@ -1,0 +1,195 @@
+"""Explanations computed from a run's own measurements (issue 12: "Every explanation in the document
+is computed by the run, not written in advance").
+
+Pure functions of a figure (the dict ``common.figure`` builds) and the machine facts the driver
+measured; stdlib only, no I/O. A figure may carry, besides its value and per-run values:
+
+- ``phases``: {phase: seconds}, the measured side split into the phases its script timed (medians);
+- ``baseline_phases``: the same for the side it is compared with (a phase both sides have carries
+  the same name);
+- ``work``: the names of the phases that are the transfer or the computation itself (they grow
+  with the size); every other phase is a fixed cost;
+- ``facts``: measured facts, e.g. ``links`` = {link: {"tcp_mbit": .., "ssh_mbit": ..}} and
+  ``ssh_ceiling_mbit`` (ssh's cipher with no link in the way) for a figure that compares links.
+
+What a figure does not carry is said to be unmeasured, never guessed.
+"""
+import statistics
+from dataclasses import dataclass
+
+NO_SPLIT = "no phase split measured"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the driver measured about the machine while a script ran."""
+    cores: int
+    load: tuple = ()              # 1-minute load average before and after the script
+    ssh_ceiling_mbit: float = None  # ssh's cipher throughput with no link in the way, if measured
+
+    def sentence(self):
+        if not self.load:
+            return f"{self.cores} cores"
+        peak = max(self.load)
+        return (f"{self.cores} cores, load average {' -> '.join(f'{x:.2f}' for x in self.load)} while it ran "
+                f"({peak / self.cores:.1f} runnable per core at the higher)")
+
+
+def meets(f, value):
+    """Whether ``value`` meets figure ``f``'s goal."""
+    op, limit = f["op"], f["limit"]
+    return value <= limit if op == "<=" else value >= limit if op == ">=" else value == limit
+
+
+def numeric_runs(f):
+    runs = f.get("runs")
+    if isinstance(runs, list) and runs and all(isinstance(x, (int, float)) for x in runs):
+        return [float(x) for x in runs]
+    return []
+
+
+def verdict(f):
+    v, limit = f["value"], f["limit"]
+    if v is None:
+        return "not measured"
+    if f["op"] == "==" or not limit:
+        return f"measured {v:.4g} against {f['goal']}"
+    gap = (v - limit) / abs(limit)
+    side = "over" if gap > 0 else "under"
+    return f"measured {v:.4g} against {f['goal']}: {abs(gap):.0%} {side} the limit"
+
+
+def noise(f):
+    """The spread of the per-run values, and how many single runs met the goal."""
+    xs = numeric_runs(f)
+    if len(xs) < 2:
+        return "one run: no spread measured" if xs else "no per-run values: no spread measured"
+    med = statistics.median(xs)
+    lo, hi = min(xs), max(xs)
+    met = sum(meets(f, x) for x in xs)
+    spread = f" (spread {(hi - lo) / abs(med):.0%} of the median)" if med else ""
+    text = f"per run {lo:.4g} to {hi:.4g}{spread}; {met} of {len(xs)} runs met the goal"
+    if 0 < met < len(xs):
+        text += ": the goal lies inside the run-to-run spread, so noise decides single runs"
+    return text
+
+
+def _ordered_names(*dicts):
+    names = []
+    for d in dicts:
+        names += [n for n in d if n not in names]
+    return names
+
+
+def phase_deltas(phases, baseline):
+    """[(phase, measured - baseline seconds)], largest first."""
+    deltas = [(n, phases.get(n, 0.0) - baseline.get(n, 0.0)) for n in _ordered_names(phases, baseline)]
+    return sorted(deltas, key=lambda kv: -kv[1])
+
+
+def phase_split(f):
+    """Which phase dominates: of the difference to the baseline when both sides were split, else of
+    the measured time."""
+    phases, base = f.get("phases") or {}, f.get("baseline_phases") or {}
+    if not phases:
+        return NO_SPLIT
+    total = sum(phases.values())
+    if not base:
+        top = max(phases, key=phases.get)
+        return (f"{total:.2f} s in all, {top} dominates with {phases[top]:.2f} s ({phases[top] / total:.0%}); "
+                "the baseline was not split")
+    diff = total - sum(base.values())
+    deltas = phase_deltas(phases, base)
+    top, dt = deltas[0]
+    text = f"{total:.2f} s against the baseline's {sum(base.values()):.2f} s ({diff:+.2f} s)"
+    if diff <= 0 or dt <= 0:
+        return text + "; no phase is slower than the baseline's"
+    text += f"; the phase that dominates the difference is {top} ({dt:+.2f} s, {dt / diff:.0%} of it)"
+    rest = [f"{n} {d:+.2f} s" for n, d in deltas[1:] if abs(d) >= 0.005]
+    return text + (f", then {', '.join(rest)}" if rest else "")
+
+
+def fixed_cost(f):
+    """Fixed cost against transfer/compute, and for a '<=' ratio the size at which the same fixed
+    cost would fit the goal. None when the figure names no work phases."""
+    phases, base, work = f.get("phases") or {}, f.get("baseline_phases") or {}, f.get("work") or ()
+    if not phases or not work:
+        return None
+    fixed = {n: s for n, s in phases.items() if n not in work}
+    busy = sum(s for n, s in phases.items() if n in work)
+    text = (f"fixed cost {sum(fixed.values()):.2f} s ({', '.join(fixed) or 'none'}) against {busy:.2f} s of "
+            f"transfer/compute ({', '.join(n for n in phases if n in work)})")
+    if not base or f["op"] != "<=" or f.get("unit", "ratio") != "ratio" or f["limit"] <= 1:
+        return text
+    b = sum(base.values())
+    allowed, extra = (f["limit"] - 1) * b, sum(phases.values()) - b
+    text += (f"; the goal allows {allowed:.2f} s over the baseline's {b:.2f} s "
+             f"({f['limit'] - 1:.0%} of it), the run took {extra:+.2f} s")
+    if extra > allowed > 0:
+        needed = extra / (f["limit"] - 1)
+        text += (f": were that extra fixed, the goal would hold from a baseline of {needed:.1f} s, "
+                 f"{needed / b:.1f}x this run's work")
+    return text
+
+
+def _bound(link, ceiling):
+    rates = [r for r in (link.get("tcp_mbit"), link.get("ssh_mbit"), ceiling) if r]
+    return min(rates) if rates else None
+
+
+def links(f):
+    """For a figure that compares links: the rate each link carried, what bounds a transfer over
+    ssh on it, and the ratio those rates allow against the one measured."""
+    facts = f.get("facts") or {}
+    measured = facts.get("links") or {}
+    if not measured:
+        return None
+    ceiling = facts.get("ssh_ceiling_mbit")
+    parts = []
+    for name, link in measured.items():
+        rates = ", ".join(f"{k.replace('_mbit', '')} {v:.0f} Mbit/s" for k, v in link.items()
+                          if k.endswith("_mbit") and v)
+        parts.append(f"{name} link: {rates or 'not measured'}")
+    text = "; ".join(parts)
+    if ceiling:
+        text += f"; ssh's cipher alone (no link) {ceiling:.0f} Mbit/s"
+    fast, slow = facts.get("fast_link"), facts.get("slow_link")
+    if fast not in measured or slow not in measured:
+        return text
+    bf, bs = _bound(measured[fast], ceiling), _bound(measured[slow], ceiling)
+    if not (bf and bs):
+        return text
+    which = "ssh's cipher" if ceiling and bf >= ceiling * 0.99 else f"the {fast} link"
+    text += (f". Over ssh the {fast} link is bounded by {which} ({bf:.0f} Mbit/s) and the {slow} link by "
+             f"{bs:.0f} Mbit/s: these rates allow a ratio of {bf / bs:.2f}")
+    if f["value"] is not None:
+        text += f", the run measured {f['value']:.2f} ({f['value'] / (bf / bs):.0%} of what the rates allow)"
+    return text
+
+
+def explain(f, machine=None):
+    """Sentences explaining figure ``f`` from its own measurements."""
+    parts = [verdict(f), phase_split(f)]
+    parts += [p for p in (fixed_cost(f), links(f)) if p]
+    parts.append(noise(f))
+    if machine:
+        parts.append("machine: " + machine.sentence())
+    return "; ".join(parts[:2]) + ". " + ". ".join(p[0].upper() + p[1:] for p in parts[2:]) + "."
+
+
+def general_notes(results, machine, model_mb, train_model_mb, ram_gb):
+    """The notes under the table: facts true by construction, filled with this run's numbers."""
+    counts = sorted({len(numeric_runs(f)) for r in results for f in r.get("figures", []) if numeric_runs(f)})
+    notes = [f"A ratio is the median of one side's runs over the median of the other's; timed pairs "
+             f"alternate their order run by run; runs per figure in this document: "
+             f"{', '.join(map(str, counts)) or 'none'}; the per-run values are in the details.",
+             f"Byte-bound figures use a {model_mb:g} MB model, training figures a {train_model_mb:g} MB model; "
+             f"the machine has {ram_gb:.0f} GB of RAM, so the byte-bound model "
+             f"{'fits' if model_mb < ram_gb * 1024 / 2 else 'does not fit'} in half of it (page cache)."]
+    notes.append("Machine: " + machine.sentence().replace(" while it ran", " over the whole driver") + ".")
+    if machine.ssh_ceiling_mbit:
+        notes.append(f"ssh's cipher, measured with no link in the way: {machine.ssh_ceiling_mbit:.0f} Mbit/s "
+                     f"({machine.ssh_ceiling_mbit / 8:.0f} MB/s): no transfer over ssh on this machine can be faster.")
+    else:
+        notes.append("ssh's cipher throughput was not measured in this run.")
+    return notes

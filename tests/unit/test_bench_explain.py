@@ -1,0 +1,101 @@
+"""bench/explain.py: the explanations in docs/BENCHMARKS.md are computed from each figure's own
+measurements (issue 12), so changing the measurements changes the text."""
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """bench/explain.py and bench/run_all.py as modules (neither starts a lab on import)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("explain", "run_all"):
+        sys.modules.pop(name, None)
+    yield importlib.import_module("explain"), importlib.import_module("run_all")
+    for name in ("explain", "run_all"):
+        sys.modules.pop(name, None)
+
+
+def sync_figure(fab_start=0.40, verify_before=0.50, runs=(1.42, 1.46, 1.50)):
+    """A 1b-like miss: fab's sync split into phases against plain rsync's transfer."""
+    phases = {"fab start": fab_start, "verify before": verify_before, "transfer": 2.80, "verify after": 0.30}
+    value = sum(phases.values()) / 2.78
+    return {"id": "1b", "name": "sync vs rsync", "goal": "<= 1.1", "op": "<=", "limit": 1.10, "value": value,
+            "ok": value <= 1.10, "runs": list(runs), "unit": "ratio", "detail": "",
+            "phases": phases, "baseline_phases": {"transfer": 2.78}, "work": ["transfer"]}
+
+
+def test_a_miss_names_the_phase_that_dominates_it(bench):
+    explain, _ = bench
+    text = explain.explain(sync_figure())
+    assert "dominates the difference is verify before (+0.50 s, 41% of it)" in text
+    assert "Fixed cost 1.20 s (fab start, verify before, verify after) against 2.80 s" in text
+    assert "the goal allows 0.28 s over the baseline's 2.78 s" in text
+    assert "0 of 3 runs met the goal" in text
+
+
+def test_other_numbers_give_another_explanation(bench):
+    explain, _ = bench
+    text = explain.explain(sync_figure(fab_start=1.50))
+    assert "dominates the difference is fab start (+1.50 s" in text
+    assert "verify before" not in text.split("dominates")[1].split(",")[0]
+    assert explain.explain(sync_figure()) != text
+
+
+def test_a_goal_inside_the_spread_is_called_noise(bench):
+    explain, _ = bench
+    text = explain.noise(sync_figure(runs=[1.05, 1.20, 1.30]))
+    assert text.startswith("per run 1.05 to 1.3") and "1 of 3 runs met the goal" in text
+    assert "noise decides single runs" in text
+    assert "noise" not in explain.noise(sync_figure(runs=[1.2, 1.3]))
+
+
+def test_a_figure_without_phases_says_so(bench):
+    explain, _ = bench
+    f = {"id": "4", "name": "verify-dataset", "goal": "<= 2", "op": "<=", "limit": 2.0, "value": 13.5,
+         "ok": False, "runs": [13.5], "unit": "ratio", "detail": "22 MB per copy"}
+    text = explain.explain(f)
+    assert "no phase split measured" in text and "fixed cost" not in text and "dominates" not in text
+    assert "measured 13.5 against <= 2: 575% over the limit" in text
+
+
+def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
+    explain, _ = bench
+    f = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": 2.1, "ok": False,
+         "runs": [2.0, 2.1, 2.2], "unit": "ratio", "detail": "",
+         "facts": {"links": {"data": {"tcp_mbit": 9300.0, "ssh_mbit": 2100.0},
+                             "control": {"tcp_mbit": 950.0, "ssh_mbit": 930.0}},
+                   "ssh_ceiling_mbit": 2150.0, "fast_link": "data", "slow_link": "control"}}
+    text = explain.explain(f)
+    assert "Data link: tcp 9300 Mbit/s, ssh 2100 Mbit/s" in text
+    assert "bounded by the data link (2100 Mbit/s)" in text and "allow a ratio of 2.26" in text
+    f["facts"]["links"]["data"]["ssh_mbit"] = 2150.0
+    text = explain.explain(f)
+    assert "bounded by ssh's cipher (2150 Mbit/s)" in text and "allow a ratio of 2.31" in text
+
+
+def render(run_all, figures):
+    args = argparse.Namespace(model_mb=100.0, train_model_mb=2.0)
+    results = [{"script": "sync", "command": "bench/sync.py", "seconds": 12.0, "load": (1.0, 3.0),
+                "params": {"runs": 3}, "figures": figures, "notes": []}]
+    return run_all.render(results, args, 0.0, 60.0, (0.5, 2.5), "commit abc")
+
+
+def test_the_document_explains_misses_from_the_run(bench):
+    explain, run_all = bench
+    assert not hasattr(run_all, "ANALYSIS") and not hasattr(run_all, "GENERAL_NOTES")
+    miss = render(run_all, [sync_figure()]).split("## Misses")[1].split("## Notes")[0]
+    assert "verify before (+0.50 s, 41% of it)" in miss
+    assert "load average 1.00 -> 3.00 while it ran" in miss
+    passed = sync_figure(fab_start=0.0, verify_before=0.10, runs=[1.05, 1.07])
+    passed.update(value=1.05, ok=True)
+    text = render(run_all, [passed])
+    assert "Every goal was met in this run." in text
+    assert "  Computed: measured 1.05 against <= 1.1: 5% under the limit" in text
+    assert "2 of 2 runs met the goal" in text
+    assert "runs per figure in this document: 2" in text
