@@ -30,8 +30,9 @@ import yaml  # noqa: E402
 from thunderlane import inventory, lab as labmod, layout  # noqa: E402
 from thunderlane.lab import kit  # noqa: E402
 
-PY = ROOT / ".venv" / "bin" / "python"
-FAB = ROOT / ".venv" / "bin" / "fab"
+# the project's venv; else the interpreter running this (a git worktree has no .venv of its own)
+PY = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv").is_dir() else Path(sys.executable)
+FAB = PY.parent / "fab"
 BENCH_ROOT = Path(os.environ.get("THUNDER_BENCH_LAB", "/tmp/thunder-bench-lab"))
 REPO = kit.REPO_FOLDER
 BYTE_HOSTS = ["mac4", "mac5", "mac6", "mac7"]   # the byte-bound lab (model --model-mb)
@@ -92,16 +93,17 @@ class Lab:
 
 
 @contextmanager
-def lab_session(kind, hosts, model_mb):
+def lab_session(kind, hosts, model_mb, **up_options):
     """Start (or keep) the bench lab ``kind`` (its own folder under $THUNDER_BENCH_LAB); always stop
     its sshd processes at the end. Fixtures are seeded once per folder and size (lab.up's marker);
-    each script then puts the host caches in the state it needs."""
+    each script then puts the host caches in the state it needs. ``up_options`` go to lab.up (e.g.
+    the namespaced lab's net and link rates)."""
     d = BENCH_ROOT / f"{kind}-{model_mb:g}mb"
     t0 = time.monotonic()
     try:
         # classic everywhere: the scripts copy local's repo to set a host's state; the "(shared)"
         # rows make their own shared-layout copies (bench/layouts.py)
-        labmod.up(hosts, lab=d, model_mb=model_mb, layout="classic")
+        labmod.up(hosts, lab=d, model_mb=model_mb, layout="classic", **up_options)
         log(f"lab {d} up ({', '.join(hosts)}, {model_mb:g} MB model) in {time.monotonic() - t0:.1f}s")
         lab = Lab(d, list(hosts), model_mb)
         lab.profiles.mkdir(exist_ok=True)

@@ -51,7 +51,7 @@ def numeric_runs(f):
 def verdict(f):
     v, limit = f["value"], f["limit"]
     if v is None:
-        return "not measured"
+        return f"not measured ({f.get('detail') or 'no reason given'})"
     if f["op"] == "==" or not limit:
         return f"measured {v:.4g} against {f['goal']}"
     gap = (v - limit) / abs(limit)
@@ -96,8 +96,8 @@ def phase_split(f):
     total = sum(phases.values())
     if not base:
         top = max(phases, key=phases.get)
-        return (f"{total:.2f} s in all, {top} dominates with {phases[top]:.2f} s ({phases[top] / total:.0%}); "
-                "the baseline was not split")
+        text = f"{total:.2f} s in all, {top} dominates with {phases[top]:.2f} s ({phases[top] / total:.0%})"
+        return text + ("; the baseline was not split" if f.get("unit", "ratio") == "ratio" else "")
     diff = total - sum(base.values())
     deltas = phase_deltas(phases, base)
     top, dt = deltas[0]

@@ -26,11 +26,11 @@ from thunderlane import fsutil  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PY = ROOT / ".venv" / "bin" / "python"
+PY = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv").is_dir() else Path(sys.executable)
 
 # (script, which model size it takes): byte-bound first, then training, then memory (both)
 SCRIPTS = [("sync", "bytes"), ("verify_cache", "bytes"), ("verify_deep", "bytes"), ("verify_dataset", "bytes"),
-           ("train_overhead", "train"), ("mirror", "train"), ("resume", "train"), ("memory", "both")]
+           ("links", "bytes"), ("train_overhead", "train"), ("mirror", "train"), ("resume", "train"), ("memory", "both")]
 
 def load1():
     return float(Path("/proc/loadavg").read_text().split()[0])
@@ -118,11 +118,15 @@ def fmt(f):
         return f"{v:.3g}"
     if f["unit"] == "MB":
         return f"{v:.0f} MB"
+    if f["unit"] == "s":
+        return f"{v:.2f} s"
     return f"{v:.3f}"
 
 
 def how_many(f, result):
     runs = f.get("runs")
+    if f["value"] is None:
+        return "-"
     if f["unit"] == "MB":
         return "1 run"
     if isinstance(runs, list) and f["unit"] == "bytes":
@@ -138,7 +142,7 @@ def table(results):
         if r.get("error"):
             rows.append(f"| {r['script']} | script failed ({r['error']}) | | | | ERROR | `{r['command']}` |")
         for f in r["figures"]:
-            verdict = "pass" if f["ok"] else "**MISS**"
+            verdict = "pass" if f["ok"] else "skipped" if f["ok"] is None else "**MISS**"
             rows.append(f"| {f['id']} | {f['name']} | {f['goal']} | {fmt(f)} | {how_many(f, r)} | {verdict} | "
                         f"`{r['command']}` |")
     return rows
@@ -163,14 +167,29 @@ def details(results, ceiling):
 
 def misses(results, ceiling):
     out = [f"- **{f['id']}** {f['name']}: {explain.explain(f, script_machine(r, ceiling))}"
-           for r in results for f in r["figures"] if not f["ok"]]
+           for r in results for f in r["figures"] if f["ok"] is False]
     out += [f"- **{r['script']}** failed ({r['error']}): no figures (its stderr is in the driver's log)."
             for r in results if r.get("error")]
-    return out or ["Every goal was met in this run."]
+    skipped = [f"{f['id']} ({f['detail']})" for r in results for f in r["figures"] if f["ok"] is None]
+    if not out:
+        out = ["Every goal measured in this run was met."]
+    return out + ([f"- Not measured: {'; '.join(skipped)}."] if skipped else [])
+
+
+def unique_ids(results):
+    """Two scripts may measure figures of one id (e.g. a no-op sync on loopback and on a link): the
+    later ones get their script's name appended, so every row and explanation names one figure."""
+    seen = set()
+    for r in results:
+        for f in r["figures"]:
+            if f["id"] in seen:
+                f["id"] = f"{f['id']} ({r['script']})"
+            seen.add(f["id"])
+    return results
 
 
 def render(results, args, started, seconds, load, code):
-    ceiling = ssh_ceiling(results)
+    ceiling = ssh_ceiling(unique_ids(results))
     out = ["# Benchmarks", "",
            f"Written by `.venv/bin/python bench/run_all.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
            f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; the whole driver took "

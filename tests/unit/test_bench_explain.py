@@ -95,7 +95,24 @@ def test_the_document_explains_misses_from_the_run(bench):
     passed = sync_figure(fab_start=0.0, verify_before=0.10, runs=[1.05, 1.07])
     passed.update(value=1.05, ok=True)
     text = render(run_all, [passed])
-    assert "Every goal was met in this run." in text
+    assert "Every goal measured in this run was met." in text
     assert "  Computed: measured 1.05 against <= 1.1: 5% under the limit" in text
     assert "2 of 2 runs met the goal" in text
     assert "runs per figure in this document: 2" in text
+
+
+def test_skipped_figures_and_shared_ids(bench):
+    """A figure not measured (no netns here) is 'skipped' with its reason, never a miss; a figure id
+    measured by two scripts (a no-op sync on loopback and on a link) is shown twice, told apart."""
+    _, run_all = bench
+    skipped = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": None, "ok": None,
+               "runs": None, "unit": "ratio", "detail": "skipped: network namespaces need root"}
+    results = [{"script": "sync", "command": "bench/sync.py", "seconds": 1.0, "load": (1.0, 1.0), "params": {},
+                "figures": [dict(sync_figure(), id="1c")], "notes": []},
+               {"script": "links", "command": "bench/links.py", "seconds": 1.0, "load": (1.0, 1.0), "params": {},
+                "figures": [dict(sync_figure(), id="1c"), skipped], "notes": []}]
+    text = run_all.render(results, argparse.Namespace(model_mb=100.0, train_model_mb=2.0), 0.0, 60.0, (1.0, 1.0), "c")
+    assert "| 9 | peer | >= 5 | - | - | skipped |" in text
+    misses = text.split("## Misses")[1].split("## Notes")[0]
+    assert "**9**" not in misses and "Not measured: 9 (skipped: network namespaces need root)" in misses
+    assert "| 1c | sync vs rsync |" in text and "| 1c (links) | sync vs rsync |" in text
