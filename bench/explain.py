@@ -189,7 +189,7 @@ def general_notes(results, machine, model_mb, train_model_mb, ram_gb):
     notes.append("Machine: " + machine.sentence().replace(" while it ran", " over the whole driver") + ".")
     if machine.ssh_ceiling_mbit:
         notes.append(f"ssh's cipher, measured with no link in the way: {machine.ssh_ceiling_mbit:.0f} Mbit/s "
-                     f"({machine.ssh_ceiling_mbit / 8:.0f} MB/s): no transfer over ssh on this machine can be faster.")
+                     f"({machine.ssh_ceiling_mbit / 8:.0f} MB/s), what one ssh stream carried here with nothing else in its way.")
     else:
         notes.append("ssh's cipher throughput was not measured in this run.")
     return notes
