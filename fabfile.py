@@ -3,7 +3,9 @@ table (or ``--json``), exit non-zero when any host fails. The inventory is ``hos
 file named by ``$THUNDER_INVENTORY`` (the lab's is ``.lab/hosts.yaml``).
 """
 import json as jsonlib
+import os
 import sys
+from pathlib import Path
 
 from fabric import Connection, task
 from invoke.exceptions import Exit
@@ -146,11 +148,23 @@ def _sync_line(r):
                                                 "default: as the lab was",
                                    "key_in_agent": "give the control key a passphrase and hold it in an ssh-agent "
                                                    "the lab starts (source .lab/agent.env); without it: no "
-                                                   "passphrase, no agent"})
-def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses="", key_in_agent=False):
-    """Start the lab: one real sshd per host on loopback, caches made by huggingface_hub's own client
-    (mac4 from a real interrupted download)."""
+                                                   "passphrase, no agent",
+                                   "net": "loopback (every host's sshd on loopback; the default) or netns (root, "
+                                          "Linux: a network namespace per host, with a shaped control link and a "
+                                          "data link on a shared bridge); default: as the lab was",
+                                   "control_mbit": "netns: the control links' rate in Mbit/s (default: as the "
+                                                   "lab was, else 1000)",
+                                   "data_mbit": "netns: the data links' rate in Mbit/s (default: as the lab "
+                                                "was, else 10000)"})
+def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresses="", key_in_agent=False,
+           net="", control_mbit=0, data_mbit=0):
+    """Start the lab: one real sshd per host (on loopback, or in its own network namespace with real
+    links), caches made by huggingface_hub's own client (mac4 from a real interrupted download)."""
     names = [n.strip() for n in hosts.split(",") if n.strip()]
+    if net and net not in lab.net.NETS:
+        raise Exit(f"lab-up: --net {net!r}: choose one of {', '.join(lab.net.NETS)}", code=2)
+    if control_mbit < 0 or data_mbit < 0:
+        raise Exit("lab-up: --control-mbit and --data-mbit must be positive", code=2)
     try:
         lab.parse_layout(layout, names, lab.DEFAULT_LAYOUT)
     except ValueError as e:
@@ -159,27 +173,69 @@ def lab_up(c, hosts="mac4,mac5", model_mb=2.0, reseed=False, layout="", addresse
         raise Exit(f"lab-up: --addresses {addresses!r}: choose one of {', '.join(lab.net.MODES)}", code=2)
     try:
         path = lab.up(names, model_mb=model_mb, reseed=reseed, layout=layout or None,
-                      addresses=addresses or None, key_in_agent=key_in_agent)
+                      addresses=addresses or None, key_in_agent=key_in_agent, net=net or None,
+                      control_mbit=control_mbit or None, data_mbit=data_mbit or None, say=print)
     except (lab.LabError, ValueError) as e:
         raise Exit(f"lab-up: {e}", code=1) from None
     for name, pid in lab.status().items():
         print(f"{name}: {'sshd pid ' + str(pid) if pid else 'stopped'}")
     layouts = (lab.seeded(lab.LAB) or {}).get("layouts", {})
     print("caches:    " + ", ".join(f"{h}={v}" for h, v in layouts.items()))
-    print(f"addresses: {lab.net.remembered(lab.LAB)}")
+    print(_net_lines(path.parent) or f"addresses: {lab.net.remembered(lab.LAB)}")
     print(f"inventory: {path}\nuse it:    export THUNDER_INVENTORY={path}")
     if key_in_agent:
         print(f"key:       passphrase-protected, held by the lab's ssh-agent; use it: . {lab.LAB / 'agent.env'}")
 
 
+def _net_lines(lab_dir):
+    """The namespaced lab's links and addresses, as lab-up prints them; '' for a loopback lab."""
+    rec = lab.netns.recorded(lab_dir) if lab.net.remembered_net(lab_dir) == lab.net.NETNS else None
+    if not rec:
+        return ""
+    lines = [f"net:       netns {rec['lab_id']}: control {rec['control_mbit']} Mbit/s, data {rec['data_mbit']} "
+             f"Mbit/s; delay: {rec.get('delay')}"]
+    lines += [f"{name}: control {h['control_ip']} (local end {h['local_ip']}), data {h['data_ip']}, "
+              f"namespace {h['ns']}" for name, h in rec["hosts"].items()]
+    return "\n".join(lines)
+
+
 @task
 def lab_down(c):
-    """Stop exactly the lab's sshd processes (and the ssh-agent of --key-in-agent)."""
+    """Stop exactly the lab's sshd processes (and the ssh-agent of --key-in-agent); remove its namespaces."""
     stopped = lab.down()
-    for name, pid in stopped:
-        print(f"{name}: stopped {'' if name == 'ssh-agent' else 'sshd '}pid {pid}")
+    for name, what in stopped:
+        if name == "netns":
+            print(f"netns: removed {what}")
+        else:
+            print(f"{name}: stopped {'' if name == 'ssh-agent' else 'sshd '}pid {what}")
     if not stopped:
         print("lab: nothing running")
+
+
+def _lab_of_inventory():
+    """The lab whose inventory $THUNDER_INVENTORY names, if it is a namespaced lab's (its folder
+    holds the record beside hosts.yaml), else .lab/."""
+    path = os.environ.get("THUNDER_INVENTORY")
+    folder = Path(path).parent if path else None
+    return folder if folder and (folder / lab.netns.RECORD).is_file() else lab.LAB
+
+
+@task(auto_shortflags=False, positional=["host", "which", "state"],
+      help={"host": "the lab host whose cable it is (mac4, mac5, ...)",
+                                   "which": "control (the link to this machine) or data (the hosts' bridge)",
+                                   "state": "down (pull the cable: packets vanish, no reset) or up (plug it)"})
+def lab_link(c, host=None, which=None, state=None):
+    """Pull or plug a namespaced lab host's cable: fab lab-link mac5 data down|up.
+
+    The three are positional, so `fab lab-link --help` would be read as a host: use
+    `fab --help lab-link`. The lab is the one whose inventory $THUNDER_INVENTORY names, else .lab/."""
+    if not host or which not in ("control", "data") or state not in ("down", "up"):
+        raise Exit("usage: fab lab-link HOST control|data down|up", code=2)
+    try:
+        command = lab.netns.link(_lab_of_inventory(), host, which, state)
+    except lab.LabError as e:
+        raise Exit(str(e), code=1) from None
+    print(f"{host}: {which} cable {'pulled' if state == 'down' else 'plugged'} ({command})")
 
 
 @task(auto_shortflags=False,

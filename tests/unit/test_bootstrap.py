@@ -86,3 +86,15 @@ def test_brew_formulae_map_tools_once():
                         str(BOOTSTRAP)], env={"PATH": os.environ["PATH"], "BOOTSTRAP_FUNCTIONS_ONLY": "1"},
                        capture_output=True, text=True)
     assert p.stdout.split() == ["openssh", "rsync", "shellcheck"]
+
+
+def test_linux_installs_iproute2_for_the_namespaced_lab(world):
+    p, calls = run(world, "setup_linux", system="Linux")
+    assert "iproute2" in calls[-1].split() and "iproute2" in p.stdout, calls
+
+
+def test_linux_with_every_tool_installs_nothing(world):
+    for tool in ("sshd", "shellcheck", "ip", "tc", "python3"):
+        fake(world[0], tool, "exit 0")
+    p, calls = run(world, "setup_linux", system="Linux")
+    assert p.returncode == 0 and calls == [], (calls, p.stderr)
