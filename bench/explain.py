@@ -132,9 +132,34 @@ def fixed_cost(f):
     return text
 
 
+def work_rate(f):
+    """The rate the work phases moved the figure's bytes at, against the links' measured rates."""
+    facts, phases, work = f.get("facts") or {}, f.get("phases") or {}, f.get("work") or ()
+    busy = sum(s for n, s in phases.items() if n in work)
+    if not facts.get("bytes") or busy <= 0:
+        return None
+    mbit = facts["bytes"] * 8 / busy / 1e6
+    text = f"the {', '.join(n for n in phases if n in work)} moved {facts['bytes'] / 1e6:.0f} MB at {mbit:.0f} Mbit/s"
+    rates = [f"{mbit / link['ssh_mbit']:.0%} of ssh's rate on the {name} link"
+             for name, link in (facts.get("links") or {}).items() if link.get("ssh_mbit")]
+    return text + (f" ({', '.join(rates)})" if rates else "")
+
+
 def _bound(link, ceiling):
     rates = [r for r in (link.get("tcp_mbit"), link.get("ssh_mbit"), ceiling) if r]
     return min(rates) if rates else None
+
+
+def _limiter(link, ceiling):
+    """What holds a transfer over ssh on ``link`` back: the link (ssh reaches 90% of raw TCP), else
+    ssh itself (its cipher and its share of the cores), naming its ceiling when measured."""
+    tcp, ssh = link.get("tcp_mbit"), link.get("ssh_mbit")
+    if ceiling and _bound(link, ceiling) == ceiling and not (ssh and ssh <= ceiling):
+        return "ssh's own ceiling, measured with no link in the way"
+    if tcp and ssh and ssh >= 0.9 * tcp:
+        return "the link's own rate"
+    cap = f", {ceiling:.0f} Mbit/s with no link in the way" if ceiling else ""
+    return f"ssh, not the link: raw TCP carried {tcp:.0f} Mbit/s{cap}" if tcp else "ssh; raw TCP not measured"
 
 
 def links(f):
@@ -159,9 +184,9 @@ def links(f):
     bf, bs = _bound(measured[fast], ceiling), _bound(measured[slow], ceiling)
     if not (bf and bs):
         return text
-    which = "ssh's cipher" if ceiling and bf >= ceiling * 0.99 else f"the {fast} link"
-    text += (f". Over ssh the {fast} link is bounded by {which} ({bf:.0f} Mbit/s) and the {slow} link by "
-             f"{bs:.0f} Mbit/s: these rates allow a ratio of {bf / bs:.2f}")
+    text += (f". Over ssh the {fast} link carries at most {bf:.0f} Mbit/s ({_limiter(measured[fast], ceiling)}) "
+             f"and the {slow} link {bs:.0f} Mbit/s ({_limiter(measured[slow], ceiling)}): these rates allow a "
+             f"ratio of {bf / bs:.2f}")
     if f["value"] is not None:
         text += f", the run measured {f['value']:.2f} ({f['value'] / (bf / bs):.0%} of what the rates allow)"
     return text
@@ -170,7 +195,7 @@ def links(f):
 def explain(f, machine=None):
     """Sentences explaining figure ``f`` from its own measurements."""
     parts = [verdict(f), phase_split(f)]
-    parts += [p for p in (fixed_cost(f), links(f)) if p]
+    parts += [p for p in (fixed_cost(f), work_rate(f), links(f)) if p]
     parts.append(noise(f))
     if machine:
         parts.append("machine: " + machine.sentence())

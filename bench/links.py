@@ -18,6 +18,7 @@ import sys
 
 import common as c
 import linkprobe
+from syncphases import phases_of
 from thunderlane import remote, sync
 
 
@@ -47,33 +48,18 @@ def peer_unavailable(lab):
         "`fab sync-cache` has no --from option (peer sync is not in this tree)"
 
 
-def phases_of(lines, seconds, noop_launcher=None):
-    """A fab sync-cache run split by its timestamped stderr lines: until the launcher's command
-    line ('$ ...': fab start, the verify before), the launcher, after its last line (the verify
-    after, exit). With ``noop_launcher`` (the launcher's time with nothing to send, measured apart)
-    the launcher is split into that fixed part ('launcher fixed cost') and the transfer."""
-    start = c.first(lines, lambda l: l.startswith("$ "))
-    end = c.last(lines, lambda l: l.strip() != "")
-    if start is None or end is None or end < start:
-        return None
-    launcher = end - start
-    phases = {"fab start + verify before": start}
-    if noop_launcher is not None:
-        fixed = min(noop_launcher, launcher)
-        phases.update({"launcher fixed cost": fixed, "transfer": launcher - fixed})
-    else:
-        phases["launcher"] = launcher
-    phases["verify after + exit"] = max(seconds - end, 0.0)
-    return phases
-
-
-def fab_sync(lab, *extra, noop_launcher=None):
-    """(seconds, phases, result row) of one `fab sync-cache --host mac4 ... --json`."""
+def fab_sync(lab, source, noop_launcher=None):
+    """(seconds, phases, result row) of one `fab sync-cache --host mac4 --json` from ``source``
+    ('local', a host, or None: a tree without peer sync, where local is the only source)."""
+    extra = ["--from", source] if source else []
     seconds, code, lines, out = c.timed_lines([c.FAB, "sync-cache", "--host", "mac4", *extra, "--json"], lab.env())
     data = json.loads(out) if out.strip().startswith("{") else None
     if code or not data or not data["ok"] or data["results"][0]["after"] != "complete":
         raise RuntimeError(f"sync-cache {' '.join(extra)} failed ({code}): " + "\n".join(l for _, l in lines[-20:]))
-    return seconds, phases_of(lines, seconds, noop_launcher), data["results"][0]
+    row = data["results"][0]
+    if source and row.get("source", source) != source:
+        raise RuntimeError(f"sync-cache --from {source} used {row.get('source')}")
+    return seconds, phases_of(lines, seconds, row, noop_launcher), row
 
 
 def medians_of(runs):
@@ -81,7 +67,7 @@ def medians_of(runs):
     return c.phase_medians({k: [r[k] for r in runs] for k in keys}) if keys else None
 
 
-def sync_vs_rsync(lab, inv, runs):
+def sync_vs_rsync(lab, inv, runs, local):
     """1b-link and 1c-link."""
     host = inv.host("mac4")
     plain = ["rsync", "-a", "-e", remote.ssh_command(inv, host), f"{lab.repo('local')}/", f"{host.destination}:{lab.repo('mac4')}/"]
@@ -90,16 +76,18 @@ def sync_vs_rsync(lab, inv, runs):
                                     check=True).seconds for _ in range(runs)])
     t = {"fab": [], "plain": [], "noop": []}
     ph = {"fab": [], "noop": []}
+    sent = []
     for i in range(runs):
         for kind in (("plain", "fab") if i % 2 == 0 else ("fab", "plain")):
             c.set_partial(lab, "mac4")
             if kind == "plain":
                 t["plain"].append(c.run(plain, check=True).seconds)
             else:
-                s, p, _ = fab_sync(lab, noop_launcher=noop_launcher)
+                s, p, row = fab_sync(lab, local, noop_launcher=noop_launcher)
+                sent.append(row["missing_bytes"])
                 t["fab"].append(s)
                 ph["fab"].append(p)
-                s, p, row = fab_sync(lab)
+                s, p, row = fab_sync(lab, local)
                 assert not row["literal_bytes"], row
                 t["noop"].append(s)
                 ph["noop"].append(p)
@@ -111,7 +99,8 @@ def sync_vs_rsync(lab, inv, runs):
                  detail=f"median fab {m['fab']:.2f}s, plain rsync -a {m['plain']:.2f}s; the launcher alone with "
                         f"nothing to send {noop_launcher:.2f}s (fab's 'launcher fixed cost' phase; the rest of "
                         f"the launcher's time is its 'transfer')",
-                 phases=medians_of(ph["fab"]), baseline_phases={"transfer": m["plain"]}, work=["transfer"]),
+                 phases=medians_of(ph["fab"]), baseline_phases={"transfer": m["plain"]}, work=["transfer"],
+                 facts={"bytes": max(sent)}),
         c.figure("1c-link", "no-op sync (nothing missing) over the control link", m["noop"], "<=", 0.5,
                  goal="<= 0.5 s", runs=c.rounded(t["noop"]), unit="s",
                  detail=f"`fab sync-cache --host mac4` on a complete mac4, median of {runs}",
@@ -122,13 +111,16 @@ def sync_vs_rsync(lab, inv, runs):
 def peer(lab, inv, runs, args, facts):
     """9: cold mac4 from a complete mac5 over the data link vs from local over the control link."""
     goal, text = peer_goal(args)
+    c.fab(lab, "setup-peers", check=True)   # the peer key, as an operator installs it once
     c.set_complete(lab, "mac5")
     t = {"peer": [], "local": []}
     ph = {"peer": [], "local": []}
+    sent = []
     for i in range(runs):
         for kind in (("local", "peer") if i % 2 == 0 else ("peer", "local")):
             c.set_partial(lab, "mac4")
-            s, p, _ = fab_sync(lab, *(["--from", "mac5"] if kind == "peer" else []))
+            s, p, row = fab_sync(lab, "mac5" if kind == "peer" else "local")
+            sent.append(row["missing_bytes"])
             t[kind].append(s)
             ph[kind].append(p)
             c.log(f"run {i + 1} {kind}: {s:.2f}s")
@@ -139,8 +131,8 @@ def peer(lab, inv, runs, args, facts):
         runs=c.rounded([lo / pe for lo, pe in zip(t["local"], t["peer"])]),
         detail=f"median from mac5 over the data link {m['peer']:.2f}s, from local over the control link "
                f"{m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
-        phases=medians_of(ph["peer"]), baseline_phases=medians_of(ph["local"]),
-        facts={**facts, "fast_link": "data", "slow_link": "control"})
+        phases=medians_of(ph["peer"]), baseline_phases=medians_of(ph["local"]), work=["launcher"],
+        facts={**facts, "fast_link": "data", "slow_link": "control", "bytes": max(sent)})
 
 
 def peer_goal(args):
@@ -158,6 +150,19 @@ def skipped(reason, args):
                      goal=text, detail=f"skipped: {reason}")]
 
 
+def measure(lab, args):
+    inv = lab.inv()
+    if linkprobe.netns_of(lab, "mac4") is None:
+        return skipped("lab-up kept the loopback lab (mac4's sshd is in the root namespace)", args)
+    facts = linkprobe.measure(lab, inv, args.probe_mb)
+    why_not = peer_unavailable(lab)
+    figures = sync_vs_rsync(lab, inv, args.runs, None if why_not else "local")
+    for f in figures:  # both ran over the control link only
+        f["facts"] = {**f.get("facts", {}), "links": {"control": facts["links"]["control"]},
+                      "ssh_ceiling_mbit": facts["ssh_ceiling_mbit"]}
+    return figures + [peer(lab, inv, args.runs, args, facts) if not why_not else skipped(why_not, args)[2]]
+
+
 def main():
     args = parse()
     reason = unavailable()
@@ -166,14 +171,7 @@ def main():
         return c.emit("links", vars(args), skipped(reason, args), [f"links: skipped: {reason}"])
     with c.lab_session("links", ["mac4", "mac5"], args.model_mb, net="netns",
                        control_mbit=args.control_mbit, data_mbit=args.data_mbit) as lab:
-        inv = lab.inv()
-        facts = linkprobe.measure(lab, inv, args.probe_mb)
-        figures = sync_vs_rsync(lab, inv, args.runs)
-        for f in figures:
-            f["facts"] = {k: v for k, v in facts.items() if k != "links"} | {"links": {"control": facts["links"]["control"]}}
-        why_not = peer_unavailable(lab)
-        figures.append(peer(lab, inv, args.runs, args, facts) if not why_not else
-                       skipped(why_not, args)[2])
+        figures = measure(lab, args)
     c.emit("links", vars(args), figures, [
         f"links: namespaced lab, control {args.control_mbit} Mbit, data {args.data_mbit} Mbit (tc tbf on both ends "
         f"of each veth); model {args.model_mb:g} MB; link rates measured with {args.probe_mb:g} MB per probe"])

@@ -14,10 +14,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def bench(monkeypatch):
     """bench/explain.py and bench/run_all.py as modules (neither starts a lab on import)."""
     monkeypatch.syspath_prepend(str(BENCH))
-    for name in ("explain", "run_all"):
+    names = ("explain", "run_all", "syncphases")
+    for name in names:
         sys.modules.pop(name, None)
     yield importlib.import_module("explain"), importlib.import_module("run_all")
-    for name in ("explain", "run_all"):
+    for name in names:
         sys.modules.pop(name, None)
 
 
@@ -37,6 +38,15 @@ def test_a_miss_names_the_phase_that_dominates_it(bench):
     assert "Fixed cost 1.20 s (fab start, verify before, verify after) against 2.80 s" in text
     assert "the goal allows 0.28 s over the baseline's 2.78 s" in text
     assert "0 of 3 runs met the goal" in text
+
+
+def test_the_work_phase_rate_is_set_against_the_link(bench):
+    explain, _ = bench
+    f = sync_figure()
+    f["facts"] = {"bytes": 350e6, "links": {"control": {"tcp_mbit": 950.0, "ssh_mbit": 1000.0}}}
+    assert "The transfer moved 350 MB at 1000 Mbit/s (100% of ssh's rate on the control link)" in explain.explain(f)
+    f["phases"]["transfer"] = 5.6
+    assert "moved 350 MB at 500 Mbit/s (50% of ssh's rate" in explain.explain(f)
 
 
 def test_other_numbers_give_another_explanation(bench):
@@ -73,10 +83,13 @@ def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
                    "ssh_ceiling_mbit": 2150.0, "fast_link": "data", "slow_link": "control"}}
     text = explain.explain(f)
     assert "Data link: tcp 9300 Mbit/s, ssh 2100 Mbit/s" in text
-    assert "bounded by the data link (2100 Mbit/s)" in text and "allow a ratio of 2.26" in text
-    f["facts"]["links"]["data"]["ssh_mbit"] = 2150.0
+    assert ("the data link carries at most 2100 Mbit/s (ssh, not the link: raw TCP carried 9300 Mbit/s, "
+            "2150 Mbit/s with no link in the way)") in text
+    assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
+    assert "the run measured 2.10 (93% of what the rates allow)" in text
+    f["facts"]["links"]["data"]["ssh_mbit"] = 9000.0    # ssh faster than its own ceiling: the ceiling bounds
     text = explain.explain(f)
-    assert "bounded by ssh's cipher (2150 Mbit/s)" in text and "allow a ratio of 2.31" in text
+    assert "carries at most 2150 Mbit/s (ssh's own ceiling, measured with no link in the way)" in text and "allow a ratio of 2.31" in text
 
 
 def render(run_all, figures):
@@ -116,3 +129,18 @@ def test_skipped_figures_and_shared_ids(bench):
     misses = text.split("## Misses")[1].split("## Notes")[0]
     assert "**9**" not in misses and "Not measured: 9 (skipped: network namespaces need root)" in misses
     assert "| 1c | sync vs rsync |" in text and "| 1c (links) | sync vs rsync |" in text
+
+
+LINES = [(0.9, "mac4: partial before sync; missing 900 MB"), (1.0, "$ bash launchers/sync... mac4"),
+         (4.0, "mac4: 900 MB sent"), (6.0, "mac4: done"), (6.5, "")]
+
+
+def test_a_sync_run_is_split_by_its_own_lines_or_by_fab_s_timings(bench):
+    phases_of = importlib.import_module("syncphases").phases_of
+    assert phases_of(LINES, 7.0, {}) == {"fab start + verify before": 1.0, "launcher": 5.0, "verify after + exit": 1.0}
+    split = phases_of(LINES, 7.0, {}, noop_launcher=1.5)
+    assert list(split) == ["fab start + verify before", "launcher fixed cost", "transfer", "verify after + exit"]
+    assert (split["launcher fixed cost"], split["transfer"]) == (1.5, 3.5)
+    own = {"verify_before": 0.5, "launcher": 4.0, "verify_after": 0.25}
+    assert phases_of(LINES, 7.0, {"phases": own}) == {"fab start + exit": 2.25, **own}
+    assert phases_of(LINES[:1], 0.9, {}) is None    # nothing sent, no timings of fab's own: no split
