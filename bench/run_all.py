@@ -160,6 +160,8 @@ def details(results, ceiling):
         for f in r["figures"]:
             runs = f" Per run: {f['runs']}." if f.get("runs") is not None else ""
             out.append(f"- **{f['id']}** {f['name']}: {f['detail'] or 'no detail given'}.{runs}")
+            if explain.links(f):
+                out.append(f"  Measured link rates: {explain.links(f)}.")
             if f["ok"] and (f.get("phases") or f.get("facts")):
                 out.append(f"  Computed: {explain.explain(f, script_machine(r, ceiling))}")
     return out

@@ -75,7 +75,7 @@ def test_a_figure_without_phases_says_so(bench):
 
 
 def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
-    explain, _ = bench
+    explain, run_all = bench
     f = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": 2.1, "ok": False,
          "runs": [2.0, 2.1, 2.2], "unit": "ratio", "detail": "",
          "facts": {"links": {"data": {"tcp_mbit": 9300.0, "ssh_mbit": 2100.0},
@@ -87,6 +87,8 @@ def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
             "2150 Mbit/s with no link in the way)") in text
     assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
     assert "the run measured 2.10 (93% of what the rates allow)" in text
+    details = render(run_all, [f]).split("## Details")[1].split("## Misses")[0]
+    assert "  Measured link rates: data link: tcp 9300 Mbit/s, ssh 2100 Mbit/s; control link" in details
     f["facts"]["links"]["data"]["ssh_mbit"] = 9000.0    # ssh faster than its own ceiling: the ceiling bounds
     text = explain.explain(f)
     assert "carries at most 2150 Mbit/s (ssh's own ceiling, measured with no link in the way)" in text and "allow a ratio of 2.31" in text
