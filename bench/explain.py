@@ -158,8 +158,8 @@ def _limiter(link, ceiling):
         return "ssh's own ceiling, measured with no link in the way"
     if tcp and ssh and ssh >= 0.9 * tcp:
         return "the link's own rate"
-    cap = f", {ceiling:.0f} Mbit/s with no link in the way" if ceiling else ""
-    return f"ssh, not the link: raw TCP carried {tcp:.0f} Mbit/s{cap}" if tcp else "ssh; raw TCP not measured"
+    cap = f", ssh {ceiling:.0f} Mbit/s with no link in the way" if ceiling else ""
+    return f"ssh: raw TCP carried {tcp:.0f} Mbit/s on this link{cap}" if tcp else "ssh; raw TCP not measured"
 
 
 def links(f):
@@ -184,6 +184,12 @@ def links(f):
     bf, bs = _bound(measured[fast], ceiling), _bound(measured[slow], ceiling)
     if not (bf and bs):
         return text
+    shaped = [measured[n].get("shaped_mbit") for n in (fast, slow)]
+    tcp = [measured[n].get("tcp_mbit") for n in (fast, slow)]
+    if all(shaped) and all(tcp):
+        text += (f". The links were shaped to a ratio of {shaped[0] / shaped[1]:.2f}; raw TCP reached "
+                 f"{tcp[0] / tcp[1]:.2f} ({fast} {tcp[0] / shaped[0]:.0%} of its shaped rate, "
+                 f"{slow} {tcp[1] / shaped[1]:.0%})")
     text += (f". Over ssh the {fast} link carries at most {bf:.0f} Mbit/s ({_limiter(measured[fast], ceiling)}) "
              f"and the {slow} link {bs:.0f} Mbit/s ({_limiter(measured[slow], ceiling)}): these rates allow a "
              f"ratio of {bf / bs:.2f}")

@@ -92,8 +92,9 @@ def ssh_mbit(inv, host, address, src_ns, nbytes, runs=2):
     return max(rates)
 
 
-def measure(lab, inv, mb=256):
-    """{"links": {"control": {...}, "data": {...}}, "ssh_ceiling_mbit": ...}: the control link
+def measure(lab, inv, mb=256, shaped=None):
+    """{"links": {"control": {...}, "data": {...}}, "ssh_ceiling_mbit": ...}, ``shaped`` {link: the
+    Mbit/s tc was given} added to each link's entry: the control link
     (local -> mac4's control address), the data link (mac5 -> mac4's data address), ssh on each, and
     ssh inside mac4's namespace to its own address (loopback: the cipher alone)."""
     nbytes = int(mb * 2**20)
@@ -106,5 +107,7 @@ def measure(lab, inv, mb=256):
                  "ssh_mbit": round(ssh_mbit(inv, mac4, mac4.data_ip, ns5, nbytes))}},
         "ssh_ceiling_mbit": round(ssh_mbit(inv, mac4, mac4.hostname, ns4, nbytes)),
         "probe_mb": mb}
+    for name, mbit in (shaped or {}).items():  # the rate tc was told, beside the rates measured
+        facts["links"][name] = {"shaped_mbit": mbit, **facts["links"][name]}
     c.log(f"link rates: {facts}")
     return facts

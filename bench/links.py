@@ -154,7 +154,7 @@ def measure(lab, args):
     inv = lab.inv()
     if linkprobe.netns_of(lab, "mac4") is None:
         return skipped("lab-up kept the loopback lab (mac4's sshd is in the root namespace)", args)
-    facts = linkprobe.measure(lab, inv, args.probe_mb)
+    facts = linkprobe.measure(lab, inv, args.probe_mb, {"control": args.control_mbit, "data": args.data_mbit})
     why_not = peer_unavailable(lab)
     figures = sync_vs_rsync(lab, inv, args.runs, None if why_not else "local")
     for f in figures:  # both ran over the control link only

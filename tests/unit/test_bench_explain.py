@@ -78,17 +78,18 @@ def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
     explain, run_all = bench
     f = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": 2.1, "ok": False,
          "runs": [2.0, 2.1, 2.2], "unit": "ratio", "detail": "",
-         "facts": {"links": {"data": {"tcp_mbit": 9300.0, "ssh_mbit": 2100.0},
-                             "control": {"tcp_mbit": 950.0, "ssh_mbit": 930.0}},
+         "facts": {"links": {"data": {"shaped_mbit": 10000, "tcp_mbit": 9300.0, "ssh_mbit": 2100.0},
+                             "control": {"shaped_mbit": 1000, "tcp_mbit": 950.0, "ssh_mbit": 930.0}},
                    "ssh_ceiling_mbit": 2150.0, "fast_link": "data", "slow_link": "control"}}
     text = explain.explain(f)
-    assert "Data link: tcp 9300 Mbit/s, ssh 2100 Mbit/s" in text
-    assert ("the data link carries at most 2100 Mbit/s (ssh, not the link: raw TCP carried 9300 Mbit/s, "
-            "2150 Mbit/s with no link in the way)") in text
+    assert "Data link: shaped 10000 Mbit/s, tcp 9300 Mbit/s, ssh 2100 Mbit/s" in text
+    assert ("shaped to a ratio of 10.00; raw TCP reached 9.79 (data 93% of its shaped rate, control 95%)") in text
+    assert ("the data link carries at most 2100 Mbit/s (ssh: raw TCP carried 9300 Mbit/s on this link, "
+            "ssh 2150 Mbit/s with no link in the way)") in text
     assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
     assert "the run measured 2.10 (93% of what the rates allow)" in text
     details = render(run_all, [f]).split("## Details")[1].split("## Misses")[0]
-    assert "  Measured link rates: data link: tcp 9300 Mbit/s, ssh 2100 Mbit/s; control link" in details
+    assert "  Measured link rates: data link: shaped 10000 Mbit/s, tcp 9300 Mbit/s, ssh 2100 Mbit/s; control" in details
     f["facts"]["links"]["data"]["ssh_mbit"] = 9000.0    # ssh faster than its own ceiling: the ceiling bounds
     text = explain.explain(f)
     assert "carries at most 2150 Mbit/s (ssh's own ceiling, measured with no link in the way)" in text and "allow a ratio of 2.31" in text
