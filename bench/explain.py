@@ -4,7 +4,9 @@ is computed by the run, not written in advance").
 Pure functions of a figure (the dict ``common.figure`` builds) and the machine facts the driver
 measured; stdlib only, no I/O. A figure may carry, besides its value and per-run values:
 
-- ``phases``: {phase: seconds}, the measured side split into the phases its script timed (medians);
+- ``phases``: {phase: seconds}, the measured side split into the phases its script timed (medians),
+  disjoint parts of its time; a key named ``wall`` is the whole time instead (what the parts leave
+  of it becomes a phase of its own), ``internal`` a total that is no phase (left out);
 - ``baseline_phases``: the same for the side it is compared with (a phase both sides have carries
   the same name);
 - ``work``: the names of the phases that are the transfer or the computation itself (they grow
@@ -81,6 +83,30 @@ def _ordered_names(*dicts):
     return names
 
 
+TOTAL, IGNORED, UNTIMED = "wall", ("internal",), "not timed apart"
+
+
+def parts(phases):
+    """``phases`` as disjoint parts: without the totals; with what ``wall`` leaves as a phase."""
+    found = {k: v for k, v in (phases or {}).items() if k != TOTAL and k not in IGNORED}
+    rest = (phases or {}).get(TOTAL, 0.0) - sum(found.values())
+    return {**found, UNTIMED: rest} if TOTAL in (phases or {}) and rest >= 0.005 else found
+
+
+def total_of(phases):
+    """The whole time: ``wall`` when given, else the sum of the parts."""
+    return (phases or {}).get(TOTAL) or sum(parts(phases).values())
+
+
+def overlap(phases):
+    """A sentence when the parts add up to more than the whole time (phases that ran at once)."""
+    phases = phases or {}
+    found = sum(parts(phases).values())
+    if TOTAL in phases and found > phases[TOTAL] + 0.005:
+        return f"the phases add up to {found:.2f} s, more than the {phases[TOTAL]:.2f} s the run took: some overlap"
+    return None
+
+
 def phase_deltas(phases, baseline):
     """[(phase, measured - baseline seconds)], largest first."""
     deltas = [(n, phases.get(n, 0.0) - baseline.get(n, 0.0)) for n in _ordered_names(phases, baseline)]
@@ -90,18 +116,19 @@ def phase_deltas(phases, baseline):
 def phase_split(f):
     """Which phase dominates: of the difference to the baseline when both sides were split, else of
     the measured time."""
-    phases, base = f.get("phases") or {}, f.get("baseline_phases") or {}
+    phases, base = parts(f.get("phases")), parts(f.get("baseline_phases"))
     if not phases:
         return NO_SPLIT
-    total = sum(phases.values())
+    total = total_of(f.get("phases"))
     if not base:
         top = max(phases, key=phases.get)
         text = f"{total:.2f} s in all, {top} dominates with {phases[top]:.2f} s ({phases[top] / total:.0%})"
         return text + ("; the baseline was not split" if f.get("unit", "ratio") == "ratio" else "")
-    diff = total - sum(base.values())
+    base_total = total_of(f.get("baseline_phases"))
+    diff = total - base_total
     deltas = phase_deltas(phases, base)
     top, dt = deltas[0]
-    text = f"{total:.2f} s against the baseline's {sum(base.values()):.2f} s ({diff:+.2f} s)"
+    text = f"{total:.2f} s against the baseline's {base_total:.2f} s ({diff:+.2f} s)"
     if diff <= 0 or dt <= 0:
         return text + "; no phase is slower than the baseline's"
     text += f"; the phase that dominates the difference is {top} ({dt:+.2f} s, {dt / diff:.0%} of it)"
@@ -112,7 +139,7 @@ def phase_split(f):
 def fixed_cost(f):
     """Fixed cost against transfer/compute, and for a '<=' ratio the size at which the same fixed
     cost would fit the goal. None when the figure names no work phases."""
-    phases, base, work = f.get("phases") or {}, f.get("baseline_phases") or {}, f.get("work") or ()
+    phases, base, work = parts(f.get("phases")), parts(f.get("baseline_phases")), f.get("work") or ()
     if not phases or not work:
         return None
     fixed = {n: s for n, s in phases.items() if n not in work}
@@ -121,8 +148,8 @@ def fixed_cost(f):
             f"transfer/compute ({', '.join(n for n in phases if n in work)})")
     if not base or f["op"] != "<=" or f.get("unit", "ratio") != "ratio" or f["limit"] <= 1:
         return text
-    b = sum(base.values())
-    allowed, extra = (f["limit"] - 1) * b, sum(phases.values()) - b
+    b = total_of(f.get("baseline_phases"))
+    allowed, extra = (f["limit"] - 1) * b, total_of(f.get("phases")) - b
     text += (f"; the goal allows {allowed:.2f} s over the baseline's {b:.2f} s "
              f"({f['limit'] - 1:.0%} of it), the run took {extra:+.2f} s")
     if extra > allowed > 0:
@@ -134,7 +161,7 @@ def fixed_cost(f):
 
 def work_rate(f):
     """The rate the work phases moved the figure's bytes at, against the links' measured rates."""
-    facts, phases, work = f.get("facts") or {}, f.get("phases") or {}, f.get("work") or ()
+    facts, phases, work = f.get("facts") or {}, parts(f.get("phases")), f.get("work") or ()
     busy = sum(s for n, s in phases.items() if n in work)
     if not facts.get("bytes") or busy <= 0:
         return None
@@ -200,12 +227,12 @@ def links(f):
 
 def explain(f, machine=None):
     """Sentences explaining figure ``f`` from its own measurements."""
-    parts = [verdict(f), phase_split(f)]
-    parts += [p for p in (fixed_cost(f), work_rate(f), links(f)) if p]
-    parts.append(noise(f))
+    said = [verdict(f), phase_split(f)]
+    said += [p for p in (overlap(f.get("phases")), fixed_cost(f), work_rate(f), links(f)) if p]
+    said.append(noise(f))
     if machine:
-        parts.append("machine: " + machine.sentence())
-    return "; ".join(parts[:2]) + ". " + ". ".join(p[0].upper() + p[1:] for p in parts[2:]) + "."
+        said.append("machine: " + machine.sentence())
+    return "; ".join(said[:2]) + ". " + ". ".join(p[0].upper() + p[1:] for p in said[2:]) + "."
 
 
 def general_notes(results, machine, model_mb, train_model_mb, ram_gb):

@@ -147,3 +147,19 @@ def test_a_sync_run_is_split_by_its_own_lines_or_by_fab_s_timings(bench):
     own = {"verify_before": 0.5, "launcher": 4.0, "verify_after": 0.25}
     assert phases_of(LINES, 7.0, {"phases": own}) == {"fab start + exit": 2.25, **own}
     assert phases_of(LINES[:1], 0.9, {}) is None    # nothing sent, no timings of fab's own: no split
+
+
+def test_a_wall_total_among_the_phases_is_no_phase(bench):
+    """fab's own split (bench/sync.py) carries its wall time and fab's internal total beside the
+    phases: they are totals, and what the phases leave of the wall time is a phase of its own."""
+    explain, _ = bench
+    f = {"id": "1d", "name": "no-op sync", "goal": "<= 0.5 s", "op": "<=", "limit": 0.5, "value": 3.0, "ok": False,
+         "runs": [3.0], "unit": "s", "detail": "",
+         "phases": {"wall": 3.0, "internal": 2.5, "start": 0.5, "verify_before": 1.6, "verify_after": 0.2}}
+    text = explain.explain(f)
+    assert "3.00 s in all, verify_before dominates with 1.60 s (53%)" in text and "overlap" not in text
+    assert explain.parts(f["phases"]) == {"start": 0.5, "verify_before": 1.6, "verify_after": 0.2,
+                                          "not timed apart": pytest.approx(0.7)}
+    f["phases"]["verify_after"] = 1.2
+    text = explain.explain(f)
+    assert "3.00 s in all" in text and "The phases add up to 3.30 s, more than the 3.00 s the run took: some overlap" in text
