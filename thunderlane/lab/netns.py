@@ -80,9 +80,13 @@ def up(lab, names, control_mbit=1000, data_mbit=10000, scope="lab", env=None):
     except np_.PlanError as e:
         raise LabError(str(e)) from None
     old = recorded(lab)
+    data = np_.to_dict(p)
     if old and (old.get("lab_id"), old.get("names")) != (p.lab_id, [h.name for h in p.hosts]):
         down(lab)
-    data = np_.to_dict(p)
+    elif not old and set(p.namespaces) & _namespaces():
+        _refuse_if_owned(p, lab)
+        _record(lab, data)   # leftovers of a lab whose folder or record is gone: never adopt them
+        down(lab)
     _record(lab, dict(data, made=False))   # first: a crash from here on is still removable
     try:
         namespaces = _namespaces()
@@ -92,11 +96,30 @@ def up(lab, names, control_mbit=1000, data_mbit=10000, scope="lab", env=None):
                 if creates and creates[0] == "netns":
                     namespaces.add(creates[1])
         delay = _shape(p)
+        _run(["ip", "-n", p.wires, "link", "set", "dev", "data", "alias", str(Path(lab).resolve())], check=False)
     except (LabError, subprocess.TimeoutExpired) as e:
         down(lab)
         raise LabError(f"{e}; the partly made namespaced lab was removed") from None
     _record(lab, dict(data, made=True, delay=delay))
     return p
+
+
+def _owner(p):
+    """The lab folder that made the namespaces of ``p``'s id (the wires' bridge's alias), or None."""
+    out = _run(["ip", "-n", p.wires, "-j", "link", "show", "dev", "data"], check=False).stdout
+    try:
+        return json.loads(out)[0].get("ifalias")
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
+def _refuse_if_owned(p, lab):
+    """Namespaces of this id made by another lab folder whose record still names them are that
+    lab's: refused, not taken over."""
+    owner = _owner(p)
+    if owner and Path(owner) != Path(lab).resolve() and (recorded(owner) or {}).get("lab_id") == p.lab_id:
+        raise LabError(f"netns lab {p.lab_id} is {owner}'s (its lab-down removes it); give this lab "
+                       f"another {NET_VAR}")
 
 
 def _shape(p):
