@@ -58,7 +58,7 @@ def verdict(f):
         return f"measured {v:.4g} against {f['goal']}"
     gap = (v - limit) / abs(limit)
     side = "over" if gap > 0 else "under"
-    return f"measured {v:.4g} against {f['goal']}: {abs(gap):.0%} {side} the limit"
+    return f"measured {v:.4g} against {f['goal']}: {abs(gap):.{1 if abs(gap) < 0.1 else 0}%} {side} the limit"
 
 
 def noise(f):
@@ -131,9 +131,12 @@ def phase_split(f):
     text = f"{total:.2f} s against the baseline's {base_total:.2f} s ({diff:+.2f} s)"
     if diff <= 0 or dt <= 0:
         return text + "; no phase is slower than the baseline's"
-    text += f"; the phase that dominates the difference is {top} ({dt:+.2f} s, {dt / diff:.0%} of it)"
-    rest = [f"{n} {d:+.2f} s" for n, d in deltas[1:] if abs(d) >= 0.005]
-    return text + (f", then {', '.join(rest)}" if rest else "")
+    added = sum(d for _, d in deltas if d > 0)
+    text += f"; the phase that dominates the difference is {top} ({dt:+.2f} s, {dt / added:.0%} of the time added)"
+    rest = [f"{n} {d:+.2f} s" for n, d in deltas[1:] if d >= 0.005]
+    saved = [f"{n} {d:+.2f} s" for n, d in deltas if d <= -0.005]
+    text += f", then {', '.join(rest)}" if rest else ""
+    return text + (f"; faster than the baseline's: {', '.join(saved)}" if saved else "")
 
 
 def fixed_cost(f):

@@ -34,7 +34,8 @@ def sync_figure(fab_start=0.40, verify_before=0.50, runs=(1.42, 1.46, 1.50)):
 def test_a_miss_names_the_phase_that_dominates_it(bench):
     explain, _ = bench
     text = explain.explain(sync_figure())
-    assert "dominates the difference is verify before (+0.50 s, 41% of it)" in text
+    assert "dominates the difference is verify before (+0.50 s, 41% of the time added)" in text
+    assert "faster than the baseline" not in text
     assert "Fixed cost 1.20 s (fab start, verify before, verify after) against 2.80 s" in text
     assert "the goal allows 0.28 s over the baseline's 2.78 s" in text
     assert "0 of 3 runs met the goal" in text
@@ -47,6 +48,17 @@ def test_the_work_phase_rate_is_set_against_the_link(bench):
     assert "The transfer moved 350 MB at 1000 Mbit/s (100% of ssh's rate on the control link)" in explain.explain(f)
     f["phases"]["transfer"] = 5.6
     assert "moved 350 MB at 500 Mbit/s (50% of ssh's rate" in explain.explain(f)
+
+
+def test_a_phase_faster_than_the_baseline_is_named_apart(bench):
+    explain, _ = bench
+    f = sync_figure()
+    f["phases"]["transfer"] = 2.0      # fab's transfer beat plain rsync's by 0.78 s
+    text = explain.explain(f)
+    assert "verify before (+0.50 s, 42% of the time added), then fab start +0.40 s, verify after +0.30 s; " \
+           "faster than the baseline's: transfer -0.78 s" in text
+    f["value"] = 1.1004
+    assert "measured 1.1 against <= 1.1: 0.0% over the limit" in explain.explain(f)
 
 
 def test_other_numbers_give_another_explanation(bench):
@@ -106,13 +118,13 @@ def test_the_document_explains_misses_from_the_run(bench):
     explain, run_all = bench
     assert not hasattr(run_all, "ANALYSIS") and not hasattr(run_all, "GENERAL_NOTES")
     miss = render(run_all, [sync_figure()]).split("## Misses")[1].split("## Notes")[0]
-    assert "verify before (+0.50 s, 41% of it)" in miss
+    assert "verify before (+0.50 s, 41% of the time added)" in miss
     assert "load average 1.00 -> 3.00 while it ran" in miss
     passed = sync_figure(fab_start=0.0, verify_before=0.10, runs=[1.05, 1.07])
     passed.update(value=1.05, ok=True)
     text = render(run_all, [passed])
     assert "Every goal measured in this run was met." in text
-    assert "  Computed: measured 1.05 against <= 1.1: 5% under the limit" in text
+    assert "  Computed: measured 1.05 against <= 1.1: 4.5% under the limit" in text
     assert "2 of 2 runs met the goal" in text
     assert "runs per figure in this document: 2" in text
 
