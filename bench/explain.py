@@ -4,7 +4,8 @@ is computed by the run, not written in advance").
 Pure functions of a figure (the dict ``common.figure`` builds) and the machine facts the driver
 measured; stdlib only, no I/O. A figure may carry, besides its value and per-run values:
 
-- ``phases``: {phase: seconds}, the measured side split into the phases its script timed (medians),
+- ``phases``: {phase: seconds}, the measured side split into the phases its script timed (the
+  median run's, or per-phase medians),
   disjoint parts of its time; a key named ``wall`` is the whole time instead (what the parts leave
   of it becomes a phase of its own), ``internal`` a total that is no phase (left out);
 - ``baseline_phases``: the same for the side it is compared with (a phase both sides have carries

@@ -7,7 +7,8 @@ control link to local and a data link to the other hosts, both veth pairs shaped
 9:       a cold mac4 filled from a complete mac5 over the data link (`--from mac5`) against from
          local over the control link: ratio of the times, goal 0.5 x (data Mbit / control Mbit).
 The rates each link carried (raw TCP, and ssh) and ssh's cipher alone are measured first and
-carried in the figures' facts, from which their explanations are computed (bench/explain.py).
+carried in the figures' facts, from which their explanations are computed (bench/explain.py); a
+figure's phase split is that of its median run (bench/syncphases.py).
 Without root or network namespaces every figure is reported skipped, with the reason.
 """
 import json
@@ -18,7 +19,7 @@ import sys
 
 import common as c
 import linkprobe
-from syncphases import phases_of
+from syncphases import median_run, phases_of
 from thunderlane import remote, sync
 
 
@@ -62,11 +63,6 @@ def fab_sync(lab, source, noop_launcher=None):
     return seconds, phases_of(lines, seconds, row, noop_launcher), row
 
 
-def medians_of(runs):
-    keys = [k for k in runs[0] if all(k in r for r in runs)] if runs and all(runs) else []
-    return c.phase_medians({k: [r[k] for r in runs] for k in keys}) if keys else None
-
-
 def sync_vs_rsync(lab, inv, runs, local):
     """1b-link and 1c-link."""
     host = inv.host("mac4")
@@ -99,12 +95,12 @@ def sync_vs_rsync(lab, inv, runs, local):
                  detail=f"median fab {m['fab']:.2f}s, plain rsync -a {m['plain']:.2f}s; the launcher alone with "
                         f"nothing to send {noop_launcher:.2f}s (fab's 'launcher fixed cost' phase; the rest of "
                         f"the launcher's time is its 'transfer')",
-                 phases=medians_of(ph["fab"]), baseline_phases={"transfer": m["plain"]}, work=["transfer"],
+                 phases=median_run(t["fab"], ph["fab"]), baseline_phases={"transfer": m["plain"]}, work=["transfer"],
                  facts={"bytes": max(sent)}),
         c.figure("1c-link", "no-op sync (nothing missing) over the control link", m["noop"], "<=", 0.5,
                  goal="<= 0.5 s", runs=c.rounded(t["noop"]), unit="s",
                  detail=f"`fab sync-cache --host mac4` on a complete mac4, median of {runs}",
-                 phases=medians_of(ph["noop"])),
+                 phases=median_run(t["noop"], ph["noop"])),
     ]
 
 
@@ -131,7 +127,7 @@ def peer(lab, inv, runs, args, facts):
         runs=c.rounded([lo / pe for lo, pe in zip(t["local"], t["peer"])]),
         detail=f"median from mac5 over the data link {m['peer']:.2f}s, from local over the control link "
                f"{m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
-        phases=medians_of(ph["peer"]), baseline_phases=medians_of(ph["local"]), work=["launcher"],
+        phases=median_run(t["peer"], ph["peer"]), baseline_phases=median_run(t["local"], ph["local"]), work=["launcher"],
         facts={**facts, "fast_link": "data", "slow_link": "control", "bytes": max(sent)})
 
 

@@ -34,3 +34,12 @@ def phases_of(lines, seconds, row, noop_launcher=None):
         items[i:i + 1] = [("launcher fixed cost", fixed), ("transfer", phases["launcher"] - fixed)]
         phases = dict(items)
     return phases
+
+
+def median_run(totals, runs):
+    """The phases of the run whose total is the median (the lower one of an even count), rounded:
+    one real run's split, which adds up to the median time, where per-phase medians need not."""
+    if not runs or not all(runs) or len(totals) != len(runs):
+        return None
+    middle = sorted(range(len(totals)), key=totals.__getitem__)[(len(totals) - 1) // 2]
+    return {k: round(v, 3) for k, v in runs[middle].items()}

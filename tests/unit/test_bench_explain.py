@@ -175,3 +175,11 @@ def test_a_wall_total_among_the_phases_is_no_phase(bench):
     f["phases"]["verify_after"] = 1.2
     text = explain.explain(f)
     assert "3.00 s in all" in text and "The phases add up to 3.30 s, more than the 3.00 s the run took: some overlap" in text
+
+
+def test_the_split_shown_is_the_median_run_s(bench):
+    median_run = importlib.import_module("syncphases").median_run
+    runs = [{"a": 1.0, "b": 4.0}, {"a": 2.0, "b": 1.0}, {"a": 0.5, "b": 1.0}]
+    assert median_run([5.0, 3.0, 1.5], runs) == {"a": 2.0, "b": 1.0}
+    assert median_run([5.0, 3.0], runs[:2]) == {"a": 2.0, "b": 1.0}     # even: the lower middle
+    assert median_run([5.0, 3.0, 1.5], [runs[0], None, runs[2]]) is None  # a run without a split
