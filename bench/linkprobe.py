@@ -77,7 +77,7 @@ def ssh_argv(inv, host, address):
     return ["ssh", *remote.ssh_options(inv, host), "-o", f"HostKeyAlias={alias}", address]
 
 
-def ssh_mbit(inv, host, address, src_ns, nbytes, runs=2):
+def ssh_mbit(inv, host, address, src_ns, nbytes, runs=3):
     """Throughput of ``nbytes`` through the lane's ssh to ``host`` at ``address``, from namespace
     ``src_ns``, in Mbit/s: (time of `cat > /dev/null` fed nbytes) - (time of `true`), so the
     handshake is not counted. The best of ``runs``."""
