@@ -181,6 +181,15 @@ def _bound(link, ceiling):
     return min(rates) if rates else None
 
 
+def _ceiling(ceiling, measured):
+    """ssh's ceiling as the bounds use it: never below what ssh carried over a link (a link cannot
+    add speed; a lower ceiling was measured while the machine was busier), and a note saying so."""
+    over = max((link.get("ssh_mbit") or 0 for link in measured.values()), default=0)
+    if not ceiling or over <= ceiling:
+        return ceiling, ""
+    return over, f" (below the {over:.0f} Mbit/s ssh carried over a link: load; {over:.0f} taken as the ceiling)"
+
+
 def _limiter(link, ceiling):
     """What holds a transfer over ssh on ``link`` back: the link (ssh reaches 90% of raw TCP), else
     ssh itself (its cipher and its share of the cores), naming its ceiling when measured."""
@@ -200,7 +209,7 @@ def links(f):
     measured = facts.get("links") or {}
     if not measured:
         return None
-    ceiling = facts.get("ssh_ceiling_mbit")
+    ceiling, note = _ceiling(facts.get("ssh_ceiling_mbit"), measured)
     parts = []
     for name, link in measured.items():
         rates = ", ".join(f"{k.replace('_mbit', '')} {v:.0f} Mbit/s" for k, v in link.items()
@@ -208,7 +217,7 @@ def links(f):
         parts.append(f"{name} link: {rates or 'not measured'}")
     text = "; ".join(parts)
     if ceiling:
-        text += f"; ssh's cipher alone (no link) {ceiling:.0f} Mbit/s"
+        text += f"; ssh's cipher alone (no link) {facts['ssh_ceiling_mbit']:.0f} Mbit/s{note}"
     fast, slow = facts.get("fast_link"), facts.get("slow_link")
     if fast not in measured or slow not in measured:
         return text

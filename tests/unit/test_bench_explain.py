@@ -100,9 +100,14 @@ def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
             "ssh 2150 Mbit/s with no link in the way)") in text
     assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
     assert "the run measured 2.10 (93% of what the rates allow)" in text
+    f["facts"]["ssh_ceiling_mbit"] = 1800.0   # measured below a link's ssh rate: the machine was busier
+    text = explain.explain(f)
+    assert "alone (no link) 1800 Mbit/s (below the 2100 Mbit/s ssh carried over a link: load; 2100 taken" in text
+    assert "the data link carries at most 2100 Mbit/s" in text and "allow a ratio of 2.26" in text
     details = render(run_all, [f]).split("## Details")[1].split("## Misses")[0]
     assert "  Measured link rates: data link: shaped 10000 Mbit/s, tcp 9300 Mbit/s, ssh 2100 Mbit/s; control" in details
-    f["facts"]["links"]["data"]["ssh_mbit"] = 9000.0    # ssh faster than its own ceiling: the ceiling bounds
+    del f["facts"]["links"]["data"]["ssh_mbit"]    # not measured over the link: its ceiling bounds it
+    f["facts"]["ssh_ceiling_mbit"] = 2150.0
     text = explain.explain(f)
     assert "carries at most 2150 Mbit/s (ssh's own ceiling, measured with no link in the way)" in text and "allow a ratio of 2.31" in text
 
