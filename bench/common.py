@@ -3,7 +3,8 @@
 with timing, medians and ratios, host cache states, profiles, and peak RSS of a fab process.
 
 Every script prints one JSON line: {"script", "params", "figures": [...], "notes": [...]}, where a
-figure is {"id", "name", "goal", "op", "limit", "value", "ok", "runs", "unit", "detail"}.
+figure is {"id", "name", "goal", "op", "limit", "value", "ok", "runs", "unit", "detail"} and, when
+measured, "phases", "baseline_phases", "work" and "facts" (see figure() and bench/explain.py).
 """
 import argparse
 import json
@@ -29,8 +30,9 @@ import yaml  # noqa: E402
 from thunderlane import inventory, lab as labmod, layout  # noqa: E402
 from thunderlane.lab import kit  # noqa: E402
 
-PY = ROOT / ".venv" / "bin" / "python"
-FAB = ROOT / ".venv" / "bin" / "fab"
+# the project's venv; else the interpreter running this (a git worktree has no .venv of its own)
+PY = ROOT / ".venv" / "bin" / "python" if (ROOT / ".venv").is_dir() else Path(sys.executable)
+FAB = PY.parent / "fab"
 BENCH_ROOT = Path(os.environ.get("THUNDER_BENCH_LAB", "/tmp/thunder-bench-lab"))
 REPO = kit.REPO_FOLDER
 BYTE_HOSTS = ["mac4", "mac5", "mac6", "mac7"]   # the byte-bound lab (model --model-mb)
@@ -91,16 +93,17 @@ class Lab:
 
 
 @contextmanager
-def lab_session(kind, hosts, model_mb):
+def lab_session(kind, hosts, model_mb, **up_options):
     """Start (or keep) the bench lab ``kind`` (its own folder under $THUNDER_BENCH_LAB); always stop
     its sshd processes at the end. Fixtures are seeded once per folder and size (lab.up's marker);
-    each script then puts the host caches in the state it needs."""
+    each script then puts the host caches in the state it needs. ``up_options`` go to lab.up (e.g.
+    the namespaced lab's net and link rates)."""
     d = BENCH_ROOT / f"{kind}-{model_mb:g}mb"
     t0 = time.monotonic()
     try:
         # classic everywhere: the scripts copy local's repo to set a host's state; the "(shared)"
         # rows make their own shared-layout copies (bench/layouts.py)
-        labmod.up(hosts, lab=d, model_mb=model_mb, layout="classic")
+        labmod.up(hosts, lab=d, model_mb=model_mb, layout="classic", **up_options)
         log(f"lab {d} up ({', '.join(hosts)}, {model_mb:g} MB model) in {time.monotonic() - t0:.1f}s")
         lab = Lab(d, list(hosts), model_mb)
         lab.profiles.mkdir(exist_ok=True)
@@ -224,10 +227,24 @@ def median(xs):
     return statistics.median(xs)
 
 
-def figure(fid, name, value, op, limit, goal=None, runs=None, unit="ratio", detail=""):
+def figure(fid, name, value, op, limit, goal=None, runs=None, unit="ratio", detail="",
+           phases=None, baseline_phases=None, work=None, facts=None):
+    """One row of the table. The optional machine-readable parts feed the computed explanation
+    (bench/explain.py): ``phases`` {phase: seconds} of the measured side (medians, e.g. from
+    :func:`phase_medians`), ``baseline_phases`` the same for the side it is compared with (shared
+    phases under the same name), ``work`` the phase names that are the transfer or computation itself
+    (the rest is fixed cost), ``facts`` other measured facts (e.g. link rates)."""
     ok = None if value is None else (value <= limit if op == "<=" else value >= limit if op == ">=" else value == limit)
-    return {"id": fid, "name": name, "goal": goal or f"{op} {limit:g}", "op": op, "limit": limit,
-            "value": value, "ok": ok, "runs": runs, "unit": unit, "detail": detail}
+    f = {"id": fid, "name": name, "goal": goal or f"{op} {limit:g}", "op": op, "limit": limit,
+         "value": value, "ok": ok, "runs": runs, "unit": unit, "detail": detail}
+    extra = {"phases": phases, "baseline_phases": baseline_phases, "work": work, "facts": facts}
+    f.update({k: (list(v) if k == "work" else v) for k, v in extra.items() if v})
+    return f
+
+
+def phase_medians(per_run):
+    """{phase: [seconds per run]} -> {phase: median seconds}, rounded to the millisecond."""
+    return {k: round(statistics.median(v), 3) for k, v in per_run.items() if v}
 
 
 def emit(script, params, figures, notes=()):

@@ -1,0 +1,190 @@
+"""bench/explain.py: the explanations in docs/BENCHMARKS.md are computed from each figure's own
+measurements (issue 12), so changing the measurements changes the text."""
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """bench/explain.py and bench/run_all.py as modules (neither starts a lab on import)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    names = ("explain", "run_all", "syncphases")
+    for name in names:
+        sys.modules.pop(name, None)
+    yield importlib.import_module("explain"), importlib.import_module("run_all")
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def sync_figure(fab_start=0.40, verify_before=0.50, runs=(1.42, 1.46, 1.50)):
+    """A 1b-like miss: fab's sync split into phases against plain rsync's transfer."""
+    phases = {"fab start": fab_start, "verify before": verify_before, "transfer": 2.80, "verify after": 0.30}
+    value = sum(phases.values()) / 2.78
+    return {"id": "1b", "name": "sync vs rsync", "goal": "<= 1.1", "op": "<=", "limit": 1.10, "value": value,
+            "ok": value <= 1.10, "runs": list(runs), "unit": "ratio", "detail": "",
+            "phases": phases, "baseline_phases": {"transfer": 2.78}, "work": ["transfer"]}
+
+
+def test_a_miss_names_the_phase_that_dominates_it(bench):
+    explain, _ = bench
+    text = explain.explain(sync_figure())
+    assert "dominates the difference is verify before (+0.50 s, 41% of the time added)" in text
+    assert "faster than the baseline" not in text
+    assert "Fixed cost 1.20 s (fab start, verify before, verify after) against 2.80 s" in text
+    assert "the goal allows 0.28 s over the baseline's 2.78 s" in text
+    assert "0 of 3 runs met the goal" in text
+
+
+def test_the_work_phase_rate_is_set_against_the_link(bench):
+    explain, _ = bench
+    f = sync_figure()
+    f["facts"] = {"bytes": 350e6, "links": {"control": {"tcp_mbit": 950.0, "ssh_mbit": 1000.0}}}
+    assert "The transfer moved 350 MB at 1000 Mbit/s (100% of ssh's rate on the control link)" in explain.explain(f)
+    f["phases"]["transfer"] = 5.6
+    assert "moved 350 MB at 500 Mbit/s (50% of ssh's rate" in explain.explain(f)
+
+
+def test_a_phase_faster_than_the_baseline_is_named_apart(bench):
+    explain, _ = bench
+    f = sync_figure()
+    f["phases"]["transfer"] = 2.0      # fab's transfer beat plain rsync's by 0.78 s
+    text = explain.explain(f)
+    assert "verify before (+0.50 s, 42% of the time added), then fab start +0.40 s, verify after +0.30 s; " \
+           "faster than the baseline's: transfer -0.78 s" in text
+    f["value"] = 1.1004
+    assert "measured 1.1 against <= 1.1: 0.0% over the limit" in explain.explain(f)
+
+
+def test_other_numbers_give_another_explanation(bench):
+    explain, _ = bench
+    text = explain.explain(sync_figure(fab_start=1.50))
+    assert "dominates the difference is fab start (+1.50 s" in text
+    assert "verify before" not in text.split("dominates")[1].split(",")[0]
+    assert explain.explain(sync_figure()) != text
+
+
+def test_a_goal_inside_the_spread_is_called_noise(bench):
+    explain, _ = bench
+    text = explain.noise(sync_figure(runs=[1.05, 1.20, 1.30]))
+    assert text.startswith("per run 1.05 to 1.3") and "1 of 3 runs met the goal" in text
+    assert "noise decides single runs" in text
+    assert "noise" not in explain.noise(sync_figure(runs=[1.2, 1.3]))
+
+
+def test_a_figure_without_phases_says_so(bench):
+    explain, _ = bench
+    f = {"id": "4", "name": "verify-dataset", "goal": "<= 2", "op": "<=", "limit": 2.0, "value": 13.5,
+         "ok": False, "runs": [13.5], "unit": "ratio", "detail": "22 MB per copy"}
+    text = explain.explain(f)
+    assert "no phase split measured" in text and "fixed cost" not in text and "dominates" not in text
+    assert "measured 13.5 against <= 2: 575% over the limit" in text
+
+
+def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
+    explain, run_all = bench
+    f = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": 2.1, "ok": False,
+         "runs": [2.0, 2.1, 2.2], "unit": "ratio", "detail": "",
+         "facts": {"links": {"data": {"shaped_mbit": 10000, "tcp_mbit": 9300.0, "ssh_mbit": 2100.0},
+                             "control": {"shaped_mbit": 1000, "tcp_mbit": 950.0, "ssh_mbit": 930.0}},
+                   "ssh_ceiling_mbit": 2150.0, "fast_link": "data", "slow_link": "control"}}
+    text = explain.explain(f)
+    assert "Data link: shaped 10000 Mbit/s, tcp 9300 Mbit/s, ssh 2100 Mbit/s" in text
+    assert ("shaped to a ratio of 10.00; raw TCP reached 9.79 (data 93% of its shaped rate, control 95%)") in text
+    assert ("the data link carries at most 2100 Mbit/s (ssh: raw TCP carried 9300 Mbit/s on this link, "
+            "ssh 2150 Mbit/s with no link in the way)") in text
+    assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
+    assert "the run measured 2.10 (93% of what the rates allow)" in text
+    f["facts"]["ssh_ceiling_mbit"] = 1800.0   # measured below a link's ssh rate: the machine was busier
+    text = explain.explain(f)
+    assert "alone (no link) 1800 Mbit/s (below the 2100 Mbit/s ssh carried over a link: load; 2100 taken" in text
+    assert "the data link carries at most 2100 Mbit/s" in text and "allow a ratio of 2.26" in text
+    details = render(run_all, [f]).split("## Details")[1].split("## Misses")[0]
+    assert "  Measured link rates: data link: shaped 10000 Mbit/s, tcp 9300 Mbit/s, ssh 2100 Mbit/s; control" in details
+    del f["facts"]["links"]["data"]["ssh_mbit"]    # not measured over the link: its ceiling bounds it
+    f["facts"]["ssh_ceiling_mbit"] = 2150.0
+    text = explain.explain(f)
+    assert "carries at most 2150 Mbit/s (ssh's own ceiling, measured with no link in the way)" in text and "allow a ratio of 2.31" in text
+
+
+def render(run_all, figures):
+    args = argparse.Namespace(model_mb=100.0, train_model_mb=2.0)
+    results = [{"script": "sync", "command": "bench/sync.py", "seconds": 12.0, "load": (1.0, 3.0),
+                "params": {"runs": 3}, "figures": figures, "notes": []}]
+    return run_all.render(results, args, 0.0, 60.0, (0.5, 2.5), "commit abc")
+
+
+def test_the_document_explains_misses_from_the_run(bench):
+    explain, run_all = bench
+    assert not hasattr(run_all, "ANALYSIS") and not hasattr(run_all, "GENERAL_NOTES")
+    miss = render(run_all, [sync_figure()]).split("## Misses")[1].split("## Notes")[0]
+    assert "verify before (+0.50 s, 41% of the time added)" in miss
+    assert "load average 1.00 -> 3.00 while it ran" in miss
+    passed = sync_figure(fab_start=0.0, verify_before=0.10, runs=[1.05, 1.07])
+    passed.update(value=1.05, ok=True)
+    text = render(run_all, [passed])
+    assert "Every goal measured in this run was met." in text
+    assert "  Computed: measured 1.05 against <= 1.1: 4.5% under the limit" in text
+    assert "2 of 2 runs met the goal" in text
+    assert "runs per figure in this document: 2" in text
+
+
+def test_skipped_figures_and_shared_ids(bench):
+    """A figure not measured (no netns here) is 'skipped' with its reason, never a miss; a figure id
+    measured by two scripts (a no-op sync on loopback and on a link) is shown twice, told apart."""
+    _, run_all = bench
+    skipped = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": None, "ok": None,
+               "runs": None, "unit": "ratio", "detail": "skipped: network namespaces need root"}
+    results = [{"script": "sync", "command": "bench/sync.py", "seconds": 1.0, "load": (1.0, 1.0), "params": {},
+                "figures": [dict(sync_figure(), id="1c")], "notes": []},
+               {"script": "links", "command": "bench/links.py", "seconds": 1.0, "load": (1.0, 1.0), "params": {},
+                "figures": [dict(sync_figure(), id="1c"), skipped], "notes": []}]
+    text = run_all.render(results, argparse.Namespace(model_mb=100.0, train_model_mb=2.0), 0.0, 60.0, (1.0, 1.0), "c")
+    assert "| 9 | peer | >= 5 | - | - | skipped |" in text
+    misses = text.split("## Misses")[1].split("## Notes")[0]
+    assert "**9**" not in misses and "Not measured: 9 (skipped: network namespaces need root)" in misses
+    assert "| 1c | sync vs rsync |" in text and "| 1c (links) | sync vs rsync |" in text
+
+
+LINES = [(0.9, "mac4: partial before sync; missing 900 MB"), (1.0, "$ bash launchers/sync... mac4"),
+         (4.0, "mac4: 900 MB sent"), (6.0, "mac4: done"), (6.5, "")]
+
+
+def test_a_sync_run_is_split_by_its_own_lines_or_by_fab_s_timings(bench):
+    phases_of = importlib.import_module("syncphases").phases_of
+    assert phases_of(LINES, 7.0, {}) == {"fab start + verify before": 1.0, "launcher": 5.0, "verify after + exit": 1.0}
+    split = phases_of(LINES, 7.0, {}, noop_launcher=1.5)
+    assert list(split) == ["fab start + verify before", "launcher fixed cost", "transfer", "verify after + exit"]
+    assert (split["launcher fixed cost"], split["transfer"]) == (1.5, 3.5)
+    own = {"verify_before": 0.5, "launcher": 4.0, "verify_after": 0.25}
+    assert phases_of(LINES, 7.0, {"phases": own}) == {"fab start + exit": 2.25, **own}
+    assert phases_of(LINES[:1], 0.9, {}) is None    # nothing sent, no timings of fab's own: no split
+
+
+def test_a_wall_total_among_the_phases_is_no_phase(bench):
+    """fab's own split (bench/sync.py) carries its wall time and fab's internal total beside the
+    phases: they are totals, and what the phases leave of the wall time is a phase of its own."""
+    explain, _ = bench
+    f = {"id": "1d", "name": "no-op sync", "goal": "<= 0.5 s", "op": "<=", "limit": 0.5, "value": 3.0, "ok": False,
+         "runs": [3.0], "unit": "s", "detail": "",
+         "phases": {"wall": 3.0, "internal": 2.5, "start": 0.5, "verify_before": 1.6, "verify_after": 0.2}}
+    text = explain.explain(f)
+    assert "3.00 s in all, verify_before dominates with 1.60 s (53%)" in text and "overlap" not in text
+    assert explain.parts(f["phases"]) == {"start": 0.5, "verify_before": 1.6, "verify_after": 0.2,
+                                          "not timed apart": pytest.approx(0.7)}
+    f["phases"]["verify_after"] = 1.2
+    text = explain.explain(f)
+    assert "3.00 s in all" in text and "The phases add up to 3.30 s, more than the 3.00 s the run took: some overlap" in text
+
+
+def test_the_split_shown_is_the_median_run_s(bench):
+    median_run = importlib.import_module("syncphases").median_run
+    runs = [{"a": 1.0, "b": 4.0}, {"a": 2.0, "b": 1.0}, {"a": 0.5, "b": 1.0}]
+    assert median_run([5.0, 3.0, 1.5], runs) == {"a": 2.0, "b": 1.0}
+    assert median_run([5.0, 3.0], runs[:2]) == {"a": 2.0, "b": 1.0}     # even: the lower middle
+    assert median_run([5.0, 3.0, 1.5], [runs[0], None, runs[2]]) is None  # a run without a split
