@@ -117,6 +117,30 @@ store_link_ok() {   # REL TARGET REAL: is repo blob REL a link by the hub's own 
     [ -f "$3" ] && [ "$store" = 1 ]
 }
 
+shaped_link_ok() {   # REL TARGET: one of the two links the hub writes, proved by its shape and
+  # no link on the way (no resolving, no subshell): snapshots/<rev>/<file> -> ../../blobs/<name>
+  # ending at a regular file (a blob that is a link is checked as itself), or blobs/<etag> ->
+  # ../../blobs/<2 hex>/<64 hex>, a regular entry of this cache's marked store
+  local name=${2##*/} rev prefix
+  case "$name" in ''|.|..|*[!A-Za-z0-9._-]*) return 1 ;; esac
+  case "$1" in
+    snapshots/*/*/*) return 1 ;;
+    snapshots/?*/?*)
+      rev=${1#snapshots/}
+      rev=${rev%%/*}
+      [ "$2" = "../../blobs/$name" ] && [ ! -L "$repo/snapshots" ] && [ ! -L "$repo/snapshots/$rev" ] &&
+        [ ! -L "$repo/blobs" ] && [ -f "$repo/blobs/$name" ] ;;
+    blobs/*/*) return 1 ;;
+    blobs/?*)
+      prefix=${name%"${name#??}"}
+      case "$name" in *[!0-9a-f]*) return 1 ;; esac
+      [ "$store" = 1 ] && [ ${#name} -eq 64 ] && [ "$2" = "../../blobs/$prefix/$name" ] && [ ! -L "$repo/blobs" ] &&
+        [ ! -L "$real_src_cache/blobs/$prefix" ] && [ ! -L "$real_src_cache/blobs/$prefix/$name" ] &&
+        [ -f "$real_src_cache/blobs/$prefix/$name" ] ;;
+    *) return 1 ;;
+  esac
+}
+
 check_links() {   # every symlink in the repo folder: relative, and by its real path inside the repo
   # folder, or (a repo blob) into the marked shared store of the same cache, or (a snapshot link)
   # to a repo blob that does so; a blob link must end at a regular file
@@ -134,6 +158,7 @@ check_links() {   # every symlink in the repo folder: relative, and by its real 
     case "$target" in
       /*) die "$EX_REFUSED" "$rel is an absolute link ($target); refusing to sync it" ;;
     esac
+    shaped_link_ok "$rel" "$target" && continue   # the common case, without a subshell
     real=$(resolve "$link") || die "$EX_REFUSED" "$rel ($target) does not resolve (a loop, or a" \
       "folder missing on the way); refusing to sync it"
     case "$real" in
@@ -156,25 +181,19 @@ $(find "$repo" -type l)
 EOF
 }
 
-pass_stat() {   # LABEL LOGFILE: one pass's --stats figure ("1,234" or "1234"), or nothing
-  # nothing unless the label starts exactly one line and its value is a plain byte count
-  # (openrsync prints no such line; a human-readable "1.23M" would add up wrong)
-  awk -v label="$1" 'index($0, label) == 1 { n++; v = substr($0, length(label) + 1) }
-    END { sub(/^[ \t]+/, "", v); sub(/ bytes$/, "", v)
-          if (n == 1 && v ~ /^[0-9][0-9,.]*$/) {
-            gsub(/[^0-9]/, "", v); sub(/^0+/, "", v); print (v == "" ? "0" : v) } }' "$2"
-}
-
-sum_stat() {   # LABEL LOGFILE...: a --stats figure added up over the passes, else "unknown":
-  # a figure missing from one pass would make the sum wrong, not just smaller
-  local label=$1 log v total=0
+sum_stat() {   # LABEL LOGFILE...: a --stats figure ("1,234" or "1234") added up over the passes,
+  # else "unknown": each pass must print the label at the start of exactly one line, its value a
+  # plain byte count (openrsync prints no such line; a figure missing from one pass would make the
+  # sum wrong, not just smaller; a human-readable "1.23M" would add up wrong)
+  local label=$1
   shift
-  for log in "$@"; do
-    v=$(pass_stat "$label" "$log")
-    [ -n "$v" ] || { echo unknown; return 0; }
-    total=$((total + v))
-  done
-  echo "$total"
+  awk -v label="$label" -v passes="$#" '
+    FNR == 1 { f++ }
+    index($0, label) == 1 { n[f]++; v = substr($0, length(label) + 1); sub(/^[ \t]+/, "", v); sub(/ bytes$/, "", v); val[f] = v }
+    END { for (i = 1; i <= passes; i++) {
+            if (n[i] != 1 || val[i] !~ /^[0-9][0-9,.]*$/) { print "unknown"; exit }
+            v = val[i]; gsub(/[^0-9]/, "", v); total += v }
+          printf "%.0f\n", total }' "$@"
 }
 
 pass_derived() {   # DIR LOGFILE: "BYTES FILES" of the regular files one pass itemized as sent, each
@@ -267,10 +286,28 @@ host_cmd() {   # WORD...: one command line for HOST's login shell (sh, bash or z
   printf '%s' "${out# }"
 }
 
-# Run on SRC by HOST over the peer ssh (POSIX sh; $1 cache root, $2 repo folder, $3 rsync): the
-# source checks the local cache gets here (repo, refs/main, its snapshot, each blob link into the
-# marked shared store of this same cache, by the hub's own relative path, no link on the way), the
-# rsync version, and each blob's size (for the host's own store-linked blobs)
+# Run here, on HOST and on SRC (POSIX sh; $1 a repo folder): everything but blobs/ that the
+# snapshots and refs passes would send, one "tree" line each (a file by its size and, if short and
+# plain, its content; "?" when it cannot be compared), sorted: when every line of the source's is
+# in the host's, those passes have nothing to send and are skipped
+# shellcheck disable=SC2016  # expanded where it runs
+tree_script='cd "$1" 2>/dev/null || exit 0
+find . -path ./blobs -prune -o -print 2>/dev/null | LC_ALL=C sort | while IFS= read -r e; do
+  case "$e" in .|./blobs|*.incomplete|*/.DS_Store|*/._*|*/.rsync-partial/*) continue ;; esac
+  if [ -L "$e" ]; then echo "tree l $e $(readlink "$e")"
+  elif [ -d "$e" ]; then echo "tree d $e"
+  elif [ -f "$e" ]; then
+    n=$(wc -c <"$e" | tr -d " "); c="?"
+    if [ "$n" -le 64 ]; then c=$(cat "$e"); case "$c" in *[!0-9A-Za-z._-]*) c="?" ;; esac; fi
+    echo "tree f $e $n${c:+ $c}"
+  else echo "tree ? $e"; fi
+done'
+
+# Run on SRC by HOST over the peer ssh (POSIX sh; $1 cache root, $2 repo folder, $3 rsync, $4
+# tree_script): the source checks the local cache gets here (repo, refs/main, its snapshot, each
+# blob link into the marked shared store of this same cache, by the hub's own relative path, no
+# link on the way), the rsync version, each blob's size (for the host's own store-linked blobs)
+# and the tree lines
 # shellcheck disable=SC2016  # expanded on SRC
 src_script='cache=$1; repo=$1/$2
 [ -d "$repo" ] || { echo "src-missing"; exit 0; }
@@ -295,16 +332,18 @@ for f in "$repo"/blobs/*; do
   fi
   [ -f "$f" ] && echo "src-blob $n $(wc -c <"$f" | tr -d " ")"
 done
+sh -c "$4" sh "$repo"
 exit 0'
 
 # Run on HOST (POSIX sh; $1 rsync, $2 python, $3 cache root, $4 repo folder, $5 --dry-run or "",
-# $6 the peer check's command line or ""): the rsync version, sync_prep.py (fed on stdin), the peer
-# check: one ssh session for all three, each answer on tagged lines
+# $6 the peer check's command line or "", $7 tree_script): the rsync version, sync_prep.py (fed on
+# stdin), the host's tree lines, the peer check: one ssh session for all, each answer on tagged lines
 # shellcheck disable=SC2016  # expanded on HOST
 host_script='v=$("$1" --version 2>&1); rc=$?
 echo "version $rc $(printf "%s\n" "$v" | head -n 1)"
 if [ -n "$5" ]; then "$2" - "$3" "$4" "$5"; else "$2" - "$3" "$4"; fi
 echo "prep-exit $?"
+sh -c "$7" sh "$3/$4" | sed "s/^tree /host-tree /"
 if [ -n "$6" ]; then eval "$6" </dev/null; echo "peer-exit $?"; fi
 exit 0'
 
@@ -420,7 +459,7 @@ check_version() {   # WHO PROGRAM RC FIRST-LINE [OPTION]: the answer of `PROGRAM
 
 peer_check_cmd() {   # the command line HOST runs to check SRC (see src_script)
   printf '%s %s' "$(host_cmd "${peer_argv[@]}" "$from_host")" \
-    "$(sq "sh -c $(sq "$src_script") sh $(sq "$from_cache") $(sq "$folder") $(sq "$peer_rsync_path")")"
+    "$(sq "sh -c $(sq "$src_script") sh $(sq "$from_cache") $(sq "$folder") $(sq "$peer_rsync_path") $(sq "$tree_script")")"
 }
 
 prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the host-side check and
@@ -430,7 +469,7 @@ prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the 
   local rc=0 peer="" tag a b
   [ "$pull" -eq 0 ] || peer=$(peer_check_cmd)
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
-$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer")" <"$prep_script" >"$logs/prep" || rc=$?
+$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script")" <"$prep_script" >"$logs/prep" || rc=$?
   [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
   while IFS=' ' read -r tag a b; do
     case "$tag" in
@@ -445,6 +484,8 @@ $(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer")" <"$prep_script
       absent) host_absent=1 ;;
       removed|would|kept) echo "sync: $tag $a $b" ;;
       src-*|peer-exit) check_source "$tag" "$a" "$b" ;;
+      host-tree) echo "tree $a $b" >>"$logs/tree-host" ;;
+      tree) echo "tree $a $b" >>"$logs/tree-src" ;;   # the peer's
     esac
   done <"$logs/prep"
   [ "$pull" -eq 0 ] || [ -n "$revision" ] ||
@@ -486,6 +527,14 @@ keep_linked() {   # the host's store-linked blobs of the source's size: excluded
     case "$etag" in ''|*[!0-9a-f]*) continue ;; esac   # the host's word: only a blob name (hex) is taken
     [ "$(source_size "$etag")" != "${entry#* }" ] || keep+=("--exclude=/$etag")
   done
+}
+
+tree_differs() {   # would the snapshots and refs passes send anything? (yes when unsure)
+  [ -s "$logs/tree-src" ] && [ -f "$logs/tree-host" ] || return 0
+  ! grep -q '^tree ? ' "$logs/tree-src" || return 0
+  local rc=0
+  grep -Fxvq -f "$logs/tree-host" "$logs/tree-src" || rc=$?
+  [ "$rc" -ne 1 ]   # 1: no line of the source's is missing on the host; 0 or an error: run them
 }
 
 src_arg() {   # PART: the source of a pass (local path, or SRC:PATH quoted for SRC's shell)
@@ -552,6 +601,7 @@ if [ "$dry_run" -eq 1 ]; then
        "$here" "$logs/dry-run-2") of file data"
   exit 0
 fi
+[ "$pull" -eq 1 ] || sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src"
 prepare_host
 echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
@@ -561,12 +611,19 @@ echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 # a ref to a missing snapshot
 run_pass 1 -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
   "$(src_arg blobs/)" "$(dest_arg blobs/)"
-run_pass 2 "${flags[@]}" "$(src_arg snapshots/)" "$(dest_arg snapshots/)"
-run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+passes=("$here/blobs" "$logs/1")
+if tree_differs; then
+  run_pass 2 "${flags[@]}" "$(src_arg snapshots/)" "$(dest_arg snapshots/)"
+  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+  passes+=("$here/snapshots" "$logs/2" "$here" "$logs/3")
+else
+  echo "sync: snapshots and refs already match on $host: nothing to send there"
+fi
 # the caller (thunderlane.transfer.parse_summary) reads this line. openrsync (macOS 15.4+) prints no
 # Literal data / Total bytes sent lines: file data is then derived from the files itemized as sent
 # ("N bytes (derived from K files itemized)"; pulling, their sizes are not known here: "unknown"),
 # total sent is "unknown"
-echo "sync: done: file data sent $(file_data 'Literal data:' "$here/blobs" "$logs/1" \
-     "$here/snapshots" "$logs/2" "$here" "$logs/3")," \
-     "total sent $(sum_stat "$sent_label" "$logs/1" "$logs/2" "$logs/3") bytes"
+logs_run=("$logs/1")
+[ "${#passes[@]}" -eq 2 ] || logs_run+=("$logs/2" "$logs/3")
+echo "sync: done: file data sent $(file_data 'Literal data:' "${passes[@]}")," \
+     "total sent $(sum_stat "$sent_label" "${logs_run[@]}") bytes"
