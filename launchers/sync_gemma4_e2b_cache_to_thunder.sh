@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Push one model's whole Hugging Face cache folder (models--ORG--NAME: blobs, snapshots, refs)
-# from this machine to a compute host with rsync over ssh. Runs on macOS bash 3.2 with BSD tools
-# and accepts rsync 2.6.9 / openrsync on either side.
+# from this machine to a compute host with rsync over ssh, or (--from-host) have the host pull it
+# from a peer host over their data link. Runs on macOS bash 3.2 with BSD tools and accepts rsync
+# 2.6.9 / openrsync on every side.
 set -euo pipefail
 
 EX_USAGE=64     # bad arguments
 EX_REFUSED=65   # a path outside the cache root, an unsafe link, a bad name
-EX_SOURCE=66    # the local cache is not usable as a source
+EX_SOURCE=66    # the local cache (or the --from-host's) is not usable as a source
 EX_REMOTE=67    # the cleanup/preparation step on the host failed (255 if ssh itself failed)
 EX_NORSYNC=69   # no usable rsync on the host (point --rsync-path at one)
 # any other non-zero code is rsync's own (23 partial transfer, 30 timeout, 255 ssh failed, ...)
@@ -30,7 +31,13 @@ usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   --bwlimit KBPS     limit the transfer rate (KiB/s)
   --timeout SECONDS  rsync --timeout: give up (exit 30) after SECONDS without data (default: 300)
   --dry-run          print what would be sent and removed; change nothing
-exit: 0 ok, 64 usage, 65 refused path, 66 bad local cache, 67 remote cleanup failed,
+ pull from a peer instead of pushing from here (HOST runs rsync, over HOST's own ssh to SRC):
+  --from-host SRC    the source host as HOST reaches it over the data link: user@DATA_IP
+  --from-cache DIR   absolute hub cache root on SRC
+  --peer-ssh CMD     ssh command HOST runs to reach SRC (split on spaces; no quotes, $, backticks
+                     or %; paths in it absolute)
+  --peer-rsync-path P  rsync program on SRC (default: rsync)
+exit: 0 ok, 64 usage, 65 refused path, 66 bad source cache, 67 remote cleanup failed,
       69 no usable rsync on HOST, other codes are rsync's (11 file I/O error, 23 partial
       transfer, 24 vanished, 30 timeout, 255 ssh)
 EOF
@@ -110,6 +117,30 @@ store_link_ok() {   # REL TARGET REAL: is repo blob REL a link by the hub's own 
     [ -f "$3" ] && [ "$store" = 1 ]
 }
 
+shaped_link_ok() {   # REL TARGET: one of the two links the hub writes, proved by its shape and
+  # no link on the way (no resolving, no subshell): snapshots/<rev>/<file> -> ../../blobs/<name>
+  # ending at a regular file (a blob that is a link is checked as itself), or blobs/<etag> ->
+  # ../../blobs/<2 hex>/<64 hex>, a regular entry of this cache's marked store
+  local name=${2##*/} rev prefix
+  case "$name" in ''|.|..|*[!A-Za-z0-9._-]*) return 1 ;; esac
+  case "$1" in
+    snapshots/*/*/*) return 1 ;;
+    snapshots/?*/?*)
+      rev=${1#snapshots/}
+      rev=${rev%%/*}
+      [ "$2" = "../../blobs/$name" ] && [ ! -L "$repo/snapshots" ] && [ ! -L "$repo/snapshots/$rev" ] &&
+        [ ! -L "$repo/blobs" ] && [ -f "$repo/blobs/$name" ] ;;
+    blobs/*/*) return 1 ;;
+    blobs/?*)
+      prefix=${name%"${name#??}"}
+      case "$name" in *[!0-9a-f]*) return 1 ;; esac
+      [ "$store" = 1 ] && [ ${#name} -eq 64 ] && [ "$2" = "../../blobs/$prefix/$name" ] && [ ! -L "$repo/blobs" ] &&
+        [ ! -L "$real_src_cache/blobs/$prefix" ] && [ ! -L "$real_src_cache/blobs/$prefix/$name" ] &&
+        [ -f "$real_src_cache/blobs/$prefix/$name" ] ;;
+    *) return 1 ;;
+  esac
+}
+
 check_links() {   # every symlink in the repo folder: relative, and by its real path inside the repo
   # folder, or (a repo blob) into the marked shared store of the same cache, or (a snapshot link)
   # to a repo blob that does so; a blob link must end at a regular file
@@ -127,6 +158,7 @@ check_links() {   # every symlink in the repo folder: relative, and by its real 
     case "$target" in
       /*) die "$EX_REFUSED" "$rel is an absolute link ($target); refusing to sync it" ;;
     esac
+    shaped_link_ok "$rel" "$target" && continue   # the common case, without a subshell
     real=$(resolve "$link") || die "$EX_REFUSED" "$rel ($target) does not resolve (a loop, or a" \
       "folder missing on the way); refusing to sync it"
     case "$real" in
@@ -149,25 +181,19 @@ $(find "$repo" -type l)
 EOF
 }
 
-pass_stat() {   # LABEL LOGFILE: one pass's --stats figure ("1,234" or "1234"), or nothing
-  # nothing unless the label starts exactly one line and its value is a plain byte count
-  # (openrsync prints no such line; a human-readable "1.23M" would add up wrong)
-  awk -v label="$1" 'index($0, label) == 1 { n++; v = substr($0, length(label) + 1) }
-    END { sub(/^[ \t]+/, "", v); sub(/ bytes$/, "", v)
-          if (n == 1 && v ~ /^[0-9][0-9,.]*$/) {
-            gsub(/[^0-9]/, "", v); sub(/^0+/, "", v); print (v == "" ? "0" : v) } }' "$2"
-}
-
-sum_stat() {   # LABEL LOGFILE...: a --stats figure added up over the passes, else "unknown":
-  # a figure missing from one pass would make the sum wrong, not just smaller
-  local label=$1 log v total=0
+sum_stat() {   # LABEL LOGFILE...: a --stats figure ("1,234" or "1234") added up over the passes,
+  # else "unknown": each pass must print the label at the start of exactly one line, its value a
+  # plain byte count (openrsync prints no such line; a figure missing from one pass would make the
+  # sum wrong, not just smaller; a human-readable "1.23M" would add up wrong)
+  local label=$1
   shift
-  for log in "$@"; do
-    v=$(pass_stat "$label" "$log")
-    [ -n "$v" ] || { echo unknown; return 0; }
-    total=$((total + v))
-  done
-  echo "$total"
+  awk -v label="$label" -v passes="$#" '
+    FNR == 1 { f++ }
+    index($0, label) == 1 { n[f]++; v = substr($0, length(label) + 1); sub(/^[ \t]+/, "", v); sub(/ bytes$/, "", v); val[f] = v }
+    END { for (i = 1; i <= passes; i++) {
+            if (n[i] != 1 || val[i] !~ /^[0-9][0-9,.]*$/) { print "unknown"; exit }
+            v = val[i]; gsub(/[^0-9]/, "", v); total += v }
+          printf "%.0f\n", total }' "$@"
 }
 
 pass_derived() {   # DIR LOGFILE: "BYTES FILES" of the regular files one pass itemized as sent, each
@@ -228,8 +254,102 @@ file_data() {   # LABEL DIR LOGFILE [DIR LOGFILE ...]: the passes' --stats figur
   echo "${got% *} bytes (derived from ${got#* } files itemized)"
 }
 
+check_peer_ssh() {   # --peer-ssh: split on spaces (as rsync splits -e) into words that need no
+  # quoting on HOST; a path in a word (an option's value after '=') is absolute
+  local word value lower
+  case "$peer_ssh" in
+    ''|-*) die "$EX_USAGE" "--peer-ssh '$peer_ssh' does not start with an ssh program" ;;
+    *[[:cntrl:]%]*|*["$refused_chars"]*)
+      die "$EX_REFUSED" "--peer-ssh '$peer_ssh' has a quote, a backslash, a \$, a backtick, a wildcard, a % or" \
+        "a control character; it is split on spaces, never through a shell" ;;
+  esac
+  lower=$(printf '%s' "$peer_ssh" | tr '[:upper:]' '[:lower:]')
+  case "$lower" in
+    *proxycommand*|*localcommand*|*knownhostscommand*|*proxyjump*|*forwardagent=yes*)
+      die "$EX_REFUSED" "--peer-ssh '$peer_ssh' runs a command or forwards the agent; the peer link needs neither" ;;
+  esac
+  read -r -a peer_argv <<PEER
+$peer_ssh
+PEER
+  for word in "${peer_argv[@]}"; do
+    value=${word#*=}
+    case "$value" in
+      */*) case "$value" in /*) ;; *) die "$EX_REFUSED" "--peer-ssh: '$word' is not an absolute path" ;; esac
+           case "/$value/" in */../*) die "$EX_REFUSED" "--peer-ssh: '$word' climbs with '..'" ;; esac ;;
+    esac
+  done
+}
+
+host_cmd() {   # WORD...: one command line for HOST's login shell (sh, bash or zsh), each word quoted
+  local out="" word
+  for word in "$@"; do out="$out $(sq "$word")"; done
+  printf '%s' "${out# }"
+}
+
+# Run here, on HOST and on SRC (POSIX sh; $1 a repo folder): everything but blobs/ that the
+# snapshots and refs passes would send, one "tree" line each (a file by its size and, if short and
+# plain, its content; "?" when it cannot be compared), sorted: when every line of the source's is
+# in the host's, those passes have nothing to send and are skipped
+# shellcheck disable=SC2016  # expanded where it runs
+tree_script='cd "$1" 2>/dev/null || exit 0
+find . -path ./blobs -prune -o -print 2>/dev/null | LC_ALL=C sort | while IFS= read -r e; do
+  case "$e" in .|./blobs|*.incomplete|*/.DS_Store|*/._*|*/.rsync-partial/*) continue ;; esac
+  if [ -L "$e" ]; then echo "tree l $e $(readlink "$e")"
+  elif [ -d "$e" ]; then echo "tree d $e"
+  elif [ -f "$e" ]; then
+    n=$(wc -c <"$e" | tr -d " "); c="?"
+    if [ "$n" -le 64 ]; then c=$(cat "$e"); case "$c" in *[!0-9A-Za-z._-]*) c="?" ;; esac; fi
+    echo "tree f $e $n${c:+ $c}"
+  else echo "tree ? $e"; fi
+done'
+
+# Run on SRC by HOST over the peer ssh (POSIX sh; $1 cache root, $2 repo folder, $3 rsync, $4
+# tree_script): the source checks the local cache gets here (repo, refs/main, its snapshot, each
+# blob link into the marked shared store of this same cache, by the hub's own relative path, no
+# link on the way), the rsync version, each blob's size (for the host's own store-linked blobs)
+# and the tree lines
+# shellcheck disable=SC2016  # expanded on SRC
+src_script='cache=$1; repo=$1/$2
+[ -d "$repo" ] || { echo "src-missing"; exit 0; }
+real=$(cd -P "$repo" && pwd -P); root=$(cd -P "$cache" && pwd -P)
+[ "$real" = "$root/$2" ] || { echo "src-unsafe $2 (a link to $real)"; exit 0; }
+[ -f "$repo/refs/main" ] || { echo "src-norefs"; exit 0; }
+rev=$(cat "$repo/refs/main")
+case "$rev" in ""|*[!0-9a-f]*) echo "src-badref"; exit 0 ;; esac
+[ -d "$repo/snapshots/$rev" ] || { echo "src-nosnap $rev"; exit 0; }
+echo "src-rev $rev"
+v=$("$3" --version 2>&1); rc=$?
+echo "src-rsync $rc $(printf "%s\n" "$v" | head -n 1)"
+m=$root/blobs/.huggingface-shared-blobs; store=0
+if [ -d "$root/blobs" ] && [ ! -L "$root/blobs" ] && [ -f "$m" ] && [ ! -L "$m" ] && [ "$(cat "$m")" = 1 ]; then store=1; fi
+for f in "$repo"/blobs/*; do
+  n=${f##*/}
+  if [ -L "$f" ]; then
+    t=$(readlink "$f"); h=${t##*/}; p=${h%"${h#??}"}
+    case "$h" in *[!0-9a-f]*) h="" ;; esac
+    if [ "$store" != 1 ] || [ ${#h} -ne 64 ] || [ "$t" != "../../blobs/$p/$h" ] || [ -L "$root/blobs/$p" ] ||
+       [ -L "$root/blobs/$p/$h" ] || [ ! -f "$root/blobs/$p/$h" ]; then echo "src-unsafe blobs/$n ($t)"; continue; fi
+  fi
+  [ -f "$f" ] && echo "src-blob $n $(wc -c <"$f" | tr -d " ")"
+done
+sh -c "$4" sh "$repo"
+exit 0'
+
+# Run on HOST (POSIX sh; $1 rsync, $2 python, $3 cache root, $4 repo folder, $5 --dry-run or "",
+# $6 the peer check's command line or "", $7 tree_script): the rsync version, sync_prep.py (fed on
+# stdin), the host's tree lines, the peer check: one ssh session for all, each answer on tagged lines
+# shellcheck disable=SC2016  # expanded on HOST
+host_script='v=$("$1" --version 2>&1); rc=$?
+echo "version $rc $(printf "%s\n" "$v" | head -n 1)"
+if [ -n "$5" ]; then "$2" - "$3" "$4" "$5"; else "$2" - "$3" "$4"; fi
+echo "prep-exit $?"
+sh -c "$7" sh "$3/$4" | sed "s/^tree /host-tree /"
+if [ -n "$6" ]; then eval "$6" </dev/null; echo "peer-exit $?"; fi
+exit 0'
+
 repo_id=mlx-community/gemma-4-e2b-4bit
 src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""; io_timeout=300
+from_host=""; from_cache=""; peer_ssh=""; peer_rsync_path=rsync
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
@@ -241,6 +361,10 @@ while [ $# -gt 0 ]; do
     --checksum|-c) checksum=1; shift ;;
     --bwlimit) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; bwlimit=$2; shift 2 ;;
     --timeout) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; io_timeout=$2; shift 2 ;;
+    --from-host) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; from_host=$2; shift 2 ;;
+    --from-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; from_cache=$2; shift 2 ;;
+    --peer-ssh) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; peer_ssh=$2; shift 2 ;;
+    --peer-rsync-path) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; peer_rsync_path=$2; shift 2 ;;
     --dry-run|-n) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -254,9 +378,11 @@ case "$host" in
 esac
 repo_re='^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$'
 [[ "$repo_id" =~ $repo_re ]] || die "$EX_REFUSED" "repo id '$repo_id' is not ORG/NAME"
-case "$rsync_path" in
-  -*|*[!A-Za-z0-9_./+-]*) die "$EX_REFUSED" "--rsync-path '$rsync_path' is not a program path" ;;
-esac
+for program in "--rsync-path=$rsync_path" "--peer-rsync-path=$peer_rsync_path"; do
+  case "${program#*=}" in
+    -*|*[!A-Za-z0-9_./+-]*|'') die "$EX_REFUSED" "${program%%=*} '${program#*=}' is not a program path" ;;
+  esac
+done
 case "$host_python" in   # a program name, or a path as the inventory takes it (spaces allowed)
   -*|*[[:cntrl:]%]*|*["$refused_chars"]*|'') die "$EX_REFUSED" "--host-python '$host_python' is not a program path" ;;
   /*|*[!A-Za-z0-9_.+-]*) check_abs_path --host-python "$host_python" ;;
@@ -267,6 +393,18 @@ esac
 case "$io_timeout" in
   ''|0|*[!0-9]*) die "$EX_USAGE" "--timeout '$io_timeout' is not a whole number of seconds above 0" ;;
 esac
+pull=0
+if [ -n "$from_host$from_cache$peer_ssh" ]; then
+  pull=1
+  if [ -z "$from_host" ] || [ -z "$from_cache" ] || [ -z "$peer_ssh" ]; then
+    die "$EX_USAGE" "--from-host, --from-cache and --peer-ssh go together"
+  fi
+  case "$from_host" in
+    -*|*[!A-Za-z0-9_.@:-]*) die "$EX_REFUSED" "--from-host '$from_host' is not an ssh destination" ;;
+  esac
+  check_abs_path --from-cache "$from_cache"
+  check_peer_ssh
+fi
 
 if [ -z "$src_cache" ]; then
   if [ -n "${HF_HUB_CACHE:-}" ]; then src_cache=$HF_HUB_CACHE
@@ -274,18 +412,21 @@ if [ -z "$src_cache" ]; then
   else src_cache=$HOME/.cache/huggingface/hub; fi
 fi
 check_abs_path --dest-cache "$dest_cache"
-check_abs_path --src-cache "$src_cache"
+[ "$pull" -eq 1 ] || check_abs_path --src-cache "$src_cache"
 
 folder="models--$(printf '%s' "$repo_id" | sed 's#/#--#')"
 src_repo=$src_cache/$folder
 dest_repo=$dest_cache/$folder
+from_repo=$from_cache/$folder
 
-[ -d "$src_repo" ] || die "$EX_SOURCE" "no $src_repo on this machine"
-[ -f "$src_repo/refs/main" ] || die "$EX_SOURCE" "$src_repo/refs/main is missing"
-revision=$(cat "$src_repo/refs/main")
-[ -d "$src_repo/snapshots/$revision" ] ||
-  die "$EX_SOURCE" "refs/main names $revision but $src_repo/snapshots/$revision is missing"
-check_links "$src_repo"
+if [ "$pull" -eq 0 ]; then
+  [ -d "$src_repo" ] || die "$EX_SOURCE" "no $src_repo on this machine"
+  [ -f "$src_repo/refs/main" ] || die "$EX_SOURCE" "$src_repo/refs/main is missing"
+  revision=$(cat "$src_repo/refs/main")
+  [ -d "$src_repo/snapshots/$revision" ] ||
+    die "$EX_SOURCE" "refs/main names $revision but $src_repo/snapshots/$revision is missing"
+  check_links "$src_repo"
+fi
 
 # one ssh connection for every step (version check, cleanup, three rsync passes): a short socket
 # path under /tmp (macOS limits it to 104 bytes), closed on exit
@@ -303,30 +444,136 @@ finish() {
 }
 trap finish EXIT
 
-remote_rsync_version() {   # first line of the host's `rsync --version`
-  local out rc=0
-  out=$("${ssh_argv[@]}" "$host" "$(sq "$rsync_path") --version" 2>&1) || rc=$?
-  if [ "$rc" -eq 255 ]; then
-    printf '%s\n' "$out" >&2
-    die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
-  elif [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
-    die "$EX_NORSYNC" "no usable rsync on $host at '$rsync_path' (exit $rc); install rsync there" \
-      "or pass --rsync-path /path/to/rsync (e.g. /opt/homebrew/bin/rsync)"
+check_version() {   # WHO PROGRAM RC FIRST-LINE [OPTION]: the answer of `PROGRAM --version` on WHO
+  if [ "$3" -ne 0 ] && [ "$3" -ne 1 ]; then
+    die "$EX_NORSYNC" "no usable rsync on $1 at '$2' (exit $3); install rsync there" \
+      "or pass ${5:---rsync-path} /path/to/rsync (e.g. /opt/homebrew/bin/rsync)"
   fi
-  printf '%s\n' "$out" | sed -n '1p'
+  case "$4" in
+    *openrsync*|*"version 2."*)
+      echo "sync: $1 runs an old rsync ($4): using only flags it accepts" ;;
+    *rsync*version*) ;;
+    *) die "$EX_NORSYNC" "'$2' on $1 does not look like rsync ($4); pass ${5:---rsync-path} /path/to/rsync" ;;
+  esac
 }
 
-remote_version=$(remote_rsync_version)
-case "$remote_version" in
-  *openrsync*|*"version 2."*)
-    echo "sync: $host runs an old rsync ($remote_version): using only flags it accepts" ;;
-  *rsync*version*) ;;
-  *) die "$EX_NORSYNC" "'$rsync_path' on $host does not look like rsync ($remote_version);" \
-       "pass --rsync-path /path/to/rsync" ;;
-esac
+peer_check_cmd() {   # the command line HOST runs to check SRC (see src_script)
+  printf '%s %s' "$(host_cmd "${peer_argv[@]}" "$from_host")" \
+    "$(sq "sh -c $(sq "$src_script") sh $(sq "$from_cache") $(sq "$folder") $(sq "$peer_rsync_path") $(sq "$tree_script")")"
+}
 
+prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the host-side check and
+  # stale-leftover cleanup (sync_prep.py, its findings shown as "sync: ..." lines; the host's blobs
+  # that link to a whole file, the hub's shared store, become excludes of the blobs pass: the host
+  # keeps them as they are) and, pulling, the check of SRC as HOST reaches it
+  local rc=0 peer="" tag a b
+  [ "$pull" -eq 0 ] || peer=$(peer_check_cmd)
+  "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
+$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script")" <"$prep_script" >"$logs/prep" || rc=$?
+  [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
+  while IFS=' ' read -r tag a b; do
+    case "$tag" in
+      version) check_version "$host" "$rsync_path" "$a" "$b" ;;
+      prep-exit)
+        if [ "$a" = 3 ]; then die "$EX_REFUSED" "$host:$dest_cache: refused by the host-side check (see above)"
+        elif [ "$a" != 0 ]; then
+          die "$EX_REMOTE" "could not prepare $host:$dest_repo with $host_python (exit $a; is it python 3," \
+            "is the disk full or read-only? pass --host-python)"
+        fi ;;
+      linked) host_linked+=("$a $b") ;;
+      absent) host_absent=1 ;;
+      removed|would|kept) echo "sync: $tag $a $b" ;;
+      src-*|peer-exit) check_source "$tag" "$a" "$b" ;;
+      host-tree) echo "tree $a $b" >>"$logs/tree-host" ;;
+      tree) echo "tree $a $b" >>"$logs/tree-src" ;;   # the peer's
+    esac
+  done <"$logs/prep"
+  [ "$pull" -eq 0 ] || [ -n "$revision" ] ||
+    die 255 "$host could not reach $from_host (no answer from the peer check; see above)"
+  keep_linked
+}
+
+check_source() {   # TAG A B: a line of the peer check (pulling)
+  case "$1" in
+    peer-exit) [ "$2" = 0 ] || die "$([ "$2" = 255 ] && echo 255 || echo "$EX_SOURCE")" "$host could not reach" \
+      "$from_host over the peer ssh (exit $2: unreachable, refused, or the peer key or host key is not installed)" ;;
+    src-missing) die "$EX_SOURCE" "no $from_repo on $from_host" ;;
+    src-norefs) die "$EX_SOURCE" "$from_host:$from_repo/refs/main is missing" ;;
+    src-badref) die "$EX_SOURCE" "$from_host:$from_repo/refs/main does not hold a commit hash" ;;
+    src-nosnap) die "$EX_SOURCE" "refs/main names $2 but $from_host:$from_repo/snapshots/$2 is missing" ;;
+    src-unsafe) die "$EX_REFUSED" "$from_host:$from_repo: $2 $3 links outside the repo folder and its cache's" \
+      "shared store; refusing to sync it" ;;
+    src-rev) revision=$2 ;;
+    src-rsync) check_version "$from_host" "$peer_rsync_path" "$2" "$3" --peer-rsync-path ;;
+    src-blob) src_sizes+=("$2 $3") ;;
+  esac
+}
+
+source_size() {   # ETAG: the source's size of blob ETAG, or nothing
+  local entry
+  if [ "$pull" -eq 0 ]; then
+    [ ! -f "$src_repo/blobs/$1" ] || wc -c <"$src_repo/blobs/$1" | tr -d ' '
+    return 0
+  fi
+  for entry in "${src_sizes[@]+"${src_sizes[@]}"}"; do
+    [ "${entry% *}" != "$1" ] || { echo "${entry#* }"; return 0; }
+  done
+}
+
+keep_linked() {   # the host's store-linked blobs of the source's size: excluded from the blobs pass
+  local entry etag
+  for entry in "${host_linked[@]+"${host_linked[@]}"}"; do
+    etag=${entry% *}
+    case "$etag" in ''|*[!0-9a-f]*) continue ;; esac   # the host's word: only a blob name (hex) is taken
+    [ "$(source_size "$etag")" != "${entry#* }" ] || keep+=("--exclude=/$etag")
+  done
+}
+
+tree_differs() {   # would the snapshots and refs passes send anything? (yes when unsure)
+  [ -s "$logs/tree-src" ] && [ -f "$logs/tree-host" ] || return 0
+  ! grep -q '^tree ? ' "$logs/tree-src" || return 0
+  local rc=0
+  grep -Fxvq -f "$logs/tree-host" "$logs/tree-src" || rc=$?
+  [ "$rc" -ne 1 ]   # 1: no line of the source's is missing on the host; 0 or an error: run them
+}
+
+src_arg() {   # PART: the source of a pass (local path, or SRC:PATH quoted for SRC's shell)
+  if [ "$pull" -eq 1 ]; then printf '%s:%s' "$from_host" "$(sq "$from_repo/$1")"; else printf '%s' "$src_repo/$1"; fi
+}
+
+dest_arg() {   # PART: the destination of a pass (HOST:PATH quoted for HOST's shell, or HOST's path)
+  if [ "$pull" -eq 1 ]; then printf '%s' "$dest_repo/$1"; else remote_path "$dest_repo/$1"; fi
+}
+
+run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull), its output shown and
+  # kept in $logs/LOG; a failure ends the sync with rsync's code
+  local log=$1 rc=0
+  shift
+  if [ "$pull" -eq 0 ]; then
+    rsync "$@" | tee "$logs/$log" || rc=$?
+  else
+    "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; exec $(host_cmd "$rsync_path" "$@")" \
+      </dev/null | tee "$logs/$log" || rc=$?
+    if [ "$rc" -eq 255 ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
+      die 255 "$host could not reach $from_host over the peer ssh (rsync exit 255)"
+    fi
+  fi
+  [ "$rc" -eq 0 ] || exit "$rc"
+}
+
+if [ "$pull" -eq 1 ]; then
+  flags_e=(-e "$peer_ssh" "--rsync-path=$peer_rsync_path")
+  origin="$from_host:$from_repo"
+  sent_label='Total bytes received:'   # the data came in to HOST's rsync, the one that reports
+  here=""                              # nothing of the source's here to size an itemized file by
+else
+  flags_e=(-e "$ssh_cmd" "--rsync-path=$rsync_path")
+  origin=$src_repo
+  sent_label='Total bytes sent:'
+  here=$src_repo
+fi
 flags=(-rlt -i --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-partial/" "--exclude=.DS_Store"
-       "--exclude=._*" -e "$ssh_cmd" "--rsync-path=$rsync_path" "--timeout=$io_timeout")
+       "--exclude=._*" "${flags_e[@]}" "--timeout=$io_timeout")
 [ "$checksum" -eq 0 ] || flags+=(--checksum)
 # a blob's name is its content hash: on the host, one of the right size is that blob (a flipped
 # byte is --checksum's job), whatever its mtime; no delta pass re-reads a shard on both sides
@@ -335,61 +582,48 @@ blob_check=(--size-only)
 [ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
 prep_script=$(cd -P "$(dirname "$0")/.." && pwd -P)/thunderlane/onhost/sync_prep.py
 
-prepare_host() {   # [--dry-run]: the host-side check and stale-leftover cleanup (sync_prep.py),
-  # its findings shown as "sync: ..." lines; the host's blobs that link to a whole file (the hub's
-  # shared store) become excludes of the blobs pass: the host keeps them as they are
-  local rc=0 line etag size mine
-  "${ssh_argv[@]}" "$host" "$(sq "$host_python") - $(sq "$dest_cache") $(sq "$folder") $*" \
-    <"$prep_script" >"$logs/prep" || rc=$?
-  if [ "$rc" -eq 255 ]; then
-    die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
-  elif [ "$rc" -eq 3 ]; then
-    die "$EX_REFUSED" "$host:$dest_cache: refused by the host-side check (see above)"
-  elif [ "$rc" -ne 0 ]; then
-    die "$EX_REMOTE" "could not prepare $host:$dest_repo with $host_python (exit $rc; is it python 3," \
-      "is the disk full or read-only? pass --host-python)"
-  fi
-  while IFS=' ' read -r line etag size; do
-    case "$line" in
-      linked)   # the host's word: only a blob name (hex) is taken from it
-        case "$etag" in ''|*[!0-9a-f]*) continue ;; esac
-        [ -f "$src_repo/blobs/$etag" ] || continue
-        mine=$(wc -c <"$src_repo/blobs/$etag" | tr -d ' ')
-        [ "$mine" != "$size" ] || keep+=("--exclude=/$etag") ;;
-      absent) host_absent=1 ;;
-      removed|would|kept) echo "sync: $line $etag $size" ;;
-    esac
-  done <"$logs/prep"
-}
-
 keep=()
+host_linked=()
+src_sizes=()
 host_absent=0
-echo "sync: $src_repo -> $host:$dest_repo (revision $revision)"
+revision=${revision:-}
 if [ "$dry_run" -eq 1 ]; then
   prepare_host --dry-run
+  echo "sync: $origin -> $host:$dest_repo (revision $revision)"
   if [ "$host_absent" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
     exit 0
   fi
-  rsync -n -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" |
-    tee "$logs/dry-run"
-  rsync -n "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/dry-run-2"
-  echo "sync: dry run: would send $(file_data 'Total transferred file size:' "$src_repo/blobs" "$logs/dry-run" \
-       "$src_repo" "$logs/dry-run-2") of file data"
+  run_pass dry-run -n -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
+    "$(src_arg blobs/)" "$(dest_arg blobs/)"
+  run_pass dry-run-2 -n "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+  echo "sync: dry run: would send $(file_data 'Total transferred file size:' "$here/blobs" "$logs/dry-run" \
+       "$here" "$logs/dry-run-2") of file data"
   exit 0
 fi
+[ "$pull" -eq 1 ] || sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src"
 prepare_host
+echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
-# blobs first (their content: a local blob that links into the shared store is sent as the file it
-# names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
+# blobs first (their content: a source blob that links into the shared store is sent as the file
+# it names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
 # failed pass (a full disk, a dropped link) never leaves a link to a blob that did not arrive, nor
 # a ref to a missing snapshot
-rsync -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" "$src_repo/blobs/" "$(remote_path "$dest_repo/blobs/")" | tee "$logs/1"
-rsync "${flags[@]}" "$src_repo/snapshots/" "$(remote_path "$dest_repo/snapshots/")" | tee "$logs/2"
-rsync "${flags[@]}" --exclude=/blobs/ "$src_repo/" "$(remote_path "$dest_repo/")" | tee "$logs/3"
+run_pass 1 -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
+  "$(src_arg blobs/)" "$(dest_arg blobs/)"
+passes=("$here/blobs" "$logs/1")
+if tree_differs; then
+  run_pass 2 "${flags[@]}" "$(src_arg snapshots/)" "$(dest_arg snapshots/)"
+  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+  passes+=("$here/snapshots" "$logs/2" "$here" "$logs/3")
+else
+  echo "sync: snapshots and refs already match on $host: nothing to send there"
+fi
 # the caller (thunderlane.transfer.parse_summary) reads this line. openrsync (macOS 15.4+) prints no
 # Literal data / Total bytes sent lines: file data is then derived from the files itemized as sent
-# ("N bytes (derived from K files itemized)"), total sent is "unknown"
-echo "sync: done: file data sent $(file_data 'Literal data:' "$src_repo/blobs" "$logs/1" \
-     "$src_repo/snapshots" "$logs/2" "$src_repo" "$logs/3")," \
-     "total sent $(sum_stat 'Total bytes sent:' "$logs/1" "$logs/2" "$logs/3") bytes"
+# ("N bytes (derived from K files itemized)"; pulling, their sizes are not known here: "unknown"),
+# total sent is "unknown"
+logs_run=("$logs/1")
+[ "${#passes[@]}" -eq 2 ] || logs_run+=("$logs/2" "$logs/3")
+echo "sync: done: file data sent $(file_data 'Literal data:' "${passes[@]}")," \
+     "total sent $(sum_stat "$sent_label" "${logs_run[@]}") bytes"

@@ -90,3 +90,32 @@ def test_a_store_link_through_another_link_is_refused(lab_inv, lab_dir, tmp_path
     dest = str(lab_dir / "mac4" / ".cache" / "huggingface" / "hub")
     p = run(launcher_argv(lab_inv, lab_inv.hosts["mac4"], lab_inv.local.hf_cache, dest))
     assert p.returncode == 65 and "links outside the repo folder" in p.stderr and str(tmp_path) in p.stderr
+
+
+SKIPPED = "sync: snapshots and refs already match"
+
+
+@pytest.mark.parametrize("change", ["none", "snapshot link gone", "refs/main differs", "new file in refs"])
+def test_snapshots_and_refs_passes_run_only_when_they_have_something_to_send(lab_inv, lab_dir, change):
+    """With mac4's snapshots and refs like local's, the launcher skips those two passes (one rsync
+    session less each); any difference there (a missing link, another commit in refs/main, a file
+    local has and mac4 lacks) runs them and mac4 ends with local's."""
+    mac4 = lab_inv.hosts["mac4"]
+    dest = str(kit.host_cache(lab_dir, "mac4"))
+    argv = launcher_argv(lab_inv, mac4, lab_inv.local.hf_cache, dest)
+    assert run(argv).returncode == 0
+    repo, local_repo = kit.host_repo(lab_dir, "mac4"), kit.host_repo(lab_dir, "local")
+    rev = (local_repo / "refs" / "main").read_text()
+    link = next(p for p in sorted((repo / "snapshots" / rev).iterdir()) if p.is_symlink())
+    if change == "snapshot link gone":
+        link.unlink()
+    elif change == "refs/main differs":
+        (repo / "refs" / "main").write_text("0" * 40)
+    elif change == "new file in refs":
+        (local_repo / "refs" / "pr").write_text(rev)
+    p = run(argv)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (SKIPPED in p.stdout) == (change == "none"), p.stdout[-3000:]
+    assert os.readlink(link) == os.readlink(local_repo / "snapshots" / rev / link.name)
+    assert (repo / "refs" / "main").read_text() == rev
+    assert change != "new file in refs" or (repo / "refs" / "pr").read_text() == rev

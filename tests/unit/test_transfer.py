@@ -107,7 +107,7 @@ def launcher_done_line(passes, tmp_path, repo=None):
 def launcher_function(name, *args):
     """One of the launcher's byte-counting functions (with those it calls), cut out of it and run alone."""
     text = LAUNCHER.read_text()
-    names = "pass_stat|sum_stat|pass_derived|sum_derived|file_data"
+    names = "sum_stat|pass_derived|sum_derived|file_data"
     functions = "".join(re.findall(rf"^(?:{names})\(\) \{{.*?^\}}\n", text, re.M | re.S))
     assert all(f"{n}()" in functions for n in names.split("|"))
     p = subprocess.run(["bash", "-c", functions + f'{name} "$@"', "bash", *map(str, args)],
