@@ -18,6 +18,7 @@ from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
 from .report import human_bytes
 from .rsync_lines import parse_summary
+from .standby import StandbyProbe
 from .transfer import stream
 from .verify import cache_query, gather_caches, judge_caches
 
@@ -54,7 +55,7 @@ class SyncOutcome:
     seconds: float
     literal_from: str | None = None   # "stats" (rsync's own), "itemized" (derived), "progress"; "none": nothing ran
     derivation: str = ""              # how a figure not rsync's own was made, e.g. " (derived from 3 files itemized)"
-    phases: dict = field(default_factory=dict)  # seconds of each step: verify_before, launcher, verify_after
+    phases: dict = field(default_factory=dict)  # seconds: verify_before, launcher, verify_after (standby_unused)
 
     @property
     def sent_nothing(self):
@@ -176,26 +177,40 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
         return SyncOutcome(host.name, host_before, host_before, 0, 0, 0, "", time.monotonic() - t0,
                            "none", phases=phases)
     dest = dest_cache_of(host, facts[host.name])
-    with rsync_shell(inv, host) as ssh:
-        argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
-        command = shlex.join(argv)
-        out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
-                  f"missing {human_bytes(missing)}\n$ {command}\n")
-        t1 = time.monotonic()
-        code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
-        phases["launcher"] = time.monotonic() - t1
-    if code:
-        free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
-        raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
+    # the verify after, started on the host now (handshake, interpreter, imports) and told to go
+    # once the launcher has exited: what it reads is the host after the transfer
+    after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
+    try:
+        with rsync_shell(inv, host) as ssh:
+            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
+            command = shlex.join(argv)
+            out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
+                      f"missing {human_bytes(missing)}\n$ {command}\n")
+            t1 = time.monotonic()
+            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
+            phases["launcher"] = time.monotonic() - t1
+        if code:
+            free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
+            raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
+        after = None if dry_run else _verify_after(inv, host, facts, checksum, after_probe, phases)
+    finally:
+        if after_probe:
+            after_probe.close()
     summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
-    after = None
-    if not dry_run:  # only the host changed: judge its new facts against the local ones from before
-        t2 = time.monotonic()
-        again = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))
-        after = judge_caches({"local": facts["local"], **again}, deep=checksum).results[1]
-        phases["verify_after"] = time.monotonic() - t2
     return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
                        command, time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+
+
+def _verify_after(inv, host, facts, checksum, after_probe, phases):
+    """The host's verdict after the transfer, against local's facts from before (only the host
+    changed): from the standby probe, or asked anew if it could not be used."""
+    t = time.monotonic()
+    got = after_probe.answer()
+    if got is None:  # asked the usual way, which names the host's trouble if there is any
+        phases["standby_unused"] = time.monotonic() - t
+        got = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))[host.name]
+    phases["verify_after"] = time.monotonic() - t
+    return judge_caches({"local": facts["local"], host.name: got}, deep=checksum).results[1]
 
 
 def _plan(inv, host, checksum):

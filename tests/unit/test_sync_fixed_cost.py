@@ -1,0 +1,81 @@
+"""What keeps sync-cache's fixed cost small: the local fast cache scan runs in fab's own process (and
+answers exactly what the probe process would), a host proven complete gets no launcher, and fab
+loads only the modules of the task it runs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.builders import REPO, build_repo, model_files
+from thunderlane import inventory, remote
+from thunderlane.report import HostResult
+from thunderlane.sync import nothing_missing
+from thunderlane.facts import CacheFacts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_host(tmp_path):
+    host = {"ssh_name": "mac4", "hostname": "127.0.0.4", "user": "me", "port": 22, "data_ip": "10.0.0.4",
+            "python": "/v/bin/python", "dataset_root": "/d", "runs_root": "/r"}
+    return inventory.parse({"ssh": {"known_hosts": "/k"}, "hosts": {"mac4": host},
+                            "local": {"dataset_root": "/d", "runs_root": "/r", "hf_cache": str(tmp_path / "hub")}},
+                           "inv.yaml")
+
+
+def test_only_a_local_fast_scan_of_a_named_cache_root_runs_in_process(tmp_path):
+    inv = local_host(tmp_path)
+    local, mac4 = inv.local, inv.host("mac4")
+    assert remote.in_process(local, ("cache", REPO, "/c"))
+    assert not remote.in_process(mac4, ("cache", REPO, "/c"))                 # a host's own interpreter
+    assert not remote.in_process(local, ("cache", REPO, "-"))                 # the interpreter's lookup
+    assert not remote.in_process(local, ("cache", REPO, "/c", "--deep"))      # reads every byte: timed
+    assert not remote.in_process(local, ("versions", "mlx"))
+
+
+def test_the_in_process_scan_answers_what_the_probe_process_answers(tmp_path):
+    inv = local_host(tmp_path)
+    build_repo(tmp_path / "hub", model_files())
+    (tmp_path / "hub" / "models--mlx-community--gemma-4-e2b-4bit" / "blobs" / ("b" * 64 + ".incomplete")).write_bytes(b"x")
+    args = ["cache", REPO, str(tmp_path / "hub")]
+    here = remote.run_probe(inv, inv.local, args)
+    code, out, _ = remote.capture([sys.executable, "-c", remote.PROBE_SOURCE, *args])
+    there = json.loads(out)
+    there.pop("python")
+    assert code == 0 and here == there and here["files"] and here["incomplete"]
+
+
+def test_an_in_process_scan_that_fails_is_locals_error(tmp_path):
+    inv = local_host(tmp_path)
+    try:
+        remote.run_probe(inv, inv.local, ["cache", REPO, f"{tmp_path}/a\0b"])  # os.* raise ValueError
+    except remote.HostError as e:
+        assert e.host == "local" and e.kind == "error" and "probe failed" in e.message
+    else:
+        raise AssertionError("a scan that raised was taken as an answer")
+
+
+def facts(incomplete=()):
+    return CacheFacts.from_json({"cache_root": "/c", "repo_dir": "/c/r", "exists": True, "ref": "a" * 40,
+                                 "snapshot_exists": True, "revisions": ["a" * 40], "files": {}, "blobs": {},
+                                 "incomplete": list(incomplete), "locks": [], "shards": {}, "index_error": None})
+
+
+def test_nothing_missing_needs_a_complete_host_without_leftovers():
+    complete = HostResult("mac4", "complete", True, "")
+    orphan = {"name": "c" * 64 + ".incomplete", "size": 1, "blob": "c" * 64, "finished": True}
+    assert nothing_missing(complete, facts())
+    assert not nothing_missing(complete, facts([orphan]))  # the launcher removes it
+    assert not nothing_missing(HostResult("mac4", "partial", False, ""), facts())
+
+
+def test_fab_loads_only_what_a_task_runs():
+    """Loading the fabfile (every fab start) leaves the training, mirror and lab code unloaded, and the
+    lab's default layout it names in --help is the lab's own."""
+    code = ("import sys, fabfile\n"
+            "heavy = [m for m in ('thunderlane.window.preflight', 'thunderlane.mirrorfs', 'thunderlane.lab.hub')"
+            " if m in sys.modules]\n"
+            "from thunderlane import lab\n"
+            "print(heavy, fabfile.LAB_DEFAULT_LAYOUT == lab.DEFAULT_LAYOUT)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert p.stdout.split("\n")[0] == "[] True", p.stdout
