@@ -8,6 +8,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -310,8 +311,9 @@ def _read_capped(proc, stream):
 
 def in_process(host, args):
     """May probe command ``args`` run in this process (no interpreter start)? Only local's fast scan
-    of a cache root the inventory names: no interpreter's lookup or versions in it, metadata only."""
-    return host.is_local and len(args) == 3 and args[0] == "cache" and args[2] != "-"
+    (metadata only) of a cache root the inventory names, when local's interpreter is of fab's own venv."""
+    return (host.is_local and len(args) == 3 and args[0] == "cache" and args[2] != "-"
+            and os.path.realpath(os.path.dirname(host.python)) == os.path.realpath(os.path.dirname(sys.executable)))
 
 
 def run_probe(inv, host, args, timeout=None):

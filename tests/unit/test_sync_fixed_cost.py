@@ -1,5 +1,5 @@
-"""What keeps sync-cache's fixed cost small: the local fast cache scan runs in fab's own process (and
-answers exactly what the probe process would), a host proven complete gets no launcher, and fab
+"""What keeps sync-cache's fixed cost small: the local fast cache scan runs in fab's own process when
+local's interpreter is fab's (and answers exactly what the probe process would), a host proven complete gets no launcher, and fab
 loads only the modules of the task it runs."""
 import json
 import subprocess
@@ -15,12 +15,12 @@ from thunderlane.facts import CacheFacts
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def local_host(tmp_path):
+def local_host(tmp_path, python=sys.executable):
     host = {"ssh_name": "mac4", "hostname": "127.0.0.4", "user": "me", "port": 22, "data_ip": "10.0.0.4",
-            "python": "/v/bin/python", "dataset_root": "/d", "runs_root": "/r"}
+            "python": sys.executable, "dataset_root": "/d", "runs_root": "/r"}
     return inventory.parse({"ssh": {"known_hosts": "/k"}, "hosts": {"mac4": host},
-                            "local": {"dataset_root": "/d", "runs_root": "/r", "hf_cache": str(tmp_path / "hub")}},
-                           "inv.yaml")
+                            "local": {"dataset_root": "/d", "runs_root": "/r", "hf_cache": str(tmp_path / "hub"),
+                                      "python": python}}, "inv.yaml")
 
 
 def test_only_a_local_fast_scan_of_a_named_cache_root_runs_in_process(tmp_path):
@@ -31,6 +31,8 @@ def test_only_a_local_fast_scan_of_a_named_cache_root_runs_in_process(tmp_path):
     assert not remote.in_process(local, ("cache", REPO, "-"))                 # the interpreter's lookup
     assert not remote.in_process(local, ("cache", REPO, "/c", "--deep"))      # reads every byte: timed
     assert not remote.in_process(local, ("versions", "mlx"))
+    other = local_host(tmp_path, python="/opt/other-venv/bin/python").local   # not fab's own interpreter
+    assert not remote.in_process(other, ("cache", REPO, "/c"))
 
 
 def test_the_in_process_scan_answers_what_the_probe_process_answers(tmp_path):
