@@ -72,12 +72,19 @@ def test_nothing_missing_needs_a_complete_host_without_leftovers():
 
 
 def test_fab_loads_only_what_a_task_runs():
-    """Loading the fabfile (every fab start) leaves the training, mirror and lab code unloaded, and the
-    lab's default layout it names in --help is the lab's own."""
-    code = ("import sys, fabfile\n"
-            "heavy = [m for m in ('thunderlane.window.preflight', 'thunderlane.mirrorfs', 'thunderlane.lab.hub')"
-            " if m in sys.modules]\n"
-            "from thunderlane import lab\n"
-            "print(heavy, fabfile.LAB_DEFAULT_LAYOUT == lab.DEFAULT_LAYOUT)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert p.stdout.split("\n")[0] == "[] True", p.stdout
+    """`fab --list` (fab's start: the fabfile loaded, Invoke's scan of it for tasks) leaves the
+    training, mirror and lab code unloaded; the lab's default layout its --help names is the lab's."""
+    code = ("import atexit, sys\n"
+            "def report():\n"
+            "    heavy = [m for m in ('thunderlane.window.preflight', 'thunderlane.mirrorfs', 'thunderlane.lab.hub',"
+            " 'thunderlane.handoff') if m in sys.modules]\n"
+            "    import fabfile\n"
+            "    from thunderlane import lab\n"
+            "    print(heavy, fabfile.LAB_DEFAULT_LAYOUT == lab.DEFAULT_LAYOUT)\n"
+            "atexit.register(report)\n"
+            "sys.argv = ['fab', '--list']\n"
+            "from fabric.main import program\n"
+            "program.run()\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and "sync-cache" in p.stdout, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[] True", p.stdout
