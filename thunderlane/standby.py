@@ -74,7 +74,10 @@ class StandbyProbe:
             self.close()
         if code != 0 or out is None:
             return None  # the usual ask reports why, with the host's own words
-        return parse_answers(self.host.name, [self.query], [decode(self.host.name, out)])[0]
+        try:
+            return parse_answers(self.host.name, [self.query], [decode(self.host.name, out)])[0]
+        except HostError:
+            return None  # likewise
 
     def close(self):
         """End the standby (a waiting interpreter sees its stdin close and exits)."""

@@ -59,6 +59,8 @@ def test_a_standby_closed_without_go_leaves_nothing_on_the_host_and_an_unusable_
     gone = dataclasses.replace(mac5, port=1)  # nothing listens there
     inv = dataclasses.replace(lab_inv, hosts={**lab_inv.hosts, "mac5": gone})
     assert standby.StandbyProbe(inv, gone, cache_query(inv, gone)).answer() is None
+    unreadable = dataclasses.replace(cache_query(lab_inv, mac5), parse=lambda answer: answer["no such key"])
+    assert standby.StandbyProbe(lab_inv, mac5, unreadable).answer() is None  # asked again the usual way
 
 
 def _standbys(host):
