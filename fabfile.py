@@ -2,6 +2,7 @@
 table (or ``--json``), exit non-zero when any host fails. The inventory is ``hosts.yaml``, or the
 file named by ``$THUNDER_INVENTORY`` (the lab's is ``.lab/hosts.yaml``).
 """
+import importlib
 import json as jsonlib
 import os
 import sys
@@ -10,13 +11,30 @@ from pathlib import Path
 from fabric import Connection, task
 from invoke.exceptions import Exit
 
-from thunderlane import handoff as handoff_mod
-from thunderlane import inventory, lab, mirror, profiles, setup_hosts as setup_mod, status as status_mod, window
+from thunderlane import inventory
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.report import human_bytes
 from thunderlane.sync import SyncError, sync_cache as run_sync
 from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
+
+
+class _Lazy:
+    """Module ``name``, imported at its first attribute use: a task loads only the modules it runs
+    (``fab sync-cache`` never loads the training, mirror or lab code; fab starts faster). A plain
+    object, so Invoke's scan of this module for tasks (an isinstance of every value) imports nothing."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+handoff_mod, lab, mirror = _Lazy("thunderlane.handoff"), _Lazy("thunderlane.lab"), _Lazy("thunderlane.mirror")
+profiles, setup_mod = _Lazy("thunderlane.profiles"), _Lazy("thunderlane.setup_hosts")
+status_mod, window = _Lazy("thunderlane.status"), _Lazy("thunderlane.window")
+LAB_DEFAULT_LAYOUT = "local=shared"  # lab.DEFAULT_LAYOUT, written here so that --help does not load the lab
 
 # help strings shared by several tasks
 HOSTS_HELP = "comma-separated host names (default: every host in the inventory)"
@@ -126,12 +144,15 @@ def _sync_row(o):
             "missing_bytes": o.missing_bytes, "literal_bytes": o.literal_bytes,
             "total_sent": o.total_sent, "literal_from": o.literal_from, "literal_derivation": o.derivation,
             "ratio": None if o.ratio is None else round(o.ratio, 4),
-            "seconds": round(o.seconds, 2), "command": o.command}
+            "seconds": round(o.seconds, 2), "command": o.command,
+            "phases": {k: round(v, 3) for k, v in o.phases.items()}}
 
 
 def _sync_line(r):
     """One summary line per host: before -> after, bytes sent against missing, time."""
     estimate = r["literal_derivation"]
+    if not r["command"]:
+        return f"{r['host']}: {r['before']}, nothing missing: nothing sent; {r['seconds']}s"
     return (f"{r['host']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
             f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
             + (f"; {r['detail']}" if r["detail"] else ""))
@@ -142,7 +163,7 @@ def _sync_line(r):
                                    "reseed": "put the fixtures back to the handoff's situation",
                                    "layout": "the caches' layout: classic, shared, or per host "
                                              "(local=shared,mac4=classic); default: as the lab was, "
-                                             "else " + lab.DEFAULT_LAYOUT,
+                                             "else " + LAB_DEFAULT_LAYOUT,
                                    "addresses": "single (every host on 127.0.0.1, own ports; macOS's "
                                                 "default) or per-host (127.77.0.10, .11, ...; Linux's); "
                                                 "default: as the lab was",

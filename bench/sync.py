@@ -20,6 +20,24 @@ def total_sent(stats):
     return int(m.group(1).replace(",", "")) if m else None
 
 
+GIB_AT_1000MBIT = 2**30 * 8 / 1e9            # seconds a GiB takes at 1000 Mbit/s
+FIXED_LIMIT = round(0.05 * GIB_AT_1000MBIT, 2)  # what 1.05x over that link leaves for everything else
+
+
+def phase_medians(rows):
+    """{phase: median seconds} over fab's runs; ``start`` is fab's start and exit (wall - its own
+    'seconds'): the interpreter, the imports, the inventory."""
+    keys = sorted({k for r in rows for k in r})
+    out = {k: c.median([r.get(k, 0.0) for r in rows]) for k in keys}
+    out["start"] = c.median([r["wall"] - r["internal"] for r in rows])
+    return out
+
+
+def describe(split):
+    order = ["wall", "start", "verify_before", "launcher", "verify_after", "standby_unused"]
+    return ", ".join(f"{k} {split[k]:.3f}" for k in order if k in split)
+
+
 def shared_runs(lab, runs):
     """(bytes sent / missing per run, second sync's file bytes per run, the command): mac4 partial
     (classic, as the handoff finds it), local in the shared layout, under an inventory of their own."""
@@ -55,6 +73,7 @@ def main():
                  f"{lab.repo('local')}/", f"{host.destination}:{dest}/"]
         launcher = sync.launcher_argv(inv, host, str(lab.cache("local")), str(lab.cache("mac4")))
         times = {"fab": [], "plain": [], "launcher": [], "fab_internal": [], "second": [], "launcher_noop": []}
+        phases, noop = [], []   # fab's own phase split of each sync: its row's "phases" and wall time
         sent, literal, second_literal, plain_sent = [], [], [], []
         for i in range(args.runs):
             order = ["plain", "fab", "launcher"] if i % 2 == 0 else ["launcher", "fab", "plain"]
@@ -67,9 +86,13 @@ def main():
                     sent.append(row["total_sent"] / row["missing_bytes"])
                     literal.append(row["literal_bytes"] / row["missing_bytes"])
                     times["fab_internal"].append(row["seconds"])
+                    phases.append(dict(row["phases"], wall=r.seconds, internal=row["seconds"]))
                     again = c.fab(lab, "sync-cache", "--host", "mac4", check=True)
-                    second_literal.append(again.data["results"][0]["literal_bytes"])
+                    second = again.data["results"][0]
+                    assert second["after"] == "complete" and not second["command"], second  # nothing missing
+                    second_literal.append(second["literal_bytes"])
                     times["second"].append(again.seconds)
+                    noop.append(dict(second["phases"], wall=again.seconds, internal=second["seconds"]))
                     times["launcher_noop"].append(c.run(launcher, check=True).seconds)
                 else:
                     r = c.run(plain if kind == "plain" else launcher, check=True)
@@ -77,12 +100,15 @@ def main():
                         plain_sent.append(total_sent(r.stdout))
                 times[kind].append(r.seconds)
                 c.log(f"run {i + 1} {kind}: {r.seconds:.2f}s")
+        helps = [c.run([c.FAB, "--help"], env=lab.env(), check=True).seconds for _ in range(5)]
         ssh = [c.run([*shlex.split(remote.ssh_command(inv, host)), host.destination, "true"], check=True).seconds
                for _ in range(5)]
         verify = [c.fab(lab, "verify-cache", "--hosts", "mac4", check=True).seconds for _ in range(5)]
         shared, shared_second, shared_cmd = shared_runs(lab, args.runs)
         c.set_complete(lab, "mac4")
     med = {k: c.median(v) for k, v in times.items()}
+    split, noop_split = phase_medians(phases), phase_medians(noop)
+    fixed = [f - p for f, p in zip(times["fab"], times["plain"])]
     figures = [
         c.figure("1a", "sync: bytes sent / bytes missing", c.median(sent), "<=", 1.02, runs=c.rounded(sent, 5),
                  detail=f"rsync 'Total bytes sent' over verify's missing bytes; file data (Literal data) "
@@ -93,11 +119,23 @@ def main():
                         f"{med['launcher']:.2f}s ({med['launcher'] / med['plain']:.2f}x); inside fab (its own "
                         f"'seconds': verify, launcher, verify) {med['fab_internal']:.2f}s. Fixed cost: a second sync with nothing "
                         f"to send takes {med['second']:.2f}s (fab start and a verify of local and mac4, as `fab verify-cache "
-                        f"--hosts mac4` alone takes {c.median(verify):.2f}s; the launcher; a second verify; one plain "
+                        f"--hosts mac4` alone takes {c.median(verify):.2f}s; no launcher, no second verify: 1d; one plain "
                         f"ssh session takes {c.median(ssh):.2f}s), "
                         f"against fab - plain = {med['fab'] - med['plain']:.2f}s; the launcher alone with nothing to "
                         f"send {med['launcher_noop']:.2f}s, against launcher - plain = "
                         f"{med['launcher'] - med['plain']:.2f}s"),
+        dict(c.figure("1b-fixed", "sync: fixed cost, fab - plain rsync -a", c.median(fixed), "<=", FIXED_LIMIT,
+                      unit="s", runs=c.rounded(fixed),
+                      detail=f"the share of 1.05x of a 1 GiB transfer at 1000 Mbit/s ({GIB_AT_1000MBIT:.1f} s) that is "
+                             f"not the transfer. fab's phases (median s): {describe(split)}; the launcher - plain "
+                             f"rsync {med['launcher'] - med['plain']:.2f}s, alone with nothing to send "
+                             f"{med['launcher_noop']:.2f}s"),
+             phases=split, launcher_minus_plain=med["launcher"] - med["plain"], launcher_noop=med["launcher_noop"]),
+        dict(c.figure("1d", "sync: no-op `fab sync-cache` (nothing missing)", med["second"], "<=", 0.5, unit="s",
+                      runs=c.rounded(times["second"]),
+                      detail=f"mac4 complete: the verify before proves it, no launcher runs, no second verify. "
+                             f"Phases (median s): {describe(noop_split)}; `fab --help` alone {c.median(helps):.2f}s"),
+             phases=noop_split, fab_help=c.median(helps)),
         c.figure("1c", "sync: second sync file bytes sent", max(second_literal), "==", 0, goal="0 bytes",
                  runs=second_literal, unit="bytes",
                  detail=f"second `fab sync-cache` took {med['second']:.2f}s (median)"),

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import facts as queries, fsutil, layout
 from .inventory import InventoryError, abs_path
@@ -18,6 +18,7 @@ from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
 from .report import human_bytes
 from .rsync_lines import parse_summary
+from .standby import StandbyProbe
 from .transfer import stream
 from .verify import cache_query, gather_caches, judge_caches
 
@@ -52,8 +53,14 @@ class SyncOutcome:
     total_sent: int | None
     command: str
     seconds: float
-    literal_from: str | None = None   # "stats" (rsync's own figure), "itemized" (derived) or "progress"
+    literal_from: str | None = None   # "stats" (rsync's own), "itemized" (derived), "progress"; "none": nothing ran
     derivation: str = ""              # how a figure not rsync's own was made, e.g. " (derived from 3 files itemized)"
+    phases: dict = field(default_factory=dict)  # seconds: verify_before, launcher, verify_after (standby_unused)
+
+    @property
+    def sent_nothing(self):
+        """The verify before proved the host complete: no launcher ran (no command)."""
+        return not self.command
 
     @property
     def ok(self):
@@ -152,8 +159,64 @@ def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=F
         return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out)
 
 
+def nothing_missing(result, facts):
+    """Whether the verify before proves there is nothing to do: the host is complete against local
+    (same revision, files, sizes and blob names; with ``--checksum`` every blob re-hashed against
+    its name) and keeps no ``*.incomplete`` file the launcher would clean up."""
+    return result.ok and not facts.incomplete
+
+
 def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     t0 = time.monotonic()
+    facts, host_before = _plan(inv, host, checksum)
+    phases = {"verify_before": time.monotonic() - t0}
+    missing = host_before.figures.get("missing_bytes") or 0
+    if not dry_run and nothing_missing(host_before, facts[host.name]):
+        out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); nothing missing: "
+                  f"nothing to send\n")
+        return SyncOutcome(host.name, host_before, host_before, 0, 0, 0, "", time.monotonic() - t0,
+                           "none", phases=phases)
+    dest = dest_cache_of(host, facts[host.name])
+    # the verify after, started on the host now (handshake, interpreter, imports) and told to go
+    # once the launcher has exited: what it reads is the host after the transfer
+    after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
+    try:
+        with rsync_shell(inv, host) as ssh:
+            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
+            command = shlex.join(argv)
+            out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
+                      f"missing {human_bytes(missing)}\n$ {command}\n")
+            t1 = time.monotonic()
+            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
+            phases["launcher"] = time.monotonic() - t1
+        if code:
+            free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
+            raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
+        after = None if dry_run else _verify_after(inv, host, facts, checksum, after_probe, phases)
+    finally:
+        if after_probe:
+            after_probe.close()
+    summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
+    return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
+                       command, time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+
+
+def _verify_after(inv, host, facts, checksum, after_probe, phases):
+    """The host's verdict after the transfer, against local's facts from before (only the host
+    changed): from the standby probe, or asked anew if it could not be used."""
+    t = time.monotonic()
+    got = after_probe.answer()
+    if got is None:  # asked the usual way, which names the host's trouble if there is any
+        phases["standby_unused"] = time.monotonic() - t
+        got = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))[host.name]
+    phases["verify_after"] = time.monotonic() - t
+    return judge_caches({"local": facts["local"], host.name: got}, deep=checksum).results[1]
+
+
+def _plan(inv, host, checksum):
+    """Verify local and the host (deeply with ``checksum``): (their facts, the host's verdict), or
+    :class:`SyncError` when the host cannot be asked, local cannot be the source, or the host's
+    snapshot links leave its repo folder."""
     facts = gather_caches(inv, [host], deep=checksum)
     before = judge_caches(facts)
     for name, f in facts.items():
@@ -162,23 +225,5 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     ref = before.results[0]
     if not ref.ok:
         raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
-    host_before = before.results[1]
     _refuse_links(host, facts)
-    missing = host_before.figures.get("missing_bytes") or 0
-    dest = dest_cache_of(host, facts[host.name])
-    with rsync_shell(inv, host) as ssh:
-        argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
-        command = shlex.join(argv)
-        out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
-                  f"missing {human_bytes(missing)}\n$ {command}\n")
-        code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
-    if code:
-        free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
-        raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
-    summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
-    after = None
-    if not dry_run:  # only the host changed: judge its new facts against the local ones from before
-        again = ask_each(inv, [host], lambda h: cache_query(inv, h, deep=checksum))
-        after = judge_caches({"local": facts["local"], **again}, deep=checksum).results[1]
-    return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
-                       command, time.monotonic() - t0, summary.file_data_from, summary.derivation)
+    return facts, before.results[1]

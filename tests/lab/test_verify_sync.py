@@ -185,7 +185,7 @@ def test_lab_up_is_idempotent(lab_inv, lab_dir):
     assert lab.status(lab_dir) == pids and all(pids.values())
 
 
-def test_sync_shows_one_progress_line_and_a_summary_not_rsync_output(lab_inv):
+def test_sync_shows_one_progress_line_and_a_summary_not_rsync_output(lab_inv, lab_dir):
     """The operator's view: a handful of lines per host; rsync's file list and stats only with --verbose."""
     p = fab(lab_inv, "sync-cache", "--host", "mac4")
     assert p.returncode == 0, p.stderr
@@ -195,5 +195,7 @@ def test_sync_shows_one_progress_line_and_a_summary_not_rsync_output(lab_inv):
         assert stats not in p.stdout + p.stderr
     assert "mac4: partial -> complete; file data sent" in p.stdout
     assert sum("[mac4] sent " in line or "[mac4] sending " in line for line in shown) >= 1
+    blobs = kit.host_repo(lab_dir, "mac4") / "blobs"  # a shard lost again: a complete host gets no launcher
+    os.unlink(next(b for b in blobs.iterdir() if len(b.name) == 64))
     verbose = fab(lab_inv, "sync-cache", "--host", "mac4", "--verbose")
     assert verbose.returncode == 0 and "Literal data" in verbose.stdout

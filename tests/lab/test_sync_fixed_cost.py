@@ -1,0 +1,69 @@
+"""sync-cache's fixed cost on the lab: a host the verify before proves complete gets no launcher and
+no second verify; after a real transfer, the verify after is a probe started ahead on the host and
+told to go once the launcher has exited (so it reads the host after the transfer)."""
+import dataclasses
+import os
+import subprocess
+import time
+
+from tests.lab.conftest import fab, fab_json
+from thunderlane import standby
+from thunderlane.lab import kit
+from thunderlane.sync import sync_cache
+from thunderlane.verify import cache_query
+
+
+def test_the_verify_after_is_the_probe_started_ahead_and_reads_the_host_after_the_transfer(lab_inv):
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    row = out["results"][0]
+    assert code == 0 and (row["before"], row["after"]) == ("partial", "complete"), out
+    assert set(row["phases"]) == {"verify_before", "launcher", "verify_after"}, row  # no standby_unused
+
+
+def test_a_complete_host_gets_no_launcher_and_no_second_verify(lab_inv):
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, lab_inv.hosts["mac4"], out=devnull).ok
+    p = fab(lab_inv, "sync-cache", "--host", "mac4")
+    assert p.returncode == 0, p.stderr
+    assert "nothing missing" in p.stdout and "$ bash" not in p.stdout and "[mac4]" not in p.stdout, p.stdout
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4", "--checksum")  # deeply verified: still nothing
+    row = out["results"][0]
+    assert code == 0 and row["command"] == "" and list(row["phases"]) == ["verify_before"], row
+    assert (row["after"], row["literal_bytes"], row["total_sent"]) == ("complete", 0, 0), row
+
+
+def test_a_complete_host_with_an_orphaned_incomplete_still_gets_the_launcher_cleanup(lab_inv, lab_dir):
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, lab_inv.hosts["mac4"], out=devnull).ok
+    blobs = kit.host_repo(lab_dir, "mac4") / "blobs"
+    blob = next(b for b in blobs.iterdir() if len(b.name) == 64)
+    orphan = blobs / f"{blob.name}.0123abcd.incomplete"
+    orphan.write_bytes(b"part")
+    code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
+    assert code == 0 and out["results"][0]["command"], out
+    assert not orphan.exists()
+
+
+def test_a_standby_closed_without_go_leaves_nothing_on_the_host_and_an_unusable_one_says_so(lab_inv):
+    mac5 = lab_inv.hosts["mac5"]  # its cache root is in the inventory, so on the standby's command line
+    probe = standby.StandbyProbe(lab_inv, mac5, cache_query(lab_inv, mac5))
+    deadline = time.monotonic() + 10
+    while not _standbys(mac5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _standbys(mac5) and not probe.failed
+    probe.close()
+    deadline = time.monotonic() + 10
+    while _standbys(mac5) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _standbys(mac5)
+    gone = dataclasses.replace(mac5, port=1)  # nothing listens there
+    inv = dataclasses.replace(lab_inv, hosts={**lab_inv.hosts, "mac5": gone})
+    assert standby.StandbyProbe(inv, gone, cache_query(inv, gone)).answer() is None
+    unreadable = dataclasses.replace(cache_query(lab_inv, mac5), parse=lambda answer: answer["no such key"])
+    assert standby.StandbyProbe(lab_inv, mac5, unreadable).answer() is None  # asked again the usual way
+
+
+def _standbys(host):
+    """Waiting standby probes of ``host`` (their command line: the wrapper, then the host's cache root)."""
+    p = subprocess.run(["pgrep", "-f", f"thunderlane_probe.*{host.hf_cache}"], capture_output=True, text=True)
+    return p.stdout.split()
