@@ -15,7 +15,8 @@ usage: launch_gemma4_e2b_nko_correction_thunder.sh PROFILE TO_STEP [TARGET_STEP]
   Train PROFILE from its committed step to TO_STEP in one window across the profile's hosts.
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
        THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR),
-       THUNDER_RING_PORT (first port of the ring backend on each data IP, or jaccl's coordinator
+       THUNDER_FROM_STEP (the step the window starts from: the plan fails unless the writer's
+       checkpoint.json is still there), THUNDER_RING_PORT (first port of the ring backend on each data IP, or jaccl's coordinator
        port on rank 0's data IP; default 32323)
 exit: 0 window ended, 64 usage, 78 could not plan, other codes from mlx.launch
 USAGE
@@ -42,8 +43,13 @@ if [ -n "${THUNDER_PLAN_ROOT:-}" ]; then
 else
   plan=$(mktemp -d "${TMPDIR:-/tmp}/thunder-window.XXXXXX")
 fi
-(cd "$repo" && "$py" -m thunderlane.launcher_helpers plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
-  exit "$EX_PLAN"
+from=${THUNDER_FROM_STEP:--}
+case "$from" in
+  -) ;;
+  ''|*[!0-9]*) echo "launch: THUNDER_FROM_STEP '$from' is not a step" >&2; exit "$EX_USAGE" ;;
+esac
+(cd "$repo" && "$py" -m thunderlane.launcher_helpers plan-window "$profile" --to "$to" --target "$target" \
+  --from "$from" --out "$plan") || exit "$EX_PLAN"
 
 ring_port=${THUNDER_RING_PORT:-32323}
 case "$ring_port" in

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import checkpoint, dataset, facts, layout, onhost
 from ..fsutil import atomic_write
-from ..remote import ask, ssh_config
+from ..remote import HostError, ask, on_hosts, ssh_config
 from .hostfile import HostfileError, hostfile
 from .writer import WindowError, profile_hosts, writer_facts
 
@@ -31,12 +31,21 @@ def new_run_id(profile):
     return f"{profile.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
 
 
-def window_spec(inv, profile, to_step, target):
-    """What every rank reads: the run's identity, the window's end, the config, each rank's paths."""
+def window_spec(inv, profile, to_step, target, from_step=None):
+    """What every rank reads: the run's identity, the window's end, the config, each rank's paths.
+    ``from_step``: the step the caller planned from; the writer must still be there (no window of
+    this run ran in between), or :class:`WindowError`."""
     hosts = profile_hosts(inv, profile)
-    _, wfacts = writer_facts(inv, profile)
-    data, cache = ask(inv, inv.local, facts.dataset(inv.local.dataset_root),
-                      facts.cache(inv.repo_id, inv.local.hf_cache))
+    def read(h):  # the writer's run directory and local's dataset and cache, at once
+        if h is hosts[0]:
+            return writer_facts(inv, profile)[1]  # an unreachable writer raises WindowError
+        return ask(inv, h, facts.dataset(h.dataset_root), facts.cache(inv.repo_id, h.hf_cache))
+    got = on_hosts([hosts[0], inv.local], read)
+    wfacts, local = got[hosts[0].name], got[inv.local.name]
+    if isinstance(local, HostError):
+        raise local
+    data, cache = local
+    _check_from(hosts[0], wfacts, from_step)
     record = wfacts.record if checkpoint.committed_step(wfacts) else {}
     return {
         "fault": os.environ.get("THUNDER_FAULT") or None,  # fault injection, for the reliability suite
@@ -52,10 +61,17 @@ def window_spec(inv, profile, to_step, target):
     }
 
 
-def plan_window(inv, profile, to_step, target, out_dir):
+def _check_from(writer, wfacts, from_step):
+    step = checkpoint.committed_step(wfacts)
+    if from_step is not None and step != from_step:
+        raise WindowError(f"{writer.name}: {wfacts.run_dir}/checkpoint.json is at step {step}, not at step "
+                          f"{from_step} where this window was to start: another window of the run ran since")
+
+
+def plan_window(inv, profile, to_step, target, out_dir, from_step=None):
     """Write everything one window needs into ``out_dir``; return the spec."""
     hosts = profile_hosts(inv, profile)
-    spec = window_spec(inv, profile, to_step, target)
+    spec = window_spec(inv, profile, to_step, target, from_step)
     out = Path(out_dir)
     try:
         hosts_doc = hostfile(hosts, profile.backend)
