@@ -17,7 +17,8 @@ usage: run_gemma4_e2b_nko_correction_chunks.sh PROFILE TARGET_STEP WINDOW
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
        THUNDER_START_STEP (the committed step the caller read: not read again; each window's plan
        checks the writer is still there), THUNDER_CALLER_GATES=1 (the caller checks checkpoint.json
-       after the last window: this runner exits with that window's launch exit code)
+       after the last window: this runner exits with that window's launch exit code),
+       THUNDER_FIRST_PLAN (the first window's plan folder, made by the caller)
   on macOS the runner and every rank run under caffeinate -i -s -w <pid> (no sleep mid-window)
 exit: 0 target reached, 64 usage, 75 locked, 76 a window did not commit, 77 state unreadable,
       other codes are the failing window's (see launch_gemma4_e2b_nko_correction_thunder.sh)
@@ -94,7 +95,9 @@ while [ "$step" -lt "$target" ]; do
   [ "$next" -le "$target" ] || next=$target
   echo "chunks: window $step -> $next"
   rc=0
-  THUNDER_FROM_STEP=$step "$here/launch_gemma4_e2b_nko_correction_thunder.sh" "$profile" "$next" "$target" || rc=$?
+  THUNDER_PLAN_DIR=${THUNDER_FIRST_PLAN:-} THUNDER_FROM_STEP=$step \
+    "$here/launch_gemma4_e2b_nko_correction_thunder.sh" "$profile" "$next" "$target" || rc=$?
+  THUNDER_FIRST_PLAN=   # later windows plan themselves, from the step the last one committed
   if [ "$next" -eq "$target" ] && [ "${THUNDER_CALLER_GATES:-}" = 1 ]; then
     echo "chunks: caller gates: window $step -> $next ended with launch exit $rc"
     exit "$rc"

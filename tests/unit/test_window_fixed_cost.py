@@ -32,13 +32,13 @@ def test_preflight_asks_each_host_once_with_the_data_path_first(tmp_path, monkey
             asked.append((host.name, [q.args[0] for q in queries]))
         raise HostError(host.name, "unreachable", "not in this test")
     monkeypatch.setattr(pre, "ask", ask)
-    report, runs = pre.preflight(inv, profile)
+    report, runs, local = pre.preflight(inv, profile)
     sessions = dict(asked)
     assert len(asked) == 3 and set(sessions) == {"local", "mac4", "mac5"}, asked
     for name in ("mac4", "mac5"):
         assert sessions[name] == ["links", "macos", "dataset", "cache", "lane"], sessions[name]
     assert sessions["local"] == ["dataset", "cache"]
-    assert not report.ok and runs == {}
+    assert not report.ok and runs == {} and local is None
 
 
 def test_the_gate_gives_the_exit_the_runner_would_have_given():

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,20 +32,14 @@ def new_run_id(profile):
     return f"{profile.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
 
 
-def window_spec(inv, profile, to_step, target, from_step=None):
+def window_spec(inv, profile, to_step, target, from_step=None, known=None):
     """What every rank reads: the run's identity, the window's end, the config, each rank's paths.
-    ``from_step``: the step the caller planned from; the writer must still be there (no window of
-    this run ran in between), or :class:`WindowError`."""
+    ``from_step``: the writer's step the caller planned from; it must still be there (no window of
+    this run ran in between), here (:class:`WindowError`) and again on the ranks, under the lock.
+    ``known``: (writer's RunFacts, local's DatasetFacts, local's CacheFacts) already read (fab's
+    preflight), else read here, the writer and local at once."""
     hosts = profile_hosts(inv, profile)
-    def read(h):  # the writer's run directory and local's dataset and cache, at once
-        if h is hosts[0]:
-            return writer_facts(inv, profile)[1]  # an unreachable writer raises WindowError
-        return ask(inv, h, facts.dataset(h.dataset_root), facts.cache(inv.repo_id, h.hf_cache))
-    got = on_hosts([hosts[0], inv.local], read)
-    wfacts, local = got[hosts[0].name], got[inv.local.name]
-    if isinstance(local, HostError):
-        raise local
-    data, cache = local
+    wfacts, data, cache = known or _read(inv, profile, hosts[0])
     _check_from(hosts[0], wfacts, from_step)
     record = wfacts.record if checkpoint.committed_step(wfacts) else {}
     return {
@@ -52,13 +47,25 @@ def window_spec(inv, profile, to_step, target, from_step=None):
         # lab only (a lab host's rank honours it): act as macOS with stand-in tools from this folder
         "force_darwin": os.environ.get("THUNDER_FORCE_DARWIN") or None,
         "profile": profile.name, "run_id": record.get("run_id") or new_run_id(profile),
-        "target": target, "to_step": to_step, "model": inv.repo_id, "revision": cache.ref,
+        "target": target, "to_step": to_step, "from_step": from_step, "model": inv.repo_id, "revision": cache.ref,
         "dataset_digest": dataset.digest(data) if data.exists else None,
         "config": profile.config, "keep_steps": profile.keep_steps, "backend": profile.backend,
         "ranks": [{"host": h.name, "run_dir": layout.run_dir(h, profile.run_name), "hf_cache": h.hf_cache,
                    "data": profile.config.get("data") or h.dataset_root} for h in hosts],
         "command": shlex.join([str(layout.LAUNCH), profile.name, str(to_step), str(target)]),
     }
+
+
+def _read(inv, profile, writer):
+    def read(h):  # the writer's run directory and local's dataset and cache, at once
+        if h is writer:
+            return writer_facts(inv, profile)[1]  # an unreachable writer raises WindowError
+        return ask(inv, h, facts.dataset(h.dataset_root), facts.cache(inv.repo_id, h.hf_cache))
+    got = on_hosts([writer, inv.local], read)
+    local = got[inv.local.name]
+    if isinstance(local, HostError):
+        raise local
+    return (got[writer.name], *local)
 
 
 def _check_from(writer, wfacts, from_step):
@@ -68,10 +75,10 @@ def _check_from(writer, wfacts, from_step):
                           f"{from_step} where this window was to start: another window of the run ran since")
 
 
-def plan_window(inv, profile, to_step, target, out_dir, from_step=None):
-    """Write everything one window needs into ``out_dir``; return the spec."""
+def plan_window(inv, profile, to_step, target, out_dir, from_step=None, known=None):
+    """Write everything one window needs into ``out_dir``; return the spec (see :func:`window_spec`)."""
     hosts = profile_hosts(inv, profile)
-    spec = window_spec(inv, profile, to_step, target, from_step)
+    spec = window_spec(inv, profile, to_step, target, from_step, known)
     out = Path(out_dir)
     try:
         hosts_doc = hostfile(hosts, profile.backend)
@@ -87,4 +94,20 @@ def plan_window(inv, profile, to_step, target, out_dir, from_step=None):
     atomic_write(out / "python", hosts[0].python + "\n")
     atomic_write(out / "mlx_launch", str(Path(sys.executable).parent / "mlx.launch") + "\n")
     atomic_write(out / "spec.json", json.dumps(spec, sort_keys=True) + "\n")
+    atomic_write(out / "to_step", f"{to_step}\n")  # the launcher takes a plan made ahead only for this end
     return spec
+
+
+def plan_first(inv, profile, start, target, window, known):
+    """fab's plan of the chunk runner's first window, from preflight's facts (``known``: see
+    :func:`window_spec`): no probe, no interpreter start. Its folder, or None (the runner plans it)."""
+    to = min(start + window, target)
+    root = layout.local(inv).plans(profile.run_name)
+    root.mkdir(parents=True, exist_ok=True)
+    out = tempfile.mkdtemp(dir=root, prefix=f"window-{to}.")
+    try:
+        plan_window(inv, profile, to, target, out, from_step=start, known=known)
+    except WindowError:  # the runner's own plan says it, as it always did
+        shutil.rmtree(out, ignore_errors=True)
+        return None
+    return out

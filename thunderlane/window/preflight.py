@@ -47,8 +47,8 @@ def _first_queries(hosts, backend):
 
 
 def preflight(inv, profile):
-    """A Report whose failures name host and reason, and the run facts it read ({host: RunFacts})
-    so the caller need not ask again. One ssh session per host answers everything (dataset, cache,
+    """A Report whose failures name host and reason, the run facts it read ({host: RunFacts}) and
+    local's (DatasetFacts, CacheFacts), so the caller need not ask again. One ssh session per host answers everything (dataset, cache,
     run directory, the ring's data path, macOS), every host at once."""
     hosts = profile_hosts(inv, profile)
     first, port_error = _first_queries(hosts, profile.backend)
@@ -68,7 +68,9 @@ def preflight(inv, profile):
     results = [HostResult(name, datapath.verdict(items), not items, "; ".join(items),
                           {**_figures(runs.get(name)), **({"macos": shown[name]} if name in shown else {})})
                for name, items in problems.items()]
-    return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
+    local = (got["dataset"]["local"], got["cache"]["local"])
+    return (Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)},
+            None if any(isinstance(f, HostError) for f in local) else local)
 
 
 def _links(profile, hosts, answers, port_error, problems):

@@ -76,18 +76,21 @@ def _num(x):
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
-def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout, start=None):
+def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout, start=None, first_plan=None):
     """Run the chunk runner; stream progress; end it (and every rank) after ``watchdog`` seconds
     without a progress line, or on Ctrl-C. ``start``: the committed step preflight read, handed over
     so the runner need not read it again (each window's plan checks the writer is still there); the
-    caller then gates the last window itself (see :func:`runner_exit`)."""
+    caller then gates the last window itself (see :func:`runner_exit`). ``first_plan``: the first
+    window's plan folder, made by the caller (``plan.plan_first``)."""
     argv = ["bash", str(layout.CHUNKS), profile.name, str(target), str(window)]
     env = dict(os.environ, THUNDER_INVENTORY=inv.path, THUNDER_PYTHON=sys.executable, PYTHONUNBUFFERED="1",
                THUNDER_PLAN_ROOT=str(layout.local(inv).plans(profile.run_name)))
-    env.pop("THUNDER_START_STEP", None)
-    env.pop("THUNDER_CALLER_GATES", None)
+    for name in ("THUNDER_START_STEP", "THUNDER_CALLER_GATES", "THUNDER_FIRST_PLAN"):
+        env.pop(name, None)
     if start is not None:
         env.update(THUNDER_START_STEP=str(int(start)), THUNDER_CALLER_GATES="1")
+    if first_plan is not None:
+        env.update(THUNDER_FIRST_PLAN=str(first_plan))
     outcome = RunOutcome(command=shlex.join(argv[1:]), exit_code=-1, seconds=0.0, log=str(log_path))
     t0 = time.monotonic()
     last = [time.monotonic()]
