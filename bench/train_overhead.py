@@ -88,6 +88,16 @@ def lane(lab):
                      "commit": commit, "after": seconds - done}
 
 
+def phase_split(runs, over, fixed, helpers):
+    """The split an explanation is computed from (seconds): each kind's phase medians, the named
+    overheads (medians over run pairs), the fixed cost, the helper starts' costs and every run."""
+    r3 = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
+    med = lambda kind: {k: c.median([p[k] for _, p in runs[kind]]) for k in runs[kind][0][1]}  # noqa: E731
+    return {"lane": r3(med("lane")), "bare": r3(med("bare")), "overhead": r3(over), "fixed": round(fixed, 3),
+            "helper_seconds": r3(helpers),
+            "runs": {kind: [{"seconds": round(sec, 3), **r3(p)} for sec, p in runs[kind]] for kind in runs}}
+
+
 def main():
     p = c.parser(__doc__, runs=5, train=True)
     p.add_argument("--bf16-runs", type=int, default=1, help="bare bf16 runs, for information (0: none)")
@@ -126,13 +136,15 @@ def main():
                         detail=f"median lane {m_lane:.2f}s, bare {m_bare:.2f}s (+{m_lane - m_bare:.2f}s). Where it goes "
                                f"(medians over run pairs): {breakdown}. The lane-only fixed cost (preflight + plan-window "
                                f"+ commit beyond validation + gate) is {fixed:.2f}s, {100 * fixed / m_bare:.0f}% of the bare "
-                               f"run: the ratio to expect without noise is about {1 + fixed / m_bare:.2f}. The chunk runner starts "
-                               f"`python -m thunderlane.launcher_helpers` 4 times per 1-window run (lock-dir {helpers['lock-dir']:.2f}s: "
-                               f"imports only; committed-step {helpers['committed-step']:.2f}s: imports and a writer probe, "
-                               f"before and after the window; plan-window)"
+                               f"run: the ratio to expect without noise is about {1 + fixed / m_bare:.2f}. Under fab the chunk runner "
+                               f"starts `python -m thunderlane.launcher_helpers` once per 1-window run (take-lock: fab hands it the "
+                               f"start step and the first window's plan, and gates the last window itself); a start costs "
+                               f"{helpers['lock-dir']:.2f}s (lock-dir: imports only), {helpers['committed-step']:.2f}s with a "
+                               f"writer probe (committed-step, what each later window's check costs)"
                                + (f"; bare in bf16 (mlx_lm's default on CPU) {c.median(bf16):.1f}s, "
                                   f"ratio against it {m_lane / c.median(bf16):.2f}" if bf16 else ""))]
     ph = lambda kind, k: c.median([p[k] for _, p in runs[kind]])  # noqa: E731
+    figures[0]["phases"] = phase_split(runs, over, fixed, helpers)
     c.emit("train_overhead", vars(args), figures, [
         f"5: model {args.train_model_mb:g} MB; `{cmd_lane}` vs `{cmd_bare}` (cwd launchers/, as the lane's launcher)",
         "5: phases, medians (s): lane " + json.dumps({k: round(ph('lane', k), 2) for k in runs['lane'][0][1]})

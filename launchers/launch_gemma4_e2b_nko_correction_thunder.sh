@@ -15,7 +15,9 @@ usage: launch_gemma4_e2b_nko_correction_thunder.sh PROFILE TO_STEP [TARGET_STEP]
   Train PROFILE from its committed step to TO_STEP in one window across the profile's hosts.
   env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
        THUNDER_PLAN_ROOT (where the window's plan folder is made and kept; default: $TMPDIR),
-       THUNDER_RING_PORT (first port of the ring backend on each data IP, or jaccl's coordinator
+       THUNDER_PLAN_DIR (a plan folder made ahead for this TO_STEP, by fab: used, not made),
+       THUNDER_FROM_STEP (the step the window starts from: the plan fails unless the writer's
+       checkpoint.json is still there), THUNDER_RING_PORT (first port of the ring backend on each data IP, or jaccl's coordinator
        port on rank 0's data IP; default 32323)
 exit: 0 window ended, 64 usage, 78 could not plan, other codes from mlx.launch
 USAGE
@@ -36,14 +38,28 @@ for n in "$to" "$target"; do
   esac
 done
 
-if [ -n "${THUNDER_PLAN_ROOT:-}" ]; then
-  mkdir -p "$THUNDER_PLAN_ROOT"
-  plan=$(mktemp -d "$THUNDER_PLAN_ROOT/window-$to.XXXXXX")
+from=${THUNDER_FROM_STEP:--}
+case "$from" in
+  -) ;;
+  ''|*[!0-9]*) echo "launch: THUNDER_FROM_STEP '$from' is not a step" >&2; exit "$EX_USAGE" ;;
+esac
+plan=${THUNDER_PLAN_DIR:-}
+if [ -n "$plan" ]; then   # made ahead: to_step is written last, so a folder that has it is whole
+  made=$(cat "$plan/to_step" 2>/dev/null || true)
+  if [ "$made" != "$to" ]; then
+    echo "launch: THUNDER_PLAN_DIR $plan is no plan for step $to (its to_step: '${made:-none}')" >&2
+    exit "$EX_PLAN"
+  fi
 else
-  plan=$(mktemp -d "${TMPDIR:-/tmp}/thunder-window.XXXXXX")
+  if [ -n "${THUNDER_PLAN_ROOT:-}" ]; then
+    mkdir -p "$THUNDER_PLAN_ROOT"
+    plan=$(mktemp -d "$THUNDER_PLAN_ROOT/window-$to.XXXXXX")
+  else
+    plan=$(mktemp -d "${TMPDIR:-/tmp}/thunder-window.XXXXXX")
+  fi
+  (cd "$repo" && "$py" -m thunderlane.launcher_helpers plan-window "$profile" --to "$to" --target "$target" \
+    --from "$from" --out "$plan") || exit "$EX_PLAN"
 fi
-(cd "$repo" && "$py" -m thunderlane.launcher_helpers plan-window "$profile" --to "$to" --target "$target" --out "$plan") ||
-  exit "$EX_PLAN"
 
 ring_port=${THUNDER_RING_PORT:-32323}
 case "$ring_port" in

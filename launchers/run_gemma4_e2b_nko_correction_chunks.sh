@@ -14,7 +14,11 @@ usage: run_gemma4_e2b_nko_correction_chunks.sh PROFILE TARGET_STEP WINDOW
   Train PROFILE (launchers/profiles/PROFILE.yaml) to absolute step TARGET_STEP in windows of at
   most WINDOW steps across the profile's hosts. At or past the target it trains nothing.
   example: ./run_gemma4_e2b_nko_correction_chunks.sh partial_real_stage1_stable 10 10
-  env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python)
+  env: THUNDER_INVENTORY (default: hosts.yaml), THUNDER_PYTHON (default: .venv/bin/python),
+       THUNDER_START_STEP (the committed step the caller read: not read again; each window's plan
+       checks the writer is still there), THUNDER_CALLER_GATES=1 (the caller checks checkpoint.json
+       after the last window: this runner exits with that window's launch exit code),
+       THUNDER_FIRST_PLAN (the first window's plan folder, made by the caller)
   on macOS the runner and every rank run under caffeinate -i -s -w <pid> (no sleep mid-window)
 exit: 0 target reached, 64 usage, 75 locked, 76 a window did not commit, 77 state unreadable,
       other codes are the failing window's (see launch_gemma4_e2b_nko_correction_thunder.sh)
@@ -73,7 +77,14 @@ trap release EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-step=$(helper committed-step "$profile") || exit "$EX_STATE"
+if [ -n "${THUNDER_START_STEP:-}" ]; then
+  case "$THUNDER_START_STEP" in
+    *[!0-9]*) echo "chunks: THUNDER_START_STEP '$THUNDER_START_STEP' is not a step" >&2; exit "$EX_USAGE" ;;
+  esac
+  step=$THUNDER_START_STEP
+else
+  step=$(helper committed-step "$profile") || exit "$EX_STATE"
+fi
 if [ "$step" -ge "$target" ]; then
   echo "chunks: $profile is at step $step, at or past the target $target: nothing to train"
   exit 0
@@ -84,7 +95,13 @@ while [ "$step" -lt "$target" ]; do
   [ "$next" -le "$target" ] || next=$target
   echo "chunks: window $step -> $next"
   rc=0
-  "$here/launch_gemma4_e2b_nko_correction_thunder.sh" "$profile" "$next" "$target" || rc=$?
+  THUNDER_PLAN_DIR=${THUNDER_FIRST_PLAN:-} THUNDER_FROM_STEP=$step \
+    "$here/launch_gemma4_e2b_nko_correction_thunder.sh" "$profile" "$next" "$target" || rc=$?
+  THUNDER_FIRST_PLAN=   # later windows plan themselves, from the step the last one committed
+  if [ "$next" -eq "$target" ] && [ "${THUNDER_CALLER_GATES:-}" = 1 ]; then
+    echo "chunks: caller gates: window $step -> $next ended with launch exit $rc"
+    exit "$rc"
+  fi
   now=$(helper committed-step "$profile") || exit "$EX_STATE"
   if [ "$now" -ne "$next" ]; then
     echo "chunks: window $step -> $next did not commit: checkpoint.json is at step $now (launch exit $rc)" >&2

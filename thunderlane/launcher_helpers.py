@@ -4,7 +4,9 @@
   lock-dir PROFILE                                the window lock directory on this machine
   take-lock PROFILE PID                           take it for PID: "taken|taken-over|held PID|- DIR";
                                                   exit 0, or 75 when another live window holds it
-  plan-window PROFILE --to N --target T --out DIR write one window's hostfile, spec, ssh config
+  plan-window PROFILE --to N --target T [--from S|-] --out DIR
+                                                  write one window's hostfile, spec, ssh config; with
+                                                  --from S, fail unless the writer is still at step S
 """
 import argparse
 import sys
@@ -26,6 +28,7 @@ def main(argv=None):
     plan.add_argument("profile")
     plan.add_argument("--to", type=int, required=True)
     plan.add_argument("--target", type=int, required=True)
+    plan.add_argument("--from", dest="from_step", default="-")
     plan.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -52,7 +55,8 @@ def _with_hosts(inv, profile, args):
         if args.command == "committed-step":
             print(window.committed(inv, profile))
         else:
-            window.plan_window(inv, profile, args.to, args.target, args.out)
+            from_step = None if args.from_step == "-" else int(args.from_step)
+            window.plan_window(inv, profile, args.to, args.target, args.out, from_step)
     except (window.WindowError, HostError) as e:
         print(f"thunderlane: {e}", file=sys.stderr)
         return 3

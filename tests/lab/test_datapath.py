@@ -127,3 +127,19 @@ def test_without_preflight_the_ring_that_cannot_form_is_still_a_data_link(warm_l
     code, r = train(inventory.load(variant), profile_dir, "run_a", "--target", "1", "--skip-preflight")
     assert code == 1 and r["verdict"] == "data-link", r
     assert "the ring could not be formed: mac5: " in r["explanation"] and "Couldn't bind socket" in r["explanation"]
+
+
+def test_a_plan_from_a_step_the_writer_is_not_at_is_refused(lab_inv, profile_dir, tmp_path):
+    """The chunk runner hands each window's start step to plan-window (fab's preflight read it, before
+    the lock was taken): a writer no longer there (another window ran since) fails the plan, naming it."""
+    kit.write_profile(profile_dir, "run_f", "test_run_f", source=PROFILE)
+    env = dict(os.environ, THUNDER_INVENTORY=lab_inv.path, THUNDER_PROFILES=str(profile_dir))
+
+    def plan(start):
+        return subprocess.run([sys.executable, "-m", "thunderlane.launcher_helpers", "plan-window", "run_f", "--to", "2",
+                               "--target", "2", "--from", start, "--out", str(tmp_path / start)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    moved, here = plan("1"), plan("0")
+    assert moved.returncode == 3 and "is at step 0, not at step 1" in moved.stderr, moved.stderr
+    assert not (tmp_path / "1" / "spec.json").exists()
+    assert here.returncode == 0, here.stderr

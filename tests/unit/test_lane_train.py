@@ -278,3 +278,17 @@ def test_a_backend_that_cannot_init_is_a_backend_event(world):
     assert events[0]["phase"] == "start" and events[0]["hf_hub_cache"] == str(world["hub"])
     assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "backend")
     assert "backend='no-such-backend'" in events[-1]["msg"] and "local_host" in events[-1]["msg"]
+
+
+def test_a_window_planned_from_another_step_trains_nothing(world):
+    """fab plans the first window from preflight's facts, before the chunk runner takes the lock: the
+    spec carries the writer's step it was planned from, and the ranks refuse it if another window
+    moved checkpoint.json since (here: planned from 1, the run has no commit)."""
+    run_dir = world["root"] / "run_moved"
+    proc, events = run_entry(world, dict(window_spec(world, run_dir, 2), from_step=1))
+    assert proc.returncode == EXIT_CODES["resume"], proc.stdout + proc.stderr
+    assert (events[-1]["phase"], events[-1]["kind"]) == ("error", "resume")
+    assert "planned from the writer's step 1" in events[-1]["msg"] and "at step 0" in events[-1]["msg"]
+    assert not (run_dir / "checkpoint.json").exists()
+    proc, events = run_entry(world, dict(window_spec(world, run_dir, 1), from_step=0))
+    assert proc.returncode == 0 and events[-1]["phase"] == "done", proc.stdout + proc.stderr

@@ -9,8 +9,7 @@ a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "links", "probe")
-MACOS = ("macos",)  # preflight's macOS facts (firewall, caffeinate, F_FULLFSYNC)
+PROBE = ("files", "runs", "store", "links", "macos", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
 
@@ -26,6 +25,3 @@ def probe_source():
 def entry_source():
     return source(ENTRY)
 
-
-def macos_source():
-    return source(MACOS)

@@ -231,6 +231,10 @@ def restore(lane, model, optimizer):
                             f"{ckpt.get(key)!r}, not {lane.spec[key]!r}")
     mine = int(ckpt["step"]) if ckpt else 0
     steps = mx.distributed.all_gather(mx.array([mine], dtype=mx.int32), group=lane.group, stream=mx.cpu).tolist()
+    planned = lane.spec.get("from_step")  # the writer's step the window was planned from (window/plan.py)
+    if planned is not None and steps[0] != planned:
+        raise LaneError("resume", f"this window was planned from the writer's step {planned}, its checkpoint.json "
+                        f"is at step {steps[0]}: another window of the run ran since; nothing was trained")
     step = min(steps)
     lane.ahead = step < mine
     if step == 0 and mine and ckpt.get("previous"):

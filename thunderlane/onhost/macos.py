@@ -1,12 +1,12 @@
-# thunderlane on-host macOS facts: stdlib only, run alone by the host's lane python
+# thunderlane on-host macOS facts: stdlib only (bundled before probe.py: ``probe.py macos FORCED``)
 """What preflight needs to know of a host's macOS behaviours, as one JSON document: the platform,
 the lane Python's real path (a venv's python is a link to the base interpreter, and the firewall's
 rules name the real file), the application firewall's answers as socketfilterfw prints them (parsed
 on the control side), and whether caffeinate and F_FULLFSYNC are there.
 
 Argument: a folder of stand-in macOS tools, or ``-``. Honoured only on a lab host (its sshd sets
-THUNDER_LAB_HOST): the lab acts as macOS with it. Elsewhere only Darwin is macOS."""
-import json
+THUNDER_LAB_HOST): the lab acts as macOS with it. Elsewhere only Darwin is macOS. Part of the probe
+bundle (one ssh session answers preflight's every question), so its names must not clash there."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ FIREWALL = "/usr/libexec/ApplicationFirewall/socketfilterfw"
 QUESTIONS = (("global", "--getglobalstate"), ("blockall", "--getblockall"))
 
 
-def ask(tool, *args):
+def firewall_answer(tool, *args):
     """socketfilterfw's answer (stdout then stderr), or None when it cannot be run."""
     try:
         p = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
@@ -35,7 +35,7 @@ def firewall_apps(python, base_prefix):
     return apps
 
 
-def facts(forced):
+def macos_facts(forced):
     python = os.path.realpath(sys.executable)
     darwin = sys.platform == "darwin" or bool(forced)
     out = {"platform": sys.platform, "darwin": darwin, "forced": bool(forced), "python": python}
@@ -46,19 +46,15 @@ def facts(forced):
     import fcntl
     out.update(firewall_tool=tool, caffeinate=os.access(caffeinate, os.X_OK),
                fullfsync=hasattr(fcntl, "F_FULLFSYNC"))
-    answers = {key: ask(tool, flag) for key, flag in QUESTIONS}
+    answers = {key: firewall_answer(tool, flag) for key, flag in QUESTIONS}
     out["apps"] = firewall_apps(python, os.path.realpath(sys.base_prefix))
-    answers["app"] = ask(tool, "--getappblocked", python)
-    answers["apps"] = {app: ask(tool, "--getappblocked", app) for app in out["apps"][1:]}
+    answers["app"] = firewall_answer(tool, "--getappblocked", python)
+    answers["apps"] = {app: firewall_answer(tool, "--getappblocked", app) for app in out["apps"][1:]}
     out["firewall"] = answers
     return out
 
 
-def main(argv):
-    forced = argv[0] if argv and argv[0] != "-" and os.environ.get("THUNDER_LAB_HOST") else None
-    sys.stdout.write(json.dumps(facts(forced), sort_keys=True) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def macos_command(arg):
+    """The facts, with the stand-in folder ``arg`` honoured only on a lab host."""
+    forced = arg if arg != "-" and os.environ.get("THUNDER_LAB_HOST") else None
+    return macos_facts(forced)

@@ -1,6 +1,6 @@
 # thunderlane on-host probe: stdlib only (bundled after files.py and runs.py; see onhost/__init__.py)
 """Facts gathered on a host, sent as source to each host's interpreter
-(``python -c <bundle> dataset|cache|lane|reap|links|rdma|multi ...``); prints one JSON document. It
+(``python -c <bundle> dataset|cache|lane|reap|links|rdma|macos|multi ...``); prints one JSON document. It
 reads and never writes; the one exception, ``reap``, ends the lane's own training processes by their
 PIDs (``links`` opens short-lived sockets on the ring's ports, see ``links.py``). (To
 see whether a download holds a cache lock it takes a non-blocking flock and releases it at once.)
@@ -20,6 +20,7 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules ab
     from .runs import lane_facts, read_json_file, reap, versions
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
     from .links import links_facts, rdma_facts
+    from .macos import macos_command
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
@@ -329,7 +330,7 @@ def _rehash(repo_dir, files):
 
 USAGE = ("usage: probe.py dataset ROOT [--sums] | cache REPO_ID CACHE_ROOT|- [--deep]"
          " | lane RUNS_ROOT RUN_NAME [DIST...] | reap RUNS_ROOT RUN_NAME"
-         " | versions [DIST...] | links JSON | rdma | multi JSON-LIST-OF-THESE\n")
+         " | versions [DIST...] | links JSON | rdma | macos TOOLS|- | multi JSON-LIST-OF-THESE\n")
 
 
 def command(argv):
@@ -349,6 +350,8 @@ def command(argv):
         return links_facts(json.loads(argv[1]))
     if argv == ["rdma"]:
         return rdma_facts()
+    if argv[:1] == ["macos"] and len(argv) == 2:  # the firewall, caffeinate, F_FULLFSYNC (onhost/macos.py)
+        return macos_command(argv[1])
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
         subs = json.loads(argv[1])
         if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):

@@ -1,5 +1,6 @@
 """The ring's data path, proven before launch: every host listens on the endpoints its rank will
-bind and connects to every other host's (``onhost/links.py``), all at once, one ssh session each.
+bind and connects to every other host's (``onhost/links.py``), all at once, in preflight's one ssh
+session per host.
 
 Which endpoints (mlx 0.32.4, ``mlx/_distributed_utils/launch.py``): with the ring backend, rank i
 listens on its ``data_ip`` at ``starting_port + i`` (one IP per host, one connection per IP); with
@@ -17,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from ..facts import Query
-from ..remote import HostError, ask, on_hosts
+from ..remote import HostError
 from .triage import DATA_LINK
 
 PORT_VAR = "THUNDER_RING_PORT"  # the launcher reads the same variable (--starting-port)
@@ -156,19 +157,20 @@ def verdict(problems):
     return "refused" if problems else "ready"
 
 
-def check(inv, hosts, backend, port=None):
-    """Ask every host at once; {host: [problem]} (empty lists where all is well)."""
+def queries(hosts, backend, port=None):
+    """{host: the queries of its data path}, asked first in preflight's one probe session per host:
+    every host's session starts at the same moment, so every host listens at once (a peer that comes
+    up later is retried until :data:`WAIT`). Raises :class:`PortError` on a bad THUNDER_RING_PORT."""
     port = starting_port() if port is None else port
     reqs = requests(hosts, backend, port)
+    return {h.name: [links_query(reqs[h.name])] + ([RDMA_QUERY] if backend == "jaccl" else []) for h in hosts}
 
-    def one(h):
-        queries = [RDMA_QUERY] if backend == "jaccl" else []
-        return ask(inv, h, *queries, links_query(reqs[h.name]), timeout=WAIT + TIMEOUT + 30)
-    got = on_hosts(hosts, one)
-    links = {n: r if isinstance(r, HostError) else r[-1] for n, r in got.items()}
-    problems = judge_links(links)
+
+def judge(hosts, backend, answers):
+    """{host: [problem]} from {host: the answers to its :func:`queries`, in order, or a HostError}."""
+    problems = judge_links({n: r if isinstance(r, HostError) else r[0] for n, r in answers.items()})
     if backend == "jaccl":
-        rdma = {n: r if isinstance(r, HostError) else r[0] for n, r in got.items()}
+        rdma = {n: r if isinstance(r, HostError) else r[1] for n, r in answers.items()}
         for name, items in judge_rdma(hosts, rdma).items():
             problems[name] = items + problems[name]
     return problems

@@ -1,7 +1,7 @@
 """Preflight's macOS check: on a Darwin host, the application firewall must let the lane's Python
 accept the ring's connections (a prompt cannot be answered over ssh: the ring would hang), and the
 host's macOS behaviours are shown (caffeinate, F_FULLFSYNC). Elsewhere the check is skipped and
-says so. Command (``onhost/macos.py``, run by the host's lane python) and parse (here, pure) are
+says so. Command (``onhost/macos.py``, in the host's one preflight probe) and parse (here, pure) are
 apart: the parsers read socketfilterfw's own lines.
 
 The lab acts as macOS with ``THUNDER_FORCE_DARWIN=<folder of stand-in tools>`` (a fake
@@ -12,8 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import onhost
-from ..remote import HostError, decode, on_hosts, run
+from ..facts import Query
 
 FORCE = "THUNDER_FORCE_DARWIN"
 FIREWALL = "/usr/libexec/ApplicationFirewall/socketfilterfw"
@@ -105,21 +104,20 @@ def judge(facts):
     return [], f"macOS: {shown}, firewall on, python allowed"
 
 
-def host_facts(inv, host):
-    forced = os.environ.get(FORCE) or "-"
-    code, out, err = run(inv, host, [host.python, "-c", onhost.macos_source(), forced], timeout=60)
-    if code != 0:
-        tail = (err.strip().splitlines() or ["no output"])[-1]
-        raise HostError(host.name, "error", f"macOS facts failed with exit {code}: {tail[:300]}")
-    return decode(host.name, out)
+def _document(d):
+    if not isinstance(d, dict):
+        raise ValueError("macOS facts are not a JSON object")
+    return d
 
 
-def check(inv, hosts, problems, figures):
-    """Add each host's macOS problems to ``problems`` and its one-line figure to ``figures``."""
-    got = on_hosts(hosts, lambda h: host_facts(inv, h))
-    for name, facts in got.items():
-        if isinstance(facts, HostError):
-            figures[name] = f"macOS facts unread: {facts.message}"
-            continue
+def query():
+    """The macOS facts, asked in preflight's one probe session per host (``probe.py macos``)."""
+    return Query(("macos", os.environ.get(FORCE) or "-"), _document)
+
+
+def check(answers, problems, figures):
+    """Add each host's macOS problems to ``problems`` and its one-line figure to ``figures``, from
+    ``answers`` ({host: the facts :func:`query` read})."""
+    for name, facts in answers.items():
         found, figures[name] = judge(facts)
         problems.setdefault(name, []).extend(found)

@@ -10,26 +10,49 @@ from .lock import lock_dir, lock_state
 from .writer import profile_hosts, run_query
 
 
-def gather(inv, hosts, profile):
+KEYS = ("dataset", "cache", "run")
+
+
+def gather(inv, hosts, profile, first=None):
     """Dataset, cache and run facts of local and every host, one ssh session per host:
-    {"dataset": {name: facts}, "cache": {...}, "run": {...}} (a HostError where one failed)."""
+    {"dataset": {name: facts}, "cache": {...}, "run": {...}, "first": {name: [answers]}} (a HostError
+    where one failed). ``first``: {host: queries} asked before those in the same session (the data
+    path, which needs every host's session at once, and the macOS facts)."""
+    first = first or {}
+
     def queries(h):
-        return [dataset_query(h), cache_query(inv, h)] + ([] if h.is_local else [run_query(h, profile)])
-    got = on_hosts([inv.local, *hosts], lambda h: ask(inv, h, *queries(h)))
-    out = {"dataset": {}, "cache": {}, "run": {}}
+        own = [dataset_query(h), cache_query(inv, h)] + ([] if h.is_local else [run_query(h, profile)])
+        extra = first.get(h.name, [])
+        timeout = inv.ssh.probe_timeout + datapath.WAIT + datapath.TIMEOUT if extra else None
+        return ask(inv, h, *extra, *own, timeout=timeout)
+    got = on_hosts([inv.local, *hosts], queries)
+    out = {key: {} for key in (*KEYS, "first")}
     for name, res in got.items():
-        for i, key in enumerate(("dataset", "cache", "run")):
+        skip = len(first.get(name, []))
+        out["first"][name] = res if isinstance(res, HostError) else res[:skip]
+        for i, key in enumerate(KEYS):
             if key == "run" and name == "local":
                 continue
-            out[key][name] = res if isinstance(res, HostError) else res[i]
+            out[key][name] = res if isinstance(res, HostError) else res[skip + i]
     return out
 
 
+def _first_queries(hosts, backend):
+    """{host: [data-path queries..., macOS query]}, or a PortError's text for local."""
+    try:
+        links = datapath.queries(hosts, backend)
+    except datapath.PortError as e:
+        return {h.name: [macos.query()] for h in hosts}, str(e)
+    return {h.name: [*links[h.name], macos.query()] for h in hosts}, None
+
+
 def preflight(inv, profile):
-    """A Report whose failures name host and reason, and the run facts it read ({host: RunFacts})
-    so the caller need not ask again."""
+    """A Report whose failures name host and reason, the run facts it read ({host: RunFacts}) and
+    local's (DatasetFacts, CacheFacts), so the caller need not ask again. One ssh session per host answers everything (dataset, cache,
+    run directory, the ring's data path, macOS), every host at once."""
     hosts = profile_hosts(inv, profile)
-    got = gather(inv, hosts, profile)
+    first, port_error = _first_queries(hosts, profile.backend)
+    got = gather(inv, hosts, profile, first)
     problems = {h.name: [] for h in hosts}
     for what, report in (("dataset", verify_dataset(inv, hosts, got["dataset"])),
                          ("cache", judge_caches(got["cache"]))):
@@ -38,24 +61,26 @@ def preflight(inv, profile):
                 problems.setdefault(r.host, []).append(f"{what} {r.verdict}: {r.detail}")
     runs = got["run"]
     _run_problems(inv, profile, hosts, runs, problems)
-    _links(inv, profile, hosts, runs, problems)
+    answers = {h.name: got["first"][h.name] for h in hosts}
+    _links(profile, hosts, answers, port_error, problems)
     shown = {}  # {host: "macOS: caffeinate, F_FULLFSYNC, firewall on, python allowed" or "not darwin ..."}
-    macos.check(inv, [h for h in hosts if not isinstance(runs.get(h.name), HostError)], problems, shown)
+    macos.check({n: a[-1] for n, a in answers.items() if not isinstance(a, HostError)}, problems, shown)
     results = [HostResult(name, datapath.verdict(items), not items, "; ".join(items),
                           {**_figures(runs.get(name)), **({"macos": shown[name]} if name in shown else {})})
                for name, items in problems.items()]
-    return Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)}
+    local = (got["dataset"]["local"], got["cache"]["local"])
+    return (Report("preflight", tuple(results)), {k: v for k, v in runs.items() if not isinstance(v, HostError)},
+            None if any(isinstance(f, HostError) for f in local) else local)
 
 
-def _links(inv, profile, hosts, runs, problems):
-    """The ring's data path (or jaccl's coordinator and RDMA devices), once every host answered."""
-    if any(isinstance(runs[h.name], HostError) for h in hosts):
+def _links(profile, hosts, answers, port_error, problems):
+    """The ring's data path (or jaccl's coordinator and RDMA devices), judged once every host answered."""
+    if port_error:
+        problems.setdefault("local", []).append(port_error)
         return
-    try:
-        found = datapath.check(inv, hosts, profile.backend)
-    except datapath.PortError as e:
-        found = {"local": [str(e)]}
-    for name, items in found.items():
+    if any(isinstance(a, HostError) for a in answers.values()):
+        return
+    for name, items in datapath.judge(hosts, profile.backend, {n: a[:-1] for n, a in answers.items()}).items():
         problems.setdefault(name, []).extend(items)
 
 

@@ -17,6 +17,8 @@ from ..remote import HostError, ask, on_hosts
 from ..report import printable
 from .writer import profile_hosts, run_query
 
+CALLER_GATES = "chunks: caller gates: "  # the runner's line when it left the last window's check to fab
+NOCOMMIT = 76  # the chunk runner's exit when a window ended without committing its end step
 EVENT_PREFIX = "LANE "  # a rank's event: this prefix, then one JSON object (onhost/lane_train.py)
 EVENT = re.compile(r"(?:^|[^A-Za-z0-9_])LANE (?=\{)")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -35,6 +37,7 @@ class RunOutcome:
     tail: list = field(default_factory=list)
     launches: list = field(default_factory=list)
     plans: list = field(default_factory=list)
+    caller_gates: bool = False  # the runner left the last window's commit check to fab (it printed CALLER_GATES)
 
 
 def parse_event(line):
@@ -73,12 +76,21 @@ def _num(x):
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
-def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout):
+def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout, start=None, first_plan=None):
     """Run the chunk runner; stream progress; end it (and every rank) after ``watchdog`` seconds
-    without a progress line, or on Ctrl-C."""
+    without a progress line, or on Ctrl-C. ``start``: the committed step preflight read, handed over
+    so the runner need not read it again (each window's plan checks the writer is still there); the
+    caller then gates the last window itself (see :func:`runner_exit`). ``first_plan``: the first
+    window's plan folder, made by the caller (``plan.plan_first``)."""
     argv = ["bash", str(layout.CHUNKS), profile.name, str(target), str(window)]
     env = dict(os.environ, THUNDER_INVENTORY=inv.path, THUNDER_PYTHON=sys.executable, PYTHONUNBUFFERED="1",
                THUNDER_PLAN_ROOT=str(layout.local(inv).plans(profile.run_name)))
+    for name in ("THUNDER_START_STEP", "THUNDER_CALLER_GATES", "THUNDER_FIRST_PLAN"):
+        env.pop(name, None)
+    if start is not None:
+        env.update(THUNDER_START_STEP=str(int(start)), THUNDER_CALLER_GATES="1")
+    if first_plan is not None:
+        env.update(THUNDER_FIRST_PLAN=str(first_plan))
     outcome = RunOutcome(command=shlex.join(argv[1:]), exit_code=-1, seconds=0.0, log=str(log_path))
     t0 = time.monotonic()
     last = [time.monotonic()]
@@ -123,7 +135,9 @@ def _read(p, log, outcome, last, out):
             out.write(describe(event) + "\n")
         elif line.startswith(("chunks:", "launch:")):
             last[0] = time.monotonic()
-            if line.startswith("launch: + "):
+            if line.startswith(CALLER_GATES):
+                outcome.caller_gates = True
+            elif line.startswith("launch: + "):
                 outcome.launches.append(line[len("launch: + "):])
             elif line.startswith("launch: plan in "):
                 outcome.plans.append(line[len("launch: plan in "):])
@@ -144,6 +158,15 @@ def _end_group(p, grace=5.0):
         time.sleep(0.1)
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
+
+
+def runner_exit(launch_exit, committed_step, target):
+    """The exit the chunk runner would have given had it checked the last window itself: 0 when
+    checkpoint.json reached ``target`` (a non-zero launch is then a noisy teardown), else the launch's
+    code, or :data:`NOCOMMIT` when the launch ended cleanly without committing."""
+    if committed_step == target:
+        return 0
+    return launch_exit or NOCOMMIT
 
 
 def finish(inv, profile):

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from .. import checkpoint, layout
 from ..remote import HostError
 from ..report import HostResult, Report
+from .plan import plan_first
 from .preflight import preflight
-from .runner import RunOutcome, finish, run_chunks
+from .runner import RunOutcome, finish, run_chunks, runner_exit
 from .triage import NOISY, SUCCESS, classify, refusal
 from .writer import committed, writer_facts
 
@@ -41,7 +42,7 @@ def gate_writer(inv, profile, target):
 
 def train_window(inv, profile, target, window, watchdog=None, skip_preflight=False, out=sys.stdout):
     """The whole task: preflight, train (unless at the target), reap, gate, classify."""
-    pre, runs = (Report("preflight", ()), {}) if skip_preflight else preflight(inv, profile)
+    pre, runs, local = (Report("preflight", ()), {}, None) if skip_preflight else preflight(inv, profile)
     if not pre.ok:
         return WindowResult(profile.name, target, refusal(pre), "preflight failed on " + ", ".join(pre.failed), pre)
     start = checkpoint.committed_step(runs[profile.writer]) if profile.writer in runs else None
@@ -49,11 +50,17 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     if start >= target:
         return _at_target(inv, profile, target, start, pre)
     log = layout.local(inv).log(profile.run_name, time.strftime("%Y%m%dT%H%M%S"))
-    outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out)
+    handed = start if profile.writer in runs else None  # read by this preflight: the runner need not
+    first = plan_first(inv, profile, start, target, window, (runs[profile.writer], *local)) \
+        if handed is not None and local else None
+    outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed, first)
     if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
         return WindowResult(profile.name, target, LOCKED, "another window of this run holds the lock; "
                             "this one started nothing and ended nothing", pre, outcome=outcome, start_step=start)
     reaped, wfacts = finish(inv, profile)
+    if outcome.caller_gates:  # the runner left the last window's commit check to this gate
+        step = None if isinstance(wfacts, HostError) else checkpoint.committed_step(wfacts)
+        outcome.exit_code = runner_exit(outcome.exit_code, step, target)
     g = checkpoint.gate(profile.writer, wfacts, target) if not isinstance(wfacts, HostError) else \
         HostResult(profile.writer, wfacts.kind, False, wfacts.message)
     verdict, why = classify(outcome, g.ok)
