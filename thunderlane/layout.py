@@ -49,6 +49,10 @@ class Local:
         """Where the handoff report goes when there is no mirror to put it in."""
         return self.root / ".reports" / run_name
 
+    def row_memo(self):
+        """Local's row verdicts, one file per dataset file's sha256 (``rowmemo.py``)."""
+        return self.root / ".row-memo"
+
 
 def local(inv):
     return Local(inv.local.runs_root)

@@ -1,8 +1,8 @@
 """verify-dataset and verify-cache: probe local and every host at once, then judge."""
 from dataclasses import replace
 
-from . import cache, dataset, facts, hostenv, requirements
-from .remote import HostError, ask, ask_each, on_hosts
+from . import cache, dataset, facts, hostenv, requirements, rowmemo
+from .remote import PROBE_SOURCE, HostError, ask, ask_each, on_hosts
 from .report import HostResult, Report
 
 
@@ -12,10 +12,11 @@ def unreachable(err):
 
 
 def dataset_query(host):
-    """Local's rows are validated (the reference); a host only sums its files (``dataset --sums``):
-    :func:`verify_dataset` judges its rows by local's where the bytes are equal, and asks again,
-    rows and all, only a host whose bytes differ."""
-    return facts.dataset(host.dataset_root, rows=host.is_local)
+    """Every host, local too, sums its files (``dataset --sums``). :func:`verify_dataset` takes
+    local's row verdicts from the memo (``rowmemo.py``) or has local parse its rows, judges a host's
+    rows by local's where the bytes are equal, and asks again, rows and all, only a host whose bytes
+    differ."""
+    return facts.dataset(host.dataset_root, rows=False)
 
 
 def cache_query(inv, host, deep=False):
@@ -27,6 +28,8 @@ def verify_dataset(inv, hosts, gathered=None):
     if already read (preflight)."""
     got = dict(gathered or ask_each(inv, [inv.local, *hosts], dataset_query))
     local = got.pop("local")
+    if not isinstance(local, HostError):
+        local = _local_rows(inv, local)
     if isinstance(local, HostError):
         return Report("verify-dataset", (unreachable(local),))
     got = _rows_judged(inv, hosts, got, local)
@@ -34,6 +37,19 @@ def verify_dataset(inv, hosts, gathered=None):
     for name, f in got.items():
         results.append(unreachable(f) if isinstance(f, HostError) else dataset.judge(name, f, local))
     return Report("verify-dataset", tuple(results))
+
+
+def _local_rows(inv, summed):
+    """Local's facts with every row judged: the memo's verdicts where both its keys match, else
+    local parses its rows once (and the memo keeps the verdicts). A HostError if local cannot."""
+    memo = rowmemo.Memo(inv.local.runs_root, rowmemo.validator(PROBE_SOURCE, inv.local.python))
+    local = memo.recall(summed)
+    if not dataset.unchecked(local):
+        return local
+    local = ask_each(inv, [inv.local], lambda h: facts.dataset(h.dataset_root))["local"]
+    if not isinstance(local, HostError):
+        memo.remember(local)
+    return local
 
 
 def _rows_judged(inv, hosts, got, local):

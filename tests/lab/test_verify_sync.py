@@ -1,8 +1,10 @@
 """The foundation on the lab, end to end through the real `fab` command."""
+import hashlib
 import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 from thunderlane import lab
 from thunderlane.lab import kit
@@ -85,6 +87,22 @@ def test_broken_json_row_is_host_file_line(lab_inv):
     p = fab(lab_inv, "verify-dataset")
     assert p.returncode == 1
     assert "mac4:valid.jsonl:7: not JSON" in p.stdout
+
+
+def test_local_row_verdicts_are_parsed_once_then_read_from_the_memo(lab_inv):
+    """A changed local file is parsed (a memo miss) and its verdict kept under the local runs root;
+    the next run reads it from there (an entry edited with its keys intact shows through) and reports
+    exactly what the parse reported."""
+    memo = Path(lab_inv.local.runs_root) / ".row-memo"
+    edit_row(lab_inv.local.dataset_root, "valid.jsonl", 7, '{"messages": [{"role": "user"')
+    cold = fab(lab_inv, "verify-dataset")
+    assert cold.returncode == 1 and "local:valid.jsonl:7: not JSON" in cold.stdout
+    warm = fab(lab_inv, "verify-dataset")
+    assert (warm.returncode, warm.stdout) == (cold.returncode, cold.stdout)
+    sha = hashlib.sha256(Path(lab_inv.local.dataset_root, "valid.jsonl").read_bytes()).hexdigest()
+    entry = memo / f"{sha}.json"
+    entry.write_text(entry.read_text().replace("not JSON", "remembered"))
+    assert "local:valid.jsonl:7: remembered" in fab(lab_inv, "verify-dataset").stdout
 
 
 def test_stopped_host_is_unreachable_while_other_is_verified(lab_inv, lab_dir):
