@@ -73,9 +73,11 @@ def io_timeout(inv, checksum):
     return max(inv.ssh.rsync_timeout, inv.ssh.deep_probe_timeout) if checksum else inv.ssh.rsync_timeout
 
 
-def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None):
+def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None,
+                  source=()):
     """The exact launcher command line for ``host``; ``ssh``: the ``--ssh`` value (default: the
-    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space)."""
+    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space);
+    ``source``: the options that make the host pull from a peer (``peers.launcher_options``)."""
     ssh = ssh or ssh_command(inv, host)
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python,
@@ -83,7 +85,7 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=Fals
     argv += ["--dry-run"] if dry_run else []
     argv += ["--checksum"] if checksum else []
     argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []
-    return argv + [host.destination]
+    return argv + list(source) + [host.destination]
 
 
 def dest_cache_of(host, facts):
@@ -144,15 +146,16 @@ def host_lock(inv, host):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout):
+def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout, source=()):
     """Verify, push what is missing, verify again, under the host's sync lock. Raises
     :class:`SyncError` on any failure. ``checksum`` compares contents (and verifies deeply before
-    and after): it repairs a blob whose bytes changed without its size or mtime changing."""
+    and after): it repairs a blob whose bytes changed without its size or mtime changing.
+    ``source``: launcher options that make the host pull from a peer (default: push from local)."""
     with host_lock(inv, host):
-        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out)
+        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source)
 
 
-def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
+def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=()):
     t0 = time.monotonic()
     facts = gather_caches(inv, [host], deep=checksum)
     before = judge_caches(facts)
@@ -167,7 +170,7 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     missing = host_before.figures.get("missing_bytes") or 0
     dest = dest_cache_of(host, facts[host.name])
     with rsync_shell(inv, host) as ssh:
-        argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
+        argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh, source)
         command = shlex.join(argv)
         out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
                   f"missing {human_bytes(missing)}\n$ {command}\n")

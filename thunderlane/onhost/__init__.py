@@ -9,7 +9,7 @@ a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "links", "probe")
+PROBE = ("files", "runs", "store", "links", "peer", "probe")
 MACOS = ("macos",)  # preflight's macOS facts (firewall, caffeinate, F_FULLFSYNC)
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
@@ -19,12 +19,19 @@ def source(modules):
     return "\n\n".join((HERE / f"{name}.py").read_text(encoding="utf-8") for name in modules)
 
 
+PEER_INSTALL = ("peer", "peer_install")  # fab setup-peers: the peer key and pinned host keys
+
+
 def probe_source():
     return source(PROBE)
 
 
 def entry_source():
     return source(ENTRY)
+
+
+def peer_install_source():
+    return source(PEER_INSTALL)
 
 
 def macos_source():
