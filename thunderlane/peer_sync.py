@@ -80,7 +80,7 @@ def link_problems(inv, sources, targets, got):
 
 def refuse_forced(forced, targets, sources, verdicts):
     """Raise :class:`SyncError` naming why ``--from forced`` cannot serve every cold target."""
-    if forced == LOCAL:
+    if forced in (None, LOCAL):
         return
     if forced in {t.name for t in targets}:
         raise SyncError(f"--from {forced}: a host cannot be its own source")

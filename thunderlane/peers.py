@@ -120,11 +120,11 @@ def link_problem(src, tgt, got, pub_b64, pinned):
 
 def peer_ssh(tgt, got, connect_timeout, src):
     """The ssh command ``tgt`` runs to reach ``src`` (the launcher's ``--peer-ssh``): the peer key
-    only, ``src``'s pinned key only, no agent, no forwarding, nothing from a config file, and bound
-    to ``tgt``'s own data address (the one ``src``'s ``from=`` accepts)."""
+    only, ``src``'s pinned key only, no agent, no forwarding, nothing from a config file (so no
+    LocalCommand either), and bound to ``tgt``'s own data address (the one ``src``'s ``from=`` accepts)."""
     opts = [("IdentitiesOnly", "yes"), ("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"),
             ("UserKnownHostsFile", got.path(KNOWN_NAME)), ("GlobalKnownHostsFile", "/dev/null"),
-            ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"), ("PermitLocalCommand", "no"),
+            ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"),
             ("ConnectTimeout", connect_timeout), ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3),
             ("BindAddress", tgt.data_ip)]
     argv = ["ssh", "-F", "none", "-i", got.path(KEY_NAME)]
