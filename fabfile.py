@@ -134,7 +134,7 @@ def _filled_row(f):
     source = {"host": f.step.target, "source": f.step.source, "why": f.step.why, "fallback_from": f.step.fallback,
               "fallback_error": f.fallback_error}
     if f.outcome is None:
-        return {**source, "error": f"{f.step.target} <- {f.step.source}: {f.error}"}
+        return {**source, "error": f.error if f.step.source == "local" else f"{f.error} (pulling from {f.step.source})"}
     return {**source, **_sync_row(f.outcome)}
 
 
@@ -149,9 +149,10 @@ def _sync_row(o):
 
 
 def _sync_line(r):
-    """One summary line per host: source, before -> after, bytes sent against missing, time."""
+    """One summary line per host: a peer source, before -> after, bytes sent against missing, time."""
     estimate = r["literal_derivation"]
-    return (f"{r['host']} <- {r['source']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
+    who = r["host"] if r["source"] == "local" else f"{r['host']} <- {r['source']}"
+    return (f"{who}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
             f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
             + (f"; {r['detail']}" if r["detail"] else "")
             + (f"; {r['fallback_from']} failed first: {r['fallback_error']}" if r.get("fallback_from") else ""))

@@ -22,13 +22,14 @@ class Step:
     fallback: str | None = None
 
 
-def choose(target, complete, problems, busy=frozenset(), broken=frozenset()):
+def choose(target, complete, problems, busy=frozenset(), broken=frozenset(), blocked=None):
     """The source for ``target``: (name, why), or (None, why) if every usable one is busy.
     ``complete``: hosts whose cache is complete, in order of preference; ``problems``:
     {(source, target): why that link cannot be used, or None}; ``busy`` sources serve another
-    target now; ``broken`` ones failed once and are not used again."""
-    unusable = []
-    for src in complete:
+    target now; ``broken`` ones failed once and are not used again; ``blocked``: why no peer
+    can serve at all (then local is the source)."""
+    unusable = [blocked] if blocked else []
+    for src in complete if not blocked else ():
         if src == target or src in broken:
             continue
         why = problems.get((src, target), "not checked")
@@ -40,6 +41,8 @@ def choose(target, complete, problems, busy=frozenset(), broken=frozenset()):
             return src, f"{src} is complete and reachable over the data link"
     if LOCAL in busy:
         return None, "every source is busy"
+    if blocked:
+        return LOCAL, f"no peer can serve it: {blocked}"
     peers = "; ".join(unusable) or "no other host has a complete cache"
     return LOCAL, f"no complete peer can serve it ({peers})"
 
@@ -55,6 +58,7 @@ class Fill:
     problems: dict
     forced: str | None = None
     chain: bool = True
+    blocked: str | None = None
     waiting: list = field(default_factory=list)
     busy: dict = field(default_factory=dict)      # target -> its Step
     broken: set = field(default_factory=set)
@@ -107,4 +111,4 @@ class Fill:
             return (None, "busy") if self.forced in busy else (self.forced, f"--from {self.forced}")
         if target in self.fell_back:
             return (None, "busy") if LOCAL in busy else (LOCAL, "fallback")
-        return choose(target, self.complete, self.problems, busy, self.broken)
+        return choose(target, self.complete, self.problems, busy, self.broken, self.blocked)

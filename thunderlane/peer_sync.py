@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from . import layout, peers
 from .peer_plan import LOCAL, Fill, Step
-from .peer_setup import local_key, pinned_keys
-from .remote import HostError, ask_each
+from .peer_setup import key_path, local_key, pinned_keys
+from .remote import HostError, ask, on_hosts
 from .sync import SyncError, dest_cache_of, sync_cache
-from .verify import gather_caches, judge_caches
+from .verify import cache_query, gather_caches, judge_caches
+
+SURVEY_TIMEOUT = 30  # seconds a possible source may take to answer before it is left out
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Sources:
     complete: list
     peer_facts: dict
     problems: dict
+    blocked: str | None = None   # why no peer can serve at all
 
 
 def launcher_pulls():
@@ -48,32 +51,71 @@ def launcher_pulls():
 
 
 def survey(inv, targets, forced=None, checksum=False):
-    """The plan's inputs. Raises :class:`SyncError` when local cannot be the reference."""
-    caches = gather_caches(inv, list(inv.hosts.values()), deep=checksum)
-    report = judge_caches(caches, deep=checksum)
-    if not report.results[0].ok:
-        ref = report.results[0]
-        raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
-    verdicts = {r.host: r for r in report.results[1:]}
-    complete = [n for n in inv.hosts if verdicts[n].ok]
-    cold = [t.name for t in targets if t.name not in complete]
-    candidates = [forced] if forced else complete
-    if not cold or forced == LOCAL or not candidates:
+    """The plan's inputs and every host's verdict. First today's probe (local and the targets); only
+    when a target is cold and a peer could serve, the other hosts' caches and the peer key's facts.
+    Raises :class:`SyncError` when local cannot be the reference."""
+    caches = gather_caches(inv, targets, deep=checksum)
+    verdicts = _verdicts(caches, checksum)
+    complete = [t.name for t in targets if verdicts[t.name].ok]
+    cold = [t.name for t in targets if not verdicts[t.name].ok]
+    if forced == LOCAL or not (cold or forced):
         return Sources(caches, complete, {}, {}), verdicts
-    asked = [inv.hosts[n] for n in dict.fromkeys(cold + candidates)]
-    got = ask_each(inv, asked, lambda h: peers.query())
+    blocked = peers_blocked(inv) if cold else None
+    if blocked and not forced:
+        return Sources(caches, complete, {}, {}, blocked), verdicts
+    # --from's host is always looked at: an incomplete source is refused even with nothing to pull
+    others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
+    more, got = _ask_peers(inv, others, [inv.hosts[n] for n in cold], checksum, peer_facts=cold and not blocked)
+    caches.update(more)
+    verdicts.update(_verdicts({"local": caches["local"], **more}, checksum))
+    complete += [h.name for h in others if verdicts[h.name].ok]
+    if blocked or not cold:
+        return Sources(caches, complete, {}, {}, blocked), verdicts
     # a target that finishes serves the next, so cold hosts are sources too (not with --from)
-    problems = link_problems(inv, candidates if forced else complete + cold, cold, got)
+    sources = [forced] if forced else complete + cold
+    problems = link_problems(inv, sources, cold, got)
     return Sources(caches, complete, got, problems), verdicts
 
 
+def _verdicts(caches, checksum):
+    report = judge_caches(caches, deep=checksum)
+    ref = report.results[0]
+    if not ref.ok:
+        raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
+    return {r.host: r for r in report.results[1:]}
+
+
+def _ask_peers(inv, others, cold, checksum, peer_facts=True):
+    """({other host: CacheFacts or HostError}, {host: PeerFacts or HostError}) in one session per
+    host. A peer that does not answer within SURVEY_TIMEOUT is no source (the sync goes on)."""
+    def one(h):
+        queries = ([cache_query(inv, h, checksum)] if h in others else []) + ([peers.query()] if peer_facts else [])
+        return ask(inv, h, *queries, timeout=None if checksum else min(inv.ssh.probe_timeout, SURVEY_TIMEOUT))
+    answers = on_hosts(list(dict.fromkeys(others + (cold if peer_facts else []))), one)
+    caches = {h.name: a if isinstance(a, HostError) else a[0] for h, a in
+              ((inv.hosts[n], a) for n, a in answers.items()) if h in others}
+    got = {n: a if isinstance(a, HostError) else a[-1] for n, a in answers.items()} if peer_facts else {}
+    return caches, got
+
+
+def peers_blocked(inv):
+    """Why no peer can serve at all (the launcher, local's peer key, local's known_hosts), or None."""
+    if not launcher_pulls():
+        return "the sync launcher cannot pull from a peer (no --from-host)"
+    if key_path(inv).is_file():
+        return None
+    return "there is no peer key on local (fab setup-peers makes and installs it)"
+
+
 def link_problems(inv, sources, targets, got):
-    """{(source, target): why not, or None} for every pair (the launcher and local's key first)."""
+    """{(source, target): why not, or None} for every pair."""
     _, pub = local_key(inv)
-    common = None if launcher_pulls() else "the sync launcher cannot pull from a peer (no --from-host)"
-    if pub is None:
-        common = common or "there is no peer key on local (fab setup-peers makes and installs it)"
-    pinned = pinned_keys(inv) if common is None else {}
+    try:
+        pinned = pinned_keys(inv)
+    except HostError as e:
+        pinned, common = {}, e.message
+    else:
+        common = None
     return {(s, t): common or peers.link_problem(inv.hosts[s], inv.hosts[t], got, pub, pinned)
             for s in sources for t in targets if s != t}
 
@@ -88,6 +130,8 @@ def refuse_forced(forced, targets, sources, verdicts):
         v = verdicts[forced]
         raise SyncError(f"--from {forced}: its cache is {v.verdict} ({v.detail}); a source must be complete, "
                         f"at local's revision")
+    if sources.blocked:
+        raise SyncError(f"--from {forced}: {sources.blocked}")
     for (src, tgt), why in sorted(sources.problems.items()):
         if why:
             raise SyncError(f"--from {forced}: {tgt} cannot pull from {src}: {why}")
@@ -107,7 +151,8 @@ def fill(inv, targets, forced=None, dry_run=False, checksum=False, bwlimit=None,
     sources, verdicts = survey(inv, targets, forced, checksum)
     refuse_forced(forced, targets, sources, verdicts)
     names = [t.name for t in targets]
-    plan = Fill(names, list(sources.complete), sources.problems, forced=forced, chain=not dry_run)
+    plan = Fill(names, list(sources.complete), sources.problems, forced=forced, chain=not dry_run,
+                blocked=sources.blocked)
     first = plan.start()
     warm = [Step(n, LOCAL, "complete already: verified, only what differs is sent") for n in names
             if n in sources.complete]

@@ -220,3 +220,29 @@ def test_choose_says_why_each_peer_cannot_serve():
                                                  ("mac6", "mac4"): None}, busy={"mac6"})
     assert src == LOCAL and "mac5: the peer key is not installed on mac4" in why and "mac6: busy" in why
     assert choose("mac4", ["mac5"], {}, busy={LOCAL})[0] is None
+
+
+# --- the programs as a host runs them (python -c BUNDLE) --------------------------------------------
+
+def test_the_installer_takes_the_key_on_stdin_and_the_probe_reports_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from thunderlane import onhost
+    env = dict(os.environ, HOME=str(tmp_path))
+    private, pub = new_key()
+    inv = inv_of(2)
+    doc = peers.install_doc(inv, inv.hosts["mac5"], private, pub, PINNED)
+    p = subprocess.run([sys.executable, "-I", "-c", onhost.peer_install_source()], input=json.dumps(doc),
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["home"] == str(tmp_path)
+    probe = subprocess.run([sys.executable, "-I", "-c", onhost.probe_source(), "peer"], capture_output=True,
+                           text=True, env=env)
+    got = peers.PeerFacts.from_json(json.loads(probe.stdout))
+    assert got.key_public == pub and got.authorized == (doc["authorized"],)
+    assert got.known_hosts == "198.19.0.4 ssh-ed25519 HOSTKEY4\n"
+    assert peers.key_problem(inv.hosts["mac5"], got, pub) is None
+    bad = subprocess.run([sys.executable, "-I", "-c", onhost.peer_install_source()], input="{not json",
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "peer install: JSONDecodeError" in bad.stderr
