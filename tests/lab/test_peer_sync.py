@@ -28,16 +28,25 @@ def remove_peers(inv, lab_dir):
             keys.write_text(authorized_text(keys.read_text(), None))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_peers_after(lab_dir):
+    """The peer key stays installed from test to test (reseeding leaves homes alone); gone at the end."""
+    yield
+    remove_peers(inventory.load(lab_dir / "hosts.yaml"), lab_dir)
+
+
 @pytest.fixture
-def peered(lab_inv, lab_dir):
+def peered(lab_inv):
+    report = peer_setup.setup_peers(lab_inv)  # in-process: "nothing to do" after the first time
+    assert report.ok, report.to_json()
+    return lab_inv, report
+
+
+def test_setup_peers_installs_once_and_never_the_control_key(lab_inv, lab_dir):
+    remove_peers(lab_inv, lab_dir)
     code, report = fab_json(lab_inv, "setup-peers")
     assert code == 0, report
-    yield lab_inv, report
-    remove_peers(lab_inv, lab_dir)
-
-
-def test_setup_peers_installs_once_and_never_the_control_key(peered, lab_dir):
-    inv, report = peered
+    inv = lab_inv
     assert {r["host"]: r["verdict"] for r in report["results"]} == {"mac4": "installed", "mac5": "installed"}
     code, again = fab_json(inv, "setup-peers")
     assert code == 0 and {r["verdict"] for r in again["results"]} == {"nothing to do"}
@@ -72,6 +81,7 @@ def test_without_from_the_complete_peer_is_chosen(peered):
 
 
 def test_from_refuses_before_setup_peers_and_from_an_incomplete_host(lab_inv, lab_dir):
+    remove_peers(lab_inv, lab_dir)
     p = fab(lab_inv, "sync-cache", "--host", "mac4", "--from", "mac5")
     assert p.returncode == 1 and "--from mac5: there is no peer key on local (fab setup-peers makes and " \
         "installs it)" in p.stderr, p.stderr
