@@ -246,3 +246,24 @@ def test_the_installer_takes_the_key_on_stdin_and_the_probe_reports_it(tmp_path)
     bad = subprocess.run([sys.executable, "-I", "-c", onhost.peer_install_source()], input="{not json",
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "peer install: JSONDecodeError" in bad.stderr
+
+
+def test_from_is_refused_before_anything_moves_naming_why():
+    from thunderlane.peer_sync import Sources, refuse_forced
+    from thunderlane.report import HostResult
+    from thunderlane.sync import SyncError
+    inv = inv_of(3)
+    targets = [inv.hosts["mac4"], inv.hosts["mac6"]]
+    verdicts = {"mac5": HostResult("mac5", "other-revision", False, "refs/main is bbbb, local has aaaa")}
+    cases = [("mac4", Sources({}, [], {}, {}), "--from mac4: a host cannot be its own source"),
+             ("mac5", Sources({}, [], {}, {}), "--from mac5: its cache is other-revision (refs/main is bbbb"),
+             ("mac5", Sources({}, ["mac5"], {}, {}, "there is no peer key on local"),
+              "--from mac5: there is no peer key on local"),
+             ("mac5", Sources({}, ["mac5"], {}, {("mac5", "mac4"): None, ("mac5", "mac6"): "no key on mac6"}),
+              "--from mac5: mac6 cannot pull from mac5: no key on mac6")]
+    for forced, sources, why in cases:
+        with pytest.raises(SyncError) as e:
+            refuse_forced(forced, targets, sources, verdicts)
+        assert why in str(e.value)
+    refuse_forced("mac5", targets, Sources({}, ["mac5"], {}, {("mac5", "mac4"): None}), verdicts)  # fine
+    refuse_forced("local", targets, Sources({}, [], {}, {}), verdicts)
