@@ -53,12 +53,16 @@ def launcher_pulls():
 def survey(inv, targets, forced=None, checksum=False):
     """The plan's inputs and every host's verdict. First today's probe (local and the targets); only
     when a target is cold and a peer could serve, the other hosts' caches and the peer key's facts.
-    Raises :class:`SyncError` when local cannot be the reference."""
+    Raises :class:`SyncError` when local cannot be the reference. When no peer can serve anyway
+    (``--from local``, no peer key on local) nothing is asked here: each sync asks for itself."""
+    blocked = peers_blocked(inv) if forced is None else None
+    if forced == LOCAL or blocked:
+        return Sources({}, [], {}, {}, blocked), {}
     caches = gather_caches(inv, targets, deep=checksum)
     verdicts = _verdicts(caches, checksum)
     complete = [t.name for t in targets if verdicts[t.name].ok]
     cold = [t.name for t in targets if not verdicts[t.name].ok]
-    if forced == LOCAL or not (cold or forced):
+    if not (cold or forced):
         return Sources(caches, complete, {}, {}), verdicts
     blocked = peers_blocked(inv) if cold else None
     if blocked and not forced:
