@@ -6,6 +6,8 @@ The whole inventory is one peer group: each host's ``from=`` names every other h
 so the task always covers every host (a subset would leave the others' lines stale).
 """
 import io
+import json
+import shlex
 import time
 
 import paramiko
@@ -14,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from invoke.exceptions import CommandTimedOut
 
 from . import fsutil, layout, onhost, peers
+from .onhost.peer import public_blob_b64
 from .remote import HostError, _ssh_error, _timed_out, ask, decode, on_hosts, open_session
 from .report import HostResult, Report
 
@@ -42,7 +45,7 @@ def local_key(inv, create=False):
         fsutil.atomic_write(path.with_name(path.name + ".pub"), f"{public} {peers.TAG}\n")
         fsutil.atomic_write(path, private, mode=0o600)  # last: its presence means both are whole
     private = path.read_text()
-    pub = onhost.peer.public_blob_b64(private)
+    pub = public_blob_b64(private)
     if pub is None:
         raise HostError("local", "key", f"{path} is not an OpenSSH private key; remove it and run setup-peers again")
     return private, pub
@@ -65,7 +68,6 @@ def pinned_keys(inv):
 
 def run_with_input(inv, host, argv, data, timeout):
     """Run ``argv`` on ``host`` with ``data`` on its stdin: (exit code, stdout, stderr)."""
-    import shlex
     try:
         with open_session(inv, host) as conn:
             r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=io.StringIO(data), timeout=timeout)
@@ -93,7 +95,7 @@ def setup_host(inv, host, private, pub, pinned):
     got = ask(inv, host, peers.query())[0]
     verdict = "nothing to do"
     if not installed(got, doc, pub):
-        code, out, err = run_with_input(inv, host, [host.python, "-c", INSTALL_SOURCE], _json(doc), INSTALL_TIMEOUT)
+        code, out, err = run_with_input(inv, host, [host.python, "-c", INSTALL_SOURCE], json.dumps(doc), INSTALL_TIMEOUT)
         if code != 0:
             tail = ((err or "").strip().splitlines() or ["no output"])[-1][:300]
             raise HostError(host.name, "failed", f"peer key install exited {code}: {tail}")
@@ -105,11 +107,6 @@ def setup_host(inv, host, private, pub, pinned):
     return HostResult(host.name, verdict, True,
                       f"key {got.path('id_ed25519')}; accepts it from {', '.join(others) or 'no other host'} "
                       f"({time.monotonic() - started:.1f}s)", {"home": got.home, "peers": len(others)})
-
-
-def _json(doc):
-    import json
-    return json.dumps(doc)
 
 
 def setup_peers(inv):
