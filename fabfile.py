@@ -15,7 +15,7 @@ from thunderlane import inventory
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.report import human_bytes
-from thunderlane.sync import SyncError, sync_cache as run_sync
+from thunderlane.sync import SyncError
 from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
 
 
@@ -34,6 +34,7 @@ class _Lazy:
 handoff_mod, lab, mirror = _Lazy("thunderlane.handoff"), _Lazy("thunderlane.lab"), _Lazy("thunderlane.mirror")
 profiles, setup_mod = _Lazy("thunderlane.profiles"), _Lazy("thunderlane.setup_hosts")
 status_mod, window = _Lazy("thunderlane.status"), _Lazy("thunderlane.window")
+peer_setup, peer_sync = _Lazy("thunderlane.peer_setup"), _Lazy("thunderlane.peer_sync")
 LAB_DEFAULT_LAYOUT = "local=shared"  # lab.DEFAULT_LAYOUT, written here so that --help does not load the lab
 
 # help strings shared by several tasks
@@ -88,6 +89,13 @@ def setup_hosts(c, hosts="", json=False):
     _finish(setup_mod.setup_hosts(inv, _hosts(inv, hosts), out=sys.stderr), setup_mod.columns(), json)
 
 
+@task(auto_shortflags=False, help={"json": JSON_HELP})
+def setup_peers(c, json=False):
+    """Install the peer key on every host, so that hosts fill each other's cache over the data link."""
+    _no_fabric_hosts(c)
+    _finish(peer_setup.setup_peers(_inventory()), peer_setup.FIGURES, json)
+
+
 @task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "json": JSON_HELP})
 def verify_dataset(c, hosts="", json=False):
     """Prove the corpus is present, valid and identical on local and every host."""
@@ -107,34 +115,48 @@ def verify_cache(c, hosts="", deep=False, json=False):
 
 
 @task(auto_shortflags=False,
-      help={"host": "inventory name of the host to sync (default: every host)",
+      help={"host": "inventory name(s) of the host(s) to fill, comma-separated (default: every host)",
+            "from": "the source: a host with a complete cache (pulled over the data link with the peer key) "
+                    "or local; default: a complete peer when one can serve, else local",
             "dry_run": "print the plan (what would be sent and removed); change nothing",
             "checksum": "compare contents, not size and mtime: repairs blobs verify-cache --deep calls corrupt",
             "bwlimit": "limit the transfer to this many KiB/s",
             "verbose": "show rsync's own output (file list, statistics) as well",
             "json": "print JSON instead of a summary"})
-def sync_cache(c, host="", dry_run=False, checksum=False, bwlimit=0, verbose=False, json=False):
-    """Make a host's model cache complete, sending only what it lacks; then verify it."""
+def sync_cache(c, host="", from_="", dry_run=False, checksum=False, bwlimit=0, verbose=False, json=False):
+    """Make hosts' model caches complete, each from the nearest complete source; then verify them."""
     _no_fabric_hosts(c)
     inv = _inventory()
-    outcomes, failures = [], []
-    for h in _hosts(inv, host):
-        try:
-            outcomes.append(run_sync(inv, h, dry_run=dry_run, checksum=checksum, bwlimit=bwlimit or None,
-                                     verbose=verbose, out=sys.stderr if json else sys.stdout))
-        except SyncError as e:
-            failures.append(str(e))
-    ok = not failures and all(o.ok or dry_run for o in outcomes)
-    rows = [_sync_row(o) for o in outcomes]
+    targets = _hosts(inv, host)
+    if from_ and from_ != "local":
+        _hosts(inv, from_)  # an unknown name: exit 2, naming the inventory's hosts
+    try:
+        filled = peer_sync.fill(inv, targets, from_ or None, dry_run=dry_run, checksum=checksum,
+                                bwlimit=bwlimit or None, verbose=verbose, out=sys.stderr if json else sys.stdout)
+    except SyncError as e:
+        raise Exit(f"sync-cache: {e}", code=1) from None
+    ok = all(f.ok or (dry_run and f.error is None) for f in filled)
+    rows = [_filled_row(f) for f in filled]
     if json:
-        print(jsonlib.dumps({"ok": ok, "results": rows, "errors": failures}, indent=2))
+        print(jsonlib.dumps({"ok": ok, "results": [r for r in rows if "error" not in r],
+                             "errors": [r["error"] for r in rows if "error" in r]}, indent=2))
     else:
         for r in rows:
-            print(_sync_line(r))
-        for f in failures:
-            print(f"FAILED {f}", file=sys.stderr)
+            if "error" in r:
+                print(f"FAILED {r['error']}", file=sys.stderr)
+            else:
+                print(_sync_line(r))
     if not ok:
         raise Exit(code=1)
+
+
+def _filled_row(f):
+    """A target's row: its source (and any failed peer before it), then the transfer's figures."""
+    source = {"host": f.step.target, "source": f.step.source, "why": f.step.why, "fallback_from": f.step.fallback,
+              "fallback_error": f.fallback_error}
+    if f.outcome is None:
+        return {**source, "error": f.error if f.step.source == "local" else f"{f.error} (pulling from {f.step.source})"}
+    return {**source, **_sync_row(f.outcome)}
 
 
 def _sync_row(o):
@@ -149,13 +171,15 @@ def _sync_row(o):
 
 
 def _sync_line(r):
-    """One summary line per host: before -> after, bytes sent against missing, time."""
+    """One summary line per host: a peer source, before -> after, bytes sent against missing, time."""
     estimate = r["literal_derivation"]
+    who = r["host"] if r["source"] == "local" else f"{r['host']} <- {r['source']}"
     if not r["command"]:
-        return f"{r['host']}: {r['before']}, nothing missing: nothing sent; {r['seconds']}s"
-    return (f"{r['host']}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
+        return f"{who}: {r['before']}, nothing missing: nothing sent; {r['seconds']}s"
+    return (f"{who}: {r['before']} -> {r['after']}; file data sent {human_bytes(r['literal_bytes'])}{estimate} "
             f"of {human_bytes(r['missing_bytes'])} missing (ratio {r['ratio']}); {r['seconds']}s"
-            + (f"; {r['detail']}" if r["detail"] else ""))
+            + (f"; {r['detail']}" if r["detail"] else "")
+            + (f"; {r['fallback_from']} failed first: {r['fallback_error']}" if r.get("fallback_from") else ""))
 
 
 @task(auto_shortflags=False, help={"hosts": "comma-separated lab host names (default: mac4,mac5)",

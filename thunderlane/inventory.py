@@ -39,8 +39,8 @@ IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN 
              "an IPv6 literal would need brackets in ssh, rsync and the mlx hostfile)")
 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
-               "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python", "rdma"}
-HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python", "rdma"}
+               "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python", "rdma", "data_ssh_port"}
+HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python", "rdma", "data_ssh_port"}
 RDMA_RE = re.compile(r"^rdma_[A-Za-z0-9]{1,32}$")  # ibv_devices' names on macOS: rdma_en2, rdma_en3...
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
@@ -70,10 +70,16 @@ class Host:
     rsync_path: str = "rsync"
     base_python: str | None = None  # the interpreter setup-hosts builds the venv at ``python`` from
     rdma: tuple = ()  # ((peer host, RDMA device toward it), ...): the jaccl backend's hostfile
+    data_ssh_port: int | None = None  # the sshd port at data_ip, for peer sync (default: port)
 
     @property
     def is_local(self):
         return self.name == LOCAL
+
+    @property
+    def data_port(self):
+        """The port the host's sshd answers on at its data address (peer sync)."""
+        return self.data_ssh_port or self.port
 
     @property
     def destination(self):
@@ -207,6 +213,8 @@ def _host(name, spec, where):
     values["hostname"] = _hostname(spec["hostname"], where, name)
     values["user"] = _match(spec["user"], USER_RE, where, name, "user")
     values["port"] = _port(spec["port"], where, name)
+    if spec.get("data_ssh_port") is not None:
+        values["data_ssh_port"] = _port(spec["data_ssh_port"], where, name, "data_ssh_port")
     values["data_ip"] = _ip(spec["data_ip"], where, name)
     values["rdma"] = _rdma(spec.get("rdma") or {}, where, name)
     return Host(name=name, **values)
@@ -296,10 +304,10 @@ def _match(value, regex, where, host, key):
     raise InventoryError(f"{where}: host {host}: {key}: {value!r} is not a valid {key}")
 
 
-def _port(value, where, host):
+def _port(value, where, host, key="port"):
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
-    raise InventoryError(f"{where}: host {host}: port: {value!r} is not a port number")
+    raise InventoryError(f"{where}: host {host}: {key}: {value!r} is not a port number")
 
 
 def _hostname(value, where, host):

@@ -80,9 +80,11 @@ def io_timeout(inv, checksum):
     return max(inv.ssh.rsync_timeout, inv.ssh.deep_probe_timeout) if checksum else inv.ssh.rsync_timeout
 
 
-def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None):
+def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=False, bwlimit=None, ssh=None,
+                  source=()):
     """The exact launcher command line for ``host``; ``ssh``: the ``--ssh`` value (default: the
-    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space)."""
+    inventory's ssh command; :func:`rsync_ssh.rsync_shell` when an ssh file's path has a space);
+    ``source``: the options that make the host pull from a peer (``peers.launcher_options``)."""
     ssh = ssh or ssh_command(inv, host)
     argv = ["bash", str(LAUNCHER), "--src-cache", src_cache, "--dest-cache", dest_cache,
             "--repo", inv.repo_id, "--ssh", ssh, "--rsync-path", host.rsync_path, "--host-python", host.python,
@@ -90,7 +92,7 @@ def launcher_argv(inv, host, src_cache, dest_cache, dry_run=False, checksum=Fals
     argv += ["--dry-run"] if dry_run else []
     argv += ["--checksum"] if checksum else []
     argv += ["--bwlimit", str(int(bwlimit))] if bwlimit else []
-    return argv + [host.destination]
+    return argv + list(source) + [host.destination]
 
 
 def dest_cache_of(host, facts):
@@ -151,12 +153,16 @@ def host_lock(inv, host):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout):
+def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout, source=(),
+               gathered=None):
     """Verify, push what is missing, verify again, under the host's sync lock. Raises
     :class:`SyncError` on any failure. ``checksum`` compares contents (and verifies deeply before
-    and after): it repairs a blob whose bytes changed without its size or mtime changing."""
+    and after): it repairs a blob whose bytes changed without its size or mtime changing.
+    ``source``: launcher options that make the host pull from a peer (default: push from local).
+    ``gathered``: local's and the host's cache facts, just asked (with ``checksum``'s depth), which
+    are then not asked again."""
     with host_lock(inv, host):
-        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out)
+        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered)
 
 
 def nothing_missing(result, facts):
@@ -166,9 +172,9 @@ def nothing_missing(result, facts):
     return result.ok and not facts.incomplete
 
 
-def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
+def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gathered=None):
     t0 = time.monotonic()
-    facts, host_before = _plan(inv, host, checksum)
+    facts, host_before = _plan(inv, host, checksum, gathered)
     phases = {"verify_before": time.monotonic() - t0}
     missing = host_before.figures.get("missing_bytes") or 0
     if not dry_run and nothing_missing(host_before, facts[host.name]):
@@ -182,7 +188,7 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out):
     after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
     try:
         with rsync_shell(inv, host) as ssh:
-            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh)
+            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh, source)
             command = shlex.join(argv)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
                       f"missing {human_bytes(missing)}\n$ {command}\n")
@@ -213,11 +219,11 @@ def _verify_after(inv, host, facts, checksum, after_probe, phases):
     return judge_caches({"local": facts["local"], host.name: got}, deep=checksum).results[1]
 
 
-def _plan(inv, host, checksum):
+def _plan(inv, host, checksum, gathered=None):
     """Verify local and the host (deeply with ``checksum``): (their facts, the host's verdict), or
     :class:`SyncError` when the host cannot be asked, local cannot be the source, or the host's
     snapshot links leave its repo folder."""
-    facts = gather_caches(inv, [host], deep=checksum)
+    facts = gathered or gather_caches(inv, [host], deep=checksum)
     before = judge_caches(facts)
     for name, f in facts.items():
         if isinstance(f, HostError):

@@ -79,7 +79,8 @@ def _sshd_config(lab, name, listen, port, user):
         *(f"ListenAddress {ip}:{port}" for ip in dict.fromkeys(listen)),
         f"HostKey {state / 'ssh_host_ed25519_key'}",
         f"PidFile {state / 'sshd.pid'}",
-        f"AuthorizedKeysFile {state / 'authorized_keys'}",
+        # the control key's file, and the home's (where setup-peers puts the peer key's line)
+        f"AuthorizedKeysFile {state / 'authorized_keys'} {home / '.ssh' / 'authorized_keys'}",
         "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", f"AllowUsers {user}",
         f"SetEnv HOME={home} THUNDER_LAB_HOST={name}",

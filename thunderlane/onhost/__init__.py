@@ -9,13 +9,16 @@ a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "links", "macos", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
+PROBE = ("files", "runs", "store", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
 
 def source(modules):
     """The bundle of ``modules`` (names in this folder), in order, as one program's source."""
     return "\n\n".join((HERE / f"{name}.py").read_text(encoding="utf-8") for name in modules)
+
+
+PEER_INSTALL = ("peer", "peer_install")  # fab setup-peers: the peer key and pinned host keys
 
 
 def probe_source():
@@ -25,3 +28,6 @@ def probe_source():
 def entry_source():
     return source(ENTRY)
 
+
+def peer_install_source():
+    return source(PEER_INSTALL)

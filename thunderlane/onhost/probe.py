@@ -21,6 +21,7 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules ab
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
     from .links import links_facts, rdma_facts
     from .macos import macos_command
+    from .peer import peer_facts
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
@@ -330,7 +331,7 @@ def _rehash(repo_dir, files):
 
 USAGE = ("usage: probe.py dataset ROOT [--sums] | cache REPO_ID CACHE_ROOT|- [--deep]"
          " | lane RUNS_ROOT RUN_NAME [DIST...] | reap RUNS_ROOT RUN_NAME"
-         " | versions [DIST...] | links JSON | rdma | macos TOOLS|- | multi JSON-LIST-OF-THESE\n")
+         " | versions [DIST...] | links JSON | rdma | macos TOOLS|- | peer | multi JSON-LIST-OF-THESE\n")
 
 
 def command(argv):
@@ -352,6 +353,8 @@ def command(argv):
         return rdma_facts()
     if argv[:1] == ["macos"] and len(argv) == 2:  # the firewall, caffeinate, F_FULLFSYNC (onhost/macos.py)
         return macos_command(argv[1])
+    if argv == ["peer"]:  # the home and the peer key under it (onhost/peer.py)
+        return peer_facts()
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
         subs = json.loads(argv[1])
         if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):
