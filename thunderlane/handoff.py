@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 
-from . import layout, mirror, window
+from . import layout, mirror, peer_sync, window
 from .evaluate import run as evaluate_run, section as evaluate_section
 from .facts import thaw
 from .fsutil import atomic_write, real_folder
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import printable
-from .sync import SyncError, sync_cache
+from .sync import SyncError
 from .verify import verify_cache, verify_dataset
 
 REPORT_MD = "handoff_report.md"
@@ -79,19 +79,26 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
 
 
 def _sync_cold(inv, hosts, report, out):
-    """sync-cache for every host whose cache is not complete; what each was before and after."""
+    """sync-cache for every host whose cache is not complete, each from the nearest complete source
+    (``peer_sync.fill``: a complete peer over the data link, else local), in parallel; what each was
+    before and after, and its source."""
+    cold = {r.host for r in report.results if r.host != "local" and not r.ok}
+    targets = [h for h in hosts if h.name in cold]
+    if not targets:
+        return {}
+    try:
+        filled = peer_sync.fill(inv, targets, out=out)
+    except SyncError as e:
+        return {h.name: {"error": str(e)} for h in targets}
     done = {}
-    cold = [r.host for r in report.results if r.host != "local" and not r.ok]
-    for h in hosts:
-        if h.name not in cold:
+    for f in filled:
+        o, source = f.outcome, {"source": f.step.source, "why": f.step.why}
+        if o is None or f.error:
+            done[f.step.target] = {**source, "error": f.error}
             continue
-        try:
-            o = sync_cache(inv, h, out=out)
-            done[h.name] = {"before": o.before.verdict, "after": o.after.verdict,
-                            "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes,
-                            "bytes_sent_derivation": o.derivation}
-        except SyncError as e:
-            done[h.name] = {"error": str(e)}
+        done[f.step.target] = {**source, "before": o.before.verdict, "after": o.after.verdict if o.after else "?",
+                               "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes,
+                               "bytes_sent_derivation": o.derivation}
     return done
 
 
@@ -132,7 +139,7 @@ def render_markdown(d):
         lines.append(f"| {r['host']} | {r['verdict']} | {a['verdict']} | {a['figures'].get('files', '-')} | "
                      f"{a['figures'].get('bytes', '-')} | {a['detail']} |")
     for host, s in d["sync"].items():
-        lines += ["", f"{host} was {s.get('before', '?')} before the sync; sync-cache: "
+        lines += ["", f"{host} was {s.get('before', '?')} before the sync; sync-cache from {s.get('source', 'local')}: "
                      + (f"sent {s.get('bytes_sent')}{s.get('bytes_sent_derivation', '')} of {s.get('missing_bytes')} "
                         f"missing bytes, now {s.get('after')}"
                         if "error" not in s else s["error"])]
