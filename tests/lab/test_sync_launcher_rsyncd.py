@@ -3,6 +3,7 @@ rsync daemon there (launchers/peer_rsyncd.sh) and pulls over plain TCP with a se
 loopback each host's data_ip is its ssh address (the lab hosts share this machine: their processes
 and temp folders are visible here)."""
 import glob
+import re
 import subprocess
 import threading
 import time
@@ -136,3 +137,26 @@ def test_bad_rsyncd_options_are_usage_errors(extra, why):
                         "--from-cache", "/nowhere/hub", "--peer-ssh", "ssh", *extra, "mac4"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 64 and why in p.stderr, p.stderr
+
+
+def test_rsyncd_dry_run_changes_nothing_and_leaves_no_daemon(lab_inv, lab_dir):
+    before = blobs(lab_dir, "mac4")
+    p = subprocess.run(rsyncd_argv(lab_inv, lab_dir, "--dry-run"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "sync: dry run: would send" in p.stdout and re.search(r"^>f\S+ ", p.stdout, re.M), p.stdout[-2000:]
+    finals = {n: v for n, v in before.items() if not n.endswith(".incomplete")}   # dry run keeps leftovers
+    assert {n: v for n, v in blobs(lab_dir, "mac4").items() if not n.endswith(".incomplete")} == finals
+    assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_a_failed_rsyncd_pass_is_rsyncs_exit_and_leaves_no_daemon(lab_inv, lab_dir):
+    """HOST cannot reach the daemon (it listens on SRC's IPv6 loopback, HOST binds IPv4): rsync's own
+    exit code, nothing new under a final name, and the daemon and folders still go."""
+    before = {n: v for n, v in blobs(lab_dir, "mac4").items() if not n.endswith(".incomplete")}
+    argv = rsyncd_argv(lab_inv, lab_dir)
+    argv[argv.index("--from-addr") + 1] = "::1"
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 10, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "rsync daemon on" in p.stdout, p.stdout[-2000:]
+    assert {n: v for n, v in blobs(lab_dir, "mac4").items() if not n.endswith(".incomplete")} == before
+    assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
