@@ -623,22 +623,35 @@ dest_arg() {   # PART: the destination of a pass (HOST:PATH quoted for HOST's sh
   if [ "$pull" -eq 1 ]; then printf '%s' "$dest_repo/$1"; else remote_path "$dest_repo/$1"; fi
 }
 
+pull_once() {   # RSYNC-ARGS...: HOST runs one rsync pass ($env: run_pass's)
+  "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; ${env}exec $(host_cmd "$rsync_path" "$@")" \
+    </dev/null
+}
+
 run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull), its output shown and
   # kept in $logs/LOG; a failure ends the sync with rsync's code
-  local log=$1 rc=0 env="" try=0
+  local log=$1 rc=0 env="" try=0 err=$logs/$1.err
   shift
-  # rsyncd: the secret reaches HOST's rsync in its environment only (ps shows command lines)
-  [ "$transport" != rsyncd ] || env="RSYNC_PASSWORD=\$(cat $(sq "$pwdir/pw")) || exit 5; export RSYNC_PASSWORD; "
+  # rsyncd: the secret reaches HOST's rsync in its environment only (ps shows command lines); its
+  # errors are kept to see a busy daemon ("max connections")
+  if [ "$transport" = rsyncd ]; then
+    env="RSYNC_PASSWORD=\$(cat $(sq "$pwdir/pw")) || exit 5; export RSYNC_PASSWORD; "
+  fi
   if [ "$pull" -eq 0 ]; then
     rsync "$@" | tee "$logs/$log" || rc=$?
   else
     while :; do
       rc=0
-      "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; ${env}exec $(host_cmd "$rsync_path" "$@")" \
-        </dev/null 2>"$logs/$log.err" | tee "$logs/$log" || rc=$?
-      cat "$logs/$log.err" >&2
+      if [ "$transport" = rsyncd ]; then
+        pull_once "$@" 2>"$err" | tee "$logs/$log" || rc=$?
+        cat "$err" >&2
+      else
+        pull_once "$@" | tee "$logs/$log" || rc=$?
+      fi
       # max connections = 1: the last pass's daemon child may not have gone yet
-      if [ "$rc" -ne 5 ] || [ "$try" -ge 5 ] || ! grep -q 'max connections' "$logs/$log.err"; then break; fi
+      if [ "$rc" -ne 5 ] || [ "$transport" != rsyncd ] || [ "$try" -ge 5 ] || ! grep -q 'max connections' "$err"; then
+        break
+      fi
       try=$((try + 1))
       sleep 1
     done
