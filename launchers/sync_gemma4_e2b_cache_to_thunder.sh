@@ -37,6 +37,11 @@ usage: sync_gemma4_e2b_cache_to_thunder.sh [options] --dest-cache DIR HOST
   --peer-ssh CMD     ssh command HOST runs to reach SRC (split on spaces; no quotes, $, backticks
                      or %; paths in it absolute)
   --peer-rsync-path P  rsync program on SRC (default: rsync)
+  --peer-transport T ssh (default): rsync over the peer ssh; rsyncd: the peer ssh only starts on
+                     SRC a one-shot read-only rsync daemon (launchers/peer_rsyncd.sh) for HOST's
+                     address and a secret HOST makes, and HOST pulls over plain TCP (no cipher)
+  --from-addr IP     SRC's data address the daemon listens on (IPv4/IPv6 literal; rsyncd)
+  --host-addr IP     HOST's data address, the only one the daemon lets in (rsyncd)
 exit: 0 ok, 64 usage, 65 refused path, 66 bad source cache, 67 remote cleanup failed,
       69 no usable rsync on HOST, other codes are rsync's (11 file I/O error, 23 partial
       transfer, 24 vanished, 30 timeout, 255 ssh)
@@ -280,6 +285,27 @@ PEER
   done
 }
 
+ip_literal() {   # VALUE: an IPv4 (dotted quad) or IPv6 literal
+  local ipv4='^(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$'
+  [[ "$1" =~ $ipv4 ]] && return 0
+  case "$1" in *:*:*) ;; *) return 1 ;; esac
+  case "$1" in *[!0-9A-Fa-f:.]*|*:::*) return 1 ;; esac
+}
+
+check_transport() {   # --peer-transport and, for rsyncd, --from-addr/--host-addr
+  case "$transport" in
+    ssh) [ -z "$from_addr$host_addr" ] || die "$EX_USAGE" "--from-addr and --host-addr go with --peer-transport rsyncd" ;;
+    rsyncd)
+      [ "$pull" -eq 1 ] || die "$EX_USAGE" "--peer-transport rsyncd needs --from-host"
+      if [ -z "$from_addr" ] || [ -z "$host_addr" ]; then
+        die "$EX_USAGE" "--peer-transport rsyncd needs --from-addr and --host-addr"
+      fi
+      ip_literal "$from_addr" || die "$EX_USAGE" "--from-addr '$from_addr' is not an IPv4/IPv6 literal"
+      ip_literal "$host_addr" || die "$EX_USAGE" "--host-addr '$host_addr' is not an IPv4/IPv6 literal" ;;
+    *) die "$EX_USAGE" "--peer-transport '$transport' is not ssh or rsyncd" ;;
+  esac
+}
+
 host_cmd() {   # WORD...: one command line for HOST's login shell (sh, bash or zsh), each word quoted
   local out="" word
   for word in "$@"; do out="$out $(sq "$word")"; done
@@ -349,7 +375,7 @@ exit 0'
 
 repo_id=mlx-community/gemma-4-e2b-4bit
 src_cache=""; dest_cache=""; ssh_cmd=ssh; rsync_path=rsync; host_python=python3; dry_run=0; host=""; checksum=0; bwlimit=""; io_timeout=300
-from_host=""; from_cache=""; peer_ssh=""; peer_rsync_path=rsync
+from_host=""; from_cache=""; peer_ssh=""; peer_rsync_path=rsync; transport=ssh; from_addr=""; host_addr=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dest-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; dest_cache=$2; shift 2 ;;
@@ -365,6 +391,9 @@ while [ $# -gt 0 ]; do
     --from-cache) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; from_cache=$2; shift 2 ;;
     --peer-ssh) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; peer_ssh=$2; shift 2 ;;
     --peer-rsync-path) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; peer_rsync_path=$2; shift 2 ;;
+    --peer-transport) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; transport=$2; shift 2 ;;
+    --from-addr) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; from_addr=$2; shift 2 ;;
+    --host-addr) [ $# -ge 2 ] || { usage; exit "$EX_USAGE"; }; host_addr=$2; shift 2 ;;
     --dry-run|-n) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -405,6 +434,7 @@ if [ -n "$from_host$from_cache$peer_ssh" ]; then
   check_abs_path --from-cache "$from_cache"
   check_peer_ssh
 fi
+check_transport
 
 if [ -z "$src_cache" ]; then
   if [ -n "${HF_HUB_CACHE:-}" ]; then src_cache=$HF_HUB_CACHE
@@ -438,7 +468,9 @@ read -r -a ssh_argv <<EOF
 $ssh_cmd
 EOF
 logs=$(mktemp -d "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")   # one rsync output per pass
+rsyncd_pid=""
 finish() {
+  close_rsyncd
   "${ssh_argv[@]}" -O exit "$host" >/dev/null 2>&1 || true
   rm -rf "$ctl" "$logs"
 }
@@ -537,23 +569,92 @@ tree_differs() {   # would the snapshots and refs passes send anything? (yes whe
   [ "$rc" -ne 1 ]   # 1: no line of the source's is missing on the host; 0 or an error: run them
 }
 
-src_arg() {   # PART: the source of a pass (local path, or SRC:PATH quoted for SRC's shell)
-  if [ "$pull" -eq 1 ]; then printf '%s:%s' "$from_host" "$(sq "$from_repo/$1")"; else printf '%s' "$src_repo/$1"; fi
+# Run on HOST (POSIX sh; $1 the peer command line that starts peer_rsyncd.sh on SRC) for the whole
+# rsyncd pull: makes the secret (never on a command line), keeps it in a 0700 folder for the passes,
+# feeds it to the wrapper's first line, then relays this session's stdin (its end stops the daemon)
+# shellcheck disable=SC2016  # expanded on HOST
+hold_script='umask 077
+d=$(mktemp -d "${TMPDIR:-/tmp}/thunder-peer.XXXXXX") || exit 1
+trap "rm -rf \"\$d\"" EXIT
+s=$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
+[ ${#s} -eq 32 ] || { echo "rsyncd-error no secret from /dev/urandom"; exit 1; }
+printf "%s\n" "$s" >"$d/pw" || exit 1
+echo "pwdir $d"
+{ printf "%s\n" "$s"; s=""; cat; } | eval "$1"
+echo "rsyncd-exit $?"'
+
+open_rsyncd() {   # start the daemon on SRC through HOST's peer ssh; sets rsyncd_url and pwdir
+  local wrapper peer n=0 port
+  wrapper=$(cat "$launchers_dir/peer_rsyncd.sh")
+  peer="$(host_cmd "${peer_argv[@]}" "$from_host") $(sq "sh -c $(sq "$wrapper") sh $(sq "$from_cache") \
+$(sq "$peer_rsync_path") $(sq "$host_addr") $(sq "$from_addr")")"
+  mkfifo "$logs/hold"
+  "${ssh_argv[@]}" "$host" "sh -c $(sq "$hold_script") sh $(sq "$peer")" <"$logs/hold" >"$logs/rsyncd" 2>&1 &
+  rsyncd_pid=$!
+  exec 4>"$logs/hold"
+  while ! grep -q '^port ' "$logs/rsyncd"; do
+    if grep -q '^rsyncd-' "$logs/rsyncd" || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 300 ]; then
+      sed 's/^/sync: rsyncd: /' "$logs/rsyncd" >&2
+      die "$EX_SOURCE" "could not start an rsync daemon on $from_host at $from_addr through $host (see above)"
+    fi
+    sleep 0.1 2>/dev/null || sleep 1
+    n=$((n + 1))
+  done
+  port=$(sed -n 's/^port \([0-9][0-9]*\)$/\1/p' "$logs/rsyncd" | head -n 1)
+  pwdir=$(sed -n 's/^pwdir //p' "$logs/rsyncd" | head -n 1)
+  case "$from_addr" in *:*) rsyncd_url="rsync://lane@[$from_addr]:$port/lane" ;; *) rsyncd_url="rsync://lane@$from_addr:$port/lane" ;; esac
+  echo "sync: rsync daemon on $from_host at $from_addr port $port for $host_addr only"
+}
+
+close_rsyncd() {   # end the daemon session: SRC stops the daemon and removes its folder, HOST its own
+  [ -n "$rsyncd_pid" ] || return 0
+  exec 4>&-
+  wait "$rsyncd_pid" 2>/dev/null || true
+  rsyncd_pid=""
+}
+
+src_arg() {   # PART: the source of a pass (local path, SRC:PATH quoted for SRC's shell, or a daemon URL)
+  if [ "$transport" = rsyncd ]; then
+    printf '%s/%s/%s' "$rsyncd_url" "$folder" "$1"
+  elif [ "$pull" -eq 1 ]; then printf '%s:%s' "$from_host" "$(sq "$from_repo/$1")"; else printf '%s' "$src_repo/$1"; fi
 }
 
 dest_arg() {   # PART: the destination of a pass (HOST:PATH quoted for HOST's shell, or HOST's path)
   if [ "$pull" -eq 1 ]; then printf '%s' "$dest_repo/$1"; else remote_path "$dest_repo/$1"; fi
 }
 
+pull_once() {   # RSYNC-ARGS...: HOST runs one rsync pass ($env: run_pass's)
+  "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; ${env}exec $(host_cmd "$rsync_path" "$@")" \
+    </dev/null
+}
+
 run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull), its output shown and
   # kept in $logs/LOG; a failure ends the sync with rsync's code
-  local log=$1 rc=0
+  local log=$1 rc=0 env="" try=0 err=$logs/$1.err
   shift
+  # rsyncd: the secret reaches HOST's rsync in its environment only (ps shows command lines); its
+  # errors are kept to see a busy daemon ("max connections")
+  if [ "$transport" = rsyncd ]; then
+    env="RSYNC_PASSWORD=\$(cat $(sq "$pwdir/pw")) || exit 5; export RSYNC_PASSWORD; "
+  fi
   if [ "$pull" -eq 0 ]; then
     rsync "$@" | tee "$logs/$log" || rc=$?
   else
-    "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; exec $(host_cmd "$rsync_path" "$@")" \
-      </dev/null | tee "$logs/$log" || rc=$?
+    while :; do
+      rc=0
+      if [ "$transport" = rsyncd ]; then
+        pull_once "$@" 2>"$err" | tee "$logs/$log" || rc=$?
+        cat "$err" >&2
+      else
+        pull_once "$@" | tee "$logs/$log" || rc=$?
+      fi
+      # max connections = 1: the last pass's daemon child may not have gone yet
+      if [ "$rc" -ne 5 ] || [ "$transport" != rsyncd ] || [ "$try" -ge 5 ] || ! grep -q 'max connections' "$err"; then
+        break
+      fi
+      try=$((try + 1))
+      sleep 1
+    done
     if [ "$rc" -eq 255 ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
       die 255 "$host could not reach $from_host over the peer ssh (rsync exit 255)"
     fi
@@ -561,7 +662,12 @@ run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull
   [ "$rc" -eq 0 ] || exit "$rc"
 }
 
-if [ "$pull" -eq 1 ]; then
+if [ "$transport" = rsyncd ]; then
+  flags_e=("--address=$host_addr")   # the daemon lets in that address only
+  origin="$from_host:$from_repo (rsync daemon at $from_addr)"
+  sent_label='Total bytes received:'
+  here=""
+elif [ "$pull" -eq 1 ]; then
   flags_e=(-e "$peer_ssh" "--rsync-path=$peer_rsync_path")
   origin="$from_host:$from_repo"
   sent_label='Total bytes received:'   # the data came in to HOST's rsync, the one that reports
@@ -580,7 +686,8 @@ flags=(-rlt -i --stats --progress "--exclude=*.incomplete" "--exclude=.rsync-par
 blob_check=(--size-only)
 [ "$checksum" -eq 0 ] || blob_check=()
 [ -z "$bwlimit" ] || flags+=("--bwlimit=$bwlimit")
-prep_script=$(cd -P "$(dirname "$0")/.." && pwd -P)/thunderlane/onhost/sync_prep.py
+launchers_dir=$(cd -P "$(dirname "$0")" && pwd -P)
+prep_script=$(cd -P "$launchers_dir/.." && pwd -P)/thunderlane/onhost/sync_prep.py
 
 keep=()
 host_linked=()
@@ -589,6 +696,7 @@ host_absent=0
 revision=${revision:-}
 if [ "$dry_run" -eq 1 ]; then
   prepare_host --dry-run
+  [ "$transport" != rsyncd ] || open_rsyncd
   echo "sync: $origin -> $host:$dest_repo (revision $revision)"
   if [ "$host_absent" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
@@ -603,6 +711,7 @@ if [ "$dry_run" -eq 1 ]; then
 fi
 [ "$pull" -eq 1 ] || sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src"
 prepare_host
+[ "$transport" != rsyncd ] || open_rsyncd
 echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
 # blobs first (their content: a source blob that links into the shared store is sent as the file

@@ -1,0 +1,65 @@
+#!/bin/sh
+# Sent by sync_gemma4_e2b_cache_to_thunder.sh --peer-transport rsyncd through the peer ssh and run
+# on SRC (POSIX sh, macOS bash 3.2 / BSD tools): a one-shot rsync daemon serving one hub cache,
+# read only, to one address, with one user whose secret is the first line of stdin (never on a
+# command line). Prints "port N" once the daemon listens, then waits for stdin to close (the
+# session ends) and stops the daemon and removes its folder (also on any exit).
+# $1 the hub cache root (the folder of models--* and of the hub's shared store: rsync 3.4+
+# follows a link, as -L asks, only inside the module), $2 rsync program, $3 the only client
+# address allowed, $4 the address to listen on
+IFS= read -r secret || { echo "rsyncd-error no secret on stdin"; exit 1; }
+case "$secret" in ''|*[!0-9a-f]*) echo "rsyncd-error the secret is not hex"; exit 1 ;; esac
+umask 077
+d=$(mktemp -d "${TMPDIR:-/tmp}/thunder-rsyncd.XXXXXX") || { echo "rsyncd-error mktemp failed"; exit 1; }
+pid=""
+# shellcheck disable=SC2317  # run by the trap
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+  rm -rf "$d"
+}
+trap cleanup EXIT
+trap 'exit 1' HUP INT TERM PIPE
+printf 'lane:%s\n' "$secret" >"$d/secrets"
+secret=""
+uid=$(id -u) && gid=$(id -g) || exit 1
+cat >"$d/rsyncd.conf" <<CONF
+use chroot = no
+uid = $uid
+gid = $gid
+munge symlinks = no
+max connections = 1
+lock file = $d/lock
+log file = $d/log
+[lane]
+path = $1
+read only = yes
+list = no
+hosts allow = $3
+hosts deny = *
+auth users = lane
+secrets file = $d/secrets
+strict modes = yes
+CONF
+port=32400
+while [ "$port" -lt 32464 ]; do
+  : >"$d/log"
+  "$2" --daemon --no-detach "--config=$d/rsyncd.conf" "--address=$4" "--port=$port" </dev/null >/dev/null 2>&1 &
+  pid=$!
+  n=0
+  while [ "$n" -lt 50 ]; do   # listening (its log says so), or gone (the port is taken)
+    kill -0 "$pid" 2>/dev/null || break
+    grep -q "listening on port" "$d/log" 2>/dev/null && break
+    sleep 0.1 2>/dev/null || sleep 1
+    n=$((n + 1))
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "port $port"
+    cat >/dev/null
+    exit 0
+  fi
+  wait "$pid" 2>/dev/null
+  pid=""
+  port=$((port + 1))
+done
+echo "rsyncd-error no free port in 32400-32463 on $4 (or '$2' cannot run a daemon)"
+exit 1
