@@ -105,7 +105,7 @@ def copy_new(src, dst):
         full_fsync(fout.fileno())
 
 
-EVALUATIONS = re.compile(r"eval_step[0-9]+_(test|valid)\.json")   # fab evaluate's results (evaluate/run.py)
+EVALUATIONS = re.compile(r"eval_step[0-9]+_(test|valid)(_first[0-9]+)?\.json")   # fab evaluate's results (evaluate/run.py)
 
 
 def carry_evaluations(mirror, staging):

@@ -287,11 +287,13 @@ def test_a_later_mirror_keeps_the_runs_evaluations(tmp_path):
     staging.mkdir()
     (mirror / "eval_step5_test.json").write_text('{"step": 5}')
     (mirror / "eval_step10_valid.json").write_text('{"step": 10}')
+    (mirror / "eval_step10_test_first6.json").write_text('{"rows": 6}')
     (mirror / "eval_step5_train.json").write_text("not a split evaluate writes")
     (mirror / "adapters.safetensors").write_text("old adapters")
     (tmp_path / "elsewhere.json").write_text("{}")
     (mirror / "eval_step7_test.json").symlink_to(tmp_path / "elsewhere.json")
-    assert sorted(mirrorfs.carry_evaluations(mirror, staging)) == ["eval_step10_valid.json", "eval_step5_test.json"]
-    assert sorted(p.name for p in staging.iterdir()) == ["eval_step10_valid.json", "eval_step5_test.json"]
+    carried = ["eval_step10_test_first6.json", "eval_step10_valid.json", "eval_step5_test.json"]
+    assert sorted(mirrorfs.carry_evaluations(mirror, staging)) == carried
+    assert sorted(p.name for p in staging.iterdir()) == carried
     assert (staging / "eval_step5_test.json").read_text() == '{"step": 5}'
     assert mirrorfs.carry_evaluations(tmp_path / "absent", staging) == []
