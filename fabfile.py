@@ -14,6 +14,7 @@ from invoke.exceptions import Exit
 from thunderlane import inventory
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
+from thunderlane.remote import HostError
 from thunderlane.report import human_bytes
 from thunderlane.sync import SyncError
 from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
@@ -129,11 +130,14 @@ def sync_cache(c, host="", from_="", dry_run=False, checksum=False, bwlimit=0, v
     inv = _inventory()
     targets = _hosts(inv, host)
     if from_ and from_ != "local":
-        _hosts(inv, from_)  # an unknown name: exit 2, naming the inventory's hosts
+        if len(_hosts(inv, from_)) != 1:  # an unknown name: exit 2, naming the inventory's hosts
+            raise Exit(f"sync-cache: --from {from_!r}: name one source (a host, or local)", code=2)
+        if not host:  # every host but the source
+            targets = [h for h in targets if h.name != from_]
     try:
         filled = peer_sync.fill(inv, targets, from_ or None, dry_run=dry_run, checksum=checksum,
                                 bwlimit=bwlimit or None, verbose=verbose, out=sys.stderr if json else sys.stdout)
-    except SyncError as e:
+    except (SyncError, HostError) as e:
         raise Exit(f"sync-cache: {e}", code=1) from None
     ok = all(f.ok or (dry_run and f.error is None) for f in filled)
     rows = [_filled_row(f) for f in filled]

@@ -4,7 +4,8 @@ control link to local and a data link to the other hosts, both veth pairs shaped
 1b-link: `fab sync-cache --host mac4` of a cold mac4 against plain `rsync -a` of the same repo
          folder with the same ssh settings, both over the shaped control link (order alternating).
 1c-link: a no-op `fab sync-cache --host mac4` (nothing missing): its wall time.
-9:       a cold mac4 filled from a complete mac5 over the data link (`--from mac5`) against from
+9:       a cold mac4 filled from a complete mac5 over the data link (`--from mac5`, inventory
+         ssh.peer_transport rsyncd; the same with peer_transport ssh in the details) against from
          local over the control link: ratio of the times, goal 0.5 x (data Mbit / control Mbit).
 The rates each link carried (raw TCP, and ssh) and ssh's cipher alone are measured first and
 carried in the figures' facts, from which their explanations are computed (bench/explain.py); a
@@ -16,6 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 import common as c
 import linkprobe
@@ -49,11 +53,12 @@ def peer_unavailable(lab):
         "`fab sync-cache` has no --from option (peer sync is not in this tree)"
 
 
-def fab_sync(lab, source, noop_launcher=None):
+def fab_sync(lab, source, noop_launcher=None, inventory_path=None):
     """(seconds, phases, result row) of one `fab sync-cache --host mac4 --json` from ``source``
     ('local', a host, or None: a tree without peer sync, where local is the only source)."""
     extra = ["--from", source] if source else []
-    seconds, code, lines, out = c.timed_lines([c.FAB, "sync-cache", "--host", "mac4", *extra, "--json"], lab.env())
+    seconds, code, lines, out = c.timed_lines([c.FAB, "sync-cache", "--host", "mac4", *extra, "--json"],
+                                              lab.env(inventory_path))
     data = json.loads(out) if out.strip().startswith("{") else None
     if code or not data or not data["ok"] or data["results"][0]["after"] != "complete":
         raise RuntimeError(f"sync-cache {' '.join(extra)} failed ({code}): " + "\n".join(l for _, l in lines[-20:]))
@@ -104,18 +109,31 @@ def sync_vs_rsync(lab, inv, runs, local):
     ]
 
 
+def with_transport(lab, transport):
+    """A copy of the lab's inventory whose ``ssh.peer_transport`` is ``transport``."""
+    data = yaml.safe_load(Path(lab.inventory).read_text())
+    data.setdefault("ssh", {})["peer_transport"] = transport
+    path = Path(lab.inventory).with_name(f"hosts-{transport}.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def peer(lab, inv, runs, args, facts):
-    """9: cold mac4 from a complete mac5 over the data link vs from local over the control link."""
+    """9: cold mac4 from a complete mac5 over the data link (the inventory's ``ssh.peer_transport``
+    rsyncd: a one-shot rsync daemon on the data link) vs from local over the control link; the same
+    peer sync with ``peer_transport: ssh`` (rsync over the peer ssh) measured beside it."""
     goal, text = peer_goal(args)
     c.fab(lab, "setup-peers", check=True)   # the peer key, as an operator installs it once
     c.set_complete(lab, "mac5")
-    t = {"peer": [], "local": []}
-    ph = {"peer": [], "local": []}
+    paths = {"peer": with_transport(lab, "rsyncd"), "peer_ssh": with_transport(lab, "ssh"), "local": None}
+    t = {k: [] for k in paths}
+    ph = {k: [] for k in paths}
     sent = []
     for i in range(runs):
-        for kind in (("local", "peer") if i % 2 == 0 else ("peer", "local")):
+        kinds = list(paths) if i % 2 == 0 else list(reversed(list(paths)))
+        for kind in kinds:
             c.set_partial(lab, "mac4")
-            s, p, row = fab_sync(lab, "mac5" if kind == "peer" else "local")
+            s, p, row = fab_sync(lab, "local" if kind == "local" else "mac5", inventory_path=paths[kind])
             sent.append(row["missing_bytes"])
             t[kind].append(s)
             ph[kind].append(p)
@@ -125,8 +143,9 @@ def peer(lab, inv, runs, args, facts):
         "9", "peer sync over the data link vs from local over the control link", m["local"] / m["peer"], ">=", goal,
         goal=text,
         runs=c.rounded([lo / pe for lo, pe in zip(t["local"], t["peer"])]),
-        detail=f"median from mac5 over the data link {m['peer']:.2f}s, from local over the control link "
-               f"{m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
+        detail=f"median from mac5 over the data link {m['peer']:.2f}s (ssh.peer_transport rsyncd; with "
+               f"peer_transport ssh {m['peer_ssh']:.2f}s, ratio {m['local'] / m['peer_ssh']:.2f}), from local over "
+               f"the control link {m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
         phases=median_run(t["peer"], ph["peer"]), baseline_phases=median_run(t["local"], ph["local"]), work=["launcher"],
         facts={**facts, "fast_link": "data", "slow_link": "control", "bytes": max(sent)})
 

@@ -15,6 +15,7 @@ from .facts import thaw
 from .fsutil import atomic_write, real_folder
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import printable
+from .remote import HostError
 from .sync import SyncError
 from .verify import verify_cache, verify_dataset
 
@@ -88,7 +89,7 @@ def _sync_cold(inv, hosts, report, out):
         return {}
     try:
         filled = peer_sync.fill(inv, targets, out=out)
-    except SyncError as e:
+    except (SyncError, HostError) as e:
         return {h.name: {"error": str(e)} for h in targets}
     done = {}
     for f in filled:

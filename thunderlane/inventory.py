@@ -45,7 +45,8 @@ RDMA_RE = re.compile(r"^rdma_[A-Za-z0-9]{1,32}$")  # ibv_devices' names on macOS
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
 SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout", "probe_timeout", "deep_probe_timeout",
-              "rsync_timeout"}
+              "rsync_timeout", "peer_transport"}
+PEER_TRANSPORTS = ("ssh", "rsyncd")
 MODEL_FIELDS = {"repo"}
 TOP_FIELDS = {"model", "local", "ssh", "hosts"}
 
@@ -97,6 +98,7 @@ class SshSettings:
     probe_timeout: int = 120       # seconds a probe of a host may take (Fabric's command timeout)
     deep_probe_timeout: int = 1800  # the same for a probe that re-hashes a model cache (--deep)
     rsync_timeout: int = 300       # rsync --timeout: seconds without any data before rsync gives up
+    peer_transport: str = "ssh"    # host-to-host sync: rsync over the peer ssh, or a one-shot rsync daemon
 
 
 @dataclass(frozen=True)
@@ -238,11 +240,14 @@ def _ssh(spec, where):
                 (("connect_timeout", 10, 120), ("probe_timeout", 120, 3600),
                  ("deep_probe_timeout", 1800, 86400), ("rsync_timeout", 300, 3600))}
     known = spec.get("known_hosts", "~/.ssh/known_hosts")
+    transport = spec.get("peer_transport", "ssh")
+    if transport not in PEER_TRANSPORTS:
+        raise InventoryError(f"{where}: ssh.peer_transport: {transport!r} is not one of {', '.join(PEER_TRANSPORTS)}")
     return SshSettings(
         known_hosts=_local_file(known, where, "ssh.known_hosts"),
         config=_local_file(spec["config"], where, "ssh.config") if spec.get("config") else None,
         identity=_local_file(spec["identity"], where, "ssh.identity") if spec.get("identity") else None,
-        **timeouts,
+        peer_transport=transport, **timeouts,
     )
 
 

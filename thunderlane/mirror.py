@@ -119,6 +119,8 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
         _same_record(writer, staging, record)
         mirrorfs.copy_new(staging / record["step_file"], staging / rules.ADAPTERS)
         keep = mirrorfs.dated_copy(mirror) if refusal and os.path.lexists(mirror) else None
+        if not refusal:  # the same run: its evaluations of earlier steps stay (another run's stay in `keep`)
+            mirrorfs.carry_evaluations(mirror, staging)
         mirrorfs.swap(staging, mirror, keep_as=keep)
     finally:
         mirrorfs.remove(staging)

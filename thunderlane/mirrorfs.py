@@ -3,6 +3,7 @@ seed the staging folder from the verified mirror by hard links, and swap folders
 at any point leaves the old mirror, the new one, or a named copy of the old one, never nothing."""
 import hashlib
 import os
+import re
 import shutil
 import stat
 import time
@@ -102,6 +103,21 @@ def copy_new(src, dst):
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
         full_fsync(fout.fileno())
+
+
+EVALUATIONS = re.compile(r"eval_step[0-9]+_(test|valid)(_first[0-9]+)?\.json")   # fab evaluate's results (evaluate/run.py)
+
+
+def carry_evaluations(mirror, staging):
+    """Copy ``fab evaluate``'s result files of the current mirror into ``staging`` before a swap:
+    a mirror-back of a later step of the same run replaces the adapters, never the record of how an
+    earlier step did. Regular files only; names as evaluate writes them. The names copied."""
+    carried = []
+    for name, what, _ in entries(mirror) if os.path.isdir(mirror) and not os.path.islink(mirror) else []:
+        if EVALUATIONS.fullmatch(name) and what == "file" and not os.path.lexists(Path(staging) / name):
+            copy_new(Path(mirror) / name, Path(staging) / name)
+            carried.append(name)
+    return carried
 
 
 def old_copy(mirror):

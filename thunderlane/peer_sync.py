@@ -69,7 +69,9 @@ def survey(inv, targets, forced=None, checksum=False):
         return Sources(caches, complete, {}, {}, blocked), verdicts
     # --from's host is always looked at: an incomplete source is refused even with nothing to pull
     others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
-    more, got = _ask_peers(inv, others, [inv.hosts[n] for n in cold], checksum, peer_facts=cold and not blocked)
+    # peer facts of every target too: a complete one named among the targets (no --host) serves the cold
+    more, got = _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete], checksum,
+                           peer_facts=cold and not blocked)
     caches.update(more)
     verdicts.update(_verdicts({"local": caches["local"], **more}, checksum))
     complete += [h.name for h in others if verdicts[h.name].ok]
@@ -113,11 +115,13 @@ def peers_blocked(inv):
 
 def link_problems(inv, sources, targets, got):
     """{(source, target): why not, or None} for every pair."""
-    _, pub = local_key(inv)
     try:
+        _, pub = local_key(inv)
         pinned = pinned_keys(inv)
     except HostError as e:
-        pinned, common = {}, e.message
+        pub, pinned, common = None, {}, e.message
+    except OSError as e:
+        pub, pinned, common = None, {}, f"local's peer key cannot be read ({e}): run fab setup-peers again"
     else:
         common = None
     return {(s, t): common or peers.link_problem(inv.hosts[s], inv.hosts[t], got, pub, pinned)
@@ -158,7 +162,7 @@ def fill(inv, targets, forced=None, dry_run=False, checksum=False, bwlimit=None,
     plan = Fill(names, list(sources.complete), sources.problems, forced=forced, chain=not dry_run,
                 blocked=sources.blocked)
     first = plan.start()
-    warm = [Step(n, LOCAL, "complete already: verified, only what differs is sent") for n in names
+    warm = [Step(n, forced or LOCAL, "complete already: verified, only what differs is sent") for n in names
             if n in sources.complete]
     args = dict(dry_run=dry_run, checksum=checksum, bwlimit=bwlimit, verbose=verbose, out=out)
     ended, failed_peer = {}, {}
@@ -206,4 +210,5 @@ def _transfer(inv, sources, step, args):
 def _pull_options(inv, sources, step):
     src, tgt = inv.hosts[step.source], inv.hosts[step.target]
     src_cache = dest_cache_of(src, sources.caches[src.name])
-    return peers.launcher_options(src, tgt, sources.peer_facts, src_cache, inv.ssh.connect_timeout)
+    return peers.launcher_options(src, tgt, sources.peer_facts, src_cache, inv.ssh.connect_timeout,
+                                  inv.ssh.peer_transport)

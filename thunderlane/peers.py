@@ -133,8 +133,13 @@ def peer_ssh(tgt, got, connect_timeout, src):
     return " ".join(argv + ["-p", str(src.data_port), "-c", CIPHERS])
 
 
-def launcher_options(src, tgt, got, src_cache, connect_timeout):
-    """The sync launcher's options that make ``tgt`` pull from ``src`` (see the launcher's usage)."""
+def launcher_options(src, tgt, got, src_cache, connect_timeout, transport="ssh"):
+    """The sync launcher's options that make ``tgt`` pull from ``src`` (see the launcher's usage).
+    ``transport`` 'rsyncd': the peer ssh only starts a one-shot rsync daemon on ``src``'s data
+    address, which lets in ``tgt``'s alone; the bytes then cross the data link in clear."""
     command = peer_ssh(tgt, got[tgt.name], connect_timeout, src)
-    return ["--from-host", f"{src.user}@{src.data_ip}", "--from-cache", src_cache,
-            "--peer-ssh", command, "--peer-rsync-path", src.rsync_path]
+    options = ["--from-host", f"{src.user}@{src.data_ip}", "--from-cache", src_cache,
+               "--peer-ssh", command, "--peer-rsync-path", src.rsync_path]
+    if transport == "rsyncd":
+        options += ["--peer-transport", "rsyncd", "--from-addr", src.data_ip, "--host-addr", tgt.data_ip]
+    return options

@@ -44,13 +44,19 @@ class StandbyProbe:
     def __init__(self, inv, host, query):
         self.inv, self.host, self.query = inv, host, query
         self.conn = self.channel = None
-        self.failed = False
+        self.failed = self.closed = False
+        self._lock = threading.Lock()
         self._ready = threading.Thread(target=self._start, daemon=True)
         self._ready.start()
 
     def _start(self):
         try:
-            self.conn = open_session(self.inv, self.host)
+            conn = open_session(self.inv, self.host)
+            with self._lock:
+                if self.closed:  # closed while the handshake ran: nothing may stay open behind it
+                    conn.close()
+                    return
+                self.conn = conn
             self.channel = self.conn.transport.open_session()
             argv = [self.host.python, "-c", WRAPPER % PROBE_SOURCE, *self.query.args]
             self.channel.exec_command(shlex.join(argv))
@@ -80,9 +86,13 @@ class StandbyProbe:
             return None  # likewise
 
     def close(self):
-        """End the standby (a waiting interpreter sees its stdin close and exits)."""
-        if self.conn is not None:
-            self.conn.close()
+        """End the standby (a waiting interpreter sees its stdin close and exits), now or, when the
+        session is still being opened, as soon as it is."""
+        with self._lock:
+            self.closed = True
+            conn = self.conn
+        if conn is not None:
+            conn.close()
 
 
 def _collect(channel, deadline):

@@ -43,7 +43,7 @@ def test_handoff_evaluates_the_mirrored_step_and_reports_the_decision(evaluated)
     assert ev["verdict"]["decision"] in ("promote", "hold", "reject") and ev["verdict"]["reasons"]
     assert m["better"] + m["same"] + m["worse"] == 6 and ev["test_loss"] > 0
     saved = Path(ev["saved"])
-    assert saved == Path(data["mirror"]["local_dir"]) / "eval_step5_test.json"
+    assert saved == Path(data["mirror"]["local_dir"]) / "eval_step5_test_first6.json"   # the profile's limit: 6
     stored = json.loads(saved.read_text(encoding="utf-8"))
     assert [r["where"].rsplit(":", 1)[1] for r in stored["rows"]] == ["1", "2", "3", "4", "5", "6"]
     assert stored["metrics"] == m

@@ -180,3 +180,9 @@ def test_the_handoff_gets_the_reason_when_the_evaluation_cannot_run(tmp_path, mo
         raise RuntimeError("[metal] out of memory")
     monkeypatch.setattr(run, "evaluate", crash)
     assert run.for_handoff(inv, prof)["error"] == "RuntimeError: [metal] out of memory"
+
+
+def test_a_limited_run_is_saved_apart_from_the_whole_split():
+    from thunderlane.evaluate.run import eval_file
+    assert eval_file(10, "test", 0) == "eval_step10_test.json"
+    assert eval_file(10, "test", 5) == "eval_step10_test_first5.json"

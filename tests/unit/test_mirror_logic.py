@@ -276,3 +276,24 @@ def test_the_checkpoint_json_that_arrives_must_be_the_record_that_chose_the_file
     os.symlink(tmp_path / "elsewhere.json", tmp_path / "checkpoint.json")
     with pytest.raises(mirror.MirrorError, match="not the one"):
         mirror._same_record(SimpleNamespace(name="mac4"), tmp_path, record)
+
+
+def test_a_later_mirror_keeps_the_runs_evaluations(tmp_path):
+    """fab evaluate's results of the current mirror go into the staging folder before the swap;
+    nothing else does (not another file, not a link, not a name evaluate does not write)."""
+    from thunderlane import mirrorfs
+    mirror, staging = tmp_path / "run", tmp_path / "stage"
+    mirror.mkdir()
+    staging.mkdir()
+    (mirror / "eval_step5_test.json").write_text('{"step": 5}')
+    (mirror / "eval_step10_valid.json").write_text('{"step": 10}')
+    (mirror / "eval_step10_test_first6.json").write_text('{"rows": 6}')
+    (mirror / "eval_step5_train.json").write_text("not a split evaluate writes")
+    (mirror / "adapters.safetensors").write_text("old adapters")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (mirror / "eval_step7_test.json").symlink_to(tmp_path / "elsewhere.json")
+    carried = ["eval_step10_test_first6.json", "eval_step10_valid.json", "eval_step5_test.json"]
+    assert sorted(mirrorfs.carry_evaluations(mirror, staging)) == carried
+    assert sorted(p.name for p in staging.iterdir()) == carried
+    assert (staging / "eval_step5_test.json").read_text() == '{"step": 5}'
+    assert mirrorfs.carry_evaluations(tmp_path / "absent", staging) == []

@@ -141,6 +141,25 @@ def test_peer_ssh_is_pinned_bound_and_splits_on_spaces():
     assert argv[-1] == "me@mac4.local" and argv[-1 - len(opts):-1] == opts
 
 
+def test_rsyncd_transport_adds_both_data_addresses_and_is_validated():
+    """ssh.peer_transport rsyncd: the launcher is told to start a daemon on the source's data address
+    letting in the target's alone; anything but ssh|rsyncd in the inventory is refused."""
+    inv = inv_of(2)
+    got = facts_for(inv, "PUB")
+    plain = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", 7)
+    assert "--peer-transport" not in plain
+    opts = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", 7, "rsyncd")
+    assert opts[:len(plain)] == plain
+    assert opts[len(plain):] == ["--peer-transport", "rsyncd", "--from-addr", "198.19.0.5", "--host-addr", "198.19.0.4"]
+    data = copy.deepcopy(GOOD)
+    assert inventory.parse(data, "inv.yaml").ssh.peer_transport == "ssh"
+    data["ssh"] = {**data.get("ssh", {}), "peer_transport": "rsyncd"}
+    assert inventory.parse(data, "inv.yaml").ssh.peer_transport == "rsyncd"
+    data["ssh"]["peer_transport"] = "ftp"
+    with pytest.raises(InventoryError, match="ssh.peer_transport: 'ftp'"):
+        inventory.parse(data, "inv.yaml")
+
+
 # --- the scheduler --------------------------------------------------------------------------------
 
 def ok_links(hosts):

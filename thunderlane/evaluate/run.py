@@ -17,7 +17,12 @@ from ..fsutil import atomic_write
 from ..onhost.runs import lane_facts
 from . import decode, metrics, policy, rows as rows_mod
 
-EVAL_FILE = "eval_step{step}_{split}.json"
+EVAL_FILE = "eval_step{step}_{split}{part}.json"   # part: "" for the whole split, "_first<N>" with --limit N
+
+
+def eval_file(step, split, limit):
+    """The result file's name: a run on part of a split (``--limit``) never replaces the whole one's."""
+    return EVAL_FILE.format(step=step, split=split, part=f"_first{limit}" if limit else "")
 TOP = 5  # rows shown helped most / hurt most
 
 
@@ -116,7 +121,7 @@ def _evaluate(inv, profile, step, split, limit, batch, out):
                             cfg.get("mask_prompt", False))
     result = report(profile, t, data, scores, loss, seconds, batch)
     result["command"] = reproduce(inv, profile, t.step, split, limit)
-    path = t.mirror / EVAL_FILE.format(step=t.step, split=split)
+    path = t.mirror / eval_file(t.step, split, limit)
     result["saved"] = str(path)
     atomic_write(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
