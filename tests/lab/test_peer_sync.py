@@ -127,3 +127,24 @@ def test_a_peer_that_fails_falls_back_to_local(peered, lab_dir, tmp_path):
     assert "mac4 <- mac5 over the data link" in p.stdout
     assert "mac5 failed; falling back to local" in p.stdout
     assert "mac4: partial -> complete" in p.stdout and "mac5 failed first:" in p.stdout
+
+
+def test_every_host_with_the_rsyncd_transport(peered, tmp_path):
+    """`fab sync-cache` without --host (mac5 complete is a target too) with ssh.peer_transport rsyncd:
+    mac5 serves mac4 through a one-shot rsync daemon on its data address; mac4 ends complete,
+    verified against local; mac5 sends nothing to itself."""
+    import yaml
+    inv, _ = peered
+    data = yaml.safe_load(open(inv.path).read())
+    data["ssh"]["peer_transport"] = "rsyncd"
+    path = tmp_path / "rsyncd.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rsyncd = inventory.load(str(path))
+    code, out = fab_json(rsyncd, "sync-cache")
+    assert code == 0, out
+    rows = {r["host"]: r for r in out["results"]}
+    assert (rows["mac4"]["source"], rows["mac4"]["before"], rows["mac4"]["after"]) == ("mac5", "partial", "complete")
+    assert "--peer-transport rsyncd" in rows["mac4"]["command"], rows["mac4"]["command"]
+    assert rows["mac5"]["after"] == "complete" and not rows["mac5"]["command"]   # nothing missing there
+    code, report = fab_json(inv, "verify-cache", "--deep")
+    assert code == 0 and by_host(report)["mac4"]["verdict"] == "complete"
