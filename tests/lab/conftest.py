@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from thunderlane import inventory, lab
-from thunderlane.lab import kit
+from thunderlane.lab import kit, netns
 from thunderlane.onhost.runs import lane_facts
 from thunderlane.sync import sync_cache
 
@@ -32,6 +32,21 @@ def lab_dir(tmp_path_factory):
     lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT)
     yield d
     lab.down(d)
+
+
+def namespaced_lab(tmp_path_factory, name, control_mbit, data_mbit):
+    """A namespaced lab of its own (``lab.up(net='netns', scope='test')``), yielded as (folder,
+    inventory) and removed after; the test is skipped where namespaces cannot be made."""
+    why = netns.unsupported()
+    if why:
+        pytest.skip(f"the namespaced lab: {why}")
+    d = tmp_path_factory.mktemp(name)
+    try:
+        path = lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT, net="netns", control_mbit=control_mbit,
+                      data_mbit=data_mbit, scope="test")
+        yield d, inventory.load(path)
+    finally:
+        lab.down(d)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from thunderlane import checkpoint, inventory, lab
 from thunderlane.lab import kit, netns
 from thunderlane.facts import RunFacts
 
-from .conftest import (FAB, HOSTS, LAYOUT, ROOT, by_host, fab, fab_json, no_rank_left, run_facts, start_fab,
+from .conftest import (FAB, HOSTS, LAYOUT, ROOT, namespaced_lab, by_host, fab, fab_json, no_rank_left, run_facts, start_fab,
                        wait_for_step)
 
 CONTROL_MBIT, DATA_MBIT = 100, 1000
@@ -24,16 +24,8 @@ WATCHDOG = 20
 
 @pytest.fixture(scope="module")
 def links_lab(tmp_path_factory):
-    why = netns.unsupported()
-    if why:
-        pytest.skip(f"the namespaced lab: {why}")
-    d = tmp_path_factory.mktemp("links-lab")
-    try:
-        lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT, net="netns", control_mbit=CONTROL_MBIT,
-               data_mbit=DATA_MBIT, scope="test")
+    for d, _ in namespaced_lab(tmp_path_factory, "links-lab", CONTROL_MBIT, DATA_MBIT):
         yield d
-    finally:
-        lab.down(d)
 
 
 @pytest.fixture

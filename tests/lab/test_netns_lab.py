@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import HOSTS, LAYOUT, by_host, fab, fab_json
+from tests.lab.conftest import HOSTS, LAYOUT, by_host, fab, fab_json, namespaced_lab
 from thunderlane import inventory, lab
 from thunderlane.lab import LabError, kit, netns
 from thunderlane.sync import sync_cache
@@ -58,16 +58,7 @@ else:
 
 @pytest.fixture(scope="module")
 def ns_lab(tmp_path_factory):
-    why = netns.unsupported()
-    if why:
-        pytest.skip(f"the namespaced lab: {why}")
-    d = tmp_path_factory.mktemp("netns-lab")
-    try:
-        path = lab.up(HOSTS, lab=d, model_mb=1.0, layout=LAYOUT, net="netns", control_mbit=CONTROL_MBIT,
-                      data_mbit=DATA_MBIT, scope="test")
-        yield d, inventory.load(path)
-    finally:
-        lab.down(d)
+    yield from namespaced_lab(tmp_path_factory, "netns-lab", CONTROL_MBIT, DATA_MBIT)
 
 
 def python_in(ns, code, *args, timeout=30):

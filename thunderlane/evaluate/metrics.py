@@ -23,16 +23,8 @@ def edits(hypothesis, reference):
     return Levenshtein.distance(nfc(hypothesis), nfc(reference))
 
 
-@dataclass(frozen=True)
-class RowScore:
-    """One row: where it came from, the three texts, and the edits of each text against the reference."""
-    where: str            # file:line
-    hypothesis: str
-    correction: str
-    reference: str
-    edits_before: int
-    edits_after: int
-    ref_chars: int
+class _Rates:
+    """CER before and after from edits and reference characters (a row's, or the corpus's)."""
 
     @property
     def cer_before(self):
@@ -41,6 +33,18 @@ class RowScore:
     @property
     def cer_after(self):
         return self.edits_after / max(self.ref_chars, 1)
+
+
+@dataclass(frozen=True)
+class RowScore(_Rates):
+    """One row: where it came from, the three texts, and the edits of each text against the reference."""
+    where: str            # file:line
+    hypothesis: str
+    correction: str
+    reference: str
+    edits_before: int
+    edits_after: int
+    ref_chars: int
 
     @property
     def exact(self):
@@ -66,7 +70,7 @@ def score(where, hypothesis, correction, reference):
 
 
 @dataclass(frozen=True)
-class Summary:
+class Summary(_Rates):
     """Corpus figures. ``cer_ratio`` is after / before (None when the hypotheses have no error);
     ``reduction`` is 1 - ratio; ``interval`` its bootstrap 95% interval (low, high)."""
     rows: int
@@ -80,14 +84,6 @@ class Summary:
     interval: tuple | None
     seed: int
     resamples: int
-
-    @property
-    def cer_before(self):
-        return self.edits_before / max(self.ref_chars, 1)
-
-    @property
-    def cer_after(self):
-        return self.edits_after / max(self.ref_chars, 1)
 
     @property
     def cer_ratio(self):
