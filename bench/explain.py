@@ -89,7 +89,8 @@ TOTAL, IGNORED, UNTIMED = "wall", ("internal",), "not timed apart"
 
 def parts(phases):
     """``phases`` as disjoint parts: without the totals; with what ``wall`` leaves as a phase."""
-    found = {k: v for k, v in (phases or {}).items() if k != TOTAL and k not in IGNORED}
+    found = {k: v for k, v in (phases or {}).items() if k != TOTAL and k not in IGNORED
+             and isinstance(v, (int, float)) and not isinstance(v, bool)}   # seconds only
     rest = (phases or {}).get(TOTAL, 0.0) - sum(found.values())
     return {**found, UNTIMED: rest} if TOTAL in (phases or {}) and rest >= 0.005 else found
 

@@ -218,14 +218,26 @@ def main():
     p.add_argument("--runs", type=int, default=0, help="runs per timed measurement (default: each script's)")
     p.add_argument("--only", default="", help="comma-separated script names (default: all)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument("--keep", default="/tmp/thunder-bench-results.json",
+                   help="where the measurements are kept before the document is written")
+    p.add_argument("--render", default="", help="write the document from a --keep file; measure nothing")
     args = p.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     started, t0 = time.time(), time.monotonic()
     load_before = load1()
     code_before = code_state()
-    results = [run_script(name, kind, args) for name, kind in SCRIPTS if not only or name in only]
-    load_after = load1()
-    code = describe_code(code_before, code_state())
+    if args.render:  # the measurements of an earlier run (its --keep file), written again
+        kept = json.loads(Path(args.render).read_text())
+        results, started, seconds, (load_before, load_after), code = (kept["results"], kept["started"], kept["seconds"],
+                                                                       kept["load"], kept["code"])
+        t0 = time.monotonic() - seconds
+    else:
+        results = [run_script(name, kind, args) for name, kind in SCRIPTS if not only or name in only]
+        load_after = load1()
+        code = describe_code(code_before, code_state())
+        fsutil.atomic_write(Path(args.keep), json.dumps({  # a document that fails to render loses no run
+            "results": results, "started": started, "seconds": time.monotonic() - t0,
+            "load": [load_before, load_after], "code": code}) + "\n")
     text = render(results, args, started, time.monotonic() - t0, (load_before, load_after), code)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fsutil.atomic_write(Path(args.out), text)  # an interrupted write never leaves half a document

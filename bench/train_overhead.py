@@ -144,7 +144,10 @@ def main():
                                + (f"; bare in bf16 (mlx_lm's default on CPU) {c.median(bf16):.1f}s, "
                                   f"ratio against it {m_lane / c.median(bf16):.2f}" if bf16 else ""))]
     ph = lambda kind, k: c.median([p[k] for _, p in runs[kind]])  # noqa: E731
-    figures[0]["phases"] = phase_split(runs, over, fixed, helpers)
+    split = phase_split(runs, over, fixed, helpers)
+    # the lane's and the bare run's phase medians (s) for bench/explain.py; the whole split stays in facts
+    figures[0].update(phases=split["lane"], baseline_phases=split["bare"],
+                      facts={**figures[0].get("facts", {}), "split": split})
     c.emit("train_overhead", vars(args), figures, [
         f"5: model {args.train_model_mb:g} MB; `{cmd_lane}` vs `{cmd_bare}` (cwd launchers/, as the lane's launcher)",
         "5: phases, medians (s): lane " + json.dumps({k: round(ph('lane', k), 2) for k in runs['lane'][0][1]})
