@@ -64,6 +64,12 @@ def fan_out(lab, n=5):
     hosts = [inv.host(h) for h in c.BYTE_HOSTS]
     jobs = {"true": lambda h: remote.run(inv, h, ["true"]),
             "probe": lambda h: remote.run_probe(inv, h, ["cache", inv.repo_id, "-"])}
+    return on_hosts_medians(hosts, jobs, n)
+
+
+def on_hosts_medians(hosts, jobs, n):
+    """{(job, hosts): median seconds} of thunderlane.remote.on_hosts running each job on the second
+    host alone and on all of ``hosts``, ``n`` times each."""
     out = {}
     for name, fn in jobs.items():
         for group in (hosts[1:2], hosts):
@@ -128,14 +134,7 @@ def fan_out_phases(lab, n=5):
     out = {"start": c.median([c.run([c.FAB, "--list"], env=lab.env(), check=True).seconds for _ in range(n)]),
            "probe_alone": c.median([c.run([c.PY, "-c", remote.PROBE_SOURCE, "cache", inv.repo_id,
                                            str(lab.cache("mac5"))], check=True).seconds for _ in range(n)])}
-    for name, fn in jobs.items():
-        for group in (hosts[1:2], hosts):
-            ts = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                remote.on_hosts(group, fn)
-                ts.append(time.perf_counter() - t0)
-            out[f"{name}_{len(group)}"] = c.median(ts)
+    out.update({f"{name}_{size}": t for (name, size), t in on_hosts_medians(hosts, jobs, n).items()})
     return out
 
 
