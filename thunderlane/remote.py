@@ -67,6 +67,25 @@ class CappedRemote(Remote):
         if self.watchers:  # Invoke joins the whole buffer after every chunk, watchers or not: quadratic
             super().respond(buffer_)
 
+    # Invoke's timeout: a Timer thread calls kill(), and the command counts as timed out only once
+    # that thread has ended. Fabric's kill closes the channel, which marks it closed *before*
+    # sending the close message; the main thread can see the channel closed, return an ordinary
+    # result (timed_out still False) and close the transport while the Timer thread is still
+    # sending, which then dies with a traceback (EOFError). So: kill says so first, and a
+    # transport already gone is no error for a kill.
+    _killed = False
+
+    def kill(self):
+        self._killed = True
+        try:
+            super().kill()
+        except (EOFError, OSError, paramiko.SSHException):
+            pass
+
+    @property
+    def timed_out(self):
+        return self._killed or super().timed_out
+
 
 class LaneConnection(Connection):
     """Fabric's Connection, also closing the ssh-agent session its key signs through."""

@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 
 import paramiko
 import pytest
@@ -194,3 +195,36 @@ def test_a_failing_probe_keeps_only_a_short_tail(tmp_path):
     inv, host = hostile(tmp_path, "sys.stderr.write('e' * 100000); sys.exit(3)")
     message = ask_error(inv, host, DATASET)
     assert "exit 3" in message and len(message) < 400
+
+
+# --- the command timeout's kill ---------------------------------------------------------------------
+
+class _ClosingChannel:
+    """A channel whose close() is slow and then finds the transport gone, as paramiko's does when
+    the main thread closed the connection while the timeout's thread was still sending."""
+
+    def __init__(self):
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def close(self):
+        self.entered.set()
+        self.release.wait(5)
+        raise EOFError()
+
+
+def test_a_kill_in_flight_already_counts_as_timed_out_and_a_dead_transport_is_no_traceback(tmp_path, monkeypatch):
+    """Invoke only counts a timeout once its Timer thread has ended; Fabric's kill marks the channel
+    closed before sending, so without this the main thread saw an ordinary result and the Timer
+    thread died with EOFError (CI, fault 30)."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    inv = make_inv(tmp_path)
+    runner = remote.CappedRemote(remote.connect(inv, inv.hosts["mac4"]))
+    runner.channel = _ClosingChannel()
+    runner.start_timer(0.01)
+    assert runner.channel.entered.wait(5)
+    assert runner._timer.is_alive() and runner.timed_out  # mid-kill: already a timeout
+    runner.channel.release.set()
+    runner._timer.join(5)
+    assert not runner._timer.is_alive() and runner.timed_out
+    assert died == []
