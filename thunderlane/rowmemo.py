@@ -9,9 +9,15 @@ runs root, and a lab or a test writes nowhere else), keyed by both: the file's s
 unchanged corpus sums local's files and reads their verdicts here; a change of bytes or of the
 validator misses, and that run parses once and remembers. An entry that cannot be read, is not
 what :func:`entry` writes, or whose keys differ is a miss: never trusted, only replaced.
+
+Each remember prunes the folder (:func:`stale`): the entries of the files just judged stay, and of
+the others the :data:`KEEP_RECENT` most recently used (a hit touches its entry); older ones are
+unlinked, one atomic unlink each. Pruning is best effort: an entry removed under a concurrent run
+is only that run's miss, and a prune that fails costs nothing but room.
 """
 import hashlib
 import json
+import os
 import re
 from dataclasses import replace
 from types import MappingProxyType
@@ -21,6 +27,16 @@ from .fsutil import atomic_write
 from .layout import Local
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+ENTRY = re.compile(r"([0-9a-f]{64})\.json")
+KEEP_RECENT = 32   # entries of other bytes kept: a few corpora (3 files each) and their recent edits
+
+
+def stale(entries, current, keep=KEEP_RECENT):
+    """The entry names to remove, of ``entries`` ({name: mtime}; names as :data:`ENTRY`): all but
+    those of the ``current`` sha256s and the ``keep`` most recently used others, newest first."""
+    others = sorted((n for n in entries if ENTRY.fullmatch(n).group(1) not in current),
+                    key=lambda n: (entries[n], n), reverse=True)
+    return others[keep:]
 
 
 def validator(probe_source, python):
@@ -72,6 +88,7 @@ class Memo:
                     found = None
                 if found:
                     f = replace(f, format=found[0], bad=found[1], checked=True)
+                    self._touch(f.sha256)
             files[name] = f
         return replace(facts, files=MappingProxyType(files))
 
@@ -84,3 +101,38 @@ class Memo:
                     atomic_write(self._path(f.sha256), entry(f, self.key))
                 except OSError:
                     pass
+        self.prune({f.sha256 for f in facts.files.values() if f.present and f.sha256})
+
+    def _touch(self, sha256):
+        """Mark a hit's entry as just used (its mtime), for :meth:`prune`; best effort."""
+        try:
+            os.utime(self._path(sha256), follow_symlinks=False)
+        except (OSError, NotImplementedError):
+            pass
+
+    def prune(self, current, keep=KEEP_RECENT):
+        """Unlink the :func:`stale` entries (regular files or links named as entries; nothing else in
+        the folder is touched). Returns the names removed; a failure removes less, never raises."""
+        removed = []
+        for name in stale(self._entries(), current, keep):
+            try:
+                os.unlink(self.folder / name)
+                removed.append(name)
+            except OSError:
+                pass
+        return removed
+
+    def _entries(self):
+        """{name: mtime} of the folder's entries (files or links named as entries; no folder)."""
+        found = {}
+        try:
+            with os.scandir(self.folder) as it:
+                for e in it:
+                    try:
+                        if ENTRY.fullmatch(e.name) and not e.is_dir(follow_symlinks=False):
+                            found[e.name] = e.stat(follow_symlinks=False).st_mtime
+                    except OSError:   # gone meanwhile (another run's prune)
+                        pass
+        except OSError:
+            pass
+        return found

@@ -1,4 +1,5 @@
 """The memo of local's row verdicts: a hit gives what a parse gives, anything else re-parses."""
+import os
 import shutil
 
 import pytest
@@ -98,3 +99,80 @@ def test_memo_lives_under_the_local_runs_root(corpus, tmp_path):
     rowmemo.Memo(tmp_path / "runs", KEY).remember(parsed(corpus))
     names = sorted(p.name for p in (tmp_path / "runs" / ".row-memo").iterdir())
     assert names == sorted(f"{parsed(corpus).file(n).sha256}.json" for n in probe.DATA_FILES)
+
+
+# --- pruning: the current files' entries and the most recently used others stay -------------------
+
+def fake_entries(memo, count, start=1_000_000):
+    """``count`` entries of other bytes, the i-th used at ``start + i`` (older first)."""
+    memo.folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        path = memo.folder / f"{i:064x}.json"
+        path.write_text("{}\n")
+        os.utime(path, (start + i, start + i))
+        names.append(path.name)
+    return names
+
+
+def entry_names(memo):
+    return {p.name for p in memo.folder.iterdir() if rowmemo.ENTRY.fullmatch(p.name)}
+
+
+def test_stale_keeps_the_current_and_the_most_recent_others():
+    entries = {f"{i:064x}.json": float(i) for i in range(6)}
+    current = {f"{0:064x}", f"{5:064x}"}   # the oldest and the newest are the current files'
+    assert rowmemo.stale(entries, current, keep=2) == [f"{2:064x}.json", f"{1:064x}.json"]
+    assert rowmemo.stale(entries, current, keep=4) == []
+    assert rowmemo.stale(entries, set(), keep=0) == sorted(entries, reverse=True)
+
+
+def test_remember_prunes_old_entries_of_other_bytes(corpus, tmp_path):
+    memo = rowmemo.Memo(tmp_path / "runs", KEY)
+    others = fake_entries(memo, rowmemo.KEEP_RECENT + 5)
+    (memo.folder / "notes.txt").write_text("not an entry\n")
+    (memo.folder / f"{'f' * 64}.json.tmpabc").mkdir()   # someone's atomic write in flight
+    (memo.folder / f"{'e' * 64}.json").mkdir()          # named as an entry, but a folder
+    memo.remember(parsed(corpus))
+    current = {f"{parsed(corpus).file(n).sha256}.json" for n in probe.DATA_FILES}
+    assert entry_names(memo) == current | set(others[5:]) | {f"{'e' * 64}.json"}
+    assert (memo.folder / "notes.txt").is_file() and (memo.folder / f"{'f' * 64}.json.tmpabc").is_dir()
+    assert dataset.unchecked(memo.recall(summed(corpus))) == []
+
+
+def test_the_current_files_entries_stay_however_old(corpus, tmp_path):
+    memo = rowmemo.Memo(tmp_path / "runs", KEY)
+    memo.remember(parsed(corpus))
+    for p in memo.folder.iterdir():
+        os.utime(p, (1, 1))                         # older than every other entry
+    fake_entries(memo, rowmemo.KEEP_RECENT + 3)
+    memo.remember(parsed(corpus))
+    assert dataset.unchecked(memo.recall(summed(corpus))) == []
+    assert len(entry_names(memo)) == len(probe.DATA_FILES) + rowmemo.KEEP_RECENT
+
+
+def test_a_hit_counts_as_a_use(corpus, tmp_path):
+    """A corpus verified now and then (a hit each time) keeps its entries while another one's edits
+    come and go."""
+    memo = rowmemo.Memo(tmp_path / "runs", KEY)
+    memo.remember(parsed(corpus))
+    for p in memo.folder.iterdir():
+        os.utime(p, (1, 1))
+    memo.recall(summed(corpus))                     # the hit: its entries are the newest now
+    fake_entries(memo, rowmemo.KEEP_RECENT)
+    memo.prune(current=set())
+    assert dataset.unchecked(memo.recall(summed(corpus))) == []
+
+
+def test_a_failed_prune_costs_nothing_but_room(corpus, tmp_path, monkeypatch):
+    memo = rowmemo.Memo(tmp_path / "runs", KEY)
+    others = fake_entries(memo, rowmemo.KEEP_RECENT + 2)
+
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(rowmemo.os, "unlink", refuse)
+    memo.remember(parsed(corpus))                   # no exception
+    assert entry_names(memo) >= set(others)
+    assert dataset.unchecked(memo.recall(summed(corpus))) == []
+    monkeypatch.undo()
+    assert memo.prune({f.sha256 for f in parsed(corpus).files.values()}) == others[1::-1]
