@@ -3,15 +3,33 @@ person's through the generated ssh_config). Fabric's own sessions get the same g
 :func:`thunderlane.remote.connect`."""
 import shlex
 
+ALIVE_COUNT = 3      # keepalives ssh leaves unanswered: it gives up at the next one, after COUNT + 1 intervals
+ALIVE_INTERVAL = 10  # seconds between keepalives of a long session: a silent host ends it after 40 s
 
-def _ssh_settings(inv):
+
+def server_alive(ssh):
+    """(ServerAliveInterval, ServerAliveCountMax) for the ssh under rsync and the launchers: ssh gives
+    up once the host has sent nothing, not even a keepalive's answer, for about ``connect_timeout +
+    rsync_timeout`` seconds (a pulled cable ends the sync within that), never more than a long
+    session's 40 s nor less than 4 s. Not too eager: the host's sshd answers keepalives however busy
+    its rsync is (hashing with --checksum, a slow disk), so only a dead link or a hung sshd falls
+    this silent; a live sshd answers one as it answers a handshake (``connect_timeout``), and
+    ``rsync_timeout`` is the silence the operator already takes as the end of a transfer. rsync's
+    own ``--timeout`` cannot be relied on there: its keepalives count as data while ssh takes them,
+    and the launcher's ssh master, which holds rsync's pipes, lives until ssh gives up."""
+    budget = min(ssh.connect_timeout + ssh.rsync_timeout, (ALIVE_COUNT + 1) * ALIVE_INTERVAL)
+    return max(1, budget // (ALIVE_COUNT + 1)), ALIVE_COUNT
+
+
+def _ssh_settings(inv, alive=(ALIVE_INTERVAL, ALIVE_COUNT)):
     """The options every ssh the lane starts must carry (Fabric's own are set in :func:`connect`):
-    the pinned host keys and only those (no system-wide file), no prompts, fast failure, keepalives,
-    and nothing a config could add: no agent or port forwarding, no LocalCommand."""
+    the pinned host keys and only those (no system-wide file), no prompts, fast failure, keepalives
+    (``alive``: interval and count), and nothing a config could add: no agent or port forwarding,
+    no LocalCommand."""
     s = inv.ssh
     settings = [("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"), ("UserKnownHostsFile", s.known_hosts),
                 ("GlobalKnownHostsFile", "/dev/null"), ("ConnectTimeout", s.connect_timeout),
-                ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3), ("CheckHostIP", "no"),
+                ("ServerAliveInterval", alive[0]), ("ServerAliveCountMax", alive[1]), ("CheckHostIP", "no"),
                 ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"), ("PermitLocalCommand", "no")]
     if s.identity:
         settings += [("IdentityFile", s.identity), ("IdentitiesOnly", "yes")]
@@ -19,16 +37,19 @@ def _ssh_settings(inv):
 
 
 def ssh_options(inv, host):
-    """``ssh`` command-line options for ``host``; shared by rsync and the launchers."""
+    """``ssh`` command-line options for ``host``; shared by rsync and the launchers, whose keepalives
+    follow the inventory's timeouts (:func:`server_alive`); on the command line they win over the ``-F`` file's."""
     opts = ["-F", inv.ssh.config] if inv.ssh.config else []
-    for key, value in _ssh_settings(inv):
+    for key, value in _ssh_settings(inv, server_alive(inv.ssh)):
         opts += ["-o", f"{key}={_ssh_quoted(value)}"]
     return opts + ["-p", str(host.port), "-l", host.user]
 
 
 def ssh_config(inv, hosts, extra=()):
     """The same settings as an ssh config: one ``Host <ssh_name>`` block per host, so a plain
-    ``ssh mac4`` (mlx.launch's, or a person's) uses the lane's endpoint, key and pinned host keys."""
+    ``ssh mac4`` (mlx.launch's, or a person's) uses the lane's endpoint, key and pinned host keys.
+    Their keepalives are a long session's (40 s of silence): a window has its own watchdog, and
+    rsync_timeout says nothing of how long a rank may stay silent."""
     blocks = []
     for h in hosts:
         lines = [f"Host {h.ssh_name}", f"  HostName {h.hostname}", f"  Port {h.port}", f"  User {h.user}"]

@@ -161,9 +161,9 @@ def lab_rsync_servers(listener):
 def test_30b_host_silent_mid_rsync_ends_the_sync(lab_inv, lab_dir, tmp_path, reliability, mode):
     """The sync ends once the launcher has printed nothing for `ssh.rsync_timeout` seconds, failing
     as exit 30 (timeout) naming mac4 (rsync's own `--timeout` does not fire while the local rsync's
-    keepalives still go out: a stopped host rsync under a live sshd would hang it; a silent link
-    would end only after ssh's ServerAliveInterval x ServerAliveCountMax, 30 s); no traceback, and a
-    stopped host rsync ends once resumed."""
+    keepalives still go out: a stopped host rsync under a live sshd would hang it), or, the link
+    silent, once ssh's keepalives went unanswered for `connect_timeout + rsync_timeout` (exit 255),
+    whichever comes first; no traceback, and a stopped host rsync ends once resumed."""
     data = yaml.safe_load(Path(lab_inv.path).read_text())
     data["ssh"]["rsync_timeout"] = RSYNC_TIMEOUT
     inventory = tmp_path / "rsync_timeout.yaml"
@@ -194,7 +194,9 @@ def test_30b_host_silent_mid_rsync_ends_the_sync(lab_inv, lab_dir, tmp_path, rel
     assert "Traceback" not in err, err[-3000:]
     assert fab.returncode == 1, (out[-2000:], err[-2000:])
     errors = json.loads(out)["errors"]
-    assert len(errors) == 1 and errors[0].startswith("mac4: sync failed with exit 30: rsync: timeout"), errors
+    ends = ("mac4: sync failed with exit 30: rsync: timeout",) + (("mac4: sync failed with exit 255: ssh failed",)
+                                                                   if mode == "session" else ())
+    assert len(errors) == 1 and errors[0].startswith(ends), errors
     # rsync keeps printing progress until the rest of the shard (under 1 MiB at 64 KiB/s: < 16 s) is
     # in the socket buffers; the silence counts from there
     assert seconds < 16 + RSYNC_TIMEOUT + 10, seconds
