@@ -117,6 +117,14 @@ def test_evaluate_on_a_host_gives_local_figures_and_saves_beside_its_checkpoint(
     stored = json.loads((run_dir / "eval_step5_test_first3.json").read_text(encoding="utf-8"))
     assert stored["rows"] == there["rows"] and stored["on"] == "mac4"
     assert not [n for n in run_dir.iterdir() if ".tmp" in n.name]
+    # mirror-back brings the writer's result home; local's of the same name is newer and keeps the name
+    code, _ = fab_json(inv, "mirror-back", "--profile", "eval_run", env=env)
+    assert code == 0
+    mirror = Path(data["mirror"]["local_dir"])
+    kept = json.loads((mirror / "eval_step5_test_first3.json").read_text(encoding="utf-8"))
+    assert kept["on"] == "local" and kept["evaluated_at"] == here["evaluated_at"]
+    aside = list(mirror.glob("eval_step5_test_first3.mac4-*.json"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text(encoding="utf-8"))["rows"] == there["rows"]
 
 
 def test_evaluate_on_a_host_refuses_a_step_it_has_not_committed(evaluated):

@@ -113,3 +113,56 @@ def test_the_host_reads_rows_with_the_same_code_as_local():
     assert rows.parse is onhost_rows.parse and rows.load is onhost_rows.load_split
     assert "rows" in onhost.EVAL and "decode" in onhost.EVAL
     compile(onhost.eval_source(), "eval bundle", "exec")
+
+
+def test_mirror_back_brings_the_writers_evaluations_at_their_probed_size_and_sha256():
+    from thunderlane import mirror_rules
+    from thunderlane.facts import RunFile
+    record = {"format": 2, "step": 5, "step_file": "0000005_adapters.safetensors",
+              "state_file": "0000005_lane_state.safetensors",
+              "files": {"0000005_adapters.safetensors": {"sha256": "a" * 64, "size": 10},
+                        "0000005_lane_state.safetensors": {"sha256": "9" * 64, "size": 10}}}
+    files = {"0000005_adapters.safetensors": RunFile(10, "a" * 64), "eval_step5_test.json": RunFile(99, "b" * 64),
+             "eval_step3_valid_first6.json": RunFile(7, "c" * 64), "eval_step5_train.json": RunFile(5, "d" * 64),
+             "eval_step5_test.json.bak": RunFile(5, "e" * 64),
+             "eval_step4_test.json": RunFile(mirror_rules.EVAL_CAP + 1, "f" * 64)}
+    wants = {w.name: w for w in mirror_rules.wanted(record, "0" * 64, files)}
+    assert sorted(n for n in wants if n.startswith("eval")) == ["eval_step3_valid_first6.json", "eval_step5_test.json"]
+    w = wants["eval_step5_test.json"]
+    assert (w.sha256, w.size, w.optional) == ("b" * 64, 99, True)
+
+
+def evaluation(folder, name, on, when, rows=3):
+    (folder / name).write_text(json.dumps({"on": on, "rows": rows, **({"evaluated_at": when} if when else {})}))
+
+
+def test_a_clash_keeps_both_evaluations_the_newer_under_the_name(tmp_path):
+    """The writer's result (pulled into staging) and the mirror's of the same name: neither is lost."""
+    from thunderlane.evaluate import carry
+    mirror, staging = tmp_path / "run", tmp_path / "stage"
+    mirror.mkdir()
+    staging.mkdir()
+    evaluation(mirror, "eval_step5_test.json", "local", "2026-11-30T01:00:00.000000+00:00")
+    evaluation(staging, "eval_step5_test.json", "mac4", "2026-11-30T02:00:00.000000+00:00")  # the host's, newer
+    evaluation(mirror, "eval_step5_valid.json", "local", "2026-11-30T03:00:00.000000+00:00")  # local's, newer
+    evaluation(staging, "eval_step5_valid.json", "mac4", None)                                 # undated: older
+    evaluation(mirror, "eval_step5_test_first3.json", "mac4", "2026-11-30T01:00:00.000000+00:00")
+    evaluation(staging, "eval_step5_test_first3.json", "mac4", "2026-11-30T01:00:00.000000+00:00")  # the same
+    evaluation(mirror, "eval_step4_test.json", "local", None)  # an earlier step's: carried as before
+    written = carry.carry(mirror, staging)
+    got = {p.name: json.loads(p.read_text()) for p in staging.iterdir()}
+    assert got["eval_step5_test.json"]["on"] == "mac4"
+    assert got["eval_step5_test.local-2026-11-30T01-00-00-000000-00-00.json"]["on"] == "local"
+    assert got["eval_step5_valid.json"]["on"] == "local" and got["eval_step5_valid.mac4-undated.json"]["on"] == "mac4"
+    assert got["eval_step4_test.json"]["on"] == "local" and len(got) == 6
+    assert sorted(written) == sorted(set(got) - {"eval_step5_test_first3.json", "eval_step5_test.json"})
+    from thunderlane import mirrorfs
+    assert all(mirrorfs.EVALUATIONS.fullmatch(n) for n in got)  # the next mirror-back carries them on
+
+
+def test_a_commands_stdin_goes_in_chunks_not_a_character_per_read():
+    """Invoke asks a non-terminal in_stream for 1 character and sleeps 10 ms between reads: the
+    result file (tens of KiB) took minutes to reach the host before."""
+    from thunderlane.remote import Chunks
+    stream = Chunks("x" * 100_000)
+    assert [len(stream.read(1)) for _ in range(3)] == [65536, 100_000 - 65536, 0]

@@ -5,5 +5,5 @@ from ..onhost.decode import (BATCH, TOKEN_FACTOR, TOKEN_MARGIN, Progress, adapte
                              load_model, max_tokens, peak_rss_mb, prompt, test_loss)
 
 load = load_model
-__all__ = ["BATCH", "TOKEN_FACTOR", "TOKEN_MARGIN", "Progress", "adapter_folder", "correct", "greedy", "load", "load_model",
-           "max_tokens", "peak_rss_mb", "prompt", "test_loss"]
+__all__ = ["BATCH", "TOKEN_FACTOR", "TOKEN_MARGIN", "Progress", "adapter_folder", "correct", "greedy", "load",
+           "load_model", "max_tokens", "peak_rss_mb", "prompt", "test_loss"]

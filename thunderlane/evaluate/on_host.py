@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from .. import onhost
 from ..inventory import InventoryError
 from ..remote import HostError, ask, run as remote_run
+from ..window.lock import lock_state
 from ..window.writer import run_query
 from . import decode, host_answer, run
 from .run import EvaluateError
@@ -91,6 +92,10 @@ def evaluate_on(inv, profile, name, step=None, split="test", limit=0, batch=deco
     :func:`run.evaluate` does), also saved beside the host's checkpoint.json. Decoding may take
     as long as the inventory's ``ssh.deep_probe_timeout``."""
     host = target_host(inv, name)
+    state, pid = lock_state(inv, profile)
+    if state == "held":  # the window may commit and prune on the host under the evaluation
+        raise EvaluateError(f"a window of {profile.run_name} is running (pid {pid}); evaluate on {name} when it "
+                            "has ended")
     try:
         facts = ask(inv, host, run_query(host, profile))[0]
     except HostError as e:

@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import checkpoint, layout
@@ -97,7 +98,7 @@ def model_dir(inv, profile, record):
 def reproduce(inv, profile, step, split, limit, on=None):
     """The command that evaluates ``step`` again (None: the mirror's step), on host ``on`` if named."""
     cmd = [f"THUNDER_INVENTORY={shlex.quote(inv.path)}", "fab", "evaluate", "--profile", profile.name]
-    cmd += ["--on", on] if on else []
+    cmd += ["--on", shlex.quote(on)] if on else []
     cmd += ["--step", str(step)] if step is not None else []
     return " ".join(cmd + ["--split", split] + (["--limit", str(limit)] if limit else []))
 
@@ -149,7 +150,9 @@ def report(profile, t, data, scores, loss, run, on="local"):
     summary = metrics.summarise(scores)
     v = policy.verdict(summary, profile.promotion)
     helped, hurt = metrics.extremes(scores, TOP)
-    return {"profile": profile.name, "on": on, "run_name": profile.run_name, "run_id": t.record.get("run_id"),
+    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return {"profile": profile.name, "on": on, "evaluated_at": now, "run_name": profile.run_name,
+            "run_id": t.record.get("run_id"),
             "step": t.step, "adapters": {"file": t.adapters.name, "sha256": t.record["files"][t.adapters.name]["sha256"]},
             "model": t.record.get("model"), "split": data.path, "instruction": data.instruction,
             "bad_rows": [{"where": w, "reason": r} for w, r in data.bad], "bad_count": len(data.bad),
