@@ -2,7 +2,6 @@
 mlx.launch), Fabric connections that refuse unknown host keys, and the probe asked on every host in
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
-import io
 import json
 import os
 import shlex
@@ -88,15 +87,6 @@ class CappedRemote(Remote):
         return self._killed or super().timed_out
 
 
-class Chunks(io.StringIO):
-    """A command's stdin text for Fabric: Invoke reads an in_stream that is not a terminal one
-    character per call and sleeps 10 ms between calls (100 characters a second); this stream gives
-    64 KiB a call."""
-
-    def read(self, size=-1):
-        return super().read(64 * 1024)
-
-
 class LaneConnection(Connection):
     """Fabric's Connection, also closing the ssh-agent session its key signs through."""
     lane_agent = None
@@ -178,12 +168,10 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None):
     """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr).
     ``timeout``: seconds the command may take (default: the inventory's ``ssh.probe_timeout``);
     past it the command is the host's ``timeout`` error. A stream over :data:`MAX_OUTPUT` bytes
-    stops the command and is the host's error. A remote host only: ``stdin`` (text) is the
-    command's input, ``relay`` (a file-like) gets its stderr as it comes (still returned too)."""
+    stops the command and is the host's error. Remote hosts only: ``stdin`` (a stream, Fabric's
+    in_stream) and ``relay`` (a file-like getting stderr as it comes; it is still returned too)."""
     timeout = timeout or inv.ssh.probe_timeout
     if host.is_local:
-        if stdin is not None or relay is not None:
-            raise ValueError("remote.run: stdin and relay are for remote hosts")
         return _run_local(host, argv, timeout)
     streams = {"hide": "out", "err_stream": relay} if relay is not None else {"hide": True}
     try:
@@ -191,7 +179,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None):
             with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
                 try:
                     r = conn.run(shlex.join(argv), warn=True, timeout=timeout, **streams,
-                                 in_stream=False if stdin is None else Chunks(stdin))
+                                 in_stream=False if stdin is None else stdin)
                 except (paramiko.SSHException, OSError, ThreadException):
                     if not watch.down:
                         raise

@@ -163,6 +163,6 @@ def test_a_clash_keeps_both_evaluations_the_newer_under_the_name(tmp_path):
 def test_a_commands_stdin_goes_in_chunks_not_a_character_per_read():
     """Invoke asks a non-terminal in_stream for 1 character and sleeps 10 ms between reads: the
     result file (tens of KiB) took minutes to reach the host before."""
-    from thunderlane.remote import Chunks
+    from thunderlane.evaluate.on_host import Chunks
     stream = Chunks("x" * 100_000)
     assert [len(stream.read(1)) for _ in range(3)] == [65536, 100_000 - 65536, 0]

@@ -3,6 +3,7 @@ lane's gate on the host's facts; the host decodes its own copy of the split with
 cache (``onhost/eval_host.py``, shipped over the Fabric session, its progress relayed as it comes);
 the scoring, the verdict and the report are local's own (``run.py``), from the host's corrections.
 The result is written beside the host's checkpoint.json, atomically, by the same bundle."""
+import io
 import json
 import sys
 from pathlib import PurePosixPath
@@ -16,6 +17,14 @@ from . import decode, host_answer, run
 from .run import EvaluateError
 
 SOURCE = onhost.eval_source()
+
+
+class Chunks(io.StringIO):
+    """Text for a command's stdin: Invoke reads an in_stream that is not a terminal one character
+    per call, 10 ms apart (100 characters a second); this stream gives 64 KiB a call."""
+
+    def read(self, size=-1):
+        return super().read(64 * 1024)
 
 
 class Relay:
@@ -114,6 +123,6 @@ def evaluate_on(inv, profile, name, step=None, split="test", limit=0, batch=deco
     result["command"] = run.reproduce(inv, profile, t.step, split, limit, on=host.name)
     dest = str(t.mirror / run.eval_file(t.step, split, limit))
     result["saved"] = f"{host.name}:{dest}"
-    code, stdout, stderr = _on(inv, host, ["save", dest], None, stdin=json.dumps(result) + "\n")
+    code, stdout, stderr = _on(inv, host, ["save", dest], None, stdin=Chunks(json.dumps(result) + "\n"))
     host_answer.saved(host.name, code, stdout, stderr)
     return result
