@@ -32,7 +32,8 @@ class EvaluateError(RuntimeError):
 
 @dataclass(frozen=True)
 class Target:
-    """A committed step in the local mirror whose files passed the gate."""
+    """A committed step whose files passed the gate: in the local mirror, or (``on_host.py``) in a
+    host's run directory (``mirror`` then is that directory's path on the host)."""
     mirror: Path
     step: int
     record: dict
