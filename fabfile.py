@@ -361,11 +361,14 @@ def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watc
 
 @task(auto_shortflags=False,
       help={"profile": PROFILE_HELP, "json": "print the results as JSON (progress stays on stderr)",
-            "step": "the committed step to evaluate (default: the local mirror's; it must be that one)",
+            "step": "the committed step to evaluate (default: the local mirror's, or the host's with --on; "
+                    "it must be that one)",
             "limit": "evaluate the split's first N rows only (default: all)",
             "split": "test or valid (default: test)",
-            "batch": "rows decoded together by mlx-lm's batch generator (default 8; 1: row by row)"})
-def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="test", batch=8, json=False):
+            "batch": "rows decoded together by mlx-lm's batch generator (default 8; 1: row by row)",
+            "on": "evaluate on this host: its committed step, model cache and dataset copy (default: locally, "
+                  "from the local mirror)"})
+def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="test", batch=8, json=False, on=""):
     """CER of the ASR hypotheses and of the adapter's corrections on a split; the promotion verdict."""
     from thunderlane.evaluate import run as evaluate_mod, section
     from thunderlane.evaluate.rows import SplitError
@@ -373,9 +376,13 @@ def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="t
     inv, prof = _inventory(), _profile(profile)
     if limit < 0 or batch < 1 or (step != -1 and step < 1):
         raise Exit("evaluate: --limit >= 0, --batch >= 1, --step >= 1", code=2)
+    args = dict(step=None if step == -1 else step, split=split, limit=limit, batch=batch, out=sys.stderr)
     try:
-        data = evaluate_mod.evaluate(inv, prof, step=None if step == -1 else step, split=split, limit=limit,
-                                     batch=batch, out=sys.stderr)
+        if on:
+            from thunderlane.evaluate.on_host import evaluate_on
+            data = evaluate_on(inv, prof, on, **args)
+        else:
+            data = evaluate_mod.evaluate(inv, prof, **args)
     except (evaluate_mod.EvaluateError, SplitError) as e:
         raise Exit(f"evaluate: {e}", code=1) from None
     print(jsonlib.dumps(data, indent=2, ensure_ascii=False) if json else section.text(data))

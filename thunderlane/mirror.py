@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoint, itemized, layout, mirror_rules as rules, mirrorfs
+from .evaluate.carry import carry as carry_evaluations
 from .facts import thaw
 from .fsutil import lock_holder, real_folder, take_lock
 from .onhost.files import safetensors_check
@@ -120,7 +121,7 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
         mirrorfs.copy_new(staging / record["step_file"], staging / rules.ADAPTERS)
         keep = mirrorfs.dated_copy(mirror) if refusal and os.path.lexists(mirror) else None
         if not refusal:  # the same run: its evaluations of earlier steps stay (another run's stay in `keep`)
-            mirrorfs.carry_evaluations(mirror, staging)
+            carry_evaluations(mirror, staging)
         mirrorfs.swap(staging, mirror, keep_as=keep)
     finally:
         mirrorfs.remove(staging)

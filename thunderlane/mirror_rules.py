@@ -3,11 +3,13 @@ writer's facts and the two checkpoint records, tested without a host.
 
 Only regular files come home, each named here with a size cap: ``checkpoint.json`` itself, the
 files it names (format 2 ``files``: step adapters, step state, ``adapter_config.json``) at exactly
-their recorded size and sha256, and the handoff reports the writer holds (optional, capped).
+their recorded size and sha256, the handoff reports the writer holds (optional, capped), and
+fab evaluate's results there (``--on``: optional, capped, at the size and sha256 the probe saw).
 """
 from dataclasses import dataclass
 
 from . import checkpoint
+from .mirrorfs import EVALUATIONS
 from .report import printable
 
 CHECKPOINT = "checkpoint.json"
@@ -15,6 +17,7 @@ ADAPTERS = "adapters.safetensors"  # mlx-lm's fixed name: recreated at home from
 REPORTS = ("handoff_report.md", "handoff_report.json")
 CHECKPOINT_CAP = 1 << 20
 REPORT_CAP = 8 << 20
+EVAL_CAP = 256 << 20  # fab evaluate's result: every row's texts (a 100k-row split is some 50 MiB)
 OWN_NAMES = (CHECKPOINT, ADAPTERS, *REPORTS)  # never taken from checkpoint.json's list
 OWN_FOLDED = {n.casefold() for n in OWN_NAMES}
 MAX_NAMED = 1 << 40  # 1 TiB: no adapter or optimizer state comes near; a cap rlimit can express
@@ -59,6 +62,10 @@ def wanted(record, checkpoint_sha256, writer_files):
         have = writer_files.get(name)
         if have is not None and have.size <= REPORT_CAP:
             wants.append(Want(name, REPORT_CAP, optional=True))
+    taken = {w.name for w in wants}
+    for name, have in sorted(writer_files.items()):  # fab evaluate --on's results, as the probe hashed them
+        if EVALUATIONS.fullmatch(name) and name not in taken and have.size <= EVAL_CAP:
+            wants.append(Want(name, EVAL_CAP, have.sha256, have.size, optional=True))
     return tuple(wants)
 
 

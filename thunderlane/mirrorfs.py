@@ -105,7 +105,8 @@ def copy_new(src, dst):
         full_fsync(fout.fileno())
 
 
-EVALUATIONS = re.compile(r"eval_step[0-9]+_(test|valid)(_first[0-9]+)?\.json")   # fab evaluate's results (evaluate/run.py)
+# fab evaluate's results (evaluate/run.py), and one kept aside when two clashed (evaluate/carry.py)
+EVALUATIONS = re.compile(r"eval_step[0-9]+_(test|valid)(_first[0-9]+)?(\.[A-Za-z0-9-]{1,80})?\.json")
 
 
 def carry_evaluations(mirror, staging):

@@ -164,19 +164,22 @@ def _check_known_hosts(host, path):
 KEEPALIVE = 10
 
 
-def run(inv, host, argv, timeout=None):
+def run(inv, host, argv, timeout=None, stdin=None, relay=None):
     """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr).
     ``timeout``: seconds the command may take (default: the inventory's ``ssh.probe_timeout``);
     past it the command is the host's ``timeout`` error. A stream over :data:`MAX_OUTPUT` bytes
-    stops the command and is the host's error."""
+    stops the command and is the host's error. Remote hosts only: ``stdin`` (a stream, Fabric's
+    in_stream) and ``relay`` (a file-like getting stderr as it comes; it is still returned too)."""
     timeout = timeout or inv.ssh.probe_timeout
     if host.is_local:
         return _run_local(host, argv, timeout)
+    streams = {"hide": "out", "err_stream": relay} if relay is not None else {"hide": True}
     try:
         with open_session(inv, host) as conn:
             with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
                 try:
-                    r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+                    r = conn.run(shlex.join(argv), warn=True, timeout=timeout, **streams,
+                                 in_stream=False if stdin is None else stdin)
                 except (paramiko.SSHException, OSError, ThreadException):
                     if not watch.down:
                         raise

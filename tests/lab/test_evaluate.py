@@ -90,3 +90,46 @@ def test_bad_input_is_refused_or_reported(evaluated, tmp_path):
         raw[-1] ^= 1
         step_file.write_bytes(bytes(raw))
     assert p.returncode == 1 and "fails the gate (bad-adapter)" in p.stderr and "sha256" in p.stderr
+
+
+def test_evaluate_on_a_host_gives_local_figures_and_saves_beside_its_checkpoint(evaluated):
+    """The host decodes its own copy of the split with its own cache; greedy decoding on a CPU is
+    deterministic, so the host's corrections and figures are those of local's mirror of that step."""
+    inv, _, env, data = evaluated
+    p = fab(inv, "evaluate", "--profile", "eval_run", "--on", "mac4", "--limit", "3", "--json", env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    there = json.loads(p.stdout)
+    assert "mac4: evaluate: 3/3 rows" in p.stderr and "rows/s, ETA" in p.stderr  # the host's progress, relayed
+    code, here = fab_json(inv, "evaluate", "--profile", "eval_run", "--limit", "3", env=env)
+    assert code == 0
+    assert there["on"] == "mac4" and here["on"] == "local" and there["step"] == here["step"] == 5
+
+    def row(r):
+        return {k: v for k, v in r.items() if k != "where"}
+    assert [row(r) for r in there["rows"]] == [row(r) for r in here["rows"]]
+    assert [r["where"] for r in there["rows"]] == [f"mac4:{inv.hosts['mac4'].dataset_root}/test.jsonl:{i}"
+                                                  for i in (1, 2, 3)]
+    assert there["metrics"] == here["metrics"] and there["verdict"] == here["verdict"]
+    assert there["test_loss"] == pytest.approx(here["test_loss"], rel=1e-5)
+    assert "--on mac4" in there["command"] and "--on" not in here["command"]
+    run_dir = Path(inv.hosts["mac4"].runs_root) / RUN
+    assert there["saved"] == f"mac4:{run_dir}/eval_step5_test_first3.json"
+    stored = json.loads((run_dir / "eval_step5_test_first3.json").read_text(encoding="utf-8"))
+    assert stored["rows"] == there["rows"] and stored["on"] == "mac4"
+    assert not [n for n in run_dir.iterdir() if ".tmp" in n.name]
+    # mirror-back brings the writer's result home; local's of the same name is newer and keeps the name
+    code, _ = fab_json(inv, "mirror-back", "--profile", "eval_run", env=env)
+    assert code == 0
+    mirror = Path(data["mirror"]["local_dir"])
+    kept = json.loads((mirror / "eval_step5_test_first3.json").read_text(encoding="utf-8"))
+    assert kept["on"] == "local" and kept["evaluated_at"] == here["evaluated_at"]
+    aside = list(mirror.glob("eval_step5_test_first3.mac4-*.json"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text(encoding="utf-8"))["rows"] == there["rows"]
+
+
+def test_evaluate_on_a_host_refuses_a_step_it_has_not_committed(evaluated):
+    inv, _, env, _ = evaluated
+    p = fab(inv, "evaluate", "--profile", "eval_run", "--on", "mac4", "--step", "4", env=env)
+    run_dir = Path(inv.hosts["mac4"].runs_root) / RUN
+    assert p.returncode == 1
+    assert f"step 4: it is not committed; mac4:{run_dir}/checkpoint.json commits step 5" in p.stderr

@@ -73,6 +73,8 @@ def imports(path):
     (onhost.PEER_INSTALL, set()),
     # huggingface_hub comes with mlx-lm (which loads through it): the offline snapshot lookup
     (onhost.ENTRY, {"mlx", "mlx_lm", "numpy", "huggingface_hub"}),
+    # fab evaluate --on HOST: mlx-lm's load, generation and evaluate; the offline snapshot lookup
+    (onhost.EVAL, {"mlx", "mlx_lm", "huggingface_hub"}),
 ])
 def test_onhost_code_imports_only_what_the_host_has(program, allowed):
     """The probe runs with the stdlib alone (it asks huggingface_hub for the cache root only if the

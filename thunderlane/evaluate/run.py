@@ -2,12 +2,12 @@
 step's adapters; the split decoded greedily; CER before/after, test loss and the promotion verdict,
 saved beside the checkpoint as ``eval_step<N>_<split>.json`` (atomically)."""
 import json
-import resource
 import shlex
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import checkpoint, layout
@@ -32,7 +32,8 @@ class EvaluateError(RuntimeError):
 
 @dataclass(frozen=True)
 class Target:
-    """A committed step in the local mirror whose files passed the gate."""
+    """A committed step whose files passed the gate: in the local mirror, or (``on_host.py``) in a
+    host's run directory (``mirror`` then is that directory's path on the host)."""
     mirror: Path
     step: int
     record: dict
@@ -45,32 +46,41 @@ def target(inv, profile, step=None):
     checks the writer's: named by checkpoint.json, whole, with the recorded size and sha256."""
     mirror = layout.local(inv).mirror(profile.run_name)
     facts = RunFacts.from_json(lane_facts(str(mirror.parent), mirror.name))
+    have, record = judge(facts, step, "local", str(mirror), empty=f"the local mirror {mirror}: run fab "
+                         f"mirror-back --profile {profile.name} first",
+                         kept="its files are not in the local mirror (mirror-back brings home the last commit only)")
+    return Target(mirror, have, record, mirror / record["step_file"], mirror / "adapter_config.json")
+
+
+def judge(facts, step, host, where, empty, kept):
+    """(committed step, checkpoint.json's record) of the run directory ``facts`` describes (``where``,
+    on ``host``), when ``step`` (None: any) is that step and its files pass the gate; else an
+    :class:`EvaluateError` saying why. ``empty``: what to say of a directory without a commit;
+    ``kept``: why an earlier commit still listed in ``previous`` is not evaluated."""
     have = checkpoint.committed_step(facts)
     if not facts.exists or have == 0:
-        raise EvaluateError(f"no committed step in the local mirror {mirror}: run fab mirror-back "
-                            f"--profile {profile.name} first")
+        raise EvaluateError(f"no committed step in {empty}")
     if have is None:
-        raise EvaluateError(f"{mirror}/checkpoint.json is unreadable: {facts.checkpoint.error}")
+        raise EvaluateError(f"{where}/checkpoint.json is unreadable: {facts.checkpoint.error}")
     record = thaw(facts.record)
     if step is not None and step != have:
-        kept = any(isinstance(r, dict) and r.get("step") == step for r in record.get("previous") or [])
-        why = ("its files are not in the local mirror (mirror-back brings home the last commit only)"
-               if kept else "it is not committed")
-        raise EvaluateError(f"step {step}: {why}; {mirror}/checkpoint.json commits step {have}")
-    g = checkpoint.gate("local", facts, have)
+        was = any(isinstance(r, dict) and r.get("step") == step for r in record.get("previous") or [])
+        raise EvaluateError(f"step {step}: {kept if was else 'it is not committed'}; {where}/checkpoint.json "
+                            f"commits step {have}")
+    g = checkpoint.gate(host, facts, have)
     if not g.ok:
-        raise EvaluateError(f"step {have} in {mirror} fails the gate ({g.verdict}): {g.detail}")
-    config = mirror / "adapter_config.json"
+        raise EvaluateError(f"step {have} in {where} fails the gate ({g.verdict}): {g.detail}")
     if "adapter_config.json" not in record.get("files", {}):
-        raise EvaluateError(f"{mirror}/checkpoint.json does not name adapter_config.json: mlx-lm cannot "
+        raise EvaluateError(f"{where}/checkpoint.json does not name adapter_config.json: mlx-lm cannot "
                             "load the adapters")
-    return Target(mirror, have, record, mirror / record["step_file"], config)
+    return have, record
 
 
-def split_path(inv, profile, split):
+def split_path(inv, profile, split, host=None):
+    """The split's file on ``host`` (default: local), as the window gives a host its data."""
     if split not in policy.SPLITS:
         raise EvaluateError(f"split {split!r}: choose one of {', '.join(policy.SPLITS)}")
-    root = profile.config.get("data") or inv.local.dataset_root
+    root = profile.config.get("data") or (host or inv.local).dataset_root
     return Path(root) / f"{split}.jsonl"
 
 
@@ -86,9 +96,10 @@ def model_dir(inv, profile, record):
                             f"{inv.local.hf_cache or '(the default)'}: {type(e).__name__}: {e}") from None
 
 
-def reproduce(inv, profile, step, split, limit):
-    """The command that evaluates ``step`` again (None: the mirror's step)."""
+def reproduce(inv, profile, step, split, limit, on=None):
+    """The command that evaluates ``step`` again (None: the mirror's step), on host ``on`` if named."""
     cmd = [f"THUNDER_INVENTORY={shlex.quote(inv.path)}", "fab", "evaluate", "--profile", profile.name]
+    cmd += ["--on", shlex.quote(on)] if on else []
     cmd += ["--step", str(step)] if step is not None else []
     return " ".join(cmd + ["--split", split] + (["--limit", str(limit)] if limit else []))
 
@@ -107,19 +118,20 @@ def evaluate(inv, profile, step=None, split="test", limit=0, batch=decode.BATCH,
 
 def _evaluate(inv, profile, step, split, limit, batch, out):
     t = target(inv, profile, step)
-    data = rows_mod.load(split_path(inv, profile, split), limit)
+    data = rows_mod.load_split(split_path(inv, profile, split), limit)
     folder = decode.adapter_folder(t.config, t.adapters)
     try:
-        model, tokenizer = decode.load(model_dir(inv, profile, t.record), folder)
+        model, tokenizer = decode.load_model(model_dir(inv, profile, t.record), folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     t0 = time.monotonic()
-    scores = score_split(model, tokenizer, data, batch, out)
+    corrections = decode.correct(model, tokenizer, data.rows, batch, decode.Progress(len(data.rows), out))
     seconds = time.monotonic() - t0
     cfg = profile.config
-    loss = decode.test_loss(model, tokenizer, data.rows, cfg["batch_size"], cfg["max_seq_length"],
-                            cfg.get("mask_prompt", False))
-    result = report(profile, t, data, scores, loss, seconds, batch)
+    loss = decode.test_loss(model, tokenizer, [r.messages for r in data.rows], cfg["batch_size"],
+                            cfg["max_seq_length"], cfg.get("mask_prompt", False))
+    result = report(profile, t, data, scores_of(data, corrections), loss,
+                    {"seconds": seconds, "batch": batch, "peak_rss_mb": decode.peak_rss_mb()})
     result["command"] = reproduce(inv, profile, t.step, split, limit)
     path = t.mirror / eval_file(t.step, split, limit)
     result["saved"] = str(path)
@@ -127,20 +139,21 @@ def _evaluate(inv, profile, step, split, limit, batch, out):
     return result
 
 
-def score_split(model, tokenizer, data, batch, out):
-    """Each row's :class:`metrics.RowScore`, decoding the user turns greedily with progress on ``out``."""
-    prompts = [decode.prompt(tokenizer, r.user) for r in data.rows]
-    limits = [decode.max_tokens(tokenizer, r.reference) for r in data.rows]
-    corrections = decode.greedy(model, tokenizer, prompts, limits, batch, decode.Progress(len(prompts), out))
+def scores_of(data, corrections):
+    """Each row's :class:`metrics.RowScore` from the adapter's ``corrections`` (local's or a host's)."""
     return [metrics.score(r.where, data.hypothesis(r), c, r.reference) for r, c in zip(data.rows, corrections)]
 
 
-def report(profile, t, data, scores, loss, seconds, batch):
-    """The evaluation's data: figures, verdict, bad rows, the rows helped and hurt most, every row."""
+def report(profile, t, data, scores, loss, run, on="local"):
+    """The evaluation's data: figures, verdict, bad rows, the rows helped and hurt most, every row.
+    ``run``: how the decoding went where it ran (``on``): seconds, batch, peak_rss_mb."""
+    seconds, batch = run["seconds"], run["batch"]
     summary = metrics.summarise(scores)
     v = policy.verdict(summary, profile.promotion)
     helped, hurt = metrics.extremes(scores, TOP)
-    return {"profile": profile.name, "run_name": profile.run_name, "run_id": t.record.get("run_id"),
+    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return {"profile": profile.name, "on": on, "evaluated_at": now, "run_name": profile.run_name,
+            "run_id": t.record.get("run_id"),
             "step": t.step, "adapters": {"file": t.adapters.name, "sha256": t.record["files"][t.adapters.name]["sha256"]},
             "model": t.record.get("model"), "split": data.path, "instruction": data.instruction,
             "bad_rows": [{"where": w, "reason": r} for w, r in data.bad], "bad_count": len(data.bad),
@@ -150,13 +163,7 @@ def report(profile, t, data, scores, loss, seconds, batch):
             "decode": {"rows": len(scores), "seconds": round(seconds, 3), "batch": batch, "greedy": True,
                        "rows_per_s": round(len(scores) / max(seconds, 1e-9), 3),
                        "max_tokens": f"{decode.TOKEN_FACTOR} x reference tokens + {decode.TOKEN_MARGIN}"},
-            "peak_rss_mb": peak_rss_mb(), "rows": [s.to_dict() for s in scores]}
-
-
-def peak_rss_mb():
-    """This process's peak resident set (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
+            "peak_rss_mb": run["peak_rss_mb"], "rows": [s.to_dict() for s in scores]}
 
 
 def for_handoff(inv, profile, out=sys.stderr):

@@ -1,7 +1,7 @@
 """Code that runs on the hosts, sent as source to each host's own interpreter.
 
-A host has only the stdlib (the probe) or the stdlib, mlx, mlx-lm and numpy (the training entry):
-nothing here imports ``thunderlane``. A program is a *bundle*: the sources of its modules joined
+A host has only the stdlib (the probe) or the stdlib, mlx, mlx-lm and numpy (the training entry,
+the evaluation): nothing here imports ``thunderlane``. A program is a *bundle*: the sources of its modules joined
 in order, so the shared helpers in ``files.py`` are written once. Imported here on the control
 side, each module takes those helpers by a relative import guarded by ``if __package__``; run as
 a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules defined them.
@@ -19,6 +19,7 @@ def source(modules):
 
 
 PEER_INSTALL = ("peer", "peer_install")  # fab setup-peers: the peer key and pinned host keys
+EVAL = ("files", "rows", "decode", "eval_host")  # fab evaluate --on HOST: the host decodes its own split
 
 
 def probe_source():
@@ -31,3 +32,7 @@ def entry_source():
 
 def peer_install_source():
     return source(PEER_INSTALL)
+
+
+def eval_source():
+    return source(EVAL)
