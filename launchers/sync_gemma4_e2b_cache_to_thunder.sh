@@ -746,11 +746,13 @@ if [ "$dry_run" -eq 1 ]; then
        "$here" "$logs/dry-run-2") of file data"
   exit 0
 fi
-[ "$pull" -eq 1 ] || sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src"
+tree_pid=""   # pushing: the local tree lines are listed beside the host's preparation
+if [ "$pull" -eq 0 ]; then sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src" & tree_pid=$!; fi
 # rsyncd: SRC's check and the daemon's start (over the peer ssh) run beside the host's preparation
 [ "$transport" != rsyncd ] || { open_master; start_rsyncd; }
 prepare_host
 [ "$transport" != rsyncd ] || await_rsyncd
+[ -z "$tree_pid" ] || wait "$tree_pid" || : >"$logs/tree-src"   # unsure: tree_differs says run them
 keep_linked
 echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
