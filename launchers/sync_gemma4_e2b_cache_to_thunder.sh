@@ -560,12 +560,15 @@ keep_linked() {   # the host's store-linked blobs of the source's size: excluded
   done
 }
 
-tree_differs() {   # would the snapshots and refs passes send anything? (yes when unsure)
+tree_differs() {   # PART (snapshots, or rest: everything else but blobs): would that pass send
+  # anything? (yes when unsure)
   [ -s "$logs/tree-src" ] && [ -f "$logs/tree-host" ] || return 0
   ! grep -q '^tree ? ' "$logs/tree-src" || return 0
-  local rc=0
-  grep -Fxvq -f "$logs/tree-host" "$logs/tree-src" || rc=$?
-  [ "$rc" -ne 1 ]   # 1: no line of the source's is missing on the host; 0 or an error: run them
+  local rc=0 part='^tree . \./snapshots( |/|$)'
+  grep -Fxv -f "$logs/tree-host" "$logs/tree-src" >"$logs/tree-missing" || rc=$?
+  [ "$rc" -le 1 ] || return 0   # an error: run it
+  # a line of the source's PART that the host lacks
+  if [ "$1" = snapshots ]; then grep -Eq "$part" "$logs/tree-missing"; else grep -Evq "$part" "$logs/tree-missing"; fi
 }
 
 # Run on HOST (POSIX sh; $1 the peer command line that starts peer_rsyncd.sh on SRC) for the whole
@@ -763,18 +766,27 @@ echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 run_pass 1 -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
   "$(src_arg blobs/)" "$(dest_arg blobs/)"
 passes=("$here/blobs" "$logs/1")
-if tree_differs; then
+logs_run=("$logs/1")
+# each of the two later passes runs only when the host lacks a line of the source's tree there (a
+# pass skipped had nothing to send: the order above holds for what is sent)
+if tree_differs snapshots; then
   run_pass 2 "${flags[@]}" "$(src_arg snapshots/)" "$(dest_arg snapshots/)"
-  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
-  passes+=("$here/snapshots" "$logs/2" "$here" "$logs/3")
-else
-  echo "sync: snapshots and refs already match on $host: nothing to send there"
+  passes+=("$here/snapshots" "$logs/2")
+  logs_run+=("$logs/2")
 fi
+if tree_differs rest; then
+  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+  passes+=("$here" "$logs/3")
+  logs_run+=("$logs/3")
+fi
+case "${#logs_run[@]}" in
+  1) echo "sync: snapshots and refs already match on $host: nothing to send there" ;;
+  2) if [ "${logs_run[1]}" = "$logs/2" ]; then echo "sync: refs already match on $host: no pass for them"
+     else echo "sync: snapshots already match on $host: no pass for them"; fi ;;
+esac
 # the caller (thunderlane.transfer.parse_summary) reads this line. openrsync (macOS 15.4+) prints no
 # Literal data / Total bytes sent lines: file data is then derived from the files itemized as sent
 # ("N bytes (derived from K files itemized)"; pulling, their sizes are not known here: "unknown"),
 # total sent is "unknown"
-logs_run=("$logs/1")
-[ "${#passes[@]}" -eq 2 ] || logs_run+=("$logs/2" "$logs/3")
 echo "sync: done: file data sent $(file_data 'Literal data:' "${passes[@]}")," \
      "total sent $(sum_stat "$sent_label" "${logs_run[@]}") bytes"
