@@ -53,9 +53,10 @@ def peer_unavailable(lab):
         "`fab sync-cache` has no --from option (peer sync is not in this tree)"
 
 
-def fab_sync(lab, source, noop_launcher=None, inventory_path=None):
+def fab_sync(lab, source, noop_launcher=None, inventory_path=None, split_launcher=False):
     """(seconds, phases, result row) of one `fab sync-cache --host mac4 --json` from ``source``
-    ('local', a host, or None: a tree without peer sync, where local is the only source)."""
+    ('local', a host, or None: a tree without peer sync, where local is the only source);
+    ``split_launcher``: the launcher's time split by its own lines (syncphases.launcher_parts)."""
     extra = ["--from", source] if source else []
     seconds, code, lines, out = c.timed_lines([c.FAB, "sync-cache", "--host", "mac4", *extra, "--json"],
                                               lab.env(inventory_path))
@@ -65,7 +66,7 @@ def fab_sync(lab, source, noop_launcher=None, inventory_path=None):
     row = data["results"][0]
     if source and row.get("source", source) != source:
         raise RuntimeError(f"sync-cache --from {source} used {row.get('source')}")
-    return seconds, phases_of(lines, seconds, row, noop_launcher), row
+    return seconds, phases_of(lines, seconds, row, noop_launcher, split_launcher), row
 
 
 def sync_vs_rsync(lab, inv, runs, local):
@@ -133,7 +134,8 @@ def peer(lab, inv, runs, args, facts):
         kinds = list(paths) if i % 2 == 0 else list(reversed(list(paths)))
         for kind in kinds:
             c.set_partial(lab, "mac4")
-            s, p, row = fab_sync(lab, "local" if kind == "local" else "mac5", inventory_path=paths[kind])
+            s, p, row = fab_sync(lab, "local" if kind == "local" else "mac5", inventory_path=paths[kind],
+                                 split_launcher=True)
             sent.append(row["missing_bytes"])
             t[kind].append(s)
             ph[kind].append(p)
@@ -146,7 +148,8 @@ def peer(lab, inv, runs, args, facts):
         detail=f"median from mac5 over the data link {m['peer']:.2f}s (ssh.peer_transport rsyncd; with "
                f"peer_transport ssh {m['peer_ssh']:.2f}s, ratio {m['local'] / m['peer_ssh']:.2f}), from local over "
                f"the control link {m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
-        phases=median_run(t["peer"], ph["peer"]), baseline_phases=median_run(t["local"], ph["local"]), work=["launcher"],
+        phases=median_run(t["peer"], ph["peer"]), baseline_phases=median_run(t["local"], ph["local"]),
+        work=["launcher", "launcher passes"],   # the launcher's own setup and close are fixed cost
         facts={**facts, "fast_link": "data", "slow_link": "control", "bytes": max(sent)})
 
 

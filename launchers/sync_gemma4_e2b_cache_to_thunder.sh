@@ -499,7 +499,7 @@ prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the 
   # that link to a whole file, the hub's shared store, become excludes of the blobs pass: the host
   # keeps them as they are) and, pulling, the check of SRC as HOST reaches it
   local rc=0 peer="" tag a b
-  [ "$pull" -eq 0 ] || peer=$(peer_check_cmd)
+  [ "$pull" -eq 0 ] || [ "$transport" = rsyncd ] || peer=$(peer_check_cmd)
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
 $(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script")" <"$prep_script" >"$logs/prep" || rc=$?
   [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
@@ -520,9 +520,8 @@ $(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_scr
       tree) echo "tree $a $b" >>"$logs/tree-src" ;;   # the peer's
     esac
   done <"$logs/prep"
-  [ "$pull" -eq 0 ] || [ -n "$revision" ] ||
+  [ "$pull" -eq 0 ] || [ "$transport" = rsyncd ] || [ -n "$revision" ] ||
     die 255 "$host could not reach $from_host (no answer from the peer check; see above)"
-  keep_linked
 }
 
 check_source() {   # TAG A B: a line of the peer check (pulling)
@@ -561,17 +560,21 @@ keep_linked() {   # the host's store-linked blobs of the source's size: excluded
   done
 }
 
-tree_differs() {   # would the snapshots and refs passes send anything? (yes when unsure)
+tree_differs() {   # PART (snapshots, or rest: everything else but blobs): would that pass send
+  # anything? (yes when unsure)
   [ -s "$logs/tree-src" ] && [ -f "$logs/tree-host" ] || return 0
   ! grep -q '^tree ? ' "$logs/tree-src" || return 0
-  local rc=0
-  grep -Fxvq -f "$logs/tree-host" "$logs/tree-src" || rc=$?
-  [ "$rc" -ne 1 ]   # 1: no line of the source's is missing on the host; 0 or an error: run them
+  local rc=0 part='^tree . \./snapshots( |/|$)'
+  grep -Fxv -f "$logs/tree-host" "$logs/tree-src" >"$logs/tree-missing" || rc=$?
+  [ "$rc" -le 1 ] || return 0   # an error: run it
+  # a line of the source's PART that the host lacks
+  if [ "$1" = snapshots ]; then grep -Eq "$part" "$logs/tree-missing"; else grep -Evq "$part" "$logs/tree-missing"; fi
 }
 
 # Run on HOST (POSIX sh; $1 the peer command line that starts peer_rsyncd.sh on SRC) for the whole
 # rsyncd pull: makes the secret (never on a command line), keeps it in a 0700 folder for the passes,
-# feeds it to the wrapper's first line, then relays this session's stdin (its end stops the daemon)
+# feeds it to the wrapper's first line, then relays this session's stdin (its end stops the daemon);
+# the peer ssh's end is told at once ("rsyncd-exit N"), not when this session's stdin ends
 # shellcheck disable=SC2016  # expanded on HOST
 hold_script='umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/thunder-peer.XXXXXX") || exit 1
@@ -580,30 +583,65 @@ s=$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
 [ ${#s} -eq 32 ] || { echo "rsyncd-error no secret from /dev/urandom"; exit 1; }
 printf "%s\n" "$s" >"$d/pw" || exit 1
 echo "pwdir $d"
-{ printf "%s\n" "$s"; s=""; cat; } | eval "$1"
-echo "rsyncd-exit $?"'
+{ printf "%s\n" "$s"; s=""; cat; } | { eval "$1"; echo "rsyncd-exit $?"; }'
 
-open_rsyncd() {   # start the daemon on SRC through HOST's peer ssh; sets rsyncd_url and pwdir
-  local wrapper peer n=0 port
+# Run on SRC (POSIX sh) by the rsyncd session for its whole length: the source check (src_script,
+# its lines first), then, only if it named the revision and found nothing unsafe, the daemon
+# (launchers/peer_rsyncd.sh, which reads the secret on this session's stdin); $1 cache root, $2
+# repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the wrapper, $7 HOST's address, $8 SRC's
+# shellcheck disable=SC2016  # expanded on SRC
+serve_script='out=$(sh -c "$5" sh "$1" "$2" "$3" "$4" </dev/null); printf "%s\n" "$out"
+case "$out" in *src-unsafe*) exit 0 ;; *"src-rev "*) exec sh -c "$6" sh "$1" "$3" "$7" "$8" ;; esac'
+
+start_rsyncd() {   # one session HOST -> SRC over the peer ssh, in the background: SRC's check, then
+  # the daemon (serve_script); runs beside prepare_host, read by await_rsyncd
+  local wrapper peer
   wrapper=$(cat "$launchers_dir/peer_rsyncd.sh")
-  peer="$(host_cmd "${peer_argv[@]}" "$from_host") $(sq "sh -c $(sq "$wrapper") sh $(sq "$from_cache") \
-$(sq "$peer_rsync_path") $(sq "$host_addr") $(sq "$from_addr")")"
+  peer="$(host_cmd "${peer_argv[@]}" "$from_host") $(sq "sh -c $(sq "$serve_script") sh $(sq "$from_cache") \
+$(sq "$folder") $(sq "$peer_rsync_path") $(sq "$tree_script") $(sq "$src_script") $(sq "$wrapper") $(sq "$host_addr") \
+$(sq "$from_addr")")"
   mkfifo "$logs/hold"
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$hold_script") sh $(sq "$peer")" <"$logs/hold" >"$logs/rsyncd" 2>&1 &
   rsyncd_pid=$!
   exec 4>"$logs/hold"
+}
+
+await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host reads the ssh
+  # transport's), then the daemon's port; sets rsyncd_url and pwdir
+  local n=0 port
   while ! grep -q '^port ' "$logs/rsyncd"; do
-    if grep -q '^rsyncd-' "$logs/rsyncd" || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 300 ]; then
+    if grep -q '^rsyncd-' "$logs/rsyncd" || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 600 ]; then
+      source_answers
       sed 's/^/sync: rsyncd: /' "$logs/rsyncd" >&2
+      [ -n "$revision" ] || ! grep -q '^rsyncd-exit 255$' "$logs/rsyncd" ||
+        die 255 "$host could not reach $from_host over the peer ssh (exit 255: unreachable, refused, or the" \
+          "peer key or host key is not installed)"
       die "$EX_SOURCE" "could not start an rsync daemon on $from_host at $from_addr through $host (see above)"
     fi
-    sleep 0.1 2>/dev/null || sleep 1
+    sleep 0.05 2>/dev/null || sleep 1
     n=$((n + 1))
   done
+  source_answers
   port=$(sed -n 's/^port \([0-9][0-9]*\)$/\1/p' "$logs/rsyncd" | head -n 1)
   pwdir=$(sed -n 's/^pwdir //p' "$logs/rsyncd" | head -n 1)
   case "$from_addr" in *:*) rsyncd_url="rsync://lane@[$from_addr]:$port/lane" ;; *) rsyncd_url="rsync://lane@$from_addr:$port/lane" ;; esac
   echo "sync: rsync daemon on $from_host at $from_addr port $port for $host_addr only"
+}
+
+source_answers() {   # SRC's check lines in the rsyncd session's output (once)
+  local tag a b
+  [ -z "$revision" ] || return 0
+  while IFS=' ' read -r tag a b; do
+    case "$tag" in
+      src-*) check_source "$tag" "$a" "$b" ;;
+      tree) echo "tree $a $b" >>"$logs/tree-src" ;;
+    esac
+  done <"$logs/rsyncd"
+}
+
+open_master() {   # the one ssh connection to HOST, made before the sessions that run side by side
+  "${ssh_argv[@]}" -f -N "$host" </dev/null ||
+    die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
 }
 
 close_rsyncd() {   # end the daemon session: SRC stops the daemon and removes its folder, HOST its own
@@ -695,8 +733,10 @@ src_sizes=()
 host_absent=0
 revision=${revision:-}
 if [ "$dry_run" -eq 1 ]; then
+  [ "$transport" != rsyncd ] || { open_master; start_rsyncd; }
   prepare_host --dry-run
-  [ "$transport" != rsyncd ] || open_rsyncd
+  [ "$transport" != rsyncd ] || await_rsyncd
+  keep_linked
   echo "sync: $origin -> $host:$dest_repo (revision $revision)"
   if [ "$host_absent" -eq 1 ]; then
     echo "sync: dry run: $host:$dest_cache does not exist yet; everything would be sent"
@@ -709,9 +749,14 @@ if [ "$dry_run" -eq 1 ]; then
        "$here" "$logs/dry-run-2") of file data"
   exit 0
 fi
-[ "$pull" -eq 1 ] || sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src"
+tree_pid=""   # pushing: the local tree lines are listed beside the host's preparation
+if [ "$pull" -eq 0 ]; then sh -c "$tree_script" sh "$src_repo" >"$logs/tree-src" & tree_pid=$!; fi
+# rsyncd: SRC's check and the daemon's start (over the peer ssh) run beside the host's preparation
+[ "$transport" != rsyncd ] || { open_master; start_rsyncd; }
 prepare_host
-[ "$transport" != rsyncd ] || open_rsyncd
+[ "$transport" != rsyncd ] || await_rsyncd
+[ -z "$tree_pid" ] || wait "$tree_pid" || : >"$logs/tree-src"   # unsure: tree_differs says run them
+keep_linked
 echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
 # blobs first (their content: a source blob that links into the shared store is sent as the file
@@ -721,18 +766,27 @@ echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 run_pass 1 -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
   "$(src_arg blobs/)" "$(dest_arg blobs/)"
 passes=("$here/blobs" "$logs/1")
-if tree_differs; then
+logs_run=("$logs/1")
+# each of the two later passes runs only when the host lacks a line of the source's tree there (a
+# pass skipped had nothing to send: the order above holds for what is sent)
+if tree_differs snapshots; then
   run_pass 2 "${flags[@]}" "$(src_arg snapshots/)" "$(dest_arg snapshots/)"
-  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
-  passes+=("$here/snapshots" "$logs/2" "$here" "$logs/3")
-else
-  echo "sync: snapshots and refs already match on $host: nothing to send there"
+  passes+=("$here/snapshots" "$logs/2")
+  logs_run+=("$logs/2")
 fi
+if tree_differs rest; then
+  run_pass 3 "${flags[@]}" --exclude=/blobs/ "$(src_arg "")" "$(dest_arg "")"
+  passes+=("$here" "$logs/3")
+  logs_run+=("$logs/3")
+fi
+case "${#logs_run[@]}" in
+  1) echo "sync: snapshots and refs already match on $host: nothing to send there" ;;
+  2) if [ "${logs_run[1]}" = "$logs/2" ]; then echo "sync: refs already match on $host: no pass for them"
+     else echo "sync: snapshots already match on $host: no pass for them"; fi ;;
+esac
 # the caller (thunderlane.transfer.parse_summary) reads this line. openrsync (macOS 15.4+) prints no
 # Literal data / Total bytes sent lines: file data is then derived from the files itemized as sent
 # ("N bytes (derived from K files itemized)"; pulling, their sizes are not known here: "unknown"),
 # total sent is "unknown"
-logs_run=("$logs/1")
-[ "${#passes[@]}" -eq 2 ] || logs_run+=("$logs/2" "$logs/3")
 echo "sync: done: file data sent $(file_data 'Literal data:' "${passes[@]}")," \
      "total sent $(sum_stat "$sent_label" "${logs_run[@]}") bytes"

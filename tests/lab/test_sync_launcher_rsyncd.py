@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from thunderlane import lab
-from thunderlane.lab import kit
+from thunderlane.lab import hosts as lab_hosts, kit
 from tests.lab.conftest import HOSTS, by_host, fab_json
 from tests.lab.test_sync_launcher_peer import DONE, blobs, pull_argv
 
@@ -160,3 +160,32 @@ def test_a_failed_rsyncd_pass_is_rsyncs_exit_and_leaves_no_daemon(lab_inv, lab_d
     assert "rsync daemon on" in p.stdout, p.stdout[-2000:]
     assert {n: v for n, v in blobs(lab_dir, "mac4").items() if not n.endswith(".incomplete")} == before
     assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_rsyncd_a_missing_repo_on_the_peer_is_a_bad_source_and_no_daemon_stays(lab_inv, lab_dir):
+    """SRC's check runs in the daemon's own session (beside the host's preparation): a repo missing
+    there is still exit 66 naming it, no daemon is started for it, nothing lands, nothing stays."""
+    argv = rsyncd_argv(lab_inv, lab_dir)
+    argv[argv.index("--from-cache") + 1] = str(lab_dir / "mac5" / "nowhere")
+    before = blobs(lab_dir, "mac4")
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 66 and "nowhere" in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    assert time.monotonic() - t0 < 20   # told when SRC's session ends, not after the 30 s wait for a port
+    assert "rsync daemon on" not in p.stdout and "listening on port" not in p.stdout + p.stderr
+    assert {n: v for n, v in blobs(lab_dir, "mac4").items() if not n.endswith(".incomplete")} == \
+        {n: v for n, v in before.items() if not n.endswith(".incomplete")}
+    assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_rsyncd_a_stopped_peer_is_exit_255(lab_inv, lab_dir):
+    """mac5's sshd stopped: the daemon's session cannot reach it: 255 and said so (as the ssh
+    transport's peer check says), no folder left on HOST."""
+    argv = rsyncd_argv(lab_inv, lab_dir)
+    assert lab_hosts._stop(lab_dir, "mac5") is not None   # the next test's lab_inv starts it again
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 255, p.stdout[-2000:] + p.stderr[-2000:]
+    assert time.monotonic() - t0 < 20
+    assert "could not reach" in p.stderr and lab_inv.hosts["mac5"].data_ip in p.stderr, p.stderr
+    assert not glob.glob("/tmp/thunder-peer.*")

@@ -166,6 +166,29 @@ def test_a_sync_run_is_split_by_its_own_lines_or_by_fab_s_timings(bench):
     assert phases_of(LINES[:1], 0.9, {}) is None    # nothing sent, no timings of fab's own: no split
 
 
+PULL = [(0.5, "mac4 <- mac5 over the data link (198.19.82.130): --from mac5"), (0.9, "$ bash launchers/sync... mac4"),
+        (1.0, "[mac4] sync: removed leftover models--x/blobs/abc.incomplete"),
+        (1.6, "[mac4] sync: rsync daemon on root@10.0.0.5 at 10.0.0.5 port 32400 for 10.0.0.4 only"),
+        (1.7, "[mac4] sync: root@10.0.0.5:/c/models--x (rsync daemon at 10.0.0.5) -> mac4:/h/models--x (revision ab12)"),
+        (4.2, "[mac4] sync: done: file data sent 900 bytes, total sent 950 bytes"), (5.5, "mac4: complete")]
+
+
+def test_the_launcher_is_split_by_its_own_lines_into_setup_passes_and_close(bench):
+    phases_of = importlib.import_module("syncphases").phases_of
+    own = {"verify_before": 0.4, "launcher": 3.5, "verify_after": 0.3}
+    split = phases_of(PULL, 5.6, {"phases": own}, split_launcher=True)
+    assert list(split) == ["fab start + exit", "verify_before", "launcher setup", "launcher passes", "launcher close",
+                           "verify_after"]
+    assert split["launcher setup"] == pytest.approx(0.8) and split["launcher passes"] == pytest.approx(2.5)
+    assert split["launcher close"] == pytest.approx(0.2)    # fab's launcher time less setup and passes
+    assert sum(split.values()) == pytest.approx(5.6)
+    no_done = [x for x in PULL if "sync: done" not in x[1]]
+    assert phases_of(no_done, 5.6, {"phases": own}, split_launcher=True) == {"fab start + exit": pytest.approx(1.4), **own}
+    assert phases_of(PULL, 5.6, {"phases": own}) == {"fab start + exit": pytest.approx(1.4), **own}   # not asked
+    late = phases_of(PULL, 5.6, {"phases": dict(own, launcher=3.0)}, split_launcher=True)   # lines beyond fab's time
+    assert "launcher" in late and "launcher setup" not in late
+
+
 def test_a_wall_total_among_the_phases_is_no_phase(bench):
     """fab's own split (bench/sync.py) carries its wall time and fab's internal total beside the
     phases: they are totals, and what the phases leave of the wall time is a phase of its own."""
