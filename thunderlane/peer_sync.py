@@ -210,5 +210,5 @@ def _transfer(inv, sources, step, args):
 def _pull_options(inv, sources, step):
     src, tgt = inv.hosts[step.source], inv.hosts[step.target]
     src_cache = dest_cache_of(src, sources.caches[src.name])
-    return peers.launcher_options(src, tgt, sources.peer_facts, src_cache, inv.ssh.connect_timeout,
+    return peers.launcher_options(src, tgt, sources.peer_facts, src_cache, inv.ssh,
                                   inv.ssh.peer_transport)

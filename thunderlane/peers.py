@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import facts
 from .onhost.peer import KEY_NAME, KNOWN_NAME, PEER_DIR, TAG
+from .sshopts import server_alive
 
 KEY_TYPE = "ssh-ed25519"
 FROM_RE = re.compile(r'(?:^|,)from="([^"]*)"')
@@ -118,26 +119,30 @@ def link_problem(src, tgt, got, pub_b64, pinned):
     return None
 
 
-def peer_ssh(tgt, got, connect_timeout, src):
+def peer_ssh(tgt, got, ssh, src):
     """The ssh command ``tgt`` runs to reach ``src`` (the launcher's ``--peer-ssh``): the peer key
     only, ``src``'s pinned key only, no agent, no forwarding, nothing from a config file (so no
-    LocalCommand either), and bound to ``tgt``'s own data address (the one ``src``'s ``from=`` accepts)."""
+    LocalCommand either), and bound to ``tgt``'s own data address (the one ``src``'s ``from=`` accepts).
+    ``ssh``: the inventory's ssh settings; the keepalives are those of the ssh under rsync
+    (:func:`sshopts.server_alive`): a data cable pulled mid-sync ends it after about
+    ``connect_timeout + rsync_timeout`` of silence, not a long session's 40 s."""
+    interval, count = server_alive(ssh)
     opts = [("IdentitiesOnly", "yes"), ("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"),
             ("UserKnownHostsFile", got.path(KNOWN_NAME)), ("GlobalKnownHostsFile", "/dev/null"),
             ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"),
-            ("ConnectTimeout", connect_timeout), ("ServerAliveInterval", 10), ("ServerAliveCountMax", 3),
-            ("BindAddress", tgt.data_ip)]
+            ("ConnectTimeout", ssh.connect_timeout), ("ServerAliveInterval", interval),
+            ("ServerAliveCountMax", count), ("BindAddress", tgt.data_ip)]
     argv = ["ssh", "-F", "none", "-i", got.path(KEY_NAME)]
     for key, value in opts:
         argv += ["-o", f"{key}={value}"]
     return " ".join(argv + ["-p", str(src.data_port), "-c", CIPHERS])
 
 
-def launcher_options(src, tgt, got, src_cache, connect_timeout, transport="ssh"):
+def launcher_options(src, tgt, got, src_cache, ssh, transport="ssh"):
     """The sync launcher's options that make ``tgt`` pull from ``src`` (see the launcher's usage).
     ``transport`` 'rsyncd': the peer ssh only starts a one-shot rsync daemon on ``src``'s data
     address, which lets in ``tgt``'s alone; the bytes then cross the data link in clear."""
-    command = peer_ssh(tgt, got[tgt.name], connect_timeout, src)
+    command = peer_ssh(tgt, got[tgt.name], ssh, src)
     options = ["--from-host", f"{src.user}@{src.data_ip}", "--from-cache", src_cache,
                "--peer-ssh", command, "--peer-rsync-path", src.rsync_path]
     if transport == "rsyncd":

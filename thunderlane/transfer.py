@@ -22,6 +22,7 @@ last. Lines that parse as none of this are left alone. Parsing and formatting ar
 """
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -240,15 +241,12 @@ class Echo:
 
 # ---- running the launcher ------------------------------------------------------------------
 
-def records(pipe, keep):
+def records(pipe, keep, over=None):
     """(text, ending) for each line of ``pipe`` as it arrives, split at '\\r' and '\\n' (ending ''
-    for an unterminated last line). Every raw chunk is appended to ``keep``."""
+    for an unterminated last line). Every raw chunk is appended to ``keep``. ``over``: a callable
+    that says when to stop short of end-of-file (see :func:`chunks`)."""
     buf = b""
-    read = pipe.read1 if hasattr(pipe, "read1") else (lambda n: pipe.read(min(n, 4096)))
-    while True:
-        chunk = read(65536)
-        if not chunk:
-            break
+    for chunk in chunks(pipe, over):
         keep.append(chunk)
         parts = re.split(rb"(\r|\n)", buf + chunk)
         buf = parts.pop()
@@ -258,10 +256,46 @@ def records(pipe, keep):
         yield buf.decode("utf-8", "replace"), ""
 
 
+def chunks(pipe, over=None):
+    """The raw chunks of ``pipe`` until end-of-file or, with ``over``, until ``over()`` is true:
+    then what is already in the pipe is read and no more (a process that outlived the launcher, an
+    ssh master, may hold the pipe open long after the launcher's last word)."""
+    if over is None or not hasattr(pipe, "fileno"):
+        read = pipe.read1 if hasattr(pipe, "read1") else (lambda n: pipe.read(min(n, 4096)))
+        yield from iter(lambda: read(65536), b"")
+        return
+    fd = pipe.fileno()   # read unbuffered: select sees only what the pipe holds
+    while not over():
+        if select.select([fd], [], [], POLL)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            yield chunk
+    for _ in range(DRAIN_READS):
+        chunk = os.read(fd, 65536) if select.select([fd], [], [], 0)[0] else b""
+        if not chunk:
+            return
+        yield chunk
+
+
+def exited_for(proc, seconds, clock=time.monotonic):
+    """A callable, true once ``proc`` has exited ``seconds`` ago or more (as first seen)."""
+    seen = []
+
+    def over():
+        if not seen and proc.poll() is not None:
+            seen.append(clock())
+        return bool(seen) and clock() - seen[0] >= seconds
+    return over
+
+
 # What stream() returns as the exit code when it stopped a launcher that fell silent: rsync's own
 # code for "timeout in data send/receive".
 SILENT_EXIT = 30
 GRACE = 5.0  # seconds the launcher's trap gets, once stopped, before its group is killed
+AFTER_EXIT = 2.0  # seconds the output is still read once the launcher itself has exited
+POLL = 0.2        # seconds between looks at the launcher while its output is quiet
+DRAIN_READS = 64  # reads of what is left in the pipe, at most, once AFTER_EXIT is over
 
 
 def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic, silence=None):
@@ -280,12 +314,15 @@ def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time
     if silence:
         threading.Thread(target=_stop_if_silent, args=(proc, raw, silence, fell_silent), daemon=True).start()
     try:
-        for text, sep in records(proc.stdout, raw):
+        # a process that outlives the launcher (an ssh master waiting out its keepalives) may hold
+        # the pipe: its end-of-file is not waited for past AFTER_EXIT
+        for text, sep in records(proc.stdout, raw, over=exited_for(proc, AFTER_EXIT)):
             sink.line(text, sep)
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: let the launcher's trap close ssh and remove its logs
             _stop_group(proc, grace=10)
+        proc.stdout.close()
     if fell_silent:
         code = SILENT_EXIT
         raw.append(f"\nsync: no output for {silence}s: stopped it (the host stopped answering?)\n".encode())

@@ -1,4 +1,4 @@
-"""Fault cases 33-35: faults only real links produce, on the namespaced lab (root, Linux; skipped
+"""Fault cases 33-36: faults only real links produce, on the namespaced lab (root, Linux; skipped
 elsewhere). A cable is pulled with `fab lab-link HOST control|data down`: packets stop, nothing
 resets, as with a real cable (thunderlane/lab/netns_plan.py cable())."""
 import json
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thunderlane import checkpoint, inventory, lab
+from thunderlane import checkpoint, inventory, lab, peer_setup
 from thunderlane.lab import kit, netns
 from thunderlane.facts import RunFacts
 
 from .conftest import (FAB, HOSTS, LAYOUT, ROOT, namespaced_lab, by_host, fab, fab_json, no_rank_left, run_facts, start_fab,
                        wait_for_step)
+from .test_peer_sync import remove_peers
 
 CONTROL_MBIT, DATA_MBIT = 100, 1000
 WATCHDOG = 20
@@ -222,3 +223,94 @@ def test_33_data_cable_pulled_mid_window(links_inv, links_lab, tmp_path, reliabi
     code, m = fab_json(links_inv, "mirror-back", "--profile", "links", env=env)
     assert code == 0 and m["step"] == steps.pop(), m
     reliability(watchdog_seconds=WATCHDOG, seconds_after_pull=round(seconds, 1), verdict=r["verdict"])
+
+
+PEER_SYNC = "`fab sync-cache --host mac4 --from mac5 --bwlimit 64{}` (ssh transport, ssh.rsync_timeout 3 s); " \
+    "`fab lab-link mac4 data down` once a first missing blob has arrived; plugged back, the sync run again"
+
+
+@pytest.mark.parametrize("checksum", [
+    pytest.param(False, id="plain", marks=pytest.mark.fault_case(
+        "36", "the data cable is pulled mid peer-sync", PEER_SYNC.format(""))),
+    pytest.param(True, id="checksum", marks=pytest.mark.fault_case(
+        "36b", "the data cable is pulled mid peer-sync --checksum (rsync's own timeout is the deep scan's)",
+        PEER_SYNC.format(" --checksum")))])
+def test_36_data_cable_pulled_mid_peer_sync_then_rerun_sends_only_what_is_missing(links_inv, links_lab, tmp_path,
+                                                                                   reliability, checksum):
+    """`--from mac5` makes no fallback: the sync fails naming mac4 and its source mac5 within about
+    `ssh.connect_timeout + ssh.rsync_timeout` of the pull, with no traceback, and what ran on mac4
+    for it (its rsync, the peer ssh under it) has ended within that too, the cable still out: the
+    peer ssh keeps the keepalives of the ssh under rsync (sshopts.server_alive), not a long
+    session's 10 s x 3 (it lived 40 s, and with --checksum, whose rsync --timeout is the deep
+    scan's, held fab that long; back sooner, the cable let it finish a blob beside the rerun). Every
+    blob under its final name on mac4 is whole (local's bytes); with the cable back, a rerun from
+    mac5 completes mac4 sending only what was still missing, and `verify-cache --deep` passes."""
+    try:
+        report = peer_setup.setup_peers(links_inv)
+        assert report.ok, report.to_json()
+        first, seconds, gone, arrived, missing = _peer_sync_with_data_cable_pulled(links_inv, links_lab, tmp_path,
+                                                                             ["--checksum"] if checksum else [])
+        assert any(e.startswith("mac4: sync failed") and "from mac5" in e for e in first["errors"]), first
+        bound = links_inv.ssh.connect_timeout + RSYNC_TIMEOUT + 5   # as fault 34: the launcher's trap, fab's end
+        assert seconds < bound and gone < bound, (seconds, gone, bound, first)
+        local = Path(links_inv.local.hf_cache) / kit.REPO_FOLDER / "blobs"
+        for blob in (kit.host_repo(links_lab, "mac4") / "blobs").iterdir():
+            if not blob.name.startswith("."):   # rsync's temporary files are dot files
+                assert blob.read_bytes() == (local / blob.name).read_bytes(), f"{blob} is partial"
+        code, again = fab_json(links_inv, "sync-cache", "--host", "mac4", "--from", "mac5")
+        assert code == 0, again
+    finally:
+        remove_peers(links_inv, links_lab)   # the other cases sync from local
+    row = again["results"][0]
+    assert row["source"] == "mac5" and row["after"] == "complete" and row["missing_bytes"] > 0, row
+    sizes = {b.name: b.stat().st_size for b in local.iterdir()}
+    still = sum(sizes[b] for b in missing - arrived)
+    assert still <= row["literal_bytes"] <= still + 4096, (json.dumps(row), still)
+    code, deep = fab_json(links_inv, "verify-cache", "--deep")
+    assert code == 0, deep
+    reliability(seconds_after_pull=round(seconds, 1), host_pull_ended_after=round(gone, 1), bound=bound,
+                kept_bytes=sum(sizes[b] for b in arrived), rerun_file_data=row["literal_bytes"], still_missing_bytes=still)
+
+
+def _peer_sync_with_data_cable_pulled(inv, lab_dir, tmp_path, more):
+    """(fab's JSON, seconds from the pull to fab's end and to the end of what ran on mac4, the blobs
+    that arrived before the pull, the blobs missing before the sync) of a `sync-cache --from mac5`
+    whose mac4 data cable is pulled mid-transfer."""
+    path = edited_inventory(inv, tmp_path, "rsync_timeout", lambda d: d["ssh"].update(rsync_timeout=RSYNC_TIMEOUT))
+    missing = missing_blobs(inv, lab_dir, "mac4")
+    assert len(missing) >= 2, missing
+    env = dict(os.environ, THUNDER_INVENTORY=str(path))
+    argv = [FAB, "sync-cache", "--host", "mac4", "--from", "mac5", "--bwlimit", "64", *more, "--json"]
+    sync = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while missing_blobs(inv, lab_dir, "mac4") == missing and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sync.poll() is None, "the sync ended before the cable could be pulled"
+        arrived = missing - missing_blobs(inv, lab_dir, "mac4")
+        assert arrived and missing_blobs(inv, lab_dir, "mac4"), "no blob arrived, or all did"
+        with Pulled(lab_dir, "mac4", "data") as pulled:
+            out, err = sync.communicate(timeout=120)
+            seconds = time.monotonic() - pulled.at
+            # fab's watchdog stopped the launcher; mac4's rsync and the peer ssh under it live on
+            # until ssh's keepalives go unanswered (or rsync times out): were the cable back
+            # sooner, they could finish a blob alongside the rerun
+            deadline = time.monotonic() + 60
+            while pulling(lab_dir, "mac4") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            gone = time.monotonic() - pulled.at
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.communicate()
+    assert "Traceback" not in err, err[-3000:]
+    assert sync.returncode == 1, (out, err[-3000:])
+    return json.loads(out), seconds, gone, arrived, missing
+
+
+def pulling(lab_dir, host):
+    """The command lines of the rsync and peer ssh still running for ``host``'s cache (its folder
+    in the lab is in their arguments)."""
+    ps = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True, check=True).stdout
+    mine = f"{lab_dir / host}/"
+    return [line for line in ps.splitlines() if mine in line and line.split()[0] in ("rsync", "ssh")]

@@ -105,7 +105,7 @@ def test_the_peer_key_is_refused_from_another_address(peered):
     if mac4.data_ip == "127.0.0.1":
         pytest.skip("single-address lab: every host shares 127.0.0.1, so from= cannot tell them apart")
     got = {h.name: run_peer_facts(inv, h) for h in (mac4, mac5)}
-    command = peers.peer_ssh(mac4, got["mac4"], 5, mac5).split()
+    command = peers.peer_ssh(mac4, got["mac4"], inv.ssh, mac5).split()
     good = [*command, f"{mac5.user}@{mac5.data_ip}", "true"]
     assert run(inv, mac4, good)[0] == 0
     elsewhere = [a if not a.startswith("BindAddress=") else "BindAddress=127.0.0.1" for a in good]

@@ -1,6 +1,7 @@
 """Peer sync's pure parts: the peer key's lines and their judges, the peer ssh command, the on-host
 installer (in a tmp home), and the scheduler that fills several cold hosts."""
 import copy
+import dataclasses
 import os
 import shlex
 
@@ -128,7 +129,8 @@ def test_link_problem_names_what_is_missing():
 def test_peer_ssh_is_pinned_bound_and_splits_on_spaces():
     inv = inv_of(2, data_ssh_port=2222)
     got = facts_for(inv, "PUB")
-    opts = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", 7)
+    ssh = dataclasses.replace(inv.ssh, connect_timeout=7, rsync_timeout=5)
+    opts = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", ssh)
     assert opts[:4] == ["--from-host", "me@198.19.0.5", "--from-cache", "/hub"]
     command = opts[opts.index("--peer-ssh") + 1]
     assert shlex.split(command) == command.split()
@@ -137,6 +139,11 @@ def test_peer_ssh_is_pinned_bound_and_splits_on_spaces():
                  "-o GlobalKnownHostsFile=/dev/null", "-o ForwardAgent=no", "-o BindAddress=198.19.0.4",
                  "-o ConnectTimeout=7", "-p 2222", "-c aes128-gcm@openssh.com"):
         assert part in command
+    # the keepalives of the ssh under rsync (sshopts.server_alive): silent (7 + 5) s ends it, not 40 s
+    assert "-o ServerAliveInterval=3 -o ServerAliveCountMax=3" in command
+    slow = dataclasses.replace(ssh, rsync_timeout=300)
+    assert "-o ServerAliveInterval=10 " in peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub",
+                                                                  slow)[5]
     argv = launcher_argv(inv, inv.hosts["mac4"], "/local/hub", "/dest", ssh="ssh", source=opts)
     assert argv[-1] == "me@mac4.local" and argv[-1 - len(opts):-1] == opts
 
@@ -146,9 +153,9 @@ def test_rsyncd_transport_adds_both_data_addresses_and_is_validated():
     letting in the target's alone; anything but ssh|rsyncd in the inventory is refused."""
     inv = inv_of(2)
     got = facts_for(inv, "PUB")
-    plain = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", 7)
+    plain = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", inv.ssh)
     assert "--peer-transport" not in plain
-    opts = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", 7, "rsyncd")
+    opts = peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub", inv.ssh, "rsyncd")
     assert opts[:len(plain)] == plain
     assert opts[len(plain):] == ["--peer-transport", "rsyncd", "--from-addr", "198.19.0.5", "--host-addr", "198.19.0.4"]
     data = copy.deepcopy(GOOD)

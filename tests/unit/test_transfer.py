@@ -4,6 +4,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -461,3 +462,21 @@ def test_stream_on_a_terminal_ends_its_line(tmp_path):
     assert code == 30 and shown.startswith("\r[mac4] sen") and shown.endswith("\n")
     last = shown.rsplit("\r", 1)[-1]
     assert shown.count("\n") == 1 and last.startswith("[mac4] sent 3.0 MiB of 3.0 MiB (99%)")  # 40 bytes short
+
+
+def test_stream_ends_soon_after_the_launcher_though_a_grandchild_holds_the_pipe(tmp_path):
+    """A process that outlives the launcher (here a sleep; in a sync the launcher's ssh master, until
+    its keepalives give up) keeps the pipe open: stream returns the launcher's own exit a short
+    while (AFTER_EXIT) after it, with what came before and what was in the pipe, in order."""
+    from thunderlane import transfer
+    pid = tmp_path / "pid"
+    script = (f"echo one; (sleep 0.3; echo late; exec sleep 30) & echo $! > {pid}; echo two; exit 3")
+    t0 = time.monotonic()
+    try:
+        code, text = stream(["sh", "-c", script], "mac4", 0, out=io.StringIO(), verbose=True)
+        seconds = time.monotonic() - t0
+    finally:
+        if pid.exists():
+            subprocess.run(["kill", pid.read_text().strip()], check=False)
+    assert code == 3 and text.split() == ["one", "two", "late"], (code, text)
+    assert transfer.AFTER_EXIT <= seconds < transfer.AFTER_EXIT + 3, seconds
