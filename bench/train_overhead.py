@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import statistics
+from pathlib import Path
 
 import yaml
 
@@ -50,7 +51,7 @@ def bare_setup(lab, prof):
     (d / "python").write_text(f'#!/bin/sh\ncase "$THUNDER_LAB_HOST" in\n{cases}esac\n'
                               f'exec {shlex.quote(hosts[0].python)} "$@"\n')
     os.chmod(d / "python", 0o755)
-    launch = [c.ROOT / ".venv" / "bin" / "mlx.launch", "--backend", "ring", "--starting-port",
+    launch = [Path(c.PY).parent / "mlx.launch", "--backend", "ring", "--starting-port",
               os.environ["THUNDER_RING_PORT"], "--hostfile", d / "hostfile.json", "--python", d / "python",
               "--env", "HF_HUB_OFFLINE=1", "--env", "PYTHONUNBUFFERED=1", "--env", "TERM=dumb",
               "--env", "TTY_INTERACTIVE=0", "--"]
