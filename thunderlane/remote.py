@@ -18,7 +18,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.hostkeys import HostKeyEntry
 
-from . import keys, liveness, onhost, sshopts
+from . import keys, liveness, onhost, presession, sshopts
 from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
@@ -173,7 +173,7 @@ def run(inv, host, argv, timeout=None):
     if host.is_local:
         return _run_local(host, argv, timeout)
     try:
-        with open_session(inv, host) as conn:
+        with presession.take(inv, host) or open_session(inv, host) as conn:  # one prepared ahead, if any
             with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
                 try:
                     r = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import facts, layout
-from ..remote import HostError, ask, on_hosts
+from .. import facts, layout, presession
+from ..remote import HostError, ask, on_hosts, open_session
 from ..report import printable
 from .writer import profile_hosts, run_query
 
@@ -98,7 +98,8 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
     with open(log_path, "w", encoding="utf-8") as log:
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True, cwd=str(layout.LAUNCHERS))
-        reader = threading.Thread(target=_read, args=(p, log, outcome, last, out), daemon=True)
+        ahead = _gate_ahead(inv, profile, target)
+        reader = threading.Thread(target=_read, args=(p, log, outcome, last, out, ahead), daemon=True)
         reader.start()
         _watch(p, outcome, last, watchdog, out)
         p.wait()
@@ -106,6 +107,17 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
     outcome.exit_code = p.returncode
     outcome.seconds = time.monotonic() - t0
     return outcome
+
+
+def _gate_ahead(inv, profile, target):
+    """A rank's event -> None: at the commit of ``target`` (the last), the gate's sessions start
+    opening (:mod:`thunderlane.presession`), their handshake overlapping the ranks' teardown."""
+    hosts = profile_hosts(inv, profile)
+
+    def seen(event):
+        if event.get("phase") == "commit" and event.get("step") == target:
+            presession.prepare(inv, hosts, open_session)
+    return seen
 
 
 def _watch(p, outcome, last, watchdog, out):
@@ -123,7 +135,7 @@ def _watch(p, outcome, last, watchdog, out):
         _end_group(p)
 
 
-def _read(p, log, outcome, last, out):
+def _read(p, log, outcome, last, out, seen=lambda event: None):
     for raw in iter(lambda: p.stdout.readline(MAX_LINE), b""):
         line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
         log.write(line + "\n")
@@ -133,6 +145,7 @@ def _read(p, log, outcome, last, out):
             last[0] = time.monotonic()
             outcome.events.append(event)
             out.write(describe(event) + "\n")
+            seen(event)
         elif line.startswith(("chunks:", "launch:")):
             last[0] = time.monotonic()
             if line.startswith(CALLER_GATES):
