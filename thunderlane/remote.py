@@ -313,7 +313,8 @@ def run_probe(inv, host, args, timeout=None):
             return json.loads(json.dumps(onhost_probe.command(list(args))))  # as a host's answer is
         except Exception as e:  # noqa: BLE001 - as a probe process would die of it: local's error
             raise HostError(host.name, "error", f"probe failed: {type(e).__name__}: {str(e)[:300]}") from None
-    code, out, err = run(inv, host, [host.python, "-c", PROBE_SOURCE, *args], timeout=timeout)
+    site = ["-S"] if args[:1] == ["dataset"] else []  # stdlib only, no site-packages: no .pth file run
+    code, out, err = run(inv, host, [host.python, *site, "-c", PROBE_SOURCE, *args], timeout=timeout)
     if code == 127:
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
     if code != 0:
