@@ -149,10 +149,11 @@ def main():
                                f"(medians over run pairs): {breakdown}. The lane-only fixed cost (preflight + plan-window "
                                f"+ commit beyond validation + gate) is {fixed:.2f}s, {100 * fixed / m_bare:.0f}% of the bare "
                                f"run: the ratio to expect without noise is about {1 + fixed / m_bare:.2f}. Under fab the chunk runner "
-                               f"starts `python -m thunderlane.launcher_helpers` once per 1-window run (take-lock: fab hands it the "
-                               f"start step and the first window's plan, and gates the last window itself); a start costs "
-                               f"{helpers['lock-dir']:.2f}s (lock-dir: imports only), {helpers['committed-step']:.2f}s with a "
-                               f"writer probe (committed-step, what each later window's check costs)"
+                               f"starts no `python -m thunderlane.launcher_helpers` in a 1-window run (fab takes the window lock "
+                               f"for it and hands it over on THUNDER_LOCK_FD, hands it the start step and the first window's "
+                               f"plan, and gates the last window itself); a helper start costs {helpers['lock-dir']:.2f}s "
+                               f"(lock-dir: imports only), {helpers['committed-step']:.2f}s with a writer probe (committed-step, "
+                               f"what each later window's check costs)"
                                + (f"; bare in bf16 (mlx_lm's default on CPU) {c.median(bf16):.1f}s, "
                                   f"ratio against it {m_lane / c.median(bf16):.2f}" if bf16 else ""))]
     ph = lambda kind, k: c.median([p[k] for _, p in runs[kind]])  # noqa: E731
