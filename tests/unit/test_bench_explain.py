@@ -188,14 +188,3 @@ def test_the_split_shown_is_the_median_run_s(bench):
     assert median_run([5.0, 3.0, 1.5], runs) == {"a": 2.0, "b": 1.0}
     assert median_run([5.0, 3.0], runs[:2]) == {"a": 2.0, "b": 1.0}     # even: the lower middle
     assert median_run([5.0, 3.0, 1.5], [runs[0], None, runs[2]]) is None  # a run without a split
-
-
-def test_a_figure_of_pairs_says_so_in_the_table(bench):
-    """Figure 5 is the median of per-pair ratios, not a ratio of medians: its 'of' column says so."""
-    _, run_all = bench
-    pairs = dict(sync_figure(runs=(1.0, 1.1, 1.2, 1.05, 1.08, 1.3, 0.99)), id="5", of="median of 7 pairs")
-    results = [{"script": "train_overhead", "command": "bench/train_overhead.py", "seconds": 1.0, "load": (1.0, 1.0),
-                "params": {"runs": 5}, "figures": [pairs, dict(sync_figure(), id="1b")], "notes": []}]
-    text = run_all.render(results, argparse.Namespace(model_mb=100.0, train_model_mb=2.0), 0.0, 60.0, (1.0, 1.0), "c")
-    assert "| median of 7 pairs | **MISS** |" in text
-    assert "| median of 3 | **MISS** |" in text
