@@ -17,7 +17,7 @@ from ..remote import HostError, ask, on_hosts, open_session
 from ..fsutil import take_lock
 from ..report import printable
 from .lock import lock_dir
-from .writer import profile_hosts, run_query
+from .writer import WindowError, profile_hosts, run_query
 
 CALLER_GATES = "chunks: caller gates: "  # the runner's line when it left the last window's check to fab
 NOCOMMIT = 76  # the chunk runner's exit when a window ended without committing its end step
@@ -140,11 +140,12 @@ def _hand_lock(inv, profile, pid, fd):
 def _gate_ahead(inv, profile, target):
     """A rank's event -> None: at the commit of ``target`` (the last), the gate's sessions start
     opening (:mod:`thunderlane.presession`), their handshake overlapping the ranks' teardown."""
-    hosts = profile_hosts(inv, profile)
-
-    def seen(event):
+    def seen(event):  # runs in the reader thread: it must never raise
         if event.get("phase") == "commit" and event.get("step") == target:
-            presession.prepare(inv, hosts, open_session)
+            try:
+                presession.prepare(inv, profile_hosts(inv, profile), open_session)
+            except (WindowError, RuntimeError):  # no hosts (or no thread) to open: the gate opens its own
+                pass
     return seen
 
 
