@@ -69,6 +69,13 @@ def baseline(argvs):
     return time.perf_counter() - t0
 
 
+def key_exchange(argv):
+    """The key exchange OpenSSH's client negotiates for ``argv`` (its ``-v`` log), or None."""
+    p = subprocess.run([argv[0], "-v", *argv[1:-1], "true"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    found = [line.split("kex: algorithm: ", 1)[1] for line in p.stderr.splitlines() if "kex: algorithm: " in line]
+    return found[0].strip() if found else None
+
+
 def floor(root):
     """CPython's own cost for the probe's unavoidable work on one copy: parse every row, hash."""
     t0 = time.perf_counter()
@@ -95,18 +102,20 @@ def profile(root):
     return judge / total, sha / total
 
 
-def phases(lab, inv_path, rows):
+def phases(lab, inv_path, rows, hand):
     """One run of each piece of a verify-dataset (seconds): fab's start (`fab --list`, the fabfile's
-    imports), local's probe (every row validated), a host's probe (`dataset --sums`), both without ssh,
+    imports), local's probe (every row validated), a host's probe (`dataset --sums`), both without ssh
+    and started as the lane starts them (`python -S`),
     and in-process over ssh to mac5: a session running `true`, and the host's --sums probe."""
     from thunderlane import remote
     inv = lab.inv(inv_path)
     mac5 = inv.host("mac5")
     src, on = onhost.probe_source(), lab.dir / f"corpus-{rows}-on"
     out = {"start": c.run([c.FAB, "--list"], env=lab.env(inv_path), check=True).seconds,
-           "local_sums": c.run([c.PY, "-c", src, "dataset", on / "local", "--sums"], check=True).seconds,
-           "local_rows": c.run([c.PY, "-c", src, "dataset", on / "local"], check=True).seconds,
-           "host_sums": c.run([c.PY, "-c", src, "dataset", on / "mac5", "--sums"], check=True).seconds}
+           "local_sums": c.run([c.PY, "-S", "-c", src, "dataset", on / "local", "--sums"], check=True).seconds,
+           "local_rows": c.run([c.PY, "-S", "-c", src, "dataset", on / "local"], check=True).seconds,
+           "host_sums": c.run([c.PY, "-S", "-c", src, "dataset", on / "mac5", "--sums"], check=True).seconds}
+    out["ssh_cli_true"] = baseline([[*hand[1][:-1], "true"]])  # the baseline's OpenSSH session alone
     for key, fn in (("ssh_true", lambda: remote.run(inv, mac5, ["true"])),
                     ("ssh_sums", lambda: remote.run_probe(inv, mac5, ["dataset", mac5.dataset_root, "--sums"]))):
         t0 = time.perf_counter()
@@ -144,10 +153,11 @@ def main():
             for key, f in trio if i % 2 == 0 else trio[::-1]:
                 t[key].append(f())
             t["fixed"].append(fab())
-            for key, v in phases(lab, inv, args.rows).items():
+            for key, v in phases(lab, inv, args.rows, hand).items():
                 t.setdefault(key, []).append(v)
             c.log(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
         t_json, t_hash = floor(root)
+        kex = key_exchange(hand[1])
         share_judge, share_sha = profile(root)
         command = c.fab_command(lab, "verify-dataset", "--hosts", "mac5", inventory_path=inv)
     m = {k: c.median(v) for k, v in t.items()}
@@ -160,7 +170,9 @@ def main():
         detail=f"{size / 1e6:.1f} MB per copy, 2 copies: fab {m['fab']:.3f}s vs wc+sha256sum {m['base']:.3f}s, "
                f"local's copy here and mac5's over one ssh session at once (the lane's ssh options), what a person "
                f"runs by hand for the same assurance; both copies read here with no ssh {m['base_local']:.3f}s "
-               f"(fab {m['fab'] / m['base_local']:.2f}x that). "
+               f"(fab {m['fab'] / m['base_local']:.2f}x that); the baseline's OpenSSH session running `true` alone "
+               f"{m['ssh_cli_true']:.3f}s ({kex or 'its default key exchange'}), Fabric's (paramiko, curve25519) "
+               f"{m['ssh_true']:.3f}s. "
                f"Where it goes (medians): fab's start (`fab --list`) {m['start']:.3f}s = "
                f"{m['start'] / m['base']:.2f}x the baseline on its own; local's probe, sums only, {m['local_sums']:.3f}s "
                f"(no ssh; its rows' verdicts read from the memo); mac5's probe, sums only, {m['host_sums']:.3f}s alone and "
