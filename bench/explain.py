@@ -252,8 +252,8 @@ def explain(f, machine=None):
 def general_notes(results, machine, model_mb, train_model_mb, ram_gb):
     """The notes under the table: facts true by construction, filled with this run's numbers."""
     counts = sorted({len(numeric_runs(f)) for r in results for f in r.get("figures", []) if numeric_runs(f)})
-    notes = [f"A ratio is the median of one side's runs over the median of the other's; timed pairs "
-             f"alternate their order run by run; runs per figure in this document: "
+    notes = [f"A ratio is the median of one side's runs over the median of the other's (where the 'of' column "
+             f"says pairs: the median of the per-pair ratios); timed pairs alternate their order run by run; runs per figure in this document: "
              f"{', '.join(map(str, counts)) or 'none'}; the per-run values are in the details.",
              f"Byte-bound figures use a {model_mb:g} MB model, training figures a {train_model_mb:g} MB model; "
              f"the machine has {ram_gb:.0f} GB of RAM, so the byte-bound model "

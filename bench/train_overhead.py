@@ -14,6 +14,8 @@ import os
 import re
 import shlex
 import shutil
+import statistics
+from pathlib import Path
 
 import yaml
 
@@ -49,7 +51,7 @@ def bare_setup(lab, prof):
     (d / "python").write_text(f'#!/bin/sh\ncase "$THUNDER_LAB_HOST" in\n{cases}esac\n'
                               f'exec {shlex.quote(hosts[0].python)} "$@"\n')
     os.chmod(d / "python", 0o755)
-    launch = [c.ROOT / ".venv" / "bin" / "mlx.launch", "--backend", "ring", "--starting-port",
+    launch = [Path(c.PY).parent / "mlx.launch", "--backend", "ring", "--starting-port",
               os.environ["THUNDER_RING_PORT"], "--hostfile", d / "hostfile.json", "--python", d / "python",
               "--env", "HF_HUB_OFFLINE=1", "--env", "PYTHONUNBUFFERED=1", "--env", "TERM=dumb",
               "--env", "TTY_INTERACTIVE=0", "--"]
@@ -101,14 +103,17 @@ def phase_split(runs, over, fixed, helpers):
 def main():
     p = c.parser(__doc__, runs=5, train=True)
     p.add_argument("--bf16-runs", type=int, default=1, help="bare bf16 runs, for information (0: none)")
+    p.add_argument("--pairs", type=int, default=0, help="interleaved lane/bare pairs (default: --runs + 2, "
+                   "at least 7: single runs spread by a third on a shared machine)")
     args = p.parse_args()
+    args.pairs = args.pairs or max(7, args.runs + 2)
     with c.lab_session("train", c.TRAIN_HOSTS, args.train_model_mb) as lab:
         c.set_complete(lab, "mac4")
         prof = c.write_profile(lab, PROFILE, PROFILE)
         d, launch, env = bare_setup(lab, prof)
         bare(lab, d, launch, env)  # warm-up (compiles, page cache)
         runs = {"lane": [], "bare": []}
-        for i in range(args.runs):
+        for i in range(args.pairs):
             for kind in (("lane", "bare") if i % 2 == 0 else ("bare", "lane")):
                 runs[kind].append(lane(lab) if kind == "lane" else bare(lab, d, launch, env))
                 c.log(f"run {i + 1} {kind}: {runs[kind][-1][0]:.2f}s {({k: round(v, 2) for k, v in runs[kind][-1][1].items()})}")
@@ -120,6 +125,8 @@ def main():
                                       "-c", d / "lora.yaml"]))
     m_lane = c.median([s for s, _ in runs["lane"]])
     m_bare = c.median([s for s, _ in runs["bare"]])
+    ratios = [a[0] / b[0] for a, b in zip(runs["lane"], runs["bare"])]  # each pair ran back to back
+    value, quart = c.median(ratios), statistics.quantiles(ratios, n=4)
     pairs = [(lp, bp) for (_, lp), (_, bp) in zip(runs["lane"], runs["bare"])]
     comp = lambda f: c.median([f(lp, bp) for lp, bp in pairs])  # noqa: E731  median over run pairs
     over = {"preflight (fab start, preflight probes)": comp(lambda l, b: l["preflight"]),
@@ -131,22 +138,28 @@ def main():
                 comp(lambda l, b: l["after"] - b["after"])}
     fixed = comp(lambda l, b: l["preflight"] + l["plan"] + l["commit"] - b["val"] + l["after"] - b["after"])
     breakdown = "; ".join(f"{k} {v:+.2f}s" for k, v in over.items())
-    figures = [c.figure("5", "train-window 10 steps vs bare mlx.launch mlx_lm lora (float32)", m_lane / m_bare, "<=", 1.10,
-                        runs=c.rounded([a[0] / b[0] for a, b in zip(runs["lane"], runs["bare"])]),
-                        detail=f"median lane {m_lane:.2f}s, bare {m_bare:.2f}s (+{m_lane - m_bare:.2f}s). Where it goes "
+    figures = [c.figure("5", "train-window 10 steps vs bare mlx.launch mlx_lm lora (float32)", value, "<=", 1.10,
+                        runs=c.rounded(ratios),
+                        detail=f"the figure is the median of {len(ratios)} per-pair ratios (lane / bare of each "
+                               f"interleaved pair, run back to back, the order alternating pair by pair): the load a "
+                               f"pair meets is shared by both sides; pairs spread {min(ratios):.3f} to {max(ratios):.3f}, "
+                               f"quartiles {quart[0]:.3f} and {quart[2]:.3f}; the ratio of the two sides' medians is "
+                               f"{m_lane / m_bare:.3f}. Median lane {m_lane:.2f}s, bare {m_bare:.2f}s "
+                               f"(+{m_lane - m_bare:.2f}s). Where it goes "
                                f"(medians over run pairs): {breakdown}. The lane-only fixed cost (preflight + plan-window "
                                f"+ commit beyond validation + gate) is {fixed:.2f}s, {100 * fixed / m_bare:.0f}% of the bare "
                                f"run: the ratio to expect without noise is about {1 + fixed / m_bare:.2f}. Under fab the chunk runner "
-                               f"starts `python -m thunderlane.launcher_helpers` once per 1-window run (take-lock: fab hands it the "
-                               f"start step and the first window's plan, and gates the last window itself); a start costs "
-                               f"{helpers['lock-dir']:.2f}s (lock-dir: imports only), {helpers['committed-step']:.2f}s with a "
-                               f"writer probe (committed-step, what each later window's check costs)"
+                               f"starts no `python -m thunderlane.launcher_helpers` in a 1-window run (fab takes the window lock "
+                               f"for it and hands it over on THUNDER_LOCK_FD, hands it the start step and the first window's "
+                               f"plan, and gates the last window itself); a helper start costs {helpers['lock-dir']:.2f}s "
+                               f"(lock-dir: imports only), {helpers['committed-step']:.2f}s with a writer probe (committed-step, "
+                               f"what each later window's check costs)"
                                + (f"; bare in bf16 (mlx_lm's default on CPU) {c.median(bf16):.1f}s, "
                                   f"ratio against it {m_lane / c.median(bf16):.2f}" if bf16 else ""))]
     ph = lambda kind, k: c.median([p[k] for _, p in runs[kind]])  # noqa: E731
     split = phase_split(runs, over, fixed, helpers)
     # the lane's and the bare run's phase medians (s) for bench/explain.py; the whole split stays in facts
-    figures[0].update(phases=split["lane"], baseline_phases=split["bare"],
+    figures[0].update(of=f"median of {len(ratios)} pairs", phases=split["lane"], baseline_phases=split["bare"],
                       facts={**figures[0].get("facts", {}), "split": split})
     c.emit("train_overhead", vars(args), figures, [
         f"5: model {args.train_model_mb:g} MB; `{cmd_lane}` vs `{cmd_bare}` (cwd launchers/, as the lane's launcher)",

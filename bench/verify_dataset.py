@@ -2,8 +2,10 @@
 
 The corpus (thunderlane.lab.fixtures.corpus, --rows rows) is put on local and mac5 and named by an
 inventory variant; `fab verify-dataset --hosts mac5` sums local's copy and mac5's (sha256, lines, bytes)
-and takes local's row verdicts from the memo (<local runs_root>/.row-memo), so the baseline runs
-`wc -l FILES && sha256sum FILES` on the two copies in parallel too. Figure 4 is that usual, repeated
+and takes local's row verdicts from the memo (<local runs_root>/.row-memo). The baseline is what a
+person runs by hand for the same assurance on two hosts: `wc -l FILES && sha256sum FILES` on local's
+copy and, at once, over ssh (the lab's sshd, the lane's ssh options) on mac5's; the same two commands
+on both copies here, with no ssh (the lab's host folders are local), are reported beside it. Figure 4 is that usual, repeated
 run (the memo exists); figure 4-cold removes the memo before each timed run, so local parses every
 row once more (the first run after a change of bytes or of the validator): no goal, shown as it is. Also measured, to say where the time goes (figure["details"] holds every phase's times):
 fab's start, local's probe and a host's --sums probe without ssh, an ssh session and the --sums probe
@@ -13,6 +15,7 @@ import cProfile
 import hashlib
 import json
 import pstats
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 import common as c
-from thunderlane import onhost
+from thunderlane import onhost, sshopts
 from thunderlane.lab.fixtures.corpus import build_corpus
 
 FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "manifest.json")
@@ -42,15 +45,35 @@ def corpus(lab, rows):
     return root, c.write_inventory(lab, f"hosts-corpus-{rows}.yaml", change)
 
 
-def baseline(lab, rows):
-    procs, t0 = [], time.perf_counter()
-    for host in ("local", "mac5"):
-        d = lab.dir / f"corpus-{rows}-on" / host
-        files = " ".join(str(d / f) for f in FILES)
-        procs.append(subprocess.Popen(["sh", "-c", f"wc -l {files} && sha256sum {files}"], stdout=subprocess.DEVNULL))
+def by_hand(lab, inv_path, rows, hosts=("local", "mac5")):
+    """What a person runs by hand for the same assurance: `wc -l F && sha256sum F` on local's copy and,
+    over ssh with the lane's options (sshopts.ssh_command: pinned key, BatchMode...), on each host's,
+    every host at once. The argvs, one per host."""
+    inv = lab.inv(inv_path)
+    argvs = []
+    for name in hosts:
+        d = lab.dir / f"corpus-{rows}-on" / name
+        files = " ".join(shlex.quote(str(d / f)) for f in FILES)
+        line = f"wc -l {files} && sha256sum {files}"
+        h = inv.local if name == "local" else inv.host(name)
+        argvs.append(["sh", "-c", line] if h.is_local else [*shlex.split(sshopts.ssh_command(inv, h)), h.hostname, line])
+    return argvs
+
+
+def baseline(argvs):
+    """Seconds for ``argvs`` run at once, until the last ends."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(a, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for a in argvs]
     if any(p.wait() for p in procs):
-        raise RuntimeError("wc/sha256sum failed")
+        raise RuntimeError("wc/sha256sum failed: " + " | ".join(shlex.join(a) for a in argvs))
     return time.perf_counter() - t0
+
+
+def key_exchange(argv):
+    """The key exchange OpenSSH's client negotiates for ``argv`` (its ``-v`` log), or None."""
+    p = subprocess.run([argv[0], "-v", *argv[1:-1], "true"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    found = [line.split("kex: algorithm: ", 1)[1] for line in p.stderr.splitlines() if "kex: algorithm: " in line]
+    return found[0].strip() if found else None
 
 
 def floor(root):
@@ -79,18 +102,20 @@ def profile(root):
     return judge / total, sha / total
 
 
-def phases(lab, inv_path, rows):
+def phases(lab, inv_path, rows, hand):
     """One run of each piece of a verify-dataset (seconds): fab's start (`fab --list`, the fabfile's
-    imports), local's probe (every row validated), a host's probe (`dataset --sums`), both without ssh,
+    imports), local's probe (every row validated), a host's probe (`dataset --sums`), both without ssh
+    and started as the lane starts them (`python -S`),
     and in-process over ssh to mac5: a session running `true`, and the host's --sums probe."""
     from thunderlane import remote
     inv = lab.inv(inv_path)
     mac5 = inv.host("mac5")
     src, on = onhost.probe_source(), lab.dir / f"corpus-{rows}-on"
     out = {"start": c.run([c.FAB, "--list"], env=lab.env(inv_path), check=True).seconds,
-           "local_sums": c.run([c.PY, "-c", src, "dataset", on / "local", "--sums"], check=True).seconds,
-           "local_rows": c.run([c.PY, "-c", src, "dataset", on / "local"], check=True).seconds,
-           "host_sums": c.run([c.PY, "-c", src, "dataset", on / "mac5", "--sums"], check=True).seconds}
+           "local_sums": c.run([c.PY, "-S", "-c", src, "dataset", on / "local", "--sums"], check=True).seconds,
+           "local_rows": c.run([c.PY, "-S", "-c", src, "dataset", on / "local"], check=True).seconds,
+           "host_sums": c.run([c.PY, "-S", "-c", src, "dataset", on / "mac5", "--sums"], check=True).seconds}
+    out["ssh_cli_true"] = baseline([[*hand[1][:-1], "true"]])  # the baseline's OpenSSH session alone
     for key, fn in (("ssh_true", lambda: remote.run(inv, mac5, ["true"])),
                     ("ssh_sums", lambda: remote.run_probe(inv, mac5, ["dataset", mac5.dataset_root, "--sums"]))):
         t0 = time.perf_counter()
@@ -118,17 +143,21 @@ def main():
             if r.code or not r.data["ok"]:
                 raise RuntimeError(r.stdout[-800:] + r.stderr[-800:])
             return r.seconds
-        fab(inv), baseline(lab, args.rows)  # warm-up
-        t = {"fab": [], "base": [], "cold": [], "fixed": []}
+        hand = by_hand(lab, inv, args.rows)
+        here = [["sh", "-c", a[-1]] for a in hand]  # both copies read on this machine, no ssh: the old baseline
+        fab(inv), baseline(hand)  # warm-up
+        t = {"fab": [], "base": [], "cold": [], "fixed": [], "base_local": []}
         for i in range(args.runs):
-            trio = (("fab", lambda: fab(inv)), ("base", lambda: baseline(lab, args.rows)), ("cold", cold))
+            trio = (("fab", lambda: fab(inv)), ("base", lambda: baseline(hand)), ("cold", cold),
+                    ("base_local", lambda: baseline(here)))
             for key, f in trio if i % 2 == 0 else trio[::-1]:
                 t[key].append(f())
             t["fixed"].append(fab())
-            for key, v in phases(lab, inv, args.rows).items():
+            for key, v in phases(lab, inv, args.rows, hand).items():
                 t.setdefault(key, []).append(v)
             c.log(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
         t_json, t_hash = floor(root)
+        kex = key_exchange(hand[1])
         share_judge, share_sha = profile(root)
         command = c.fab_command(lab, "verify-dataset", "--hosts", "mac5", inventory_path=inv)
     m = {k: c.median(v) for k, v in t.items()}
@@ -138,7 +167,12 @@ def main():
     fig = c.figure(
         "4", f"verify-dataset ({args.rows // 1000}k rows) vs wc -l + sha256sum", m["fab"] / m["base"], "<=", 2.0,
         runs=c.rounded([a / b for a, b in zip(t["fab"], t["base"])]),
-        detail=f"{size / 1e6:.1f} MB per copy, 2 copies: fab {m['fab']:.3f}s vs wc+sha256sum {m['base']:.3f}s. "
+        detail=f"{size / 1e6:.1f} MB per copy, 2 copies: fab {m['fab']:.3f}s vs wc+sha256sum {m['base']:.3f}s, "
+               f"local's copy here and mac5's over one ssh session at once (the lane's ssh options), what a person "
+               f"runs by hand for the same assurance; both copies read here with no ssh {m['base_local']:.3f}s "
+               f"(fab {m['fab'] / m['base_local']:.2f}x that); the baseline's OpenSSH session running `true` alone "
+               f"{m['ssh_cli_true']:.3f}s ({kex or 'its default key exchange'}), Fabric's (paramiko, curve25519) "
+               f"{m['ssh_true']:.3f}s. "
                f"Where it goes (medians): fab's start (`fab --list`) {m['start']:.3f}s = "
                f"{m['start'] / m['base']:.2f}x the baseline on its own; local's probe, sums only, {m['local_sums']:.3f}s "
                f"(no ssh; its rows' verdicts read from the memo); mac5's probe, sums only, {m['host_sums']:.3f}s alone and "
@@ -161,7 +195,8 @@ def main():
                       "profile_share": {"judge_row": round(share_judge, 3), "sha256": round(share_sha, 3)}}
     cold_fig["details"] = fig["details"]
     c.emit("verify_dataset", vars(args), [fig, cold_fig], [
-        f"4: `{command}` vs `wc -l F && sha256sum F` on each copy in parallel "
+        f"4: `{command}` vs `wc -l F && sha256sum F` on local's copy and `{shlex.join(hand[1][:-1])} '<the same on "
+        f"mac5's copy>'` at once "
         f"(F = {' '.join(FILES)}), alternating the order; 4-cold: the same fab after removing <local runs_root>/.row-memo; Python {sys.version.split()[0]}"])
 
 

@@ -18,7 +18,9 @@ usage: run_gemma4_e2b_nko_correction_chunks.sh PROFILE TARGET_STEP WINDOW
        THUNDER_START_STEP (the committed step the caller read: not read again; each window's plan
        checks the writer is still there), THUNDER_CALLER_GATES=1 (the caller checks checkpoint.json
        after the last window: this runner exits with that window's launch exit code),
-       THUNDER_FIRST_PLAN (the first window's plan folder, made by the caller)
+       THUNDER_FIRST_PLAN (the first window's plan folder, made by the caller),
+       THUNDER_LOCK_FD (a file descriptor on which the caller, having taken the window lock for
+       this runner's pid, writes what launcher_helpers take-lock would print: no interpreter start)
   on macOS the runner and every rank run under caffeinate -i -s -w <pid> (no sleep mid-window)
 exit: 0 target reached, 64 usage, 75 locked, 76 a window did not commit, 77 state unreadable,
       other codes are the failing window's (see launch_gemma4_e2b_nko_correction_thunder.sh)
@@ -61,10 +63,20 @@ keep_awake
 # the lock is a directory renamed into place with this shell's pid and start time already inside:
 # atomic, never ownerless, and a reused pid is not its owner
 rc=0
-taken=$(helper take-lock "$profile" "$$") || rc=$?
-read -r state holder lock <<LOCK
+if [ -n "${THUNDER_LOCK_FD:-}" ]; then
+  case "$THUNDER_LOCK_FD" in
+    *[!0-9]*) echo "chunks: THUNDER_LOCK_FD '$THUNDER_LOCK_FD' is not a file descriptor" >&2; exit "$EX_USAGE" ;;
+  esac
+  state='' holder='' lock=''
+  read -r state holder lock <&"$THUNDER_LOCK_FD" || true
+  eval "exec $THUNDER_LOCK_FD<&-"   # not left open for mlx.launch and the ranks
+  [ "$state" != held ] || rc=$EX_LOCKED
+else
+  taken=$(helper take-lock "$profile" "$$") || rc=$?
+  read -r state holder lock <<LOCK
 $taken
 LOCK
+fi
 if [ "$rc" -eq "$EX_LOCKED" ]; then
   echo "chunks: another window of $profile is running (pid $holder holds $lock)" >&2
   exit "$EX_LOCKED"

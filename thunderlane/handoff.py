@@ -57,7 +57,7 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
     if not blockers:
         result = phase("train-window", lambda: window.train_window(inv, profile, target, window_size,
                                                                     watchdog=watchdog, out=out))
-        data["train"] = train_summary(result)
+        data["train"] = window.train_summary(result)
         if not result.ok:
             blockers.append(f"train-window: {result.verdict}: {result.explanation}")
     if not blockers or data.get("train", {}).get("gate_ok"):
@@ -101,18 +101,6 @@ def _sync_cold(inv, hosts, report, out):
                                "missing_bytes": o.missing_bytes, "bytes_sent": o.literal_bytes,
                                "bytes_sent_derivation": o.derivation}
     return done
-
-
-def train_summary(result):
-    g = result.gate
-    o = result.outcome
-    return {"verdict": result.verdict, "explanation": result.explanation, "ok": result.ok,
-            "gate_ok": bool(g and g.ok), "gate": g.to_dict() if g else None,
-            "start_step": result.start_step, "trained": result.trained,
-            "command": o.command if o else None,
-            "launches": o.launches if o else [], "plans": o.plans if o else [], "log": o.log if o else None,
-            "seconds": round(o.seconds, 2) if o else 0,
-            "preflight": [r.to_dict() for r in result.preflight.results]}
 
 
 def reproduce_commands(inv, profile, target, window_size):

@@ -18,7 +18,7 @@ from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 from paramiko.hostkeys import HostKeyEntry
 
-from . import keys, liveness, onhost, sshopts
+from . import keys, liveness, onhost, presession, sshopts
 from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
@@ -175,7 +175,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None):
         return _run_local(host, argv, timeout)
     streams = {"hide": "out", "err_stream": relay} if relay is not None else {"hide": True}
     try:
-        with open_session(inv, host) as conn:
+        with presession.take(inv, host) or open_session(inv, host) as conn:  # one prepared ahead, if any
             with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
                 try:
                     r = conn.run(shlex.join(argv), warn=True, timeout=timeout, **streams,
@@ -316,7 +316,8 @@ def run_probe(inv, host, args, timeout=None):
             return json.loads(json.dumps(onhost_probe.command(list(args))))  # as a host's answer is
         except Exception as e:  # noqa: BLE001 - as a probe process would die of it: local's error
             raise HostError(host.name, "error", f"probe failed: {type(e).__name__}: {str(e)[:300]}") from None
-    code, out, err = run(inv, host, [host.python, "-c", PROBE_SOURCE, *args], timeout=timeout)
+    site = ["-S"] if args[:1] == ["dataset"] else []  # stdlib only, no site-packages: no .pth file run
+    code, out, err = run(inv, host, [host.python, *site, "-c", PROBE_SOURCE, *args], timeout=timeout)
     if code == 127:
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
     if code != 0:

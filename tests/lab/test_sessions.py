@@ -12,3 +12,23 @@ def test_an_opened_session_sends_keepalives(lab_inv):
     finally:
         conn.close()
     assert not conn.is_connected
+
+
+def test_the_gate_runs_over_the_sessions_the_last_commit_opened(lab_inv, profile_dir, monkeypatch):
+    """train-window's gate round (reap, the writer's run directory) takes the sessions its runner
+    started opening at the last commit (their handshake overlaps the ranks' teardown): each is used
+    once and closed, and the round's answers are the hosts' own."""
+    from thunderlane import presession, profiles
+    from thunderlane.window import runner
+    monkeypatch.setenv("THUNDER_PROFILES", str(profile_dir))
+    prof = profiles.load("run_a")
+    runner._gate_ahead(lab_inv, prof, 10)({"phase": "step", "step": 10})
+    assert presession.pending() == 0  # a step is not the last commit
+    runner._gate_ahead(lab_inv, prof, 10)({"phase": "commit", "step": 10, "host": "mac4"})
+    assert presession.pending() == 2
+    opened = [f.result(timeout=30) for f in presession._ready.values()]
+    assert all(c.is_connected for c in opened)
+    reaped, writer = runner.finish(lab_inv, prof)
+    assert set(reaped) == {"mac4", "mac5"} and not any(isinstance(r, remote.HostError) for r in reaped.values())
+    assert writer.run_dir.endswith("test_run_a")
+    assert presession.pending() == 0 and not any(c.is_connected for c in opened)  # taken, used, closed

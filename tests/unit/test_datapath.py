@@ -148,6 +148,30 @@ def test_links_probe_listens_and_dials_for_real():
     assert out["b"]["connect"][0]["ok"] and out["a"]["accepted"] == out["b"]["accepted"] == 1
 
 
+def test_links_probe_ends_soon_after_the_late_peer_is_up():
+    """Preflight waits for the slowest host's check: a host whose peer comes up late dials it again at
+    a fine grain and stops listening soon after, not a tenth of a second later (it ran in every
+    preflight). The early host retries every few hundredths of a second, and both end close after
+    the late one started."""
+    a, b = free_port(), free_port()
+    out, ended = {}, {}
+
+    def host(name, own, peer, delay):
+        time.sleep(delay)
+        out[name] = links_facts({"listen": [["127.0.0.1", own]], "connect": [["other", "127.0.0.1", peer]],
+                                 "expect": 1, "wait": 5, "timeout": 2})
+        ended[name] = time.monotonic()
+    threads = [threading.Thread(target=host, args=("a", a, b, 0)), threading.Thread(target=host, args=("b", b, a, 0.4))]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["a"]["connect"][0]["ok"] and out["b"]["connect"][0]["ok"]
+    assert out["a"]["connect"][0]["tries"] >= 8  # 0.4 s of refusals: one dial every 0.02 s, not every 0.1 s
+    assert max(ended.values()) - (t0 + 0.4) < 0.35
+
+
 def test_links_probe_reports_refused_and_in_use():
     closed = free_port()
     with socket.socket() as taken:

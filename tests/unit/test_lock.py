@@ -54,3 +54,38 @@ def test_racing_takers_get_exactly_one_lock(tmp_path):
         for p in procs:
             p.join(timeout=30)
     assert states == ["held"] * (n - 1) + ["taken"]
+
+
+def _runner_with_lock_line(tmp_path, line, start="10"):
+    """The real chunk runner, told on THUNDER_LOCK_FD what fab's take of the lock gave (no take-lock
+    interpreter: THUNDER_PYTHON points nowhere, so starting one fails loudly)."""
+    import os
+    import subprocess
+    from thunderlane import layout
+    r, w = os.pipe()
+    env = dict(os.environ, THUNDER_LOCK_FD=str(r), THUNDER_PYTHON=str(tmp_path / "no-python"),
+               THUNDER_START_STEP=start, THUNDER_CALLER_GATES="1")
+    p = subprocess.Popen(["bash", str(layout.CHUNKS), "run_a", "10", "10"], env=env, pass_fds=(r,),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(r)
+    os.write(w, line.encode())
+    os.close(w)
+    out, err = p.communicate(timeout=30)
+    return p.returncode, out, err
+
+
+def test_the_chunk_runner_takes_the_lock_fab_handed_it(tmp_path):
+    lock = tmp_path / "locks" / "run a"  # a space: the rest of the line is the path
+    lock.mkdir(parents=True)
+    code, out, err = _runner_with_lock_line(tmp_path, f"taken - {lock}\n")
+    assert code == 0 and "nothing to train" in out, err
+    assert not lock.exists()  # released on exit, as a lock it took itself
+
+
+def test_the_chunk_runner_handed_a_held_lock_or_none_starts_nothing(tmp_path):
+    code, _, err = _runner_with_lock_line(tmp_path, f"held 4242 {tmp_path / 'lock'}\n")
+    assert code == 75 and "pid 4242 holds" in err
+    code, out, err = _runner_with_lock_line(tmp_path, "error - \n")
+    assert code == 64 and "nothing to train" not in out
+    code, out, _ = _runner_with_lock_line(tmp_path, "")  # fab gone before it wrote
+    assert code == 64 and "nothing to train" not in out

@@ -16,7 +16,10 @@ import struct
 import threading
 import time
 
-RETRY_PAUSE = 0.1
+# Seconds between polls: a refused dial retried, the acceptor's look at its stop flag, the wait for
+# peers' dials. Each ends the check that much after the last peer came up (preflight waits on it);
+# a poll costs a few microseconds, so the grain is fine.
+RETRY_PAUSE = POLL = 0.02
 TOOL_PATH = "/usr/bin:/usr/sbin:/usr/local/bin:/opt/homebrew/bin"  # a non-interactive ssh PATH is short
 
 
@@ -38,7 +41,7 @@ def _listen(endpoints):
             results.append({"ip": ip, "port": port, "ok": False, "in_use": e.errno == errno.EADDRINUSE,
                             "error": e.strerror or str(e)})
             continue
-        s.settimeout(0.1)
+        s.settimeout(POLL)
         socks.append(s)
         results.append({"ip": ip, "port": port, "ok": True, "in_use": False, "error": None})
     return socks, results
@@ -115,7 +118,7 @@ def links_facts(req):
         w.join()
     expect = int(req.get("expect", 0)) if socks else 0
     while count[0] < expect and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(POLL)
     stop.set()
     acceptor.join()
     for s in socks:

@@ -5,7 +5,7 @@ from .lock import lock_dir, lock_state
 from .plan import plan_window
 from .preflight import preflight
 from .runner import RunOutcome, describe, finish, parse_event, reap_all
-from .task import ALREADY, WindowResult, gate_writer, train_window
+from .task import ALREADY, WindowResult, gate_writer, train_summary, train_window
 from .triage import (CRASH, DATA_LINK, DATASET, HANG, INTERRUPTED, NOISY, NOT_COMMITTED, STALLED, SUCCESS,
                      WRITE, classify)
 from .writer import WindowError, committed, profile_hosts, run_facts, writer_facts, writer_run_dir
@@ -13,5 +13,5 @@ from .writer import WindowError, committed, profile_hosts, run_facts, writer_fac
 __all__ = ["ALREADY", "CRASH", "DATA_LINK", "DATASET", "HANG", "INTERRUPTED", "NOISY", "NOT_COMMITTED", "STALLED",
            "SUCCESS", "WRITE", "RunOutcome", "WindowError", "WindowResult", "classify", "committed",
            "describe", "finish", "gate_writer", "lock_dir", "lock_state", "parse_event", "plan_window",
-           "preflight", "profile_hosts", "reap_all", "run_facts", "train_window", "writer_facts",
+           "preflight", "profile_hosts", "reap_all", "run_facts", "train_summary", "train_window", "writer_facts",
            "writer_run_dir"]

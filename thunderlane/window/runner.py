@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import facts, layout
-from ..remote import HostError, ask, on_hosts
+from .. import facts, layout, presession
+from ..remote import HostError, ask, on_hosts, open_session
+from ..fsutil import take_lock
 from ..report import printable
-from .writer import profile_hosts, run_query
+from .lock import lock_dir
+from .writer import WindowError, profile_hosts, run_query
 
 CALLER_GATES = "chunks: caller gates: "  # the runner's line when it left the last window's check to fab
 NOCOMMIT = 76  # the chunk runner's exit when a window ended without committing its end step
@@ -95,10 +97,20 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
     t0 = time.monotonic()
     last = [time.monotonic()]
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    lock_r, lock_w = os.pipe()
+    env["THUNDER_LOCK_FD"] = str(lock_r)
     with open(log_path, "w", encoding="utf-8") as log:
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True, cwd=str(layout.LAUNCHERS))
-        reader = threading.Thread(target=_read, args=(p, log, outcome, last, out), daemon=True)
+        try:
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, pass_fds=(lock_r,),
+                                 start_new_session=True, cwd=str(layout.LAUNCHERS))
+        except BaseException:
+            os.close(lock_w)
+            raise
+        finally:
+            os.close(lock_r)
+        _hand_lock(inv, profile, p.pid, lock_w)
+        ahead = _gate_ahead(inv, profile, target)
+        reader = threading.Thread(target=_read, args=(p, log, outcome, last, out, ahead), daemon=True)
         reader.start()
         _watch(p, outcome, last, watchdog, out)
         p.wait()
@@ -106,6 +118,35 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
     outcome.exit_code = p.returncode
     outcome.seconds = time.monotonic() - t0
     return outcome
+
+
+def _hand_lock(inv, profile, pid, fd):
+    """Take the window lock for the runner ``pid`` (its owner, as if it had taken it itself) and write
+    on ``fd`` what ``launcher_helpers take-lock`` prints for it: the runner starts no interpreter."""
+    lock = lock_dir(inv, profile)
+    try:
+        state, owner = take_lock(lock, pid)
+        line = f"{state} {owner or '-'} {lock}\n"
+    except OSError as e:  # the runner reads no lock and exits with its usage code
+        line = f"error - \n# {e}\n"
+    try:
+        os.write(fd, line.encode())
+    except OSError:  # the runner is gone already: the lock it never used is stale
+        pass
+    finally:
+        os.close(fd)
+
+
+def _gate_ahead(inv, profile, target):
+    """A rank's event -> None: at the commit of ``target`` (the last), the gate's sessions start
+    opening (:mod:`thunderlane.presession`), their handshake overlapping the ranks' teardown."""
+    def seen(event):  # runs in the reader thread: it must never raise
+        if event.get("phase") == "commit" and event.get("step") == target:
+            try:
+                presession.prepare(inv, profile_hosts(inv, profile), open_session)
+            except (WindowError, RuntimeError):  # no hosts (or no thread) to open: the gate opens its own
+                pass
+    return seen
 
 
 def _watch(p, outcome, last, watchdog, out):
@@ -123,7 +164,7 @@ def _watch(p, outcome, last, watchdog, out):
         _end_group(p)
 
 
-def _read(p, log, outcome, last, out):
+def _read(p, log, outcome, last, out, seen=lambda event: None):
     for raw in iter(lambda: p.stdout.readline(MAX_LINE), b""):
         line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n").replace("\r", "")
         log.write(line + "\n")
@@ -133,6 +174,7 @@ def _read(p, log, outcome, last, out):
             last[0] = time.monotonic()
             outcome.events.append(event)
             out.write(describe(event) + "\n")
+            seen(event)
         elif line.startswith(("chunks:", "launch:")):
             last[0] = time.monotonic()
             if line.startswith(CALLER_GATES):

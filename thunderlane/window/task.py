@@ -3,7 +3,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .. import checkpoint, layout
+from .. import checkpoint, layout, presession
 from ..remote import HostError
 from ..report import HostResult, Report
 from .plan import plan_first
@@ -53,11 +53,14 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     handed = start if profile.writer in runs else None  # read by this preflight: the runner need not
     first = plan_first(inv, profile, start, target, window, (runs[profile.writer], *local)) \
         if handed is not None and local else None
-    outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed, first)
-    if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
-        return WindowResult(profile.name, target, LOCKED, "another window of this run holds the lock; "
-                            "this one started nothing and ended nothing", pre, outcome=outcome, start_step=start)
-    reaped, wfacts = finish(inv, profile)
+    try:
+        outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed, first)
+        if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
+            return WindowResult(profile.name, target, LOCKED, "another window of this run holds the lock; "
+                                "this one started nothing and ended nothing", pre, outcome=outcome, start_step=start)
+        reaped, wfacts = finish(inv, profile)  # over the sessions the last commit opened (runner._gate_ahead)
+    finally:
+        presession.discard()
     if outcome.caller_gates:  # the runner left the last window's commit check to this gate
         step = None if isinstance(wfacts, HostError) else checkpoint.committed_step(wfacts)
         outcome.exit_code = runner_exit(outcome.exit_code, step, target)
@@ -66,6 +69,18 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     verdict, why = classify(outcome, g.ok)
     return WindowResult(profile.name, target, verdict, why, pre, gate=g, outcome=outcome,
                         reaped=reaped, start_step=start)
+
+
+def train_summary(result):
+    """A :class:`WindowResult` as the data ``fab train-window --json`` prints and handoff's report keeps."""
+    g, o = result.gate, result.outcome
+    return {"verdict": result.verdict, "explanation": result.explanation, "ok": result.ok,
+            "gate_ok": bool(g and g.ok), "gate": g.to_dict() if g else None,
+            "start_step": result.start_step, "trained": result.trained,
+            "command": o.command if o else None,
+            "launches": o.launches if o else [], "plans": o.plans if o else [], "log": o.log if o else None,
+            "seconds": round(o.seconds, 2) if o else 0,
+            "preflight": [r.to_dict() for r in result.preflight.results]}
 
 
 def _at_target(inv, profile, target, start, pre):
