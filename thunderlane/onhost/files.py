@@ -1,7 +1,6 @@
 # thunderlane on-host helpers: stdlib only (bundled first into the probe and the training entry)
 """Helpers both on-host programs use: hashing, the safetensors structure check, atomic writes,
 and the run directory's bookkeeping names."""
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")  # a sha256 (an LFS blob's name) or a xet 
 
 def sha256_file(path):
     """Hex sha256 of a file's bytes (the hub's name for an LFS blob)."""
+    import hashlib  # here: the fast probe hashes nothing, and OpenSSL's library costs a load
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):

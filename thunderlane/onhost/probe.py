@@ -8,7 +8,6 @@ see whether a download holds a cache lock it takes a non-blocking flock and rele
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
     from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
-    from .runs import lane_facts, read_json_file, reap, versions
+    from .runs import lane_facts, read_json_file, reap, site_packages, versions
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
     from .links import links_facts, rdma_facts
     from .macos import macos_command
@@ -34,6 +33,7 @@ INCOMPLETE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(?:\.[0-9a-f]{8})?\.incomp
 
 def git_blob_sha1_file(path):
     """Hex git blob sha1 of a file: sha1(b"blob <size>\\0" + bytes), the hub's name for a small file."""
+    import hashlib
     h = hashlib.sha1()
     h.update(b"blob %d\0" % os.path.getsize(path))
     with open(path, "rb") as f:
@@ -88,6 +88,7 @@ def _check_messages(messages):
 
 def jsonl_facts(path):
     """Lines, bytes, sha256, row format and the first bad row of a JSONL file, in one pass."""
+    import hashlib
     h = hashlib.sha256()
     size = lines = 0
     fmt = bad = None
@@ -110,6 +111,7 @@ def jsonl_facts(path):
 def file_sums(path):
     """Lines, bytes and sha256 of a JSONL file, read in 1 MiB blocks, no row parsed (``checked``
     False): what a host reports when local validates the rows and equal bytes are equal rows."""
+    import hashlib
     h = hashlib.sha256()
     size = lines = 0
     last = b"\n"
@@ -163,6 +165,7 @@ def resolve_cache_root(configured=None):
     """The hub cache root as this interpreter sees it: (path, how it was found)."""
     if configured:
         return configured, "inventory"
+    site_packages(full=True)  # under python -S (the lean probe): huggingface_hub where a normal start finds it
     try:
         from huggingface_hub import constants
         return constants.HF_HUB_CACHE, "huggingface_hub"
@@ -347,6 +350,8 @@ def command(argv):
         return versions(argv[1:])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
+    if argv[:1] in (["links"], ["rdma"], ["macos"], ["peer"]) and "peer_facts" not in globals():
+        return None  # the lean bundle (onhost.PROBE_LEAN) carries none of links, macos and peer
     if argv[:1] == ["links"] and len(argv) == 2:  # the ring's data path (onhost/links.py)
         return links_facts(json.loads(argv[1]))
     if argv == ["rdma"]:
