@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from thunderlane import onhost, remote
+from thunderlane.onhost import files
 from tests.unit.builders import REPO, build_repo, model_files
 
 
@@ -76,3 +79,34 @@ def test_versions_without_site_read_the_venv_and_fall_back_to_site_for_the_rest(
         assert ("pth ran" in lean.stderr) is pth_runs
         assert json.loads(lean.stdout)["venv"] is True
     assert json.loads(lean.stdout)["bar"] == "2.0" and json.loads(lean.stdout)["foo"] == "1.0"
+
+
+VALUES = [{"b": 1, "a": [1.5, -0.0, 1e300, True, False, None], "é": "ü\n\"\\\u2028", "n": {"2": {}, "1": []}},
+          {"nan": float("nan"), "inf": float("-inf"), "big": 2**70}, {3: "int keys", 1: 2}, {}, []]
+
+
+def test_the_probes_json_is_jsons_own():
+    """json_dumps/json_loads (the C codec, json never imported) give json.dumps(sort_keys=True)'s
+    text and json.loads's values, and json's own errors for what is not JSON."""
+    for value in VALUES:
+        text = json.dumps(value, sort_keys=True)
+        assert files.json_dumps(value) == text
+        assert repr(files.json_loads(f" \n{text}\t\r ")) == repr(json.loads(text))
+    for bad in ("", "{", '{"a": 1} x', "[1,]", '"\\x"', "\ufeff{}", "NaNx"):
+        with pytest.raises(ValueError) as want:
+            json.loads(bad)
+        with pytest.raises(ValueError) as got:
+            files.json_loads(bad)
+        assert str(got.value) == str(want.value)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        files.json_dumps({"a": object()})
+
+
+def test_the_lean_probe_imports_neither_re_nor_json(tmp_path):
+    build_repo(tmp_path / "hub", model_files())
+    args = ["multi", json.dumps([["cache", REPO, str(tmp_path / "hub")], ["versions", "paramiko"]])]
+    argv = remote.probe_argv(sys.executable, args)
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["shards"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()}
+    assert imported.isdisjoint({"re", "json", "hashlib", "struct", "socket", "subprocess", "threading"}), imported

@@ -1,13 +1,12 @@
 # thunderlane on-host run facts: stdlib only (bundled into the probe after files.py)
 """A run directory on this host: versions, free disk, checkpoint.json, files (hashed), the ranks
 that recorded their PIDs, and ``reap``, the probe's one action: ending those ranks."""
-import json
 import os
 import sys
 import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import CHECKPOINT, LANE_DIR, safetensors_check, sha256_file
+    from .files import CHECKPOINT, LANE_DIR, json_loads, safetensors_check, sha256_file
 
 LANE_MARKER = "thunderlane-lane-train"  # in every rank's command line: reaping checks it
 
@@ -21,7 +20,7 @@ def read_json_file(path):
         with open(path, "rb") as f:
             raw = f.read()
         return {"present": True, "sha256": hashlib.sha256(raw).hexdigest(),
-                "data": json.loads(raw.decode("utf-8"))}
+                "data": json_loads(raw.decode("utf-8"))}
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return {"present": True, "error": f"not valid JSON: {e}"}
 
@@ -207,7 +206,7 @@ def _ranks(lane_dir):
         if name.startswith("rank") and name.endswith(".pid"):
             try:
                 with open(os.path.join(lane_dir, name), encoding="utf-8") as f:
-                    info = json.load(f)
+                    info = json_loads(f.read())
                 pid = int(info["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
