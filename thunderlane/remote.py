@@ -23,8 +23,8 @@ from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
 ssh_command, ssh_config, ssh_options = sshopts.ssh_command, sshopts.ssh_config, sshopts.ssh_options
-PROBE_SOURCE = onhost.probe_source()
-PROBE_LEAN_SOURCE = onhost.probe_source(lean=True)
+PROBE_SOURCE = onhost.PROBE_SOURCE
+probe_argv = onhost.probe_command
 # What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
 # model cache) is a few MiB; past this a host is broken or hostile, and the run is stopped.
 MAX_OUTPUT = 64 * 2**20
@@ -321,19 +321,6 @@ def run_probe(inv, host, args, timeout=None):
         tail = (err.strip().splitlines() or ["no output"])[-1]
         raise HostError(host.name, "error", f"probe failed with exit {code}: {tail[:300]}")
     return decode(host.name, out)
-
-
-def probe_argv(python, args):
-    """The command line that runs probe command ``args`` with ``python``. Commands the lean bundle
-    answers (verify-cache's, verify-dataset's) run it under ``-S``: no site (its .pth files can cost
-    more than the scan); the probe adds site-packages itself where an answer depends on them."""
-    try:
-        asked = [a[0] for a in json.loads(args[1])] if args[0] == "multi" else [args[0]]
-    except (ValueError, TypeError, IndexError, KeyError):
-        asked = ["multi"]
-    if set(asked) <= onhost.PROBE_LEAN_COMMANDS:
-        return [python, "-S", "-c", PROBE_LEAN_SOURCE, *args]
-    return [python, "-c", PROBE_SOURCE, *args]
 
 
 def decode(name, out):

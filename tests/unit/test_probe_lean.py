@@ -1,6 +1,7 @@
 """The lean probe: verify-cache's and verify-dataset's commands run a smaller bundle under
 ``python -S`` (no site), and answer exactly as the whole probe at a normal start does."""
 import json
+import os
 import subprocess
 import sys
 
@@ -11,12 +12,20 @@ from thunderlane.onhost import files
 from tests.unit.builders import REPO, build_repo, model_files
 
 
-def _run(argv, python=sys.executable):
-    return subprocess.run([python, *argv[1:]], capture_output=True, text=True)
+def _run(argv, python=sys.executable, home=None):
+    """``argv`` with ``python``; HOME (where the lean probe keeps its copy) a test folder."""
+    env = {k: v for k, v in os.environ.items() if k != "HOME"}
+    env["HOME"] = str(home or os.environ["THUNDER_TEST_HOME"])
+    return subprocess.run([python, *argv[1:]], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("THUNDER_TEST_HOME", str(tmp_path / "home"))
 
 
 def test_lean_commands_run_the_lean_bundle_without_site():
-    lean = ["py", "-S", "-c", remote.PROBE_LEAN_SOURCE]
+    lean = ["py", "-S", "-c", onhost.PROBE_LEAN_LOADER]
     assert remote.probe_argv("py", ["cache", REPO, "/h"])[:4] == lean
     assert remote.probe_argv("py", ["dataset", "/d", "--sums"])[:4] == lean
     multi = ["multi", json.dumps([["cache", REPO, "-"], ["versions", "mlx"]])]
@@ -25,7 +34,7 @@ def test_lean_commands_run_the_lean_bundle_without_site():
     assert remote.probe_argv("py", ["lane", "/r", "run"])[:3] == whole
     assert remote.probe_argv("py", ["multi", json.dumps([["cache", REPO, "-"], ["macos", "-"]])])[:3] == whole
     assert remote.probe_argv("py", ["multi", "not json"])[:3] == whole
-    assert len(remote.PROBE_LEAN_SOURCE) < 0.8 * len(remote.PROBE_SOURCE)
+    assert len(onhost.probe_source(lean=True)) < 0.8 * len(remote.PROBE_SOURCE)
 
 
 def test_lean_probe_answers_as_the_whole_one(tmp_path):
@@ -47,7 +56,7 @@ def test_lean_probe_answers_as_the_whole_one(tmp_path):
 
 def test_the_lean_bundle_refuses_what_it_does_not_carry():
     for args in (["peer"], ["rdma"], ["macos", "-"], ["links", "{}"]):
-        r = _run(["py", "-S", "-c", remote.PROBE_LEAN_SOURCE, *args])
+        r = _run(["py", "-S", "-c", onhost.probe_loader(onhost.probe_source(lean=True)), *args])
         assert r.returncode == 2 and "usage" in r.stderr, (args, r.stderr)
 
 
@@ -110,3 +119,31 @@ def test_the_lean_probe_imports_neither_re_nor_json(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["shards"]
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()}
     assert imported.isdisjoint({"re", "json", "hashlib", "struct", "socket", "subprocess", "threading"}), imported
+
+
+def _copy(home):
+    return home / ".cache" / "thunderlane" / f"thunderlane_probe_{onhost.PROBE_LEAN_LOADER.split('thunderlane_probe_')[1][:16]}.py"
+
+
+def test_the_lean_probe_keeps_a_compiled_copy_of_itself(tmp_path):
+    """The first run keeps the source whole on the host, the next ones load it compiled; a damaged
+    copy is replaced; a home where nothing can be written still gets its answer."""
+    build_repo(tmp_path / "hub", model_files())
+    args = ["cache", REPO, str(tmp_path / "hub")]
+    want = json.loads(_run(["py", "-c", remote.PROBE_SOURCE, *args]).stdout)["files"]
+    home = tmp_path / "home"
+    for _ in range(3):
+        r = _run(remote.probe_argv("py", args))
+        assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
+    copy = _copy(home)
+    assert copy.read_text() == onhost.probe_source(lean=True)
+    assert list(copy.parent.glob("__pycache__/thunderlane_probe_*.pyc"))
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["__pycache__", copy.name]  # no temp left
+    copy.write_text("def broken(:\n")
+    r = _run(remote.probe_argv("py", args))
+    assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
+    assert copy.read_text() == onhost.probe_source(lean=True)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / ".cache").write_text("a file where the cache folder would go")
+    r = _run(remote.probe_argv("py", args), home=tmp_path / "ro")
+    assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
