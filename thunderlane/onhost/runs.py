@@ -138,7 +138,7 @@ def dist_info_versions(names):
     found, unsure = {}, []
     for entry in sys.path:
         try:
-            listing = sorted(os.listdir(entry or "."))
+            listing = sorted(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info")))
         except OSError:
             continue
         for item in listing:
