@@ -23,7 +23,8 @@ from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
 ssh_command, ssh_config, ssh_options = sshopts.ssh_command, sshopts.ssh_config, sshopts.ssh_options
-PROBE_SOURCE = onhost.probe_source()
+PROBE_SOURCE = onhost.PROBE_SOURCE
+probe_argv = onhost.probe_command
 # What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
 # model cache) is a few MiB; past this a host is broken or hostile, and the run is stopped.
 MAX_OUTPUT = 64 * 2**20
@@ -316,8 +317,7 @@ def run_probe(inv, host, args, timeout=None):
             return json.loads(json.dumps(onhost_probe.command(list(args))))  # as a host's answer is
         except Exception as e:  # noqa: BLE001 - as a probe process would die of it: local's error
             raise HostError(host.name, "error", f"probe failed: {type(e).__name__}: {str(e)[:300]}") from None
-    site = ["-S"] if args[:1] == ["dataset"] else []  # stdlib only, no site-packages: no .pth file run
-    code, out, err = run(inv, host, [host.python, *site, "-c", PROBE_SOURCE, *args], timeout=timeout)
+    code, out, err = run(inv, host, probe_argv(host.python, args), timeout=timeout)
     if code == 127:
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
     if code != 0:

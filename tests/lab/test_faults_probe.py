@@ -15,7 +15,7 @@ from tests.lab.conftest import FAB, ROOT, by_host
 HOSTILE = r'''#!{python}
 """Stands in for a host's interpreter: answers every probe with hostile output ({mode})."""
 import json, sys
-mode, args = {mode!r}, sys.argv[3:]
+mode, args = {mode!r}, sys.argv[sys.argv.index("-c") + 2:]  # after the program (python -S -c ... or -c ...)
 count = len(json.loads(args[1])) if args[:1] == ["multi"] else 1
 wrong = {{"exists": "yes", "files": [1, {{"size": "big"}}], "repo_dir": 5, "cache_root": ["x"], "ref": None,
          "entries": {{"a": 1}}, "root": 7, "manifest": "m", "free_bytes": "lots", "versions": [None]}}

@@ -70,6 +70,7 @@ def imports(path):
 
 @pytest.mark.parametrize("program,allowed", [
     (onhost.PROBE, set()),
+    (("probe_loader",), set()),
     (onhost.PEER_INSTALL, set()),
     # huggingface_hub comes with mlx-lm (which loads through it): the offline snapshot lookup
     (onhost.ENTRY, {"mlx", "mlx_lm", "numpy", "huggingface_hub"}),

@@ -6,10 +6,17 @@ in order, so the shared helpers in ``files.py`` are written once. Imported here 
 side, each module takes those helpers by a relative import guarded by ``if __package__``; run as
 a bundle (``python -c SOURCE``), ``__package__`` is None and the earlier modules defined them.
 """
+import hashlib
+import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROBE = ("files", "runs", "store", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
+# The probe for the commands that need no links, macos or peer (PROBE_LEAN_COMMANDS: verify-cache's and
+# verify-dataset's): a third less source to compile on every host, and no socket, threading,
+# subprocess or base64 to import. Run with python -S (see runs.site_packages).
+PROBE_LEAN = ("files", "runs", "store", "probe")
+PROBE_LEAN_COMMANDS = frozenset({"cache", "dataset", "versions"})
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
 
@@ -22,8 +29,8 @@ PEER_INSTALL = ("peer", "peer_install")  # fab setup-peers: the peer key and pin
 EVAL = ("files", "rows", "decode", "eval_host")  # fab evaluate --on HOST: the host decodes its own split
 
 
-def probe_source():
-    return source(PROBE)
+def probe_source(lean=False):
+    return source(PROBE_LEAN if lean else PROBE)
 
 
 def entry_source():
@@ -36,3 +43,32 @@ def peer_install_source():
 
 def eval_source():
     return source(EVAL)
+
+
+def probe_loader(source):
+    """The lean probe's -c program: ``probe_loader.py`` carrying ``source`` and the name of the copy
+    a host keeps of it (by the source's digest, so that a changed probe is a new copy)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    text = (HERE / "probe_loader.py").read_text(encoding="utf-8")
+    filled = text.replace('NAME = "thunderlane_probe"\n', f'NAME = "thunderlane_probe_{digest}"\n', 1)
+    filled = filled.replace('SOURCE = ""\n', f"SOURCE = {source!r}\n", 1)
+    assert filled.count(digest) == 1 and len(filled) > len(source), "probe_loader.py lost its NAME or SOURCE line"
+    return filled
+
+
+PROBE_SOURCE = probe_source()
+PROBE_LEAN_LOADER = probe_loader(probe_source(lean=True))
+
+
+def probe_command(python, args):
+    """The command line that runs probe command ``args`` with ``python``. Commands the lean bundle
+    answers (verify-cache's, verify-dataset's) run it through its loader (a compiled copy kept on
+    the host) under ``-S``: no site, whose .pth files can cost more than the scan; the probe adds
+    site-packages itself where an answer depends on them (``runs.site_packages``)."""
+    try:
+        asked = [a[0] for a in json.loads(args[1])] if args[0] == "multi" else [args[0]]
+    except (ValueError, TypeError, IndexError, KeyError):
+        asked = ["multi"]
+    if set(asked) <= PROBE_LEAN_COMMANDS:
+        return [python, "-S", "-c", PROBE_LEAN_LOADER, *args]
+    return [python, "-c", PROBE_SOURCE, *args]

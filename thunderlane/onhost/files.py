@@ -1,11 +1,7 @@
 # thunderlane on-host helpers: stdlib only (bundled first into the probe and the training entry)
 """Helpers both on-host programs use: hashing, the safetensors structure check, atomic writes,
 and the run directory's bookkeeping names."""
-import hashlib
-import json
 import os
-import re
-import struct
 import time
 
 CHUNK = 1 << 20
@@ -15,11 +11,63 @@ DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 MAX_HEADER = 100_000_000
-HEX64 = re.compile(r"^[0-9a-f]{64}$")  # a sha256 (an LFS blob's name) or a xet hash
+
+
+class HexName:
+    """A name of ``length`` lower-case hex digits; ``fullmatch`` as a compiled ``^[0-9a-f]{N}$``'s.
+    The probe imports neither re nor json: on a host their import costs more than a cache scan."""
+
+    def __init__(self, length):
+        self.length = length
+
+    def fullmatch(self, name):
+        return len(name) == self.length and not name.strip("0123456789abcdef")
+
+
+HEX64 = HexName(64)  # a sha256 (an LFS blob's name) or a xet hash
+
+
+class _Decoding:
+    """What json's C scanner reads of a decoder: json.loads's own defaults."""
+    strict, object_hook, object_pairs_hook, parse_float, parse_int = True, None, None, float, int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+def json_loads(text):
+    """``json.loads(text)`` for a str, through the C scanner json.loads itself uses (module
+    ``_json``) without importing json; json itself for whatever the scanner does not take (an
+    error is then json's own, word for word)."""
+    try:
+        import _json
+        value, end = _json.make_scanner(_Decoding())(text, len(text) - len(text.lstrip(" \t\n\r")))
+        if not text[end:].strip(" \t\n\r"):
+            return value
+    except (ImportError, StopIteration, ValueError):
+        pass
+    import json
+    return json.loads(text)
+
+
+def _unencodable(value):
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_dumps(obj):
+    """``json.dumps(obj, sort_keys=True)``, through the C encoder json.dumps itself uses; json
+    itself where that cannot be had (or for a value it refuses: the error is json's own)."""
+    try:
+        import _json
+        encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ": ", ", ",
+                                    True, False, True)
+        return "".join(encode(obj, 0))
+    except (ImportError, TypeError, ValueError):
+        import json
+        return json.dumps(obj, sort_keys=True)
 
 
 def sha256_file(path):
     """Hex sha256 of a file's bytes (the hub's name for an LFS blob)."""
+    import hashlib  # here: the fast probe hashes nothing, and OpenSSL's library costs a load
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -87,6 +135,8 @@ def atomic_write(path, write):
 
 
 def write_json(path, obj):
+    import json
+
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -120,10 +170,10 @@ def safetensors_check(path):
             head = f.read(8)
             if len(head) < 8:
                 return False, f"{size} bytes: shorter than the 8-byte header length"
-            (n,) = struct.unpack("<Q", head)
+            n = int.from_bytes(head, "little")  # safetensors: a u64, little-endian
             if n > MAX_HEADER or 8 + n > size:
                 return False, f"header length {n} does not fit in {size} bytes"
-            header = json.loads(f.read(n).decode("utf-8"))
+            header = json_loads(f.read(n).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return False, f"unreadable header: {e}"
     return _check_header(header, size - 8 - n)

@@ -4,20 +4,19 @@
 reads and never writes; the one exception, ``reap``, ends the lane's own training processes by their
 PIDs (``links`` opens short-lived sockets on the ring's ports, see ``links.py``). (To
 see whether a download holds a cache lock it takes a non-blocking flock and releases it at once.)
+verify-cache's and verify-dataset's commands run a lean bundle of it through ``probe_loader.py``,
+which keeps a copy of that bundle under ``~/.cache/thunderlane`` so the host loads it compiled.
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
 import fcntl
-import hashlib
-import json
 import os
-import re
 import sys
 import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
-    from .files import CHUNK, HEX64, read_stripped, safetensors_check, sha256_file
-    from .runs import lane_facts, read_json_file, reap, versions
+    from .files import CHUNK, HEX64, HexName, json_dumps, json_loads, read_stripped, safetensors_check, sha256_file
+    from .runs import lane_facts, read_json_file, reap, site_packages, versions
     from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
     from .links import links_facts, rdma_facts
     from .macos import macos_command
@@ -25,15 +24,16 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules ab
 
 DATA_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 MANIFEST = "manifest.json"
-HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX40 = HexName(40)
+HEX8 = HexName(8)
 CHAT_ROLES = {"system", "user", "assistant", "tool"}
-INCOMPLETE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(?:\.[0-9a-f]{8})?\.incomplete$")
 
 
 # --- hashing -------------------------------------------------------------------------------------
 
 def git_blob_sha1_file(path):
     """Hex git blob sha1 of a file: sha1(b"blob <size>\\0" + bytes), the hub's name for a small file."""
+    import hashlib
     h = hashlib.sha1()
     h.update(b"blob %d\0" % os.path.getsize(path))
     with open(path, "rb") as f:
@@ -88,6 +88,8 @@ def _check_messages(messages):
 
 def jsonl_facts(path):
     """Lines, bytes, sha256, row format and the first bad row of a JSONL file, in one pass."""
+    import hashlib
+    import json  # here: the cache probe never parses rows
     h = hashlib.sha256()
     size = lines = 0
     fmt = bad = None
@@ -99,7 +101,7 @@ def jsonl_facts(path):
             h.update(raw)
             ends_with_newline = raw.endswith(b"\n")
             if bad is None:
-                fmt, bad = _judge_row(raw, lines, fmt)
+                fmt, bad = _judge_row(raw, lines, fmt, json)
     if bad is None and lines and not ends_with_newline:
         bad = {"line": lines, "reason": "last line has no newline (truncated file?)"}
     if bad is None and lines == 0:
@@ -110,6 +112,7 @@ def jsonl_facts(path):
 def file_sums(path):
     """Lines, bytes and sha256 of a JSONL file, read in 1 MiB blocks, no row parsed (``checked``
     False): what a host reports when local validates the rows and equal bytes are equal rows."""
+    import hashlib
     h = hashlib.sha256()
     size = lines = 0
     last = b"\n"
@@ -123,7 +126,7 @@ def file_sums(path):
     return {"lines": lines, "bytes": size, "sha256": h.hexdigest(), "format": None, "bad": None, "checked": False}
 
 
-def _judge_row(raw, line, fmt):
+def _judge_row(raw, line, fmt, json):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -163,6 +166,7 @@ def resolve_cache_root(configured=None):
     """The hub cache root as this interpreter sees it: (path, how it was found)."""
     if configured:
         return configured, "inventory"
+    site_packages(full=True)  # under python -S (the lean probe): huggingface_hub where a normal start finds it
     try:
         from huggingface_hub import constants
         return constants.HF_HUB_CACHE, "huggingface_hub"
@@ -221,10 +225,17 @@ def _leftover(blob_dir, name, size):
     """A ``*.incomplete`` (huggingface_hub 2.x: ``<etag>.<8 hex>.incomplete``, unique per process) or
     an rsync temp file; ``finished``: the blob it was becoming is in place (through a store link too),
     so it is an orphan a killed download left, which the hub's client never reuses."""
-    match = INCOMPLETE.fullmatch(name)
-    etag = match.group(1) if match else None
+    etag = incomplete_etag(name)
     finished = bool(etag) and os.path.isfile(os.path.join(blob_dir, etag))
     return {"name": name, "size": size, "blob": etag, "finished": finished}
+
+
+def incomplete_etag(name):
+    """The etag of a hub download's temp name, ``<etag>[.<8 hex>].incomplete``, else None."""
+    stem, dot, rest = name.partition(".")
+    if rest != "incomplete" and not (len(rest) == 19 and rest.endswith(".incomplete") and HEX8.fullmatch(rest[:8])):
+        return None
+    return stem if dot and (HEX40.fullmatch(stem) or HEX64.fullmatch(stem)) else None
 
 
 def lock_held(path):
@@ -297,7 +308,7 @@ def _shards(snap, files):
     if "model.safetensors.index.json" in files:
         try:
             with open(index_path, encoding="utf-8") as f:
-                names = sorted(set(json.load(f)["weight_map"].values()))
+                names = sorted(set(json_loads(f.read())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             error = f"model.safetensors.index.json unreadable: {e}"
     elif "model.safetensors" in files:
@@ -347,8 +358,10 @@ def command(argv):
         return versions(argv[1:])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
+    if argv[:1] in (["links"], ["rdma"], ["macos"], ["peer"]) and "peer_facts" not in globals():
+        return None  # the lean bundle (onhost.PROBE_LEAN) carries none of links, macos and peer
     if argv[:1] == ["links"] and len(argv) == 2:  # the ring's data path (onhost/links.py)
-        return links_facts(json.loads(argv[1]))
+        return links_facts(json_loads(argv[1]))
     if argv == ["rdma"]:
         return rdma_facts()
     if argv[:1] == ["macos"] and len(argv) == 2:  # the firewall, caffeinate, F_FULLFSYNC (onhost/macos.py)
@@ -356,7 +369,7 @@ def command(argv):
     if argv == ["peer"]:  # the home and the peer key under it (onhost/peer.py)
         return peer_facts()
     if argv[:1] == ["multi"] and len(argv) == 2:  # several commands in one ssh session
-        subs = json.loads(argv[1])
+        subs = json_loads(argv[1])
         if not all(isinstance(a, list) and a[:1] != ["multi"] for a in subs):
             return None
         results = [command(a) for a in subs]
@@ -371,7 +384,7 @@ def main(argv):
         sys.stderr.write(USAGE)
         return 2
     facts["python"] = sys.version.split()[0]
-    sys.stdout.write(json.dumps(facts, sort_keys=True) + "\n")
+    sys.stdout.write(json_dumps(facts) + "\n")
     return 0
 
 

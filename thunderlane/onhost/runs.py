@@ -1,13 +1,12 @@
 # thunderlane on-host run facts: stdlib only (bundled into the probe after files.py)
 """A run directory on this host: versions, free disk, checkpoint.json, files (hashed), the ranks
 that recorded their PIDs, and ``reap``, the probe's one action: ending those ranks."""
-import json
 import os
 import sys
 import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, files.py defined these above
-    from .files import CHECKPOINT, LANE_DIR, safetensors_check, sha256_file
+    from .files import CHECKPOINT, LANE_DIR, json_loads, safetensors_check, sha256_file
 
 LANE_MARKER = "thunderlane-lane-train"  # in every rank's command line: reaping checks it
 
@@ -21,7 +20,7 @@ def read_json_file(path):
         with open(path, "rb") as f:
             raw = f.read()
         return {"present": True, "sha256": hashlib.sha256(raw).hexdigest(),
-                "data": json.loads(raw.decode("utf-8"))}
+                "data": json_loads(raw.decode("utf-8"))}
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return {"present": True, "error": f"not valid JSON: {e}"}
 
@@ -55,15 +54,62 @@ def _run_file(path, name):
     return entry
 
 
+_SITE_RAN = []  # site.main() ran in this process (under python -S, once at most)
+
+
+def site_packages(full=False):
+    """Under ``python -S`` (the lean probe's start: site's .pth files can cost more than the scan),
+    put on sys.path what site would for reading versions; True when that is all of it. A venv that
+    leaves out the system's site-packages gets its own site-packages folder and sys.prefix, as
+    site.venv() sets them, without running the folder's .pth files: those only append folders after
+    it, and user site is off in such a venv (False: a name not found may be in such a folder).
+    ``full``, or any other interpreter: site.main() itself, as at a normal start."""
+    if not sys.flags.no_site or _SITE_RAN:
+        return True
+    import site
+    prefix = None if full else _venv_prefix()
+    if prefix is None:
+        _SITE_RAN.append(True)
+        site.main()
+        return True
+    sys.prefix = sys.exec_prefix = prefix
+    sys.path.extend(d for d in site.getsitepackages([prefix]) if os.path.isdir(d) and d not in sys.path)
+    return False
+
+
+def _venv_prefix():
+    """The venv folder, found as site.venv() finds it, when its pyvenv.cfg leaves out the system's
+    site-packages; else None."""
+    exe = os.environ.get("__PYVENV_LAUNCHER__") if sys.platform == "darwin" else None
+    exe_dir = os.path.dirname(os.path.abspath(exe or sys.executable))
+    prefix = os.path.dirname(exe_dir)
+    for cfg in (os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(prefix, "pyvenv.cfg")):
+        if os.path.isfile(cfg):
+            break
+    else:
+        return None
+    system_site = "true"
+    with open(cfg, encoding="utf-8") as f:
+        for line in f:
+            key, eq, value = line.partition("=")
+            if eq and key.strip().lower() == "include-system-site-packages":
+                system_site = value.strip().lower()
+    return None if system_site == "true" else prefix
+
+
 def versions(dists=()):
     """This interpreter's version and platform, and the installed version of mlx, mlx-lm and each
     distribution in ``dists`` (None where it is not installed). Read from the ``.dist-info`` folders
     on sys.path (:func:`dist_info_versions`); importlib.metadata, whose import costs more than the
     rest of a probe, only for a name those folders cannot settle."""
+    settled = site_packages()
     out = {"python": sys.version.split()[0], "platform": sys.platform,
            "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}
     names = list(dict.fromkeys(("mlx", "mlx-lm", *dists)))
     found, unsure = dist_info_versions(names)
+    if not settled and (unsure or len(found) < len(names)):  # a .pth file may add the folder it is in
+        site_packages(full=True)
+        found, unsure = dist_info_versions(names)
     if unsure:
         try:
             from importlib.metadata import PackageNotFoundError, version
@@ -92,7 +138,7 @@ def dist_info_versions(names):
     found, unsure = {}, []
     for entry in sys.path:
         try:
-            listing = sorted(os.listdir(entry or "."))
+            listing = sorted(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info")))
         except OSError:
             continue
         for item in listing:
@@ -160,7 +206,7 @@ def _ranks(lane_dir):
         if name.startswith("rank") and name.endswith(".pid"):
             try:
                 with open(os.path.join(lane_dir, name), encoding="utf-8") as f:
-                    info = json.load(f)
+                    info = json_loads(f.read())
                 pid = int(info["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
