@@ -4,6 +4,8 @@ naming the host (and file:line), the relay of the host's progress, and the host 
 import hashlib
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -44,6 +46,13 @@ def test_a_host_answer_becomes_the_split_and_corrections_local_scores():
      "mac4: /h/data/test.jsonl: the split is empty"),
     (127, "", "bash: /venv/bin/python: No such file or directory", "mac4: no interpreter (exit 127): bash: /venv"),
     (1, answer(GOOD[0]), "Traceback...\nMemoryError", "mac4: the evaluation failed with exit 1: MemoryError"),
+    # a run killed mid-line, or a C library writing to stdout before a crash: the exit code comes first
+    (137, answer(GOOD[0]) + '{"kind": "row", "whe', "evaluate: 1/2 rows\nKilled", "mac4: the evaluation failed "
+     "with exit 137: Killed"),
+    (1, "MTL warning: no device\n", "Segmentation fault", "mac4: the evaluation failed with exit 1: Segmentation"),
+    (2, "not a refusal\n", "Traceback", "mac4: the evaluation failed with exit 2: Traceback"),
+    (0, answer(*GOOD[:3], dict(GOOD[3], peak_rss_mb="812")), "", "mac4: the answer is malformed: ValueError: "
+     "peak_rss_mb is '812'"),
     (0, answer(GOOD[0]) + "Loading weights\n", "", "mac4: answer line 2 is not JSON: 'Loading weights'"),
     (0, answer(*GOOD[:2], GOOD[3]), "", "mac4: the answer announced 2 rows and sent 1"),
     (0, answer(*GOOD[:3]), "", "mac4: the answer is not split, rows, done"),
@@ -65,6 +74,16 @@ def test_the_save_answer_names_the_written_path_or_the_hosts_refusal():
         host_answer.saved("mac4", 2, answer({"kind": "error", "message": "/r/x.json: not an evaluation's name"}), "")
     with pytest.raises(EvaluateError, match="^mac4: the save answered no path"):
         host_answer.saved("mac4", 0, "", "")
+
+
+def test_the_bundle_answers_on_a_copy_of_fd_1_and_sends_anything_else_to_stderr():
+    """A C-level write to fd 1 (mlx, Metal) and a library's print land on stderr, not in the answer."""
+    code = ("import os, sys\nfrom thunderlane.onhost import eval_host as e\ne.answer_stream()\n"
+            "os.write(1, b'C-level warning\\n'); print('a print')\ne.emit('done', seconds=1.0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == '{"kind": "done", "seconds": 1.0}\n'
+    assert "C-level warning" in p.stderr and "a print" in p.stderr
 
 
 def test_the_relay_prefixes_each_whole_line_with_the_host_as_it_comes():
