@@ -185,3 +185,24 @@ def test_a_commands_stdin_goes_in_chunks_not_a_character_per_read():
     from thunderlane.evaluate.on_host import Chunks
     stream = Chunks("x" * 100_000)
     assert [len(stream.read(1)) for _ in range(3)] == [65536, 100_000 - 65536, 0]
+
+
+def test_an_evaluation_saved_again_during_mirror_back_stays_behind_with_a_note(tmp_path):
+    """The writer's result changed between the probe and rsync: that file stays behind (named in a
+    note); a required file that does not match still fails the whole mirror-back."""
+    from thunderlane.mirror import check_staged, drop_changed
+    from thunderlane.mirror_rules import Want
+    (tmp_path / "eval_step5_test.json").write_text('{"on": "mac4", "saved": "again"}\n')
+    (tmp_path / "eval_step4_test.json").write_text("{}\n")
+    (tmp_path / "0000005_adapters.safetensors").write_bytes(b"x" * 10)
+    wants = [Want("eval_step5_test.json", 4096, "b" * 64, 99, optional=True),
+             Want("eval_step4_test.json", 4096, hashlib.sha256(b"{}\n").hexdigest(), 3, optional=True),
+             Want("0000005_adapters.safetensors", 10, "a" * 64, 10)]
+    bad = check_staged(tmp_path, wants)
+    assert "is 33 bytes, the writer's probe saw 99" in bad["eval_step5_test.json"]
+    notes = drop_changed(tmp_path, wants, bad)
+    assert notes == ["eval_step5_test.json changed during mirror-back; run mirror-back again to bring it"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000005_adapters.safetensors", "eval_step4_test.json"]
+    assert list(bad) == ["0000005_adapters.safetensors"]  # still the copy's failure
+    (tmp_path / "eval_step4_test.json").write_text("{ }\n")  # seeded from the mirror: pulled again, not dropped
+    assert drop_changed(tmp_path, wants, check_staged(tmp_path, wants), spare=["eval_step4_test.json"]) == []
