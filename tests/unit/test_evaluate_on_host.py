@@ -206,3 +206,29 @@ def test_an_evaluation_saved_again_during_mirror_back_stays_behind_with_a_note(t
     assert list(bad) == ["0000005_adapters.safetensors"]  # still the copy's failure
     (tmp_path / "eval_step4_test.json").write_text("{ }\n")  # seeded from the mirror: pulled again, not dropped
     assert drop_changed(tmp_path, wants, check_staged(tmp_path, wants), spare=["eval_step4_test.json"]) == []
+
+
+def test_a_clash_whose_aside_name_is_taken_gets_a_number_and_asides_keep_the_pattern(tmp_path):
+    """The aside's name is taken with other bytes: a numbered name, nothing dropped; an aside of an
+    aside is one dotted part still (the next mirror-back carries it on)."""
+    from thunderlane import mirrorfs
+    from thunderlane.evaluate import carry
+    mirror, staging = tmp_path / "run", tmp_path / "stage"
+    mirror.mkdir()
+    staging.mkdir()
+    t1, t2 = "2026-11-30T01:00:00+00:00", "2026-11-30T02:00:00+00:00"
+    evaluation(mirror, "eval_step5_test.json", "local", t1)                              # older: steps aside
+    evaluation(mirror, "eval_step5_test.local-2026-11-30T01-00-00-00-00.json", "local", t1, rows=6)  # taken
+    evaluation(staging, "eval_step5_test.json", "mac4", t2)
+    evaluation(mirror, "eval_step5_valid.mac4-x.json", "mac4", t1)                        # an aside, both hold it
+    evaluation(staging, "eval_step5_valid.mac4-x.json", "mac4", t2, rows=6)
+    carry.carry(mirror, staging)
+    got = {p.name: json.loads(p.read_text()) for p in staging.iterdir()}
+    assert got["eval_step5_test.json"]["on"] == "mac4"
+    assert got["eval_step5_test.local-2026-11-30T01-00-00-00-00.json"]["rows"] == 6
+    assert got["eval_step5_test.local-2026-11-30T01-00-00-00-00-2.json"] == {"on": "local", "rows": 3,
+                                                                             "evaluated_at": t1}
+    assert got["eval_step5_valid.mac4-x.json"]["rows"] == 6
+    assert got["eval_step5_valid.mac4-2026-11-30T01-00-00-00-00.json"]["evaluated_at"] == t1
+    assert len(got) == 5 and all(mirrorfs.EVALUATIONS.fullmatch(n) for n in got)
+    assert carry.carry(mirror, staging) == [] and len(list(staging.iterdir())) == 5  # again: nothing more
