@@ -386,6 +386,8 @@ def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="t
     except (evaluate_mod.EvaluateError, SplitError) as e:
         raise Exit(f"evaluate: {e}", code=1) from None
     print(jsonlib.dumps(data, indent=2, ensure_ascii=False) if json else section.text(data))
+    if data.get("warning"):  # --on: the host could not save the result (kept locally if it could be)
+        raise Exit(f"evaluate: warning: {data['warning']}", code=1)
 
 
 @task(auto_shortflags=False, help={"profile": PROFILE_HELP, "json": JSON_HELP})

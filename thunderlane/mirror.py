@@ -116,7 +116,7 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
     real_folder(staging_root, layout.local(inv).root)
     staging = Path(tempfile.mkdtemp(dir=staging_root, prefix="stage."))
     try:
-        sent, argv = _pull_verified(inv, writer, facts.run_dir, mirror, staging, wants)
+        sent, argv, changed = _pull_verified(inv, writer, facts.run_dir, mirror, staging, wants)
         _same_record(writer, staging, record)
         mirrorfs.copy_new(staging / record["step_file"], staging / rules.ADAPTERS)
         keep = mirrorfs.dated_copy(mirror) if refusal and os.path.lexists(mirror) else None
@@ -128,7 +128,7 @@ def _mirror_locked(inv, profile, force, mirror, staging_root):
     return MirrorResult(writer.name, facts.run_dir, str(mirror), step, len(wants),
                         _bytes(mirror, wants), sent[0], 0.0, " ".join(argv),
                         run_id=record.get("run_id"), replaced=str(keep) if keep else None,
-                        notes=[f"replaced {refusal}; the old mirror is {keep}"] if keep else [],
+                        notes=changed + ([f"replaced {refusal}; the old mirror is {keep}"] if keep else []),
                         derived_from=sent[1])
 
 
@@ -173,11 +173,13 @@ def _same_record(writer, staging, record):
 
 def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
     """Pull ``wants`` into ``staging`` (seeded from the mirror) and check every entry; a seeded
-    file that turns out to differ from the writer's is pulled again once. ((bytes, files), argv):
+    file that turns out to differ from the writer's is pulled again once; an optional one the
+    writer saved again meanwhile stays behind (:func:`drop_changed`). ((bytes, files), argv, notes):
     see :func:`sent_figure`"""
     linked = mirrorfs.seed(mirror, staging, wants)
     sent, argv = pull(inv, writer, remote_dir, staging, wants)
     bad = _checked(writer, staging, wants)
+    notes = drop_changed(staging, wants, bad, spare=linked)
     again = [w for w in wants if w.name in bad and w.name in linked]
     if again and len(again) == len(bad):
         for w in again:
@@ -185,10 +187,23 @@ def _pull_verified(inv, writer, remote_dir, mirror, staging, wants):
         more, argv = pull(inv, writer, remote_dir, staging, again)
         sent = (None, None) if None in (sent[0], more[0]) else (sent[0] + more[0], _add(sent[1], more[1]))
         bad = _checked(writer, staging, wants)
+        notes += drop_changed(staging, wants, bad)
     if bad:
         raise MirrorError(f"{writer.name}: the copy does not match the writer, the local mirror is left as "
                           f"it was: {'; '.join(bad.values())}")
-    return sent, argv
+    return sent, argv, notes
+
+
+def drop_changed(staging, wants, bad, spare=()):
+    """Optional wants in ``bad`` (not seeded: not in ``spare``) that arrived other than the probe
+    saw them (saved again since): removed from ``staging`` and from ``bad``; a note for each."""
+    notes = []
+    for w in wants:
+        if w.optional and w.name in bad and w.name not in spare and os.path.lexists(staging / w.name):
+            os.unlink(staging / w.name)
+            del bad[w.name]
+            notes.append(f"{w.name} changed during mirror-back; run mirror-back again to bring it")
+    return notes
 
 
 def _checked(writer, staging, wants):

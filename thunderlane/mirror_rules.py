@@ -88,9 +88,11 @@ def entry_problem(name, kind, size, wants):
 
 
 def content_problem(want, size, sha256):
-    """Does a staged regular file hold what the writer's checkpoint.json promised?"""
+    """Does a staged regular file hold what the writer's checkpoint.json (or, for an optional
+    file, the writer's probe) promised?"""
     if want.size is not None and size != want.size:
-        return f"{want.name} is {size} bytes, {CHECKPOINT} records {want.size}"
+        said = "the writer's probe saw" if want.optional else f"{CHECKPOINT} records"
+        return f"{want.name} is {size} bytes, {said} {want.size}"
     if want.sha256 is not None and sha256 != want.sha256:
         return f"{want.name} sha256 {sha256[:12]} differs from the writer's {want.sha256[:12]}"
     return None

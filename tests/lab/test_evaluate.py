@@ -133,3 +133,23 @@ def test_evaluate_on_a_host_refuses_a_step_it_has_not_committed(evaluated):
     run_dir = Path(inv.hosts["mac4"].runs_root) / RUN
     assert p.returncode == 1
     assert f"step 4: it is not committed; mac4:{run_dir}/checkpoint.json commits step 5" in p.stderr
+
+
+def test_a_result_the_host_cannot_save_is_printed_and_kept_locally(evaluated):
+    """The host's save fails (here a folder holds the result's name): the decoded, scored evaluation
+    is printed and kept in the local reports folder; fab exits 1 with a warning saying all that."""
+    inv, _, env, _ = evaluated
+    run_dir = Path(inv.hosts["mac4"].runs_root) / RUN
+    dest = run_dir / "eval_step5_test_first1.json"
+    dest.mkdir()
+    try:
+        p = fab(inv, "evaluate", "--profile", "eval_run", "--on", "mac4", "--limit", "1", "--json", env=env)
+    finally:
+        dest.rmdir()
+    kept = Path(inv.local.runs_root) / ".reports" / RUN / "eval_step5_test_first1.json"
+    assert p.returncode == 1, p.stderr[-2000:]
+    printed = json.loads(p.stdout)
+    assert printed["saved"] == str(kept) and printed["metrics"]["rows"] == 1
+    assert json.loads(kept.read_text(encoding="utf-8"))["rows"] == printed["rows"]
+    assert f"evaluate: warning: mac4: could not write {dest} ({dest}: cannot be written" in p.stderr
+    assert f"the result is kept at {kept}" in p.stderr

@@ -4,6 +4,8 @@ naming the host (and file:line), the relay of the host's progress, and the host 
 import hashlib
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -44,6 +46,13 @@ def test_a_host_answer_becomes_the_split_and_corrections_local_scores():
      "mac4: /h/data/test.jsonl: the split is empty"),
     (127, "", "bash: /venv/bin/python: No such file or directory", "mac4: no interpreter (exit 127): bash: /venv"),
     (1, answer(GOOD[0]), "Traceback...\nMemoryError", "mac4: the evaluation failed with exit 1: MemoryError"),
+    # a run killed mid-line, or a C library writing to stdout before a crash: the exit code comes first
+    (137, answer(GOOD[0]) + '{"kind": "row", "whe', "evaluate: 1/2 rows\nKilled", "mac4: the evaluation failed "
+     "with exit 137: Killed"),
+    (1, "MTL warning: no device\n", "Segmentation fault", "mac4: the evaluation failed with exit 1: Segmentation"),
+    (2, "not a refusal\n", "Traceback", "mac4: the evaluation failed with exit 2: Traceback"),
+    (0, answer(*GOOD[:3], dict(GOOD[3], peak_rss_mb="812")), "", "mac4: the answer is malformed: ValueError: "
+     "peak_rss_mb is '812'"),
     (0, answer(GOOD[0]) + "Loading weights\n", "", "mac4: answer line 2 is not JSON: 'Loading weights'"),
     (0, answer(*GOOD[:2], GOOD[3]), "", "mac4: the answer announced 2 rows and sent 1"),
     (0, answer(*GOOD[:3]), "", "mac4: the answer is not split, rows, done"),
@@ -65,6 +74,16 @@ def test_the_save_answer_names_the_written_path_or_the_hosts_refusal():
         host_answer.saved("mac4", 2, answer({"kind": "error", "message": "/r/x.json: not an evaluation's name"}), "")
     with pytest.raises(EvaluateError, match="^mac4: the save answered no path"):
         host_answer.saved("mac4", 0, "", "")
+
+
+def test_the_bundle_answers_on_a_copy_of_fd_1_and_sends_anything_else_to_stderr():
+    """A C-level write to fd 1 (mlx, Metal) and a library's print land on stderr, not in the answer."""
+    code = ("import os, sys\nfrom thunderlane.onhost import eval_host as e\ne.answer_stream()\n"
+            "os.write(1, b'C-level warning\\n'); print('a print')\ne.emit('done', seconds=1.0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == '{"kind": "done", "seconds": 1.0}\n'
+    assert "C-level warning" in p.stderr and "a print" in p.stderr
 
 
 def test_the_relay_prefixes_each_whole_line_with_the_host_as_it_comes():
@@ -166,3 +185,50 @@ def test_a_commands_stdin_goes_in_chunks_not_a_character_per_read():
     from thunderlane.evaluate.on_host import Chunks
     stream = Chunks("x" * 100_000)
     assert [len(stream.read(1)) for _ in range(3)] == [65536, 100_000 - 65536, 0]
+
+
+def test_an_evaluation_saved_again_during_mirror_back_stays_behind_with_a_note(tmp_path):
+    """The writer's result changed between the probe and rsync: that file stays behind (named in a
+    note); a required file that does not match still fails the whole mirror-back."""
+    from thunderlane.mirror import check_staged, drop_changed
+    from thunderlane.mirror_rules import Want
+    (tmp_path / "eval_step5_test.json").write_text('{"on": "mac4", "saved": "again"}\n')
+    (tmp_path / "eval_step4_test.json").write_text("{}\n")
+    (tmp_path / "0000005_adapters.safetensors").write_bytes(b"x" * 10)
+    wants = [Want("eval_step5_test.json", 4096, "b" * 64, 99, optional=True),
+             Want("eval_step4_test.json", 4096, hashlib.sha256(b"{}\n").hexdigest(), 3, optional=True),
+             Want("0000005_adapters.safetensors", 10, "a" * 64, 10)]
+    bad = check_staged(tmp_path, wants)
+    assert "is 33 bytes, the writer's probe saw 99" in bad["eval_step5_test.json"]
+    notes = drop_changed(tmp_path, wants, bad)
+    assert notes == ["eval_step5_test.json changed during mirror-back; run mirror-back again to bring it"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000005_adapters.safetensors", "eval_step4_test.json"]
+    assert list(bad) == ["0000005_adapters.safetensors"]  # still the copy's failure
+    (tmp_path / "eval_step4_test.json").write_text("{ }\n")  # seeded from the mirror: pulled again, not dropped
+    assert drop_changed(tmp_path, wants, check_staged(tmp_path, wants), spare=["eval_step4_test.json"]) == []
+
+
+def test_a_clash_whose_aside_name_is_taken_gets_a_number_and_asides_keep_the_pattern(tmp_path):
+    """The aside's name is taken with other bytes: a numbered name, nothing dropped; an aside of an
+    aside is one dotted part still (the next mirror-back carries it on)."""
+    from thunderlane import mirrorfs
+    from thunderlane.evaluate import carry
+    mirror, staging = tmp_path / "run", tmp_path / "stage"
+    mirror.mkdir()
+    staging.mkdir()
+    t1, t2 = "2026-11-30T01:00:00+00:00", "2026-11-30T02:00:00+00:00"
+    evaluation(mirror, "eval_step5_test.json", "local", t1)                              # older: steps aside
+    evaluation(mirror, "eval_step5_test.local-2026-11-30T01-00-00-00-00.json", "local", t1, rows=6)  # taken
+    evaluation(staging, "eval_step5_test.json", "mac4", t2)
+    evaluation(mirror, "eval_step5_valid.mac4-x.json", "mac4", t1)                        # an aside, both hold it
+    evaluation(staging, "eval_step5_valid.mac4-x.json", "mac4", t2, rows=6)
+    carry.carry(mirror, staging)
+    got = {p.name: json.loads(p.read_text()) for p in staging.iterdir()}
+    assert got["eval_step5_test.json"]["on"] == "mac4"
+    assert got["eval_step5_test.local-2026-11-30T01-00-00-00-00.json"]["rows"] == 6
+    assert got["eval_step5_test.local-2026-11-30T01-00-00-00-00-2.json"] == {"on": "local", "rows": 3,
+                                                                             "evaluated_at": t1}
+    assert got["eval_step5_valid.mac4-x.json"]["rows"] == 6
+    assert got["eval_step5_valid.mac4-2026-11-30T01-00-00-00-00.json"]["evaluated_at"] == t1
+    assert len(got) == 5 and all(mirrorfs.EVALUATIONS.fullmatch(n) for n in got)
+    assert carry.carry(mirror, staging) == [] and len(list(staging.iterdir())) == 5  # again: nothing more

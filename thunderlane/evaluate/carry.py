@@ -2,7 +2,8 @@
 home with the step (``mirror_rules.wanted``); the mirror's are carried into the new one
 (``mirrorfs.carry_evaluations``). When both hold a name with different bytes, neither is lost: the
 newer evaluation (its ``evaluated_at``; a file without one is the older) keeps the name and the
-other stays beside it as ``<name>.<where it ran>-<when>.json``."""
+other stays beside it as ``<name>.<where it ran>-<when>.json`` (``-2``, ``-3``... when that is taken
+too), a name ``mirrorfs.EVALUATIONS`` matches: the next mirror-back carries it on."""
 import json
 import os
 import re
@@ -24,10 +25,25 @@ def stamp(path):
     return (when if isinstance(when, str) else ""), (on if isinstance(on, str) and on else "unknown")
 
 
-def alt_name(name, when, on):
-    """``eval_step5_test.json`` -> ``eval_step5_test.mac4-20261130T012600Z.json``."""
-    part = ALT_PART.sub("-", f"{on}-{when or 'undated'}").strip("-")[:80]
-    return f"{name[:-len('.json')]}.{part}.json"
+def alt_name(name, when, on, number=1):
+    """``eval_step5_test.json`` (or an aside of it, ``eval_step5_test.<...>.json``), evaluated on
+    mac4 at 2026-11-30T01:26:00+00:00 -> ``eval_step5_test.mac4-2026-11-30T01-26-00-00-00.json``;
+    ``number`` 2 and on: ``...-00-00-2.json``."""
+    part = ALT_PART.sub("-", f"{on}-{when or 'undated'}").strip("-")[:72]
+    return f"{name.split('.')[0]}.{part}{f'-{number}' if number > 1 else ''}.json"
+
+
+def free_alt(mirror, staging, name, when, on, keep):
+    """(the aside for ``keep``'s bytes in ``staging``, True if a file of that name holds them
+    already there or in ``mirror``, carried then): never a name either holds other bytes under."""
+    want = mirrorfs.sha256_nofollow(keep)
+    for number in range(1, 1000):
+        names = alt_name(name, when, on, number)
+        held = [mirrorfs.sha256_nofollow(p) for p in (Path(staging) / names, Path(mirror) / names)
+                if os.path.lexists(p)]
+        if not held or held == [want] or held == [want, want]:
+            return Path(staging) / names, bool(held)
+    raise OSError(f"{staging}: no free name beside {name}")
 
 
 def settle(mirror, staging, name):
@@ -37,15 +53,15 @@ def settle(mirror, staging, name):
         return []
     (old_when, old_on), (new_when, new_on) = stamp(old), stamp(new)
     if old_when > new_when:  # the mirror's is the newer: the writer's steps aside
-        aside = Path(staging) / alt_name(name, new_when, new_on)
-        if os.path.lexists(aside):
+        aside, there = free_alt(mirror, staging, name, new_when, new_on, new)
+        if there:
             os.unlink(new)
         else:
             os.rename(new, aside)
         mirrorfs.copy_new(old, new)
         return [name, aside.name]
-    aside = Path(staging) / alt_name(name, old_when, old_on)
-    if os.path.lexists(aside):
+    aside, there = free_alt(mirror, staging, name, old_when, old_on, old)
+    if there:
         return []
     mirrorfs.copy_new(old, aside)
     return [aside.name]

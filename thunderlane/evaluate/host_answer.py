@@ -8,6 +8,7 @@ from . import rows as rows_mod
 from .run import EvaluateError
 
 NO_INTERPRETER = 127
+REFUSED = 2  # the bundle's refusal: one ``error`` line (onhost/eval_host.py)
 
 
 class HostAnswerError(EvaluateError):
@@ -40,16 +41,26 @@ def lines(host, stdout):
     return out
 
 
-def failure(host, code, docs, stderr):
-    """The error of an answer that ends in a refusal or a failed exit, else None."""
-    refusals = [d.get("message") for d in docs if d["kind"] == "error"]
-    if refusals:
-        return HostAnswerError(f"{host}: {refusals[-1]}")
+def failure(host, code, stdout, stderr):
+    """The error of a run that exited with ``code`` != 0: the bundle's refusal (its last ``error``
+    line), else the exit code and stderr's tail, looked at before stdout is parsed (a run killed
+    mid-line, or a crash, leaves stdout cut or not JSON). None for exit 0."""
+    if code == 0:
+        return None
+    if code == REFUSED:
+        refusals = []
+        for line in stdout.splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc.get("kind") == "error":
+                refusals.append(str(doc.get("message")))
+        if refusals:
+            return HostAnswerError(f"{host}: {refusals[-1]}")
     if code == NO_INTERPRETER:
         return HostAnswerError(f"{host}: no interpreter (exit 127): {_tail(stderr)}")
-    if code != 0:
-        return HostAnswerError(f"{host}: the evaluation failed with exit {code}: {_tail(stderr)}")
-    return None
+    return HostAnswerError(f"{host}: the evaluation failed with exit {code}: {_tail(stderr)}")
 
 
 def _tail(stderr):
@@ -58,10 +69,10 @@ def _tail(stderr):
 
 def parse(host, code, stdout, stderr):
     """The :class:`HostAnswer` in ``stdout`` of a run that exited with ``code``."""
-    docs = lines(host, stdout)
-    problem = failure(host, code, docs, stderr)
+    problem = failure(host, code, stdout, stderr)
     if problem:
         raise problem
+    docs = lines(host, stdout)
     kinds = [d["kind"] for d in docs]
     if kinds[:1] != ["split"] or kinds[-1:] != ["done"] or set(kinds[1:-1]) - {"row"}:
         raise HostAnswerError(f"{host}: the answer is not split, rows, done: {kinds[:3]}...{kinds[-2:]}")
@@ -84,17 +95,19 @@ def _answer(host, docs):
         chats.append(rows_mod.Row(f"{host}:{r['where']}", messages))
     bad = tuple((f"{host}:{where}", str(reason)) for where, reason in head["bad"])
     split = rows_mod.Split(f"{host}:{head['path']}", tuple(chats), bad, rows_mod.instruction([c.user for c in chats]))
-    loss = done.get("test_loss")
+    loss, rss = done.get("test_loss"), done.get("peak_rss_mb")
+    if rss is not None and (isinstance(rss, bool) or not isinstance(rss, (int, float))):
+        raise ValueError(f"peak_rss_mb is {rss!r}, not a number")
     return HostAnswer(split, tuple(str(r["correction"]) for r in rows), float(done["seconds"]),
-                      None if loss is None else float(loss), done.get("peak_rss_mb"))
+                      None if loss is None else float(loss), None if rss is None else float(rss))
 
 
 def saved(host, code, stdout, stderr):
     """The path the host's ``save`` wrote, from its answer."""
-    docs = lines(host, stdout)
-    problem = failure(host, code, docs, stderr)
+    problem = failure(host, code, stdout, stderr)
     if problem:
         raise problem
+    docs = lines(host, stdout)
     paths = [d.get("path") for d in docs if d["kind"] == "saved"]
     if len(paths) != 1 or not isinstance(paths[0], str):
         raise HostAnswerError(f"{host}: the save answered no path: {stdout[:200]!r}")

@@ -2,17 +2,21 @@
 lane's gate on the host's facts; the host decodes its own copy of the split with its own model
 cache (``onhost/eval_host.py``, shipped over the Fabric session, its progress relayed as it comes);
 the scoring, the verdict and the report are local's own (``run.py``), from the host's corrections.
-The result is written beside the host's checkpoint.json, atomically, by the same bundle."""
+The result is written beside the host's checkpoint.json, atomically, by the same bundle (kept in
+the local reports folder when that fails). The window lock is held throughout: no window starts
+under the evaluation."""
 import io
 import json
 import sys
 from pathlib import PurePosixPath
 
-from .. import onhost
+from .. import layout, onhost
+from ..fsutil import atomic_write, real_folder
 from ..inventory import InventoryError
+from ..mirror import MirrorBusy, locked
 from ..remote import HostError, ask, run as remote_run
-from ..window.lock import lock_state
-from ..window.writer import run_query
+from ..window.lock import lock_dir
+from ..window.writer import profile_hosts, run_query
 from . import decode, host_answer, run
 from .run import EvaluateError
 
@@ -51,8 +55,9 @@ class Relay:
         self.pending = ""
 
 
-def target_host(inv, name):
-    """The inventory's host ``name``: a remote one (local evaluates its mirror without --on)."""
+def target_host(inv, profile, name):
+    """The inventory's host ``name``: a remote one (local evaluates its mirror without --on), the
+    profile's writer (rank 0: the only host with a checkpoint.json)."""
     try:
         host = inv.host(name)
     except InventoryError as e:
@@ -60,6 +65,10 @@ def target_host(inv, name):
     if host.is_local:
         raise EvaluateError(f"--on {name}: that is the control machine; fab evaluate without --on evaluates "
                             "the local mirror")
+    writer = profile_hosts(inv, profile)[0]
+    if writer.name != host.name:
+        raise EvaluateError(f"--on {name}: {profile.name}'s writer is {writer.name} (only rank 0 writes the "
+                            f"run's checkpoint.json): evaluate --on {writer.name}")
     return host
 
 
@@ -89,22 +98,56 @@ def spec(host, profile, t, split_file, limit, batch):
 
 def _on(inv, host, argv, timeout, **streams):
     """The bundle run on ``host``: (exit code, stdout, stderr); a host that cannot be asked is an
-    :class:`EvaluateError` naming it."""
+    :class:`EvaluateError` naming it (a :class:`HostError` from ``save``, to keep the result)."""
     try:
         return remote_run(inv, host, [host.python, "-c", SOURCE, *argv], timeout=timeout, **streams)
     except HostError as e:
-        raise EvaluateError(f"{e.host} {e.kind}: {e.message}") from None
+        if argv[0] == "save":
+            raise
+        raise decode_failure(e, timeout) from None
+
+
+def decode_failure(e, timeout):
+    """The :class:`EvaluateError` of a decode the host could not finish (:class:`HostError` ``e``):
+    past its timeout, progress lines may well have flowed: the host was busy, not gone."""
+    if e.kind == "timeout":
+        return EvaluateError(f"{e.host}: decoding did not finish within ssh.deep_probe_timeout ({timeout}s): "
+                             "use --limit, or raise ssh.deep_probe_timeout in the inventory")
+    return EvaluateError(f"{e.host} {e.kind}: {e.message}")
+
+
+def keep_locally(inv, profile, host, dest, result, why):
+    """The host could not save ``result`` at ``dest``: write it (atomically) in the local reports
+    folder of the run; set its ``saved`` and ``warning`` (naming the host, ``dest``, why, and the
+    local path)."""
+    folder = layout.local(inv).reports(profile.run_name)
+    path = folder / PurePosixPath(dest).name
+    result["saved"] = str(path)
+    try:
+        real_folder(folder, layout.local(inv).root)
+        atomic_write(path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    except OSError as e:
+        result["saved"] = None
+        result["warning"] = f"{host.name}: could not write {dest} ({why}); nor {path} here: {e}"
+        return result
+    result["warning"] = f"{host.name}: could not write {dest} ({why}); the result is kept at {path}"
+    return result
 
 
 def evaluate_on(inv, profile, name, step=None, split="test", limit=0, batch=decode.BATCH, out=sys.stderr):
     """Evaluate the committed step of ``profile``'s run on host ``name``; return the data (as
     :func:`run.evaluate` does), also saved beside the host's checkpoint.json. Decoding may take
     as long as the inventory's ``ssh.deep_probe_timeout``."""
-    host = target_host(inv, name)
-    state, pid = lock_state(inv, profile)
-    if state == "held":  # the window may commit and prune on the host under the evaluation
-        raise EvaluateError(f"a window of {profile.run_name} is running (pid {pid}); evaluate on {name} when it "
-                            "has ended")
+    host = target_host(inv, profile, name)
+    try:  # the window lock, as fab train-window takes it: no window commits and prunes under this
+        with locked([lock_dir(inv, profile)]):
+            return _evaluate_on(inv, profile, host, step, split, limit, batch, out)
+    except MirrorBusy:
+        raise EvaluateError(f"a window of {profile.run_name} is running ({lock_dir(inv, profile)}); evaluate on "
+                            f"{name} when it has ended") from None
+
+
+def _evaluate_on(inv, profile, host, step, split, limit, batch, out):
     try:
         facts = ask(inv, host, run_query(host, profile))[0]
     except HostError as e:
@@ -123,6 +166,11 @@ def evaluate_on(inv, profile, name, step=None, split="test", limit=0, batch=deco
     result["command"] = run.reproduce(inv, profile, t.step, split, limit, on=host.name)
     dest = str(t.mirror / run.eval_file(t.step, split, limit))
     result["saved"] = f"{host.name}:{dest}"
-    code, stdout, stderr = _on(inv, host, ["save", dest], None, stdin=Chunks(json.dumps(result) + "\n"))
-    host_answer.saved(host.name, code, stdout, stderr)
+    try:
+        code, stdout, stderr = _on(inv, host, ["save", dest], None, stdin=Chunks(json.dumps(result) + "\n"))
+        host_answer.saved(host.name, code, stdout, stderr)
+    except HostError as e:
+        return keep_locally(inv, profile, host, dest, result, f"{e.kind}: {e.message}")
+    except EvaluateError as e:
+        return keep_locally(inv, profile, host, dest, result, str(e).removeprefix(f"{host.name}: "))
     return result

@@ -24,7 +24,7 @@ if __package__:  # imported from thunderlane.onhost; in a bundle, the modules be
 
 EVAL_NAME = re.compile(r"eval_step[0-9]+_(test|valid)(_first[0-9]+)?\.json")  # as evaluate/run.py names them
 REFUSED = 2
-ANSWER = sys.stdout  # the answer's stream; anything else printing to stdout is sent to stderr
+ANSWER = sys.stdout  # the answer's stream (see answer_stream); anything else printing to stdout goes to stderr
 
 
 class Refused(Exception):
@@ -114,10 +114,19 @@ def save(path, raw):
     emit("saved", path=path, bytes=len(text.encode("utf-8")))
 
 
-def main(argv):
+def answer_stream():
+    """The answer's own copy of fd 1; fd 1 itself (and ``sys.stdout``) then goes to stderr: a
+    library's print, or a C-level write (mlx, Metal), cannot break the answer's lines."""
     global ANSWER
+    sys.stdout.flush()
+    ANSWER = os.fdopen(os.dup(1), "w", encoding="ascii")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
+def main(argv):
     os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: the cache is all there is
-    ANSWER, sys.stdout = sys.stdout, sys.stderr  # a library's print cannot break the answer's lines
+    answer_stream()
     try:
         if len(argv) == 2 and argv[0] == "decode":
             decode_split(json.loads(argv[1]))
