@@ -60,6 +60,13 @@ class Master:
         if self.path is None or not _private_folder(os.path.dirname(self.path)):
             self.path = None
             return
+        try:  # left by a master of an earlier fab with this pid, killed: ssh would not listen beside it
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self.path = None
+            return
         try:  # a session of its own: a Ctrl-C meant for fab's launcher does not reach it
             self.proc = subprocess.Popen(master_argv(inv, host, self.path), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
