@@ -14,6 +14,8 @@ sharing: the launcher then opens its own connection, as it always did.
 import hashlib
 import os
 import shlex
+import socket
+import struct
 import subprocess
 import time
 
@@ -97,12 +99,55 @@ class Master:
             self.proc.kill()
             self.proc.wait()
         if os.path.exists(self.path):
-            argv = ["ssh", *ssh_options(self.inv, self.host), "-o", f"ControlPath={self.path}", "-O", "exit",
-                    self.host.destination]
-            subprocess.run(argv,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
-            _gone(self.path, 2.0)
+            terminate(self.path)  # as ``ssh -O exit`` asks it, without starting an ssh
+            if not _gone(self.path, 2.0):
+                argv = ["ssh", *ssh_options(self.inv, self.host), "-o", f"ControlPath={self.path}", "-O", "exit",
+                        self.host.destination]
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=10)
+                _gone(self.path, 2.0)
         self.proc = None
+
+
+MUX_MSG_HELLO, MUX_C_TERMINATE = 0x00000001, 0x10000005  # OpenSSH's PROTOCOL.mux, version 4
+
+
+def terminate(path, timeout=2.0):
+    """Ask the master at ``path`` to exit, over its own protocol (hello, then MUX_C_TERMINATE). Its
+    answer may never come (it exits first: ``ssh -O exit`` takes the closed socket as done), so
+    whether it went is told by its socket's removal (:func:`_gone`)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(_packet(MUX_MSG_HELLO, 4))
+            if struct.unpack(">I", _read_packet(s)[:4])[0] == MUX_MSG_HELLO:
+                s.sendall(_packet(MUX_C_TERMINATE, 1))
+                _read_packet(s)
+    except (OSError, struct.error):
+        pass
+
+
+def _packet(*words):
+    body = struct.pack(f">{len(words)}I", *words)
+    return struct.pack(">I", len(body)) + body
+
+
+def _read_packet(s):
+    size = struct.unpack(">I", _read_exactly(s, 4))[0]
+    if size > 65536:
+        raise OSError("mux packet too large")
+    return _read_exactly(s, size)
+
+
+def _read_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise OSError("mux socket closed")
+        data += chunk
+    return data
 
 
 def _private_folder(folder):
@@ -121,7 +166,8 @@ def _private_folder(folder):
 
 
 def _gone(path, seconds):
-    """Wait until the master has removed its socket (it does as it exits)."""
+    """Wait until the master has removed its socket (it does as it exits): whether it has."""
     deadline = time.monotonic() + seconds
     while os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.005)
+    return not os.path.exists(path)

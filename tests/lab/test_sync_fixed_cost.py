@@ -49,6 +49,8 @@ def test_a_session_through_the_master_needs_no_connection_of_its_own_and_close_e
                 "echo through-the-master"]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and p.stdout.strip() == "through-the-master", p.stderr
+        mux.terminate(master.path)  # OpenSSH's own request (PROTOCOL.mux), no ssh started: the master goes
+        assert mux._gone(master.path, 5.0), "the master did not exit on MUX_C_TERMINATE"
     finally:
         master.close()
     assert _masters_left(lab_inv) == [] and not os.path.exists(master.path)
