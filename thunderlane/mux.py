@@ -1,6 +1,7 @@
 """One OpenSSH connection to a host, opened while sync-cache's verify before runs, that the sync
 launcher's ssh sessions then share (OpenSSH's ControlMaster): the launcher starts without an ssh
-handshake of its own, which was the larger part of its fixed cost.
+handshake of its own (about half of its fixed cost on the lab: a no-op launcher 0.39 s, an ssh
+session 0.22 s).
 
 The master carries the lane's ssh options (``sshopts.py``: pinned host keys only, no prompts, no
 forwarding), so the sessions it carries have had the same checks. Its socket is in a 0700 folder
