@@ -118,3 +118,10 @@ def test_the_launcher_sessions_options_go_first_and_name_the_master():
     argv = mux.master_argv(mux_inventory("/r"), mux_inventory("/r").host("mac4"), "/r/.ssh-mux/abc.1")
     assert argv[0] == "ssh" and "StrictHostKeyChecking=yes" in argv and "ControlMaster=yes" in argv, argv
     assert f"ControlPersist={mux.PERSIST}" in argv and argv[-2:] == ["-N", "me@127.0.0.4"], argv
+
+
+def test_fab_exits_without_collecting_the_objects_its_imports_made():
+    code = "import atexit, gc, fabfile; atexit._run_exitfuncs(); print(gc.get_freeze_count())"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) > 10000, p.stdout  # Fabric, Invoke, paramiko and the lane's own: frozen, not collected
