@@ -34,7 +34,7 @@ def phase_medians(rows):
 
 
 def describe(split):
-    order = ["wall", "start", "verify_before", "launcher", "verify_after", "standby_unused"]
+    order = ["wall", "start", "verify_before", "ssh_master_wait", "launcher", "verify_after", "standby_unused"]
     return ", ".join(f"{k} {split[k]:.3f}" for k in order if k in split)
 
 

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import facts as queries, fsutil, layout
+from . import facts as queries, fsutil, layout, mux
 from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
@@ -173,6 +173,16 @@ def nothing_missing(result, facts):
 
 
 def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gathered=None):
+    # the launcher's ssh connection, opened while the verify before runs (``mux.py``)
+    master = mux.Master(inv, host) if gathered is None else None
+    try:
+        return _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master)
+    finally:
+        if master:
+            master.close()
+
+
+def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master):
     t0 = time.monotonic()
     facts, host_before = _plan(inv, host, checksum, gathered)
     phases = {"verify_before": time.monotonic() - t0}
@@ -187,7 +197,9 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gather
     # once the launcher has exited: what it reads is the host after the transfer
     after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
     try:
+        shared = _shared_ssh(inv, master, phases)
         with rsync_shell(inv, host) as ssh:
+            ssh = " ".join([ssh, *map(shlex.quote, shared)])
             argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh, source)
             command = shlex.join(argv)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
@@ -205,6 +217,17 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gather
     summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
     return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
                        command, time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+
+
+def _shared_ssh(inv, master, phases):
+    """The ssh options that put the launcher's sessions on ``master`` (waited for, up to the
+    connect timeout: the launcher would otherwise spend that handshake itself), or () without one."""
+    if master is None:
+        return ()
+    t = time.monotonic()
+    up = master.ready(inv.ssh.connect_timeout)
+    phases["ssh_master_wait"] = time.monotonic() - t
+    return mux.client_options(master.path) if up else ()
 
 
 def _verify_after(inv, host, facts, checksum, after_probe, phases):

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from tests.lab.conftest import fab, fab_json
-from thunderlane import standby
+from thunderlane import layout, mux, remote, standby
 from thunderlane.lab import kit
 from thunderlane.sync import sync_cache
 from thunderlane.verify import cache_query
@@ -17,7 +17,10 @@ def test_the_verify_after_is_the_probe_started_ahead_and_reads_the_host_after_th
     code, out = fab_json(lab_inv, "sync-cache", "--host", "mac4")
     row = out["results"][0]
     assert code == 0 and (row["before"], row["after"]) == ("partial", "complete"), out
-    assert set(row["phases"]) == {"verify_before", "launcher", "verify_after"}, row  # no standby_unused
+    assert set(row["phases"]) == {"verify_before", "ssh_master_wait", "launcher", "verify_after"}, row  # no standby_unused
+    # the launcher's sessions went through the master fab opened during the verify before, now gone
+    assert f"-o ControlPath={layout.local(lab_inv).root}/{mux.FOLDER}/" in row["command"], row["command"]
+    assert _masters_left(lab_inv) == [], "a master connection outlived its sync"
 
 
 def test_a_complete_host_gets_no_launcher_and_no_second_verify(lab_inv):
@@ -30,6 +33,35 @@ def test_a_complete_host_gets_no_launcher_and_no_second_verify(lab_inv):
     row = out["results"][0]
     assert code == 0 and row["command"] == "" and list(row["phases"]) == ["verify_before"], row
     assert (row["after"], row["literal_bytes"], row["total_sent"]) == ("complete", 0, 0), row
+    assert _masters_left(lab_inv) == [], "the master opened for a launcher that never ran is left"
+
+
+def test_a_session_through_the_master_needs_no_connection_of_its_own_and_close_ends_it(lab_inv):
+    mac4 = lab_inv.hosts["mac4"]
+    stale = mux.control_path(lab_inv, mac4)  # as a killed earlier master of this pid would leave it
+    os.makedirs(os.path.dirname(stale), exist_ok=True)
+    open(stale, "w").close()
+    master = mux.Master(lab_inv, mac4)
+    try:
+        assert master.ready(lab_inv.ssh.connect_timeout), "the master did not come up"
+        nowhere = dataclasses.replace(mac4, port=1)  # nothing listens there: only the master can carry it
+        argv = ["ssh", *mux.client_options(master.path), *remote.ssh_options(lab_inv, nowhere), mac4.destination,
+                "echo through-the-master"]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and p.stdout.strip() == "through-the-master", p.stderr
+        mux.terminate(master.path)  # OpenSSH's own request (PROTOCOL.mux), no ssh started: the master goes
+        assert mux._gone(master.path, 5.0), "the master did not exit on MUX_C_TERMINATE"
+    finally:
+        master.close()
+    assert _masters_left(lab_inv) == [] and not os.path.exists(master.path)
+
+
+def _masters_left(inv):
+    """Sockets and ssh processes of master connections under local's runs root."""
+    folder = layout.local(inv).root / mux.FOLDER
+    sockets = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    p = subprocess.run(["pgrep", "-f", f"ControlPath={folder}/"], capture_output=True, text=True)
+    return sockets + p.stdout.split()
 
 
 def test_a_complete_host_with_an_orphaned_incomplete_still_gets_the_launcher_cleanup(lab_inv, lab_dir):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.unit.builders import REPO, build_repo, model_files
-from thunderlane import inventory, remote
+from thunderlane import inventory, mux, remote
 from thunderlane.report import HostResult
 from thunderlane.sync import nothing_missing
 from thunderlane.facts import CacheFacts
@@ -88,3 +88,40 @@ def test_fab_loads_only_what_a_task_runs():
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0 and "sync-cache" in p.stdout, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[] True", p.stdout
+
+
+def mux_inventory(runs_root, path="inv.yaml", port=22):
+    host = {"ssh_name": "mac4", "hostname": "127.0.0.4", "user": "me", "port": port, "data_ip": "10.0.0.4",
+            "python": "/v/bin/python", "dataset_root": "/d", "runs_root": "/r"}
+    return inventory.parse({"ssh": {"known_hosts": "/k"}, "hosts": {"mac4": host},
+                            "local": {"dataset_root": "/d", "runs_root": runs_root, "python": "/v/bin/python"}}, path)
+
+
+def test_the_shared_ssh_connection_has_a_socket_of_its_own_per_inventory_host_and_run():
+    inv = mux_inventory("/r")
+    path = mux.control_path(inv, inv.host("mac4"), pid=123)
+    assert path.startswith("/r/.ssh-mux/") and path.endswith(".123"), path
+    assert path != mux.control_path(mux_inventory("/r", path="other.yaml"), inv.host("mac4"), pid=123)
+    other_port = mux_inventory("/r", port=2222)
+    assert path != mux.control_path(other_port, other_port.host("mac4"), pid=123)
+    assert path != mux.control_path(inv, inv.host("mac4"), pid=124)
+    # no socket where macOS could not make one (104 bytes), nor where the launcher's --ssh would split
+    long = mux_inventory("/" + "r" * 80)
+    assert mux.control_path(long, long.host("mac4")) is None
+    spaced = mux_inventory("/runs root")
+    assert mux.control_path(spaced, spaced.host("mac4")) is None
+
+
+def test_the_launcher_sessions_options_go_first_and_name_the_master():
+    opts = mux.client_options("/r/.ssh-mux/abc.1")
+    assert opts == ["-o", "ControlPath=/r/.ssh-mux/abc.1", "-o", "ControlMaster=auto"]
+    argv = mux.master_argv(mux_inventory("/r"), mux_inventory("/r").host("mac4"), "/r/.ssh-mux/abc.1")
+    assert argv[0] == "ssh" and "StrictHostKeyChecking=yes" in argv and "ControlMaster=yes" in argv, argv
+    assert f"ControlPersist={mux.PERSIST}" in argv and argv[-2:] == ["-N", "me@127.0.0.4"], argv
+
+
+def test_fab_exits_without_collecting_the_objects_its_imports_made():
+    code = "import atexit, gc, fabfile; atexit._run_exitfuncs(); print(gc.get_freeze_count())"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) > 10000, p.stdout  # Fabric, Invoke, paramiko and the lane's own: frozen, not collected
