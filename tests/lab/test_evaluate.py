@@ -65,6 +65,25 @@ def test_fab_evaluate_prints_json_and_progress(evaluated):
     assert row["edits_after"] == Levenshtein.distance(row["correction"], row["reference"])
 
 
+def test_the_whole_test_split_is_evaluated_and_saved_apart_from_a_limited_run(evaluated):
+    """Issue 13: the whole evaluation on the lab's test split, every row, in the suite; its file is
+    the whole split's name, beside (not replacing) the handoff's --limit 6 result."""
+    inv, _, env, data = evaluated
+    rows = first_rows(inv, 10**6)
+    p = fab(inv, "evaluate", "--profile", "eval_run", "--json", env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    whole = json.loads(p.stdout)
+    m = whole["metrics"]
+    assert m["rows"] == len(rows) == len(whole["rows"]) and whole["bad_count"] == 0 and len(rows) > 6
+    assert m["edits_before"] == sum(Levenshtein.distance(user.split("\n", 1)[1], ref) for user, ref in rows)
+    assert m["edits_after"] == sum(Levenshtein.distance(r["correction"], r["reference"]) for r in whole["rows"])
+    assert m["better"] + m["same"] + m["worse"] == len(rows)
+    mirror = Path(data["mirror"]["local_dir"])
+    assert Path(whole["saved"]) == mirror / "eval_step5_test.json"
+    assert json.loads((mirror / "eval_step5_test.json").read_text(encoding="utf-8"))["metrics"] == m
+    assert json.loads((mirror / "eval_step5_test_first6.json").read_text(encoding="utf-8"))["metrics"]["rows"] == 6
+
+
 def test_bad_input_is_refused_or_reported(evaluated, tmp_path):
     inv, folder, env, data = evaluated
     p = fab(inv, "evaluate", "--profile", "eval_run", "--step", "4", env=env)
