@@ -58,7 +58,6 @@ keep_awake() {
     echo "chunks: macOS: $tool -i -s -w $$ (pid $!)"
   fi
 }
-keep_awake
 
 # the lock is a directory renamed into place with this shell's pid and start time already inside:
 # atomic, never ownerless, and a reused pid is not its owner
@@ -69,7 +68,8 @@ if [ -n "${THUNDER_LOCK_FD:-}" ]; then
   esac
   state='' holder='' lock=''
   read -r state holder lock <&"$THUNDER_LOCK_FD" || true
-  eval "exec $THUNDER_LOCK_FD<&-"   # not left open for mlx.launch and the ranks
+  eval "exec $THUNDER_LOCK_FD<&-"   # not left open for caffeinate, mlx.launch and the ranks
+  unset THUNDER_LOCK_FD
   [ "$state" != held ] || rc=$EX_LOCKED
 else
   taken=$(helper take-lock "$profile" "$$") || rc=$?
@@ -88,6 +88,7 @@ release() { rm -rf "$lock"; }
 trap release EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+keep_awake  # after the lock's pipe is closed: caffeinate would keep it open
 
 if [ -n "${THUNDER_START_STEP:-}" ]; then
   case "$THUNDER_START_STEP" in

@@ -315,12 +315,18 @@ host_cmd() {   # WORD...: one command line for HOST's login shell (sh, bash or z
 # Run here, on HOST and on SRC (POSIX sh; $1 a repo folder): everything but blobs/ that the
 # snapshots and refs passes would send, one "tree" line each (a file by its size and, if short and
 # plain, its content; "?" when it cannot be compared), sorted: when every line of the source's is
-# in the host's, those passes have nothing to send and are skipped
+# in the host's, those passes have nothing to send and are skipped. A name or link target with a
+# newline is "tree ?" (one line per entry: nothing it holds can pass for a line of its own)
 # shellcheck disable=SC2016  # expanded where it runs
 tree_script='cd "$1" 2>/dev/null || exit 0
-find . -path ./blobs -prune -o -print 2>/dev/null | LC_ALL=C sort | while IFS= read -r e; do
-  case "$e" in .|./blobs|*.incomplete|*/.DS_Store|*/._*|*/.rsync-partial/*) continue ;; esac
-  if [ -L "$e" ]; then echo "tree l $e $(readlink "$e")"
+nl="
+"
+find . -path ./blobs -prune -o -name "*$nl*" -prune -exec echo "?" \; -o -print 2>/dev/null | LC_ALL=C sort |
+while IFS= read -r e; do
+  case "$e" in .|./blobs|*.incomplete|*/.DS_Store|*/._*|*/.rsync-partial/*) continue ;; "?") echo "tree ? (a name with a newline)"; continue ;; esac
+  if [ -L "$e" ]; then
+    t=$(readlink "$e"; echo .); t=${t%.}; t=${t%"$nl"}
+    case "$t" in *"$nl"*) echo "tree ? $e" ;; *) echo "tree l $e $t" ;; esac
   elif [ -d "$e" ]; then echo "tree d $e"
   elif [ -f "$e" ]; then
     n=$(wc -c <"$e" | tr -d " "); c="?"
@@ -590,7 +596,7 @@ echo "pwdir $d"
 # (launchers/peer_rsyncd.sh, which reads the secret on this session's stdin); $1 cache root, $2
 # repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the wrapper, $7 HOST's address, $8 SRC's
 # shellcheck disable=SC2016  # expanded on SRC
-serve_script='out=$(sh -c "$5" sh "$1" "$2" "$3" "$4" </dev/null); printf "%s\n" "$out"
+serve_script='out=$(sh -c "$5" sh "$1" "$2" "$3" "$4" </dev/null); printf "%s\nsrc-end\n" "$out"
 case "$out" in *src-unsafe*) exit 0 ;; *"src-rev "*) exec sh -c "$6" sh "$1" "$3" "$7" "$8" ;; esac'
 
 start_rsyncd() {   # one session HOST -> SRC over the peer ssh, in the background: SRC's check, then
@@ -609,7 +615,7 @@ $(sq "$from_addr")")"
 await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host reads the ssh
   # transport's), then the daemon's port; sets rsyncd_url and pwdir
   local n=0 port
-  while ! grep -q '^port ' "$logs/rsyncd"; do
+  while [ -z "$(daemon_port "$logs/rsyncd")" ]; do
     if grep -q '^rsyncd-' "$logs/rsyncd" || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 600 ]; then
       source_answers
       sed 's/^/sync: rsyncd: /' "$logs/rsyncd" >&2
@@ -622,10 +628,15 @@ await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host 
     n=$((n + 1))
   done
   source_answers
-  port=$(sed -n 's/^port \([0-9][0-9]*\)$/\1/p' "$logs/rsyncd" | head -n 1)
+  port=$(daemon_port "$logs/rsyncd")
   pwdir=$(sed -n 's/^pwdir //p' "$logs/rsyncd" | head -n 1)
   case "$from_addr" in *:*) rsyncd_url="rsync://lane@[$from_addr]:$port/lane" ;; *) rsyncd_url="rsync://lane@$from_addr:$port/lane" ;; esac
   echo "sync: rsync daemon on $from_host at $from_addr port $port for $host_addr only"
+}
+
+daemon_port() {   # FILE: the daemon's port, the first "port N" line after the source check's last line
+  # (src-end): a line of the check, from names on SRC, is never taken for it
+  awk '/^src-end$/ { p = ""; e = 1; next } e && p == "" && /^port [0-9]+$/ { p = $2 } END { print p }' "$1"
 }
 
 source_answers() {   # SRC's check lines in the rsyncd session's output (once)

@@ -16,14 +16,15 @@ _lock = threading.Lock()
 
 def prepare(inv, hosts, opener):
     """Start ``opener(inv, host)`` (``remote.open_session``) for each remote host of ``hosts`` not
-    already prepared; return at once."""
-    todo = [h for h in hosts if not h.is_local and (inv.path, h.name) not in _ready]
-    if not todo:
-        return
-    pool = ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="lane-presession")
+    already prepared; return at once. Chosen and started under the lock: two concurrent calls
+    never open two sessions for one host."""
     with _lock:
+        todo = [h for h in hosts if not h.is_local and (inv.path, h.name) not in _ready]
+        if not todo:
+            return
+        pool = ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="lane-presession")
         for h in todo:
-            _ready.setdefault((inv.path, h.name), pool.submit(opener, inv, h))
+            _ready[(inv.path, h.name)] = pool.submit(opener, inv, h)
     pool.shutdown(wait=False)
 
 
@@ -37,6 +38,7 @@ def take(inv, host):
     try:
         conn = future.result(timeout=inv.ssh.connect_timeout * 3)
     except Exception:  # noqa: BLE001 - any failure: the caller opens a session of its own
+        future.add_done_callback(_close)  # still opening (timed out): closed when it opens, nobody's
         return None
     if conn.transport is None or not conn.transport.is_active():
         conn.close()
@@ -50,10 +52,15 @@ def discard():
         futures = list(_ready.values())
         _ready.clear()
     for future in futures:
-        try:
-            future.result().close()
-        except Exception:  # noqa: BLE001 - a session that never opened has nothing to close
-            pass
+        _close(future)
+
+
+def _close(future):
+    """Close the session ``future`` opened (waiting for it), if it opened one."""
+    try:
+        future.result().close()
+    except Exception:  # noqa: BLE001 - a session that never opened has nothing to close
+        pass
 
 
 def pending():

@@ -279,13 +279,16 @@ def chunks(pipe, over=None):
 
 
 def exited_for(proc, seconds, clock=time.monotonic):
-    """A callable, true once ``proc`` has exited ``seconds`` ago or more (as first seen)."""
+    """A callable, true once ``proc`` has exited ``seconds`` ago or more (as first seen); its
+    ``fired`` says whether it has been true."""
     seen = []
 
     def over():
         if not seen and proc.poll() is not None:
             seen.append(clock())
-        return bool(seen) and clock() - seen[0] >= seconds
+        over.fired = over.fired or (bool(seen) and clock() - seen[0] >= seconds)
+        return over.fired
+    over.fired = False
     return over
 
 
@@ -316,8 +319,11 @@ def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time
     try:
         # a process that outlives the launcher (an ssh master waiting out its keepalives) may hold
         # the pipe: its end-of-file is not waited for past AFTER_EXIT
-        for text, sep in records(proc.stdout, raw, over=exited_for(proc, AFTER_EXIT)):
+        over = exited_for(proc, AFTER_EXIT)
+        for text, sep in records(proc.stdout, raw, over=over):
             sink.line(text, sep)
+        if over.fired:  # what is left of the launcher's group (rsync, tee, a tree listing) ends with it;
+            _end_group(proc)  # an ssh master runs in a session of its own, out of reach
         code = proc.wait()
     finally:
         if proc.poll() is None:  # interrupted: let the launcher's trap close ssh and remove its logs
@@ -343,6 +349,14 @@ def _stop_if_silent(proc, raw, silence, fired):
             fired.append(True)
             _stop_group(proc)
             return
+
+
+def _end_group(proc):
+    """SIGTERM what is left of the launcher's process group, once the launcher itself has exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop_group(proc, grace=GRACE):

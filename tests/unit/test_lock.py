@@ -2,6 +2,8 @@
 import multiprocessing
 import os
 
+import pytest
+
 from thunderlane import fsutil
 
 
@@ -56,7 +58,7 @@ def test_racing_takers_get_exactly_one_lock(tmp_path):
     assert states == ["held"] * (n - 1) + ["taken"]
 
 
-def _runner_with_lock_line(tmp_path, line, start="10"):
+def _runner_with_lock_line(tmp_path, line, start="10", **extra):
     """The real chunk runner, told on THUNDER_LOCK_FD what fab's take of the lock gave (no take-lock
     interpreter: THUNDER_PYTHON points nowhere, so starting one fails loudly)."""
     import os
@@ -64,7 +66,7 @@ def _runner_with_lock_line(tmp_path, line, start="10"):
     from thunderlane import layout
     r, w = os.pipe()
     env = dict(os.environ, THUNDER_LOCK_FD=str(r), THUNDER_PYTHON=str(tmp_path / "no-python"),
-               THUNDER_START_STEP=start, THUNDER_CALLER_GATES="1")
+               THUNDER_START_STEP=start, THUNDER_CALLER_GATES="1", **extra)
     p = subprocess.Popen(["bash", str(layout.CHUNKS), "run_a", "10", "10"], env=env, pass_fds=(r,),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     os.close(r)
@@ -89,3 +91,36 @@ def test_the_chunk_runner_handed_a_held_lock_or_none_starts_nothing(tmp_path):
     assert code == 64 and "nothing to train" not in out
     code, out, _ = _runner_with_lock_line(tmp_path, "")  # fab gone before it wrote
     assert code == 64 and "nothing to train" not in out
+
+
+# stand-in for macOS caffeinate: records its environment's THUNDER_LOCK_FD and what its fds are
+FAKE_CAFFEINATE = """#!/bin/bash
+log="$(dirname "$0")/caffeinate.log"
+{ echo "env=${THUNDER_LOCK_FD:-}"; for fd in /proc/$$/fd/*; do readlink "$fd"; done; } >"$log.tmp"
+mv "$log.tmp" "$log"
+"""
+
+
+def test_the_lock_pipe_and_its_variable_reach_neither_caffeinate_nor_the_launch(tmp_path):
+    """The runner reads and closes the lock's pipe and unsets THUNDER_LOCK_FD before it starts
+    caffeinate (which would hold the pipe open as long as the runner lives) or anything else."""
+    import time
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "caffeinate").write_text(FAKE_CAFFEINATE)
+    (tools / "caffeinate").chmod(0o755)
+    lock = tmp_path / "lock"
+    lock.mkdir()
+    code, out, err = _runner_with_lock_line(tmp_path, f"taken - {lock}\n", THUNDER_FORCE_DARWIN=str(tools),
+                                            THUNDER_LAB_HOST="mac1")
+    assert code == 0 and "caffeinate" in out, err
+    log = tools / "caffeinate.log"
+    for _ in range(100):  # caffeinate runs in the background: its log may come just after the runner's end
+        if log.exists():
+            break
+        time.sleep(0.1)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "env=", lines
+    assert not [target for target in lines[1:] if target.startswith("pipe:")], lines

@@ -1,5 +1,6 @@
 """thunderlane.presession: sessions opened ahead are taken once, and only when they are usable."""
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -80,3 +81,44 @@ def test_another_inventory_does_not_take_this_one_s_session():
     presession.prepare(INV, [MAC4], lambda inv, host: Conn())
     other = SimpleNamespace(path="/elsewhere/hosts.yaml", ssh=INV.ssh)
     assert presession.take(other, MAC4) is None and presession.take(INV, MAC4) is not None
+
+
+def test_a_session_that_opens_after_take_gave_up_on_it_is_closed():
+    gate, conns = threading.Event(), []
+
+    def opener(inv, host):
+        gate.wait(5)
+        conns.append(Conn())
+        return conns[-1]
+    impatient = SimpleNamespace(path=INV.path, ssh=SimpleNamespace(connect_timeout=0.05))
+    presession.prepare(impatient, [MAC4], opener)
+    assert presession.take(impatient, MAC4) is None  # timed out: the caller opens its own
+    gate.set()
+    for _ in range(100):
+        if conns and conns[0].closed:
+            break
+        time.sleep(0.05)
+    assert len(conns) == 1 and conns[0].closed
+
+
+class SlowHosts:
+    """Hosts whose listing takes a while: two prepare() calls at once overlap in it."""
+    def __iter__(self):
+        time.sleep(0.3)
+        return iter([MAC4])
+
+
+def test_two_concurrent_prepares_open_one_session_per_host():
+    opened = []
+
+    def opener(inv, host):
+        opened.append(Conn())
+        return opened[-1]
+    threads = [threading.Thread(target=presession.prepare, args=(INV, SlowHosts(), opener)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    time.sleep(0.3)  # time for a second opener, started in the background, to run
+    presession.discard()
+    assert len(opened) == 1 and opened[0].closed

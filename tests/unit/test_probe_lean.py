@@ -136,14 +136,109 @@ def test_the_lean_probe_keeps_a_compiled_copy_of_itself(tmp_path):
         r = _run(remote.probe_argv("py", args))
         assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
     copy = _copy(home)
-    assert copy.read_text() == onhost.probe_source(lean=True)
+    assert copy.read_text() == onhost.probe_copy(onhost.probe_source(lean=True))
     assert list(copy.parent.glob("__pycache__/thunderlane_probe_*.pyc"))
     assert sorted(p.name for p in copy.parent.iterdir()) == ["__pycache__", copy.name]  # no temp left
     copy.write_text("def broken(:\n")
     r = _run(remote.probe_argv("py", args))
     assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
-    assert copy.read_text() == onhost.probe_source(lean=True)
+    assert copy.read_text() == onhost.probe_copy(onhost.probe_source(lean=True))
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / ".cache").write_text("a file where the cache folder would go")
     r = _run(remote.probe_argv("py", args), home=tmp_path / "ro")
     assert r.returncode == 0 and json.loads(r.stdout)["files"] == want, r.stderr
+
+
+def _lean(args, home):
+    """The lean probe's run with ``-v`` (the interpreter says where it loads code from)."""
+    argv = remote.probe_argv("py", args)
+    return _run(["py", "-v", *argv[1:]], home=home)
+
+
+def _loaded_compiled(r):
+    return any("code object from" in line and "__pycache__" in line and "thunderlane_probe_" in line
+               for line in r.stderr.splitlines())
+
+
+def test_a_copy_that_imports_but_was_cut_short_is_written_anew(tmp_path):
+    """An empty copy, or one cut between two statements (a rename before the data reached the
+    disk), imports without error but has no marker: it is rewritten, and the next run loads it
+    compiled from __pycache__ (the run after the one that compiles it)."""
+    build_repo(tmp_path / "hub", model_files())
+    args = ["cache", REPO, str(tmp_path / "hub")]
+    home = tmp_path / "home"
+    assert _run(remote.probe_argv("py", args), home=home).returncode == 0
+    copy, whole = _copy(home), onhost.probe_copy(onhost.probe_source(lean=True))
+    for damaged in ("", whole[:whole.index("\ndef main(")], whole[:whole.index("\n_PROBE_COMPLETE")]):
+        copy.write_text(damaged)
+        r = _lean(args, home)
+        assert r.returncode == 0 and json.loads(r.stdout)["files"], r.stderr[-2000:]
+        assert copy.read_text() == whole
+        for _ in range(2):  # the first loads the copy and compiles it, the second its .pyc
+            r = _lean(args, home)
+        assert r.returncode == 0 and _loaded_compiled(r), r.stderr[-2000:]
+
+
+POISON = 'import sys\n\ndef main(argv):\n    sys.stdout.write("poisoned")\n    return 0\n\n_PROBE_COMPLETE = {name!r}\n'
+
+
+def _plant(tmp_path, how):
+    """A home whose kept copy answers "poisoned" if loaded, made unsafe by ``how``; the copy's path."""
+    home = tmp_path / how
+    folder = home / ".cache" / "thunderlane"
+    elsewhere = tmp_path / f"{how}-elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder.parent.mkdir(parents=True)
+    if how == "folder-symlink":
+        folder.symlink_to(elsewhere)
+    else:
+        folder.mkdir(mode=0o700)
+    copy = _copy(home)
+    poison = POISON.format(name=copy.stem)
+    if how == "file-symlink":
+        (elsewhere / copy.name).write_text(poison)
+        copy.symlink_to(elsewhere / copy.name)
+    else:
+        copy.write_text(poison)
+    os.chmod(copy, 0o600)
+    if how == "file-group-writable":
+        os.chmod(copy, 0o620)
+    if how == "folder-world-writable":
+        os.chmod(folder, 0o703)
+    if how == "file-not-ours":
+        os.chown(copy, os.getuid() + 1, -1)
+    return home, copy
+
+
+@pytest.mark.parametrize("how,rewritten", [
+    ("file-group-writable", True), ("file-symlink", True), ("file-not-ours", True),
+    ("folder-world-writable", False), ("folder-symlink", False)])
+def test_a_copy_not_safely_ours_is_never_loaded(tmp_path, how, rewritten):
+    """A copy someone else could have written (a symlink, another owner, group- or world-writable
+    file or folder) is not loaded: SOURCE answers; the copy is rewritten only in a safe folder."""
+    if how == "file-not-ours" and os.getuid() != 0:
+        pytest.skip("chown to another user needs root")
+    build_repo(tmp_path / "hub", model_files())
+    args = ["cache", REPO, str(tmp_path / "hub")]
+    home, copy = _plant(tmp_path, how)
+    r = _run(remote.probe_argv("py", args), home=home)
+    assert r.returncode == 0 and "poisoned" not in r.stdout and json.loads(r.stdout)["files"], r.stdout + r.stderr
+    st = os.lstat(copy)
+    if rewritten:
+        assert copy.read_text() == onhost.probe_copy(onhost.probe_source(lean=True))
+        assert not copy.is_symlink() and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    else:
+        assert "poisoned" in copy.read_text()
+
+
+def test_the_copys_folder_never_shadows_a_stdlib_module(tmp_path):
+    """The copy is loaded by its path: an fcntl.py beside it is not imported in the stdlib's place."""
+    build_repo(tmp_path / "hub", model_files())
+    args = ["cache", REPO, str(tmp_path / "hub")]
+    home = tmp_path / "home"
+    for _ in range(2):  # kept, then compiled
+        assert _run(remote.probe_argv("py", args), home=home).returncode == 0
+    (_copy(home).parent / "fcntl.py").write_text('raise SystemExit("shadowed")\n')
+    r = _lean(args, home)
+    assert r.returncode == 0 and "shadowed" not in r.stderr and _loaded_compiled(r), r.stderr[-2000:]
+    assert json.loads(r.stdout)["files"]

@@ -1,7 +1,10 @@
 """The sync launcher's output, condensed: rsync 3 / 2.6.9 / openrsync progress and stats parsed,
 one progress line per host shown, the closing figures read (and the launcher's summing of them)."""
 import io
+import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -480,3 +483,37 @@ def test_stream_ends_soon_after_the_launcher_though_a_grandchild_holds_the_pipe(
             subprocess.run(["kill", pid.read_text().strip()], check=False)
     assert code == 3 and text.split() == ["one", "two", "late"], (code, text)
     assert transfer.AFTER_EXIT <= seconds < transfer.AFTER_EXIT + 3, seconds
+
+
+def _alive(pid):
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by init, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_stream_ends_what_is_left_of_the_launchers_group_but_not_a_session_of_its_own(tmp_path):
+    """Read until AFTER_EXIT, not end-of-file: the launcher's leftovers (a tree listing, rsync,
+    tee: here a sleep) get SIGTERM; a process in a session of its own (an ssh master) is left."""
+    leftover, master = tmp_path / "leftover", tmp_path / "master"
+    setsid = f"{shlex.quote(sys.executable)} -c 'import os, time; os.setsid(); time.sleep(30)'"
+    script = f"(exec sleep 30) & echo $! > {leftover}; {setsid} & echo $! > {master}; echo one; exit 0"
+    pids = []
+    try:
+        code, text = stream(["sh", "-c", script], "mac4", 0, out=io.StringIO(), verbose=True)
+        pids = [int(p.read_text()) for p in (leftover, master)]
+        for _ in range(50):
+            if not _alive(pids[0]):
+                break
+            time.sleep(0.1)
+        assert code == 0 and text.split() == ["one"], (code, text)
+        assert not _alive(pids[0]) and _alive(pids[1])
+    finally:
+        for pid in pids or [int(p.read_text()) for p in (leftover, master) if p.exists()]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

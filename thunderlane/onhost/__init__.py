@@ -45,14 +45,24 @@ def eval_source():
     return source(EVAL)
 
 
+def probe_copy_name(source):
+    return "thunderlane_probe_" + hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def probe_copy(source):
+    """The text of the copy of ``source`` a host keeps: ``source``, then its completion marker."""
+    return f"{source.rstrip()}\n\n\n_PROBE_COMPLETE = {probe_copy_name(source)!r}\n"
+
+
 def probe_loader(source):
     """The lean probe's -c program: ``probe_loader.py`` carrying ``source`` and the name of the copy
-    a host keeps of it (by the source's digest, so that a changed probe is a new copy)."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    a host keeps of it (by the source's digest, so that a changed probe is a new copy). The source
+    ends with the copy's completion marker: a copy cut short has none and is written anew."""
+    name = probe_copy_name(source)
     text = (HERE / "probe_loader.py").read_text(encoding="utf-8")
-    filled = text.replace('NAME = "thunderlane_probe"\n', f'NAME = "thunderlane_probe_{digest}"\n', 1)
-    filled = filled.replace('SOURCE = ""\n', f"SOURCE = {source!r}\n", 1)
-    assert filled.count(digest) == 1 and len(filled) > len(source), "probe_loader.py lost its NAME or SOURCE line"
+    filled = text.replace('NAME = "thunderlane_probe"\n', f'NAME = "{name}"\n', 1)
+    filled = filled.replace('SOURCE = ""\n', f"SOURCE = {probe_copy(source)!r}\n", 1)
+    assert filled.count(name) == 2 and len(filled) > len(source), "probe_loader.py lost its NAME or SOURCE line"
     return filled
 
 

@@ -1,12 +1,16 @@
 # thunderlane on-host probe loader: stdlib only (the -c program of the lean probe; see onhost/__init__.py)
 """Runs the lean probe from the copy of its source a host keeps, so that its interpreter loads it
 compiled (``__pycache__``) instead of compiling the whole source on every ssh session, which costs
-more than the scan itself. The control side fills in NAME (from the source's digest) and SOURCE.
+more than the scan itself. The control side fills in NAME (from the source's digest) and SOURCE,
+whose last line is the completion marker ``_PROBE_COMPLETE = NAME``.
 
-The copy is ``~/.cache/thunderlane/<NAME>.py``, written whole under a temporary name and renamed:
-a copy is either absent or complete, and its name changes with every change of the source. No
-copy yet (the first run after a change), or one that does not load: this run writes it anew and
-runs SOURCE itself, as does a run that cannot write it (as every run did before).
+The copy is ``~/.cache/thunderlane/<NAME>.py``, written whole (fsynced) under a temporary name and
+renamed, and its name changes with every change of the source. It is loaded only if the folder
+and the file are this user's own, not symlinks, not group- or world-writable, and it loads with
+its marker and a ``main``: no copy yet (the first run after a change), or one that does not load,
+and this run writes it anew (where the folder is safe) and runs SOURCE itself, as does a run that
+cannot write it. The copy is loaded by its path, the folder never on sys.path (where a file of it
+could shadow a stdlib module).
 """
 import os
 import sys
@@ -16,35 +20,67 @@ SOURCE = ""
 HOME = os.path.join(os.path.expanduser("~"), ".cache", "thunderlane")
 
 
-def installed():
-    """The kept copy, imported (compiled once by the interpreter), or None."""
-    if not os.path.isfile(os.path.join(HOME, NAME + ".py")):
-        return None
-    sys.path.insert(0, HOME)
+def safe(path):
+    """Whether ``path`` exists, is no symlink, is ours and is writable by us alone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) != 0o120000 and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def load(path):
+    """The module at ``path``, compiled once by the interpreter. importlib.machinery, not
+    importlib.util (whose spec_from_file_location this is): util imports contextlib and
+    collections, as long again as the interpreter's whole start."""
+    from importlib.machinery import ModuleSpec, SourceFileLoader
+    loader = SourceFileLoader(NAME, path)
+    spec = ModuleSpec(NAME, loader, origin=path)
+    spec.has_location = True  # spec.cached: __pycache__/NAME.*.pyc beside it
+    module = type(sys)(NAME)
+    module.__spec__, module.__loader__, module.__file__ = spec, loader, path
+    sys.modules[NAME] = module
     keep, sys.dont_write_bytecode = sys.dont_write_bytecode, False  # our own folder: PYTHONDONTWRITEBYTECODE
     try:                                                              # would compile it every time
-        return __import__(NAME)
-    except Exception:  # noqa: BLE001 - unreadable or damaged: SOURCE itself answers
-        sys.modules.pop(NAME, None)
-        return None
+        loader.exec_module(module)
     finally:
-        sys.path.remove(HOME)
         sys.dont_write_bytecode = keep
+    return module
+
+
+def installed():
+    """The kept copy, imported, or None: absent, unsafe, damaged (no marker, no main) or unreadable."""
+    path = os.path.join(HOME, NAME + ".py")
+    cache = os.path.join(HOME, "__pycache__")
+    if not (safe(HOME) and safe(path)) or (os.path.lexists(cache) and not safe(cache)):
+        return None
+    try:
+        probe = load(path)
+        if getattr(probe, "_PROBE_COMPLETE", None) == NAME and callable(getattr(probe, "main", None)):
+            return probe
+    except Exception:  # noqa: BLE001 - unreadable or damaged: SOURCE itself answers
+        pass
+    sys.modules.pop(NAME, None)
+    return None
 
 
 def install():
-    """Keep SOURCE as HOME/NAME.py for the next runs; False where it cannot be written."""
+    """Keep SOURCE as HOME/NAME.py for the next runs; False where it cannot be written or HOME is not safe."""
     tmp = os.path.join(HOME, ".%s.tmp%d" % (NAME, os.getpid()))
     try:
         os.makedirs(HOME, mode=0o700, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
+        if not safe(HOME):
+            return False
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
             f.write(SOURCE)
+            f.flush()
+            os.fsync(f.fileno())  # renamed only once on disk: a crash leaves the old name or the whole copy
         os.replace(tmp, os.path.join(HOME, NAME + ".py"))
         return True
     except OSError:
         return False
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
