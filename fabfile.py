@@ -21,10 +21,8 @@ from thunderlane.report import human_bytes
 from thunderlane.sync import SyncError
 from thunderlane.verify import verify_cache as run_verify_cache, verify_dataset as run_verify_dataset
 
-# Python's exit ends with a collection over every object the imports made (Invoke's, Fabric's,
-# paramiko's: 0.05-0.15 s of a sub-second task, measured); nothing the lane needs happens in it
-# (files are closed by their with-blocks, and Python promises no __del__ at exit), so the objects
-# are frozen out of that collection first.
+# Python's exit collects every object the imports made (0.05-0.15 s of a sub-second task); nothing the
+# lane needs happens there (files close in with-blocks; no __del__ is promised at exit): freeze them out.
 atexit.register(gc.freeze)
 
 
@@ -369,16 +367,15 @@ def handoff(c, profile="partial_real_stage1_stable", target=10, window_=10, watc
 
 @task(auto_shortflags=False,
       help={"profile": PROFILE_HELP, "json": "print the results as JSON (progress stays on stderr)",
-            "step": "the committed step to evaluate (default: the local mirror's, or the host's with --on; "
-                    "it must be that one)",
+            "step": "the committed step to evaluate (default: the mirror's, or the host's with --on)",
             "limit": "evaluate the split's first N rows only (default: all)",
             "split": "test or valid (default: test)",
             "batch": "rows decoded together by mlx-lm's batch generator (default 8; 1: row by row)",
-            "on": "evaluate on this host: its committed step, model cache and dataset copy (default: locally, "
-                  "from the local mirror)"})
+            "on": "evaluate on this host: its committed step, cache and dataset (default: the local mirror)"})
 def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="test", batch=8, json=False, on=""):
     """CER of the ASR hypotheses and of the adapter's corrections on a split; the promotion verdict."""
     from thunderlane.evaluate import run as evaluate_mod, section
+    from thunderlane.evaluate.on_host import evaluate_on
     from thunderlane.evaluate.rows import SplitError
     _no_fabric_hosts(c)
     inv, prof = _inventory(), _profile(profile)
@@ -386,11 +383,7 @@ def evaluate(c, profile="partial_real_stage1_stable", step=-1, limit=0, split="t
         raise Exit("evaluate: --limit >= 0, --batch >= 1, --step >= 1", code=2)
     args = dict(step=None if step == -1 else step, split=split, limit=limit, batch=batch, out=sys.stderr)
     try:
-        if on:
-            from thunderlane.evaluate.on_host import evaluate_on
-            data = evaluate_on(inv, prof, on, **args)
-        else:
-            data = evaluate_mod.evaluate(inv, prof, **args)
+        data = evaluate_on(inv, prof, on, **args) if on else evaluate_mod.evaluate(inv, prof, **args)
     except (evaluate_mod.EvaluateError, SplitError) as e:
         raise Exit(f"evaluate: {e}", code=1) from None
     print(jsonlib.dumps(data, indent=2, ensure_ascii=False) if json else section.text(data))
