@@ -125,6 +125,30 @@ def missing_blobs(inv, lab_dir, host):
 RSYNC_TIMEOUT = 3
 
 
+def slow_sync_past_a_first_blob(inv, lab_dir, tmp_path, more):
+    """A running `fab sync-cache --host mac4 --bwlimit 64 MORE --json` (ssh.rsync_timeout 3 s) once a
+    first missing blob has arrived on mac4 and others are still missing: (the process, the blobs
+    missing before it, those that arrived)."""
+    path = edited_inventory(inv, tmp_path, "rsync_timeout", lambda d: d["ssh"].update(rsync_timeout=RSYNC_TIMEOUT))
+    missing = missing_blobs(inv, lab_dir, "mac4")
+    assert len(missing) >= 2, missing
+    env = dict(os.environ, THUNDER_INVENTORY=str(path))
+    argv = [FAB, "sync-cache", "--host", "mac4", "--bwlimit", "64", *more, "--json"]
+    sync = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while missing_blobs(inv, lab_dir, "mac4") == missing and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sync.poll() is None, "the sync ended before the cable could be pulled"
+        arrived = missing - missing_blobs(inv, lab_dir, "mac4")
+        assert arrived and missing_blobs(inv, lab_dir, "mac4"), "no blob arrived, or all did"
+    except BaseException:
+        sync.kill()
+        sync.communicate()
+        raise
+    return sync, missing, arrived
+
+
 @pytest.mark.fault_case("34", "the control cable is pulled mid-sync",
                         "`fab sync-cache --host mac4 --bwlimit 64` (ssh.rsync_timeout 3 s); `fab lab-link mac4 "
                         "control down` once a first missing blob has arrived; plugged back, the sync run again")
@@ -136,19 +160,8 @@ def test_34_control_cable_pulled_mid_sync_then_rerun_sends_only_what_is_missing(
     completes mac4 sending only what was still missing: the blobs that arrived before the pull are
     kept and not sent again (rsync's file data is the other blobs' bytes, within 4 KiB);
     `verify-cache --deep` passes."""
-    path = edited_inventory(links_inv, tmp_path, "rsync_timeout", lambda d: d["ssh"].update(rsync_timeout=RSYNC_TIMEOUT))
-    missing = missing_blobs(links_inv, links_lab, "mac4")
-    assert len(missing) >= 2, missing
-    env = dict(os.environ, THUNDER_INVENTORY=str(path))
-    sync = subprocess.Popen([FAB, "sync-cache", "--host", "mac4", "--bwlimit", "64", "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sync, missing, arrived = slow_sync_past_a_first_blob(links_inv, links_lab, tmp_path, [])
     try:
-        deadline = time.monotonic() + 90
-        while missing_blobs(links_inv, links_lab, "mac4") == missing and sync.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sync.poll() is None, "the sync ended before the cable could be pulled"
-        arrived = missing - missing_blobs(links_inv, links_lab, "mac4")
-        assert arrived and missing_blobs(links_inv, links_lab, "mac4"), "no blob arrived, or all did"
         with Pulled(links_lab, "mac4", "control") as pulled:
             out, err = sync.communicate(timeout=120)
             seconds = time.monotonic() - pulled.at
@@ -276,19 +289,8 @@ def _peer_sync_with_data_cable_pulled(inv, lab_dir, tmp_path, more):
     """(fab's JSON, seconds from the pull to fab's end and to the end of what ran on mac4, the blobs
     that arrived before the pull, the blobs missing before the sync) of a `sync-cache --from mac5`
     whose mac4 data cable is pulled mid-transfer."""
-    path = edited_inventory(inv, tmp_path, "rsync_timeout", lambda d: d["ssh"].update(rsync_timeout=RSYNC_TIMEOUT))
-    missing = missing_blobs(inv, lab_dir, "mac4")
-    assert len(missing) >= 2, missing
-    env = dict(os.environ, THUNDER_INVENTORY=str(path))
-    argv = [FAB, "sync-cache", "--host", "mac4", "--from", "mac5", "--bwlimit", "64", *more, "--json"]
-    sync = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sync, missing, arrived = slow_sync_past_a_first_blob(inv, lab_dir, tmp_path, ["--from", "mac5", *more])
     try:
-        deadline = time.monotonic() + 90
-        while missing_blobs(inv, lab_dir, "mac4") == missing and sync.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sync.poll() is None, "the sync ended before the cable could be pulled"
-        arrived = missing - missing_blobs(inv, lab_dir, "mac4")
-        assert arrived and missing_blobs(inv, lab_dir, "mac4"), "no blob arrived, or all did"
         with Pulled(lab_dir, "mac4", "data") as pulled:
             out, err = sync.communicate(timeout=120)
             seconds = time.monotonic() - pulled.at
