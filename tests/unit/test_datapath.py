@@ -127,22 +127,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_links_probe_listens_and_dials_for_real():
-    """Two 'hosts' on this machine's loopback: each listens on its port and dials the other's; the
-    second starts half a second late, so the first's refused dials are retried until it is up."""
+def two_hosts_on_loopback(late):
+    """Two 'hosts' on this machine's loopback, each listening on its port and dialling the other's;
+    the second starts ``late`` seconds after the first: (each one's links facts, the monotonic time
+    each ended, the start time)."""
     a, b = free_port(), free_port()
-    out = {}
+    out, ended = {}, {}
 
     def host(name, own, peer, delay):
         time.sleep(delay)
         out[name] = links_facts({"listen": [["127.0.0.1", own]], "connect": [["other", "127.0.0.1", peer]],
                                  "expect": 1, "wait": 5, "timeout": 2})
-    threads = [threading.Thread(target=host, args=("a", a, b, 0)), threading.Thread(target=host, args=("b", b, a, 0.5))]
+        ended[name] = time.monotonic()
+    threads = [threading.Thread(target=host, args=("a", a, b, 0)), threading.Thread(target=host, args=("b", b, a, late))]
     t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return out, ended, t0
+
+
+def test_links_probe_listens_and_dials_for_real():
+    """The second host starts half a second late, so the first's refused dials are retried until it is up."""
+    out, _, t0 = two_hosts_on_loopback(0.5)
     assert time.monotonic() - t0 < 3  # both ends came through: nobody waited for the deadline
     assert out["a"]["connect"][0]["ok"] and out["a"]["connect"][0]["tries"] > 1
     assert out["b"]["connect"][0]["ok"] and out["a"]["accepted"] == out["b"]["accepted"] == 1
@@ -153,20 +161,7 @@ def test_links_probe_ends_soon_after_the_late_peer_is_up():
     a fine grain and stops listening soon after, not a tenth of a second later (it ran in every
     preflight). The early host retries every few hundredths of a second, and both end close after
     the late one started."""
-    a, b = free_port(), free_port()
-    out, ended = {}, {}
-
-    def host(name, own, peer, delay):
-        time.sleep(delay)
-        out[name] = links_facts({"listen": [["127.0.0.1", own]], "connect": [["other", "127.0.0.1", peer]],
-                                 "expect": 1, "wait": 5, "timeout": 2})
-        ended[name] = time.monotonic()
-    threads = [threading.Thread(target=host, args=("a", a, b, 0)), threading.Thread(target=host, args=("b", b, a, 0.4))]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out, ended, t0 = two_hosts_on_loopback(0.4)
     assert out["a"]["connect"][0]["ok"] and out["b"]["connect"][0]["ok"]
     assert out["a"]["connect"][0]["tries"] >= 8  # 0.4 s of refusals: one dial every 0.02 s, not every 0.1 s
     assert max(ended.values()) - (t0 + 0.4) < 0.35
