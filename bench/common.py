@@ -112,11 +112,24 @@ def lab_session(kind, hosts, model_mb, **up_options):
         labmod.down(lab=d)
 
 
+def person_ssh_command(inv, host):
+    """The ssh a person types for a by-hand baseline (``rsync -e``): the lane's connection options
+    (endpoint, key, pinned host keys, no prompts) with OpenSSH's own choice of algorithms, i.e. the
+    lane's command without its ``Ciphers`` (sshopts.CIPHERS, a speed choice of the lane's own)."""
+    from thunderlane import sshopts
+    argv = shlex.split(sshopts.ssh_command(inv, host))
+    i = argv.index(f"Ciphers={inv.ssh.ciphers}")
+    return shlex.join(argv[:i - 1] + argv[i + 1:])
+
+
 def set_partial(lab, host):
-    """The handoff's cold host: configs and tokenizer, no shards, an .incomplete blob, a stale lock."""
+    """The handoff's cold host: configs and tokenizer, no shards, an .incomplete blob, a stale lock.
+    Dirty pages are written out before the timed run that follows (os.sync), so that no run pays
+    for the writeback of the one before it."""
     cache = lab.cache(host)
     shutil.rmtree(cache, ignore_errors=True)
     labmod.seed_partial(lab.repo("local"), cache)
+    os.sync()
 
 
 def set_complete(lab, host):

@@ -2,7 +2,8 @@
 control link to local and a data link to the other hosts, both veth pairs shaped with tc.
 
 1b-link: `fab sync-cache --host mac4` of a cold mac4 against plain `rsync -a` of the same repo
-         folder with the same ssh settings, both over the shaped control link (order alternating).
+         folder as a person runs it (the lane's endpoint, key and pinned host keys, OpenSSH's own
+         ciphers: common.person_ssh_command), both over the shaped control link (order alternating).
 1c-link: a no-op `fab sync-cache --host mac4` (nothing missing): its wall time.
 9:       a cold mac4 filled from a complete mac5 over the data link (`--from mac5`, inventory
          ssh.peer_transport rsyncd; the same with peer_transport ssh in the details) against from
@@ -24,7 +25,7 @@ import yaml
 import common as c
 import linkprobe
 from syncphases import median_run, phases_of
-from thunderlane import remote, sync
+from thunderlane import sync
 
 
 def parse():
@@ -72,7 +73,8 @@ def fab_sync(lab, source, noop_launcher=None, inventory_path=None, split_launche
 def sync_vs_rsync(lab, inv, runs, local):
     """1b-link and 1c-link."""
     host = inv.host("mac4")
-    plain = ["rsync", "-a", "-e", remote.ssh_command(inv, host), f"{lab.repo('local')}/", f"{host.destination}:{lab.repo('mac4')}/"]
+    plain = ["rsync", "-a", "-e", c.person_ssh_command(inv, host), f"{lab.repo('local')}/",
+             f"{host.destination}:{lab.repo('mac4')}/"]
     c.set_complete(lab, "mac4")
     noop_launcher = c.median([c.run(sync.launcher_argv(inv, host, str(lab.cache("local")), str(lab.cache("mac4"))),
                                     check=True).seconds for _ in range(runs)])

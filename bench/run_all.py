@@ -145,7 +145,8 @@ def table(results):
         if r.get("error"):
             rows.append(f"| {r['script']} | script failed ({r['error']}) | | | | ERROR | `{r['command']}` |")
         for f in r["figures"]:
-            verdict = "pass" if f["ok"] else "skipped" if f["ok"] is None else "**MISS**"
+            verdict = ("pass" if f["ok"] else "recorded" if f.get("recorded") else "skipped" if f["ok"] is None
+                       else "**MISS**")
             rows.append(f"| {f['id']} | {f['name']} | {f['goal']} | {fmt(f)} | {how_many(f, r)} | {verdict} | "
                         f"`{r['command']}` |")
     return rows
@@ -175,7 +176,8 @@ def misses(results, ceiling):
            for r in results for f in r["figures"] if f["ok"] is False]
     out += [f"- **{r['script']}** failed ({r['error']}): no figures (its stderr is in the driver's log)."
             for r in results if r.get("error")]
-    skipped = [f"{f['id']} ({f['detail']})" for r in results for f in r["figures"] if f["ok"] is None]
+    skipped = [f"{f['id']} ({f['detail']})" for r in results for f in r["figures"]
+               if f["ok"] is None and not f.get("recorded")]
     if not out:
         out = ["Every goal measured in this run was met."]
     return out + ([f"- Not measured: {'; '.join(skipped)}."] if skipped else [])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from .sshopts import CIPHERS
+
 ENV_VAR = "THUNDER_INVENTORY"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "hosts.yaml"
 LOCAL = "local"
@@ -41,11 +43,12 @@ IPV4_ONLY = ("only IPv4 addresses are supported (the Thunderbolt bridge and LAN 
 HOST_FIELDS = {"ssh_name", "hostname", "user", "port", "data_ip", "python",
                "dataset_root", "hf_cache", "runs_root", "rsync_path", "base_python", "rdma", "data_ssh_port"}
 HOST_REQUIRED = HOST_FIELDS - {"hf_cache", "rsync_path", "base_python", "rdma", "data_ssh_port"}
+CIPHERS_RE = re.compile(r"^[a-z0-9][a-z0-9@.-]{0,63}(,[a-z0-9][a-z0-9@.-]{0,63}){0,15}$")
 RDMA_RE = re.compile(r"^rdma_[A-Za-z0-9]{1,32}$")  # ibv_devices' names on macOS: rdma_en2, rdma_en3...
 LOCAL_FIELDS = {"python", "dataset_root", "hf_cache", "runs_root"}
 LOCAL_REQUIRED = {"dataset_root", "runs_root"}
 SSH_FIELDS = {"config", "known_hosts", "identity", "connect_timeout", "probe_timeout", "deep_probe_timeout",
-              "rsync_timeout", "peer_transport"}
+              "rsync_timeout", "peer_transport", "ciphers"}
 PEER_TRANSPORTS = ("ssh", "rsyncd")
 MODEL_FIELDS = {"repo"}
 TOP_FIELDS = {"model", "local", "ssh", "hosts"}
@@ -99,6 +102,7 @@ class SshSettings:
     deep_probe_timeout: int = 1800  # the same for a probe that re-hashes a model cache (--deep)
     rsync_timeout: int = 300       # rsync --timeout: seconds without any data before rsync gives up
     peer_transport: str = "ssh"    # host-to-host sync: rsync over the peer ssh, or a one-shot rsync daemon
+    ciphers: str = CIPHERS         # OpenSSH's Ciphers for every ssh the lane starts (sshopts.CIPHERS)
 
 
 @dataclass(frozen=True)
@@ -243,8 +247,12 @@ def _ssh(spec, where):
     transport = spec.get("peer_transport", "ssh")
     if transport not in PEER_TRANSPORTS:
         raise InventoryError(f"{where}: ssh.peer_transport: {transport!r} is not one of {', '.join(PEER_TRANSPORTS)}")
+    ciphers = spec.get("ciphers", CIPHERS)
+    if not isinstance(ciphers, str) or not CIPHERS_RE.fullmatch(ciphers):
+        raise InventoryError(f"{where}: ssh.ciphers: {ciphers!r} is not a comma-separated list of OpenSSH cipher "
+                             f"names (as `ssh -Q cipher` prints them, e.g. {CIPHERS})")
     return SshSettings(
-        known_hosts=_local_file(known, where, "ssh.known_hosts"),
+        known_hosts=_local_file(known, where, "ssh.known_hosts"), ciphers=ciphers,
         config=_local_file(spec["config"], where, "ssh.config") if spec.get("config") else None,
         identity=_local_file(spec["identity"], where, "ssh.identity") if spec.get("identity") else None,
         peer_transport=transport, **timeouts,

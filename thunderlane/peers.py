@@ -20,7 +20,6 @@ from .sshopts import server_alive
 
 KEY_TYPE = "ssh-ed25519"
 FROM_RE = re.compile(r'(?:^|,)from="([^"]*)"')
-CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
 SAFE_HOME = re.compile(r"^/[A-Za-z0-9_./+@-]+$")  # goes into rsync -e, which splits on spaces
 
 
@@ -135,7 +134,7 @@ def peer_ssh(tgt, got, ssh, src):
     argv = ["ssh", "-F", "none", "-i", got.path(KEY_NAME)]
     for key, value in opts:
         argv += ["-o", f"{key}={value}"]
-    return " ".join(argv + ["-p", str(src.data_port), "-c", CIPHERS])
+    return " ".join(argv + ["-p", str(src.data_port), "-c", ssh.ciphers])
 
 
 def launcher_options(src, tgt, got, src_cache, ssh, transport="ssh"):

@@ -5,6 +5,11 @@ import shlex
 
 ALIVE_COUNT = 3      # keepalives ssh leaves unanswered: it gives up at the next one, after COUNT + 1 intervals
 ALIVE_INTERVAL = 10  # seconds between keepalives of a long session: a silent host ends it after 40 s
+# AES-GCM first: both ends of the lane have AES instructions (Apple silicon, x86 with AES-NI), where
+# it carries about 1.4x what ChaCha20-Poly1305 (OpenSSH's first choice, for CPUs without them) does
+# per core; ChaCha20 stays as the fallback for an sshd that offers no GCM. All three are AEAD
+# ciphers with OpenSSH's full support since 6.5. The inventory's ``ssh.ciphers`` replaces the list.
+CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 
 
 def server_alive(ssh):
@@ -24,13 +29,13 @@ def server_alive(ssh):
 def _ssh_settings(inv, alive=(ALIVE_INTERVAL, ALIVE_COUNT)):
     """The options every ssh the lane starts must carry (Fabric's own are set in :func:`connect`):
     the pinned host keys and only those (no system-wide file), no prompts, fast failure, keepalives
-    (``alive``: interval and count), and nothing a config could add: no agent or port forwarding,
-    no LocalCommand."""
+    (``alive``: interval and count), the ciphers (:data:`CIPHERS` unless the inventory names its
+    own), and nothing a config could add: no agent or port forwarding, no LocalCommand."""
     s = inv.ssh
     settings = [("BatchMode", "yes"), ("StrictHostKeyChecking", "yes"), ("UserKnownHostsFile", s.known_hosts),
                 ("GlobalKnownHostsFile", "/dev/null"), ("ConnectTimeout", s.connect_timeout),
                 ("ServerAliveInterval", alive[0]), ("ServerAliveCountMax", alive[1]), ("CheckHostIP", "no"),
-                ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"), ("PermitLocalCommand", "no")]
+                ("Ciphers", s.ciphers), ("ForwardAgent", "no"), ("ClearAllForwardings", "yes"), ("PermitLocalCommand", "no")]
     if s.identity:
         settings += [("IdentityFile", s.identity), ("IdentitiesOnly", "yes")]
     return settings

@@ -32,3 +32,15 @@ def test_the_gate_runs_over_the_sessions_the_last_commit_opened(lab_inv, profile
     assert set(reaped) == {"mac4", "mac5"} and not any(isinstance(r, remote.HostError) for r in reaped.values())
     assert writer.run_dir.endswith("test_run_a")
     assert presession.pending() == 0 and not any(c.is_connected for c in opened)  # taken, used, closed
+
+
+def test_the_lanes_ssh_agrees_on_aes_gcm_with_a_stock_sshd(lab_inv):
+    """rsync's and the launchers' ssh (sshopts.CIPHERS) against the lab's Debian sshd, whose own
+    first choice is ChaCha20: the client's order decides, so both directions run AES-128-GCM."""
+    import shlex
+    import subprocess
+    host = lab_inv.hosts["mac4"]
+    argv = [*shlex.split(remote.ssh_command(lab_inv, host)), "-v", host.hostname, "true"]
+    log = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stderr
+    chosen = [line.split("cipher: ", 1)[1].split()[0] for line in log.splitlines() if "kex: " in line and "cipher: " in line]
+    assert chosen == ["aes128-gcm@openssh.com"] * 2, log

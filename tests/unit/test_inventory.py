@@ -215,3 +215,20 @@ def test_base_python_is_optional_and_read_as_an_absolute_path():
 def test_a_bad_base_python_is_refused_naming_host_and_field(value, words):
     msg = bad(lambda d: d["hosts"]["mac5"].update(base_python=value))
     assert "inv.yaml: host mac5: base_python" in msg and words in msg
+
+
+# --- ssh.ciphers ---------------------------------------------------------------------------------------
+
+def test_ciphers_default_to_the_lanes_and_take_an_openssh_list():
+    from thunderlane import sshopts
+    assert inventory.parse(copy.deepcopy(GOOD), "inv.yaml").ssh.ciphers == sshopts.CIPHERS
+    data = copy.deepcopy(GOOD)
+    data["ssh"]["ciphers"] = "aes256-gcm@openssh.com,aes256-ctr"
+    assert inventory.parse(data, "inv.yaml").ssh.ciphers == "aes256-gcm@openssh.com,aes256-ctr"
+
+
+@pytest.mark.parametrize("value", ["aes128-gcm@openssh.com chacha20", "+aes128-ctr", "aes128-ctr,", "", 7,
+                                   "aes128-ctr;touch /tmp/y"])
+def test_a_ciphers_value_that_is_not_a_plain_list_is_refused_naming_the_field(value):
+    msg = bad(lambda d: d["ssh"].update(ciphers=value))
+    assert "ssh.ciphers" in msg and "ssh -Q cipher" in msg

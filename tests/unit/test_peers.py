@@ -144,6 +144,8 @@ def test_peer_ssh_is_pinned_bound_and_splits_on_spaces():
     slow = dataclasses.replace(ssh, rsync_timeout=300)
     assert "-o ServerAliveInterval=10 " in peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub",
                                                                   slow)[5]
+    assert " -c aes256-ctr" in peers.launcher_options(inv.hosts["mac5"], inv.hosts["mac4"], got, "/hub",
+                                                      dataclasses.replace(ssh, ciphers="aes256-ctr"))[5]
     argv = launcher_argv(inv, inv.hosts["mac4"], "/local/hub", "/dest", ssh="ssh", source=opts)
     assert argv[-1] == "me@mac4.local" and argv[-1 - len(opts):-1] == opts
 

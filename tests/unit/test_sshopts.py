@@ -54,3 +54,27 @@ def test_ssh_takes_the_command_lines_keepalives_over_the_config_files(tmp_path):
     out = subprocess.run(["ssh", "-G", *remote.ssh_options(inv, inv.hosts["mac4"]), "mac4"],
                          capture_output=True, text=True, check=True).stdout.lower().splitlines()
     assert "serveraliveinterval 2" in out and "serveralivecountmax 3" in out
+
+
+def test_every_lane_ssh_asks_for_aes_gcm_first_with_chacha20_left_as_the_fallback(tmp_path):
+    inv = make_inv(tmp_path)
+    assert given(remote.ssh_options(inv, inv.hosts["mac4"]))["Ciphers"] == sshopts.CIPHERS
+    assert f"  Ciphers {sshopts.CIPHERS}\n" in remote.ssh_config(inv, [inv.hosts["mac4"]])
+    names = sshopts.CIPHERS.split(",")
+    assert names[0].startswith("aes128-gcm") and "chacha20-poly1305@openssh.com" in names[1:]
+
+
+def test_the_inventorys_ciphers_replace_the_lanes(tmp_path):
+    inv = make_inv(tmp_path)
+    inv = dataclasses.replace(inv, ssh=dataclasses.replace(inv.ssh, ciphers="aes256-ctr"))
+    assert given(remote.ssh_options(inv, inv.hosts["mac4"]))["Ciphers"] == "aes256-ctr"
+
+
+@pytest.mark.skipif(not shutil.which("ssh"), reason="no ssh client")
+def test_this_machines_ssh_knows_every_cipher_the_lane_asks_for(tmp_path):
+    """A name ssh does not know ends every connection ("Bad SSH2 cipher spec"): `ssh -G` parses the
+    options as a connection would and prints the list it would offer."""
+    inv = make_inv(tmp_path)
+    out = subprocess.run(["ssh", "-G", *remote.ssh_options(inv, inv.hosts["mac4"]), "mac4"],
+                         capture_output=True, text=True, check=True).stdout.lower().splitlines()
+    assert f"ciphers {sshopts.CIPHERS}" in out
