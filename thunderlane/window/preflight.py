@@ -121,7 +121,9 @@ def lock_problem(inv, profile):
     if state != "held":
         return None
     where = lock_dir(inv, profile)
-    return f"{holder.words()} holds the window lock {where}" if holder else f"another window holds the lock {where} (pid {pid})"
+    if holder:
+        return f"{holder.words()} holds the window lock {where}"
+    return f"another window holds the lock {where} (pid {pid})"
 
 
 def _steps_apart(reachable, problems):
