@@ -22,15 +22,19 @@ def snapshot_bytes(facts):
     return sum(seen.values())
 
 
-def missing_against(files, reference):
+def missing_against(files, reference, held=None):
     """Files the reference snapshot has that ``files`` (a snapshot's, by name) lacks, absent or
-    dangling, and their bytes (blobs counted once by etag: a host without the store needs one each)."""
-    names, blobs = [], {}
+    dangling, and the bytes of the blobs they need (counted once by etag: a host without the store
+    needs one each). A blob ``held`` ({etag: size}, the host's ``blobs/``) at the reference's size
+    needs no bytes: the sync sends a blob by its name and size (launcher: ``--size-only``), and an
+    interrupted sync leaves the blobs that arrived without the snapshot links made after them."""
+    names, blobs, held = [], {}, held or {}
     for name, ref in sorted(reference.files.items()):
         mine = files.get(name)
         if mine is None or mine.size is None:
             names.append(name)
-            blobs[ref.blob or name] = ref.size or 0
+            if not (ref.blob and ref.size is not None and held.get(ref.blob) == ref.size):
+                blobs[ref.blob or name] = ref.size or 0
     return names, sum(blobs.values())
 
 
@@ -146,14 +150,14 @@ def judge(host, facts, reference):
     """A host's verdict against local's facts (already judged complete)."""
     state = _own_state(facts)
     if state and state[0] == "absent":
-        _, missing_bytes = missing_against({}, reference)
+        _, missing_bytes = missing_against({}, reference, facts.blobs)
         return HostResult(host, "absent", False, state[1], figures(facts, missing_bytes))
     if state and facts.ref and not facts.snapshot_exists:
         return HostResult(host, state[0], False, state[1], figures(facts))
     if facts.ref and facts.ref != reference.ref:
         return HostResult(host, "other-revision", False,
                           f"refs/main is {facts.ref[:12]}, local has {reference.ref[:12]}", figures(facts))
-    names, missing_bytes = missing_against(facts.files, reference)
+    names, missing_bytes = missing_against(facts.files, reference, facts.blobs)
     shown = figures(facts, missing_bytes)
     if state:
         return HostResult(host, state[0], False, state[1], shown)

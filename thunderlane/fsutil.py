@@ -4,6 +4,7 @@ the lock directory (atomic, owner inside from the first instant).
 (The on-host code has its own in ``onhost/files.py``: it is sent to hosts as source and cannot
 import this package.)
 """
+import json
 import os
 import shutil
 import stat
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 from .onhost.files import full_fsync  # the one durable-write helper, control side and hosts alike
+
+HOLDER = "holder"  # a lock folder's note of who holds it (take_lock's ``note``)
 
 
 def atomic_write(path, text, mode=0o644):
@@ -115,11 +118,12 @@ def lock_holder(path):
     return ("held" if alive else "stale"), pid
 
 
-def take_lock(path, pid):
+def take_lock(path, pid, note=None):
     """Take the lock directory ``path`` for process ``pid``: ('taken', None), ('taken-over', the
     stale owner's pid) or ('held', the owner's pid). Atomic, and with its owner inside from the
-    first instant: the directory is built under a private name with ``pid`` and ``started`` and
-    renamed into place, which fails while another lock (never empty) is there."""
+    first instant: the directory is built under a private name with ``pid``, ``started`` and
+    ``note`` (a dict saying who holds it, see :func:`lock_note`) and renamed into place, which
+    fails while another lock (never empty) is there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stale = None
@@ -127,6 +131,8 @@ def take_lock(path, pid):
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new."))
         (tmp / "pid").write_text(f"{pid}\n")
         (tmp / "started").write_text(f"{process_started(pid) or ''}\n")
+        if note is not None:
+            (tmp / HOLDER).write_text(json.dumps(note, sort_keys=True) + "\n")
         try:
             os.rename(tmp, path)
             return ("taken-over", stale) if stale else ("taken", None)
@@ -138,6 +144,16 @@ def take_lock(path, pid):
         stale = owner if state == "stale" else stale
         _move_aside(path)
     return "held", lock_holder(path)[1]
+
+
+def lock_note(path):
+    """The note in lock ``path`` saying who holds it (a dict), or None: a lock taken without one
+    (by an older tree, or by a bare chunk runner), or one gone or unreadable meanwhile."""
+    try:
+        note = json.loads((Path(path) / HOLDER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None
 
 
 def _move_aside(path):

@@ -25,7 +25,7 @@ from .onhost.files import safetensors_check
 from .remote import MAX_OUTPUT, OutputTooLarge, capture, ssh_command
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import human_bytes, printable
-from .window import lock_state, profile_hosts, writer_facts
+from .window import lock_holder_of, profile_hosts, writer_facts
 
 
 class MirrorError(RuntimeError):
@@ -66,12 +66,13 @@ def lock_paths(inv, writer, profile):
 
 
 @contextmanager
-def locked(paths):
-    """Hold every lock in ``paths`` (in order) or raise :class:`MirrorBusy`, touching nothing."""
+def locked(paths, note=None):
+    """Hold every lock in ``paths`` (in order) or raise :class:`MirrorBusy`, touching nothing.
+    ``note``: who holds them, left in each (:func:`fsutil.take_lock`)."""
     taken = []
     try:
         for path in paths:
-            state, owner = take_lock(path, os.getpid())
+            state, owner = take_lock(path, os.getpid(), note)
             if state == "held":
                 raise MirrorBusy(f"another mirror-back (pid {owner}) holds {path.name}; nothing was "
                                  "touched: run it again when that one has ended")
@@ -138,7 +139,9 @@ def _bytes(folder, wants):
 
 def _refuse_while_writing(inv, profile, writer, facts):
     alive = facts.running
-    state, pid = lock_state(inv, profile)
+    state, pid, holder = lock_holder_of(inv, profile)
+    if holder and not alive:
+        raise MirrorError(f"{holder.words()} holds the window lock; run mirror-back after it ends")
     if alive or state == "held":
         who = f"ranks {alive} on {writer.name}" if alive else f"the chunk runner (pid {pid})"
         raise MirrorError(f"a window is still writing ({who}); run mirror-back after it ends")

@@ -5,7 +5,7 @@ from . import checkpoint
 from .remote import HostError
 from .report import HostResult, Report
 from .verify import judge_caches, verify_dataset
-from .window import lock_state, profile_hosts
+from .window import lock_holder_of, profile_hosts
 from .window.preflight import gather
 
 FIGURES = ("dataset", "cache", "python", "mlx", "mlx_lm", "step", "commit", "running")
@@ -16,15 +16,21 @@ def status(inv, profile):
     got = gather(inv, hosts, profile)
     ds = {r.host: r for r in verify_dataset(inv, hosts, got["dataset"]).results}
     cache = {r.host: r for r in judge_caches(got["cache"]).results}
-    held, pid = lock_state(inv, profile)
+    held, pid, holder = lock_holder_of(inv, profile)
     rows = [HostResult("local", "ok" if ds["local"].ok and cache["local"].ok else "attention",
-                       ds["local"].ok and cache["local"].ok,
-                       f"window lock {held} (pid {pid})" if held else "",
+                       ds["local"].ok and cache["local"].ok, lock_words(held, pid, holder),
                        {"dataset": ds["local"].verdict, "cache": cache["local"].verdict,
-                        "running": held == "held"})]
+                        "running": held == "held" and (holder is None or holder.is_window)})]
     for h in hosts:
         rows.append(_row(h.name, ds[h.name], cache[h.name], got["run"][h.name]))
     return Report(f"status ({profile.name})", tuple(rows))
+
+
+def lock_words(held, pid, holder):
+    """The local row's word on the window lock: who holds it when its note says so."""
+    if holder:
+        return f"window lock held by {holder.words()}"
+    return f"window lock {held} (pid {pid})" if held else ""
 
 
 def _row(name, ds, cache, run):

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 
+from . import procgroup
 from .report import human_bytes
 from .rsync_lines import DONE, classify, parse_progress
 
@@ -352,11 +353,10 @@ def _stop_if_silent(proc, raw, silence, fired):
 
 
 def _end_group(proc):
-    """SIGTERM what is left of the launcher's process group, once the launcher itself has exited."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """SIGTERM what is left of the launcher's process group, once the launcher itself has exited,
+    and SIGKILL it if it still lives a moment later: only while the group is seen alive, since the
+    launcher's pid (the group's id) is free again once the group is gone (:mod:`.procgroup`)."""
+    procgroup.end_leftovers(proc.pid)
 
 
 def _stop_group(proc, grace=GRACE):

@@ -2,12 +2,16 @@
 mlx-lm decoding the lab's test split with the committed adapters. The lab's model is tiny and
 random, so the figures are poor: the tests check that they are the right figures, not good ones."""
 import json
+import os
+import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from rapidfuzz.distance import Levenshtein
 
-from tests.lab.conftest import HOSTS, LAYOUT, fab, fab_json
+from tests.lab.conftest import HOSTS, LAYOUT, by_host, fab, fab_json, start_fab
 from thunderlane import inventory, lab
 from thunderlane.lab import kit
 
@@ -172,3 +176,38 @@ def test_a_result_the_host_cannot_save_is_printed_and_kept_locally(evaluated):
     assert json.loads(kept.read_text(encoding="utf-8"))["rows"] == printed["rows"]
     assert f"evaluate: warning: mac4: could not write {dest} ({dest}: cannot be written" in p.stderr
     assert f"the result is kept at {kept}" in p.stderr
+
+
+def test_while_evaluate_on_holds_the_window_lock_the_refusals_name_it(evaluated):
+    """`fab evaluate --on mac4` holds the window lock (here stopped with SIGSTOP once it has taken
+    it, so that it still holds it while the others look): status, mirror-back and train-window name
+    it ("fab evaluate --on mac4 (pid N, since T) holds the window lock"), not "a window"; status
+    does not count it as a window running. Continued, it ends as usual."""
+    inv, _, env, _ = evaluated
+    lock = Path(inv.local.runs_root) / ".locks" / f"{RUN}.lock"
+    proc = start_fab(inv, "evaluate", "--profile", "eval_run", "--on", "mac4", "--limit", "2", "--json", env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock / "holder").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGSTOP)
+        assert (lock / "holder").exists(), "evaluate never took the window lock"
+        code, report = fab_json(inv, "status", "--profile", "eval_run", env=env)
+        local = by_host(report)["local"]
+        mirror = fab(inv, "mirror-back", "--profile", "eval_run", env=env)
+        trained, train = fab_json(inv, "train-window", "--profile", "eval_run", "--target", "10", "--window", "5",
+                                  env=env)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+    who = re.escape(f"fab evaluate --on mac4 (pid {proc.pid}, since ") + r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)"
+    assert re.fullmatch(f"window lock held by {who}", local["detail"]), local
+    assert local["figures"]["running"] is False, local
+    assert mirror.returncode == 1 and re.search(f"mirror-back: {who} holds the window lock; run mirror-back after "
+                                                "it ends", mirror.stderr), mirror.stderr[-2000:]
+    assert trained == 1 and train["verdict"] == "refused", train
+    assert re.search(f"{who} holds the window lock {re.escape(str(lock))}", json.dumps(train)), train
+    assert proc.returncode == 0 and json.loads(out)["on"] == "mac4", err[-2000:]
+    assert not lock.exists()

@@ -158,7 +158,8 @@ def test_34_control_cable_pulled_mid_sync_then_rerun_sends_only_what_is_missing(
     `ssh.connect_timeout + ssh.rsync_timeout` of the pull (the ssh under rsync and the launcher gives
     up after that much silence: sshopts.server_alive), with no traceback; with the cable back, a rerun
     completes mac4 sending only what was still missing: the blobs that arrived before the pull are
-    kept and not sent again (rsync's file data is the other blobs' bytes, within 4 KiB);
+    kept and not sent again, nor counted missing by its verify (its missing bytes are the other
+    blobs' bytes, and so is rsync's file data, within 4 KiB);
     `verify-cache --deep` passes."""
     sync, missing, arrived = slow_sync_past_a_first_blob(links_inv, links_lab, tmp_path, [])
     try:
@@ -180,16 +181,20 @@ def test_34_control_cable_pulled_mid_sync_then_rerun_sends_only_what_is_missing(
     code, again = fab_json(links_inv, "sync-cache", "--host", "mac4")
     assert code == 0, again
     row = again["results"][0]
-    assert row["after"] == "complete" and row["missing_bytes"] > 0, row
+    assert row["after"] == "complete", row
     sizes = {b.name: b.stat().st_size for b in (Path(links_inv.local.hf_cache) / kit.REPO_FOLDER / "blobs").iterdir()}
     kept, still = sum(sizes[b] for b in arrived), sum(sizes[b] for b in missing - arrived)
     # the blobs that arrived before the pull are not sent again: rsync's file data is the rest (the
-    # blob cut off by the pull goes again whole: rsync keeps no partial file), plus small files
+    # blob cut off by the pull goes again whole: rsync keeps no partial file), plus small files; the
+    # verify before the rerun counts exactly those blobs missing, not the arrived ones whose links
+    # the interrupted sync never made
+    assert row["missing_bytes"] == still > 0, (row, kept, still)
     assert still <= row["literal_bytes"] <= still + 4096, (row, kept, still)
     code, report = fab_json(links_inv, "verify-cache", "--deep")
     assert code == 0, report
     reliability(seconds_after_pull=round(seconds, 1), bound=bound, kept_bytes=kept,
-                rerun_file_data=row["literal_bytes"], still_missing_bytes=still)
+                rerun_missing_bytes=row["missing_bytes"], rerun_file_data=row["literal_bytes"],
+                still_missing_bytes=still)
 
 
 @pytest.mark.fault_case("33", "the data cable is pulled mid-window",
@@ -257,7 +262,8 @@ def test_36_data_cable_pulled_mid_peer_sync_then_rerun_sends_only_what_is_missin
     session's 10 s x 3 (it lived 40 s, and with --checksum, whose rsync --timeout is the deep
     scan's, held fab that long; back sooner, the cable let it finish a blob beside the rerun). Every
     blob under its final name on mac4 is whole (local's bytes); with the cable back, a rerun from
-    mac5 completes mac4 sending only what was still missing, and `verify-cache --deep` passes."""
+    mac5 completes mac4 sending only what was still missing (its verify's missing bytes are exactly
+    the blobs still missing, and so is rsync's file data, within 4 KiB), and `verify-cache --deep` passes."""
     try:
         report = peer_setup.setup_peers(links_inv)
         assert report.ok, report.to_json()
@@ -275,14 +281,16 @@ def test_36_data_cable_pulled_mid_peer_sync_then_rerun_sends_only_what_is_missin
     finally:
         remove_peers(links_inv, links_lab)   # the other cases sync from local
     row = again["results"][0]
-    assert row["source"] == "mac5" and row["after"] == "complete" and row["missing_bytes"] > 0, row
+    assert row["source"] == "mac5" and row["after"] == "complete", row
     sizes = {b.name: b.stat().st_size for b in local.iterdir()}
     still = sum(sizes[b] for b in missing - arrived)
+    assert row["missing_bytes"] == still > 0, (json.dumps(row), still)  # per blob: the arrived ones are not missing
     assert still <= row["literal_bytes"] <= still + 4096, (json.dumps(row), still)
     code, deep = fab_json(links_inv, "verify-cache", "--deep")
     assert code == 0, deep
     reliability(seconds_after_pull=round(seconds, 1), host_pull_ended_after=round(gone, 1), bound=bound,
-                kept_bytes=sum(sizes[b] for b in arrived), rerun_file_data=row["literal_bytes"], still_missing_bytes=still)
+                kept_bytes=sum(sizes[b] for b in arrived), rerun_missing_bytes=row["missing_bytes"],
+                rerun_file_data=row["literal_bytes"], still_missing_bytes=still)
 
 
 def _peer_sync_with_data_cable_pulled(inv, lab_dir, tmp_path, more):

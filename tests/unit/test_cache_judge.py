@@ -39,6 +39,32 @@ def test_missing_shards_make_partial_with_bytes(cache_pair):
     assert r.figures["missing_bytes"] == size
 
 
+def test_missing_bytes_are_per_blob_a_blob_that_arrived_without_its_link_is_not_missing(cache_pair):
+    """An interrupted sync leaves the blobs that arrived, but not the snapshot links made after
+    them: their files are missing, their bytes are not (the rerun sends only the other blob)."""
+    local, host = cache_pair
+    snap = host / "snapshots" / ("a" * 40)
+    kept, gone = (snap / f"model-0000{i}-of-00002.safetensors" for i in (1, 2))
+    gone_blob = host / "blobs" / os.readlink(gone).split("/")[-1]
+    size = gone_blob.stat().st_size
+    kept.unlink()   # its blob stays: it arrived before the cable was pulled
+    gone.unlink()
+    gone_blob.unlink()
+    r = cache.judge("mac4", facts(host), facts(local))
+    assert r.verdict == "partial" and "missing 2 file(s)" in r.detail
+    assert r.figures["missing_bytes"] == size
+
+
+def test_a_blob_held_at_another_size_is_still_missing_whole(cache_pair):
+    local, host = cache_pair
+    link = host / "snapshots" / ("a" * 40) / "model-00001-of-00002.safetensors"
+    blob = host / "blobs" / os.readlink(link).split("/")[-1]
+    size = blob.stat().st_size
+    link.unlink()
+    blob.write_bytes(blob.read_bytes()[:-4])
+    assert cache.judge("mac4", facts(host), facts(local)).figures["missing_bytes"] == size
+
+
 def test_dangling_link_counts_as_missing(cache_pair):
     local, host = cache_pair
     shard = host / "snapshots" / ("a" * 40) / "model-00001-of-00002.safetensors"

@@ -7,6 +7,7 @@ the local reports folder when that fails). The window lock is held throughout: n
 under the evaluation."""
 import io
 import json
+import os
 import sys
 from pathlib import PurePosixPath
 
@@ -15,7 +16,7 @@ from ..fsutil import atomic_write, real_folder
 from ..inventory import InventoryError
 from ..mirror import MirrorBusy, locked
 from ..remote import HostError, ask, run as remote_run
-from ..window.lock import lock_dir
+from ..window.lock import lock_dir, lock_holder_of, note
 from ..window.writer import profile_hosts, run_query
 from . import decode, host_answer, run
 from .run import EvaluateError
@@ -140,11 +141,12 @@ def evaluate_on(inv, profile, name, step=None, split="test", limit=0, batch=deco
     as long as the inventory's ``ssh.deep_probe_timeout``."""
     host = target_host(inv, profile, name)
     try:  # the window lock, as fab train-window takes it: no window commits and prunes under this
-        with locked([lock_dir(inv, profile)]):
+        with locked([lock_dir(inv, profile)], note("evaluate", os.getpid(), host.name)):
             return _evaluate_on(inv, profile, host, step, split, limit, batch, out)
     except MirrorBusy:
-        raise EvaluateError(f"a window of {profile.run_name} is running ({lock_dir(inv, profile)}); evaluate on "
-                            f"{name} when it has ended") from None
+        holder = lock_holder_of(inv, profile)[2]
+        who = f"{holder.words()} holds the window lock" if holder else f"a window of {profile.run_name} is running"
+        raise EvaluateError(f"{who} ({lock_dir(inv, profile)}); evaluate on {name} when it has ended") from None
 
 
 def _evaluate_on(inv, profile, host, step, split, limit, batch, out):

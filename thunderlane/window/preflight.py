@@ -6,7 +6,7 @@ from ..remote import HostError, ask, on_hosts
 from ..report import HostResult, Report, human_bytes
 from ..verify import cache_query, dataset_query, judge_caches, verify_dataset
 from . import datapath, macos
-from .lock import lock_dir, lock_state
+from .lock import lock_dir, lock_holder_of
 from .writer import profile_hosts, run_query
 
 
@@ -110,9 +110,20 @@ def _run_problems(inv, profile, hosts, runs, problems):
     _agree(reachable, problems)
     _same_python(hosts, problems)
     _steps_apart(reachable, problems)
-    state, pid = lock_state(inv, profile)
-    if state == "held":
-        problems.setdefault("local", []).append(f"another window holds the lock {lock_dir(inv, profile)} (pid {pid})")
+    held = lock_problem(inv, profile)
+    if held:
+        problems.setdefault("local", []).append(held)
+
+
+def lock_problem(inv, profile):
+    """What preflight says while the window lock is held, naming its holder when its note does."""
+    state, pid, holder = lock_holder_of(inv, profile)
+    if state != "held":
+        return None
+    where = lock_dir(inv, profile)
+    if holder:
+        return f"{holder.words()} holds the window lock {where}"
+    return f"another window holds the lock {where} (pid {pid})"
 
 
 def _steps_apart(reachable, problems):

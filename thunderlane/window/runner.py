@@ -16,7 +16,7 @@ from .. import facts, layout, presession
 from ..remote import HostError, ask, on_hosts, open_session
 from ..fsutil import take_lock
 from ..report import printable
-from .lock import lock_dir
+from .lock import lock_dir, note
 from .writer import WindowError, profile_hosts, run_query
 
 CALLER_GATES = "chunks: caller gates: "  # the runner's line when it left the last window's check to fab
@@ -125,7 +125,7 @@ def _hand_lock(inv, profile, pid, fd):
     on ``fd`` what ``launcher_helpers take-lock`` prints for it: the runner starts no interpreter."""
     lock = lock_dir(inv, profile)
     try:
-        state, owner = take_lock(lock, pid)
+        state, owner = take_lock(lock, pid, note("train-window", pid))
         line = f"{state} {owner or '-'} {lock}\n"
     except OSError as e:  # the runner reads no lock and exits with its usage code
         line = f"error - \n# {e}\n"

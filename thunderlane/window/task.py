@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from .. import checkpoint, layout, presession
 from ..remote import HostError
 from ..report import HostResult, Report
+from .lock import lock_holder_of
 from .plan import plan_first
 from .preflight import preflight
 from .runner import RunOutcome, finish, run_chunks, runner_exit
@@ -56,8 +57,8 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     try:
         outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed, first)
         if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
-            return WindowResult(profile.name, target, LOCKED, "another window of this run holds the lock; "
-                                "this one started nothing and ended nothing", pre, outcome=outcome, start_step=start)
+            return WindowResult(profile.name, target, LOCKED, _locked_why(inv, profile), pre, outcome=outcome,
+                                start_step=start)
         reaped, wfacts = finish(inv, profile)  # over the sessions the last commit opened (runner._gate_ahead)
     finally:
         presession.discard()
@@ -69,6 +70,12 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     verdict, why = classify(outcome, g.ok)
     return WindowResult(profile.name, target, verdict, why, pre, gate=g, outcome=outcome,
                         reaped=reaped, start_step=start)
+
+
+def _locked_why(inv, profile):
+    holder = lock_holder_of(inv, profile)[2]  # gone meanwhile: said as it always was
+    who = f"{holder.words()} holds the window lock" if holder else "another window of this run holds the lock"
+    return who + "; this one started nothing and ended nothing"
 
 
 def train_summary(result):
