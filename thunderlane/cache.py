@@ -25,7 +25,7 @@ def snapshot_bytes(facts):
 def missing_against(files, reference, held=None):
     """Files the reference snapshot has that ``files`` (a snapshot's, by name) lacks, absent or
     dangling, and the bytes of the blobs they need (counted once by etag: a host without the store
-    needs one each). A blob ``held`` ({etag: size}, the host's ``blobs/``) at the reference's size
+    needs one each). A blob ``held`` ({etag: size}, see :func:`held_blobs`) at the reference's size
     needs no bytes: the sync sends a blob by its name and size (launcher: ``--size-only``), and an
     interrupted sync leaves the blobs that arrived without the snapshot links made after them."""
     names, blobs, held = [], {}, held or {}
@@ -36,6 +36,14 @@ def missing_against(files, reference, held=None):
             if not (ref.blob and ref.size is not None and held.get(ref.blob) == ref.size):
                 blobs[ref.blob or name] = ref.size or 0
     return names, sum(blobs.values())
+
+
+def held_blobs(facts, checksum=False):
+    """{etag: size} of the host's blobs a sync would not send at that size: those linked into the
+    cache's own marked store (the launcher keeps them, ``--checksum`` or not), and its ``blobs/``
+    files unless ``checksum`` (rsync then compares contents, and no probe hashes a blob no snapshot
+    link names, so one of the right size may still be sent)."""
+    return dict(facts.linked) if checksum else {**facts.blobs, **facts.linked}
 
 
 def figures(facts, missing_bytes=None):
@@ -146,18 +154,19 @@ def judge_reference(facts):
     return HostResult("local", "complete", True, f"reference, {facts.cache_root}{_note(facts)}", figures(facts))
 
 
-def judge(host, facts, reference):
-    """A host's verdict against local's facts (already judged complete)."""
-    state = _own_state(facts)
+def judge(host, facts, reference, checksum=False):
+    """A host's verdict against local's facts (already judged complete). ``checksum``: the missing
+    bytes are those of a sync that compares contents (:func:`held_blobs`)."""
+    state, held = _own_state(facts), held_blobs(facts, checksum)
     if state and state[0] == "absent":
-        _, missing_bytes = missing_against({}, reference, facts.blobs)
+        _, missing_bytes = missing_against({}, reference, held)
         return HostResult(host, "absent", False, state[1], figures(facts, missing_bytes))
     if state and facts.ref and not facts.snapshot_exists:
         return HostResult(host, state[0], False, state[1], figures(facts))
     if facts.ref and facts.ref != reference.ref:
         return HostResult(host, "other-revision", False,
                           f"refs/main is {facts.ref[:12]}, local has {reference.ref[:12]}", figures(facts))
-    names, missing_bytes = missing_against(facts.files, reference, facts.blobs)
+    names, missing_bytes = missing_against(facts.files, reference, held)
     shown = figures(facts, missing_bytes)
     if state:
         return HostResult(host, state[0], False, state[1], shown)

@@ -178,6 +178,7 @@ class CacheFacts:
     index_error: str | None
     deep: Mapping[str, Check] | None
     shared_store: SharedStore | None = None
+    linked: Mapping[str, int] = field(default_factory=_frozen)  # store-linked repo blobs: {etag: size}
 
     @classmethod
     def from_json(cls, d):
@@ -192,7 +193,8 @@ class CacheFacts:
             shards=_frozen(d.get("shards"), lambda s: Check(s["ok"], s.get("reason"))),
             index_error=d.get("index_error"),
             deep=None if deep is None else _frozen(deep, lambda c: Check(c["ok"], c.get("actual"))),
-            shared_store=None if store is None else SharedStore(bool(store.get("marked")), store.get("version")))
+            shared_store=None if store is None else SharedStore(bool(store.get("marked")), store.get("version")),
+            linked=_frozen(d.get("linked")))  # absent from an older host's probe: none
 
 
 # --- a run directory ----------------------------------------------------------------------------

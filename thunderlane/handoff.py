@@ -56,7 +56,7 @@ def run(inv, profile, target, window_size, watchdog=None, out=sys.stdout, force=
         blockers.append("cache: " + "; ".join(f"{r.host} {r.verdict}: {r.detail}" for r in after.results if not r.ok))
     if not blockers:
         result = phase("train-window", lambda: window.train_window(inv, profile, target, window_size,
-                                                                    watchdog=watchdog, out=out))
+                                                                    watchdog=watchdog, out=out, task="handoff"))
         data["train"] = window.train_summary(result)
         if not result.ok:
             blockers.append(f"train-window: {result.verdict}: {result.explanation}")

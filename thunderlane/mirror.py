@@ -20,12 +20,13 @@ from pathlib import Path
 from . import checkpoint, itemized, layout, mirror_rules as rules, mirrorfs
 from .evaluate.carry import carry as carry_evaluations
 from .facts import thaw
-from .fsutil import lock_holder, real_folder, take_lock
+from .fsutil import lock_holder, lock_note, real_folder, take_lock
 from .onhost.files import safetensors_check
 from .remote import MAX_OUTPUT, OutputTooLarge, capture, ssh_command
 from .rsync_ssh import rsync_env, rsync_remote, rsync_shell
 from .report import human_bytes, printable
 from .window import lock_holder_of, profile_hosts, writer_facts
+from .window.lock import parse_holder
 
 
 class MirrorError(RuntimeError):
@@ -33,7 +34,12 @@ class MirrorError(RuntimeError):
 
 
 class MirrorBusy(MirrorError):
-    """Another mirror-back holds the writer's or the run's lock: this one touched nothing."""
+    """Another mirror-back holds the writer's or the run's lock, or another task (``holder``, a
+    ``window.lock.Holder``, as the lock's note names it): this one touched nothing."""
+
+    def __init__(self, message, holder=None):
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass
@@ -73,9 +79,11 @@ def locked(paths, note=None):
     try:
         for path in paths:
             state, owner = take_lock(path, os.getpid(), note)
-            if state == "held":
-                raise MirrorBusy(f"another mirror-back (pid {owner}) holds {path.name}; nothing was "
-                                 "touched: run it again when that one has ended")
+            if state == "held":  # a lock without a note is a mirror-back's
+                holder = parse_holder(lock_note(path), owner)
+                who = holder.words() if holder else f"another mirror-back (pid {owner})"
+                raise MirrorBusy(f"{who} holds {path.name}; nothing was touched: run it again when that one has "
+                                 "ended", holder)
             taken.append(path)
         yield
     finally:

@@ -3,8 +3,9 @@
 A process group's id is its leader's pid. Once the leader is reaped, that pid is free, but POSIX
 does not hand it out again while any process of the group lives ("a process group ID shall not be
 reused by the system until the process group lifetime ends"; Linux and XNU both skip such ids).
-So the group may be signalled as long as it is seen alive, and never again once it was seen gone:
-a later process given the same id may lead a group of its own (pid reuse).
+So the group may be signalled while it is seen alive, and never again once it was seen gone: a
+later process given the same id may lead a group of its own (pid reuse). A look is no proof: the
+group may end right after it (see :func:`end_leftovers` for what that exposes).
 """
 import os
 import signal
@@ -15,8 +16,9 @@ LOOK = 0.05      # seconds between looks at the group during the grace
 
 
 def signal_group(pgid, sig):
-    """Send ``sig`` (0: only look) to group ``pgid``. False when no process of it is left (or none
-    is ours to signal): the id may then belong to someone else, so the caller stops there."""
+    """Send ``sig`` (0: only look) to group ``pgid``. False when no process of it is left (ESRCH),
+    or none is ours to signal (EPERM; macOS also says EPERM to a group left with only zombies): the
+    id may then belong to someone else, so the caller stops there."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -28,11 +30,14 @@ def end_leftovers(pgid, grace=END_GRACE, clock=time.monotonic, sleep=time.sleep)
     """SIGTERM what is left of group ``pgid``, then SIGKILL it if it still lives ``grace`` seconds
     later (a leftover that ignores or outlasts TERM). Returns the signals sent, in order.
 
-    The KILL goes right after a look that found the group alive, never after one that found it
-    gone; the id could only belong to another group if, within the microseconds between the two,
-    the last process of the group ended and the id was handed out again (the pid counter wrapping
-    round) to a process that made itself a group leader. A zombie of the group (init has not
-    reaped it yet) counts as alive: it may get the KILL, which does it no harm."""
+    The KILL goes only right after a look that found the group alive, never after one that found
+    it gone. That narrows pid reuse, it does not rule it out: the exposure is the whole grace. The
+    group may end at any moment of it, and each look follows a ``LOOK`` (50 ms) sleep; were the id
+    handed out again within those 50 ms (the pid counter wrapping round to it) to a process that
+    made itself a group leader, that look and every later one would find the newcomer's group
+    alive, and it would get the KILL at the end of the grace. On Linux a group left with only
+    zombies (init has not reaped them yet) is seen alive and may get the KILL, which does them no
+    harm; on macOS killpg says EPERM to such a group, which :func:`signal_group` takes as gone."""
     if not signal_group(pgid, signal.SIGTERM):
         return []
     deadline = clock() + grace

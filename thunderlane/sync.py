@@ -247,7 +247,7 @@ def _plan(inv, host, checksum, gathered=None):
     :class:`SyncError` when the host cannot be asked, local cannot be the source, or the host's
     snapshot links leave its repo folder."""
     facts = gathered or gather_caches(inv, [host], deep=checksum)
-    before = judge_caches(facts)
+    before = judge_caches(facts, deep=checksum)  # missing bytes as a --checksum sync sends them
     for name, f in facts.items():
         if isinstance(f, HostError):
             raise SyncError(f"{name}: {f.message}")

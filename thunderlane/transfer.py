@@ -361,12 +361,15 @@ def _end_group(proc):
 
 def _stop_group(proc, grace=GRACE):
     """SIGTERM the launcher's process group (its trap closes ssh), then SIGKILL whatever of it is
-    left after ``grace`` seconds: nothing of it may keep the output pipe, and so fab, waiting."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + grace
-        while sig == signal.SIGTERM and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+    left after ``grace`` seconds: nothing of it may keep the output pipe, and so fab, waiting. Once
+    the launcher is reaped its pid (the group's id) is free when the group is gone: what is left
+    then ends as :func:`_end_group` ends it, and only if a look finds the group still alive."""
+    if not procgroup.signal_group(proc.pid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:  # the launcher lives on, unreaped: its pid is still the group's id
+        procgroup.signal_group(proc.pid, signal.SIGKILL)
+    elif procgroup.signal_group(proc.pid, 0):
+        procgroup.end_leftovers(proc.pid)

@@ -90,7 +90,9 @@ def with_versions(report, problems):
 
 
 def judge_caches(gathered, deep=False):
-    """Local's own verdict, then every host's against local (unchecked when local is not complete)."""
+    """Local's own verdict, then every host's against local (unchecked when local is not complete).
+    ``deep``: facts re-hashed, as ``verify-cache --deep`` and ``sync --checksum`` ask them; the
+    missing bytes are then a contents-comparing sync's (``cache.held_blobs``)."""
     got = dict(gathered)
     local = got.pop("local")
     if isinstance(local, HostError):
@@ -105,6 +107,6 @@ def judge_caches(gathered, deep=False):
                                       "local is not complete, so there is no reference to compare with",
                                       cache.figures(f)))
         else:
-            results.append(cache.judge(name, f, local))
+            results.append(cache.judge(name, f, local, checksum=deep))
     notes = () if deep else ("(fast check: sizes and structure; --deep re-hashes every blob)",)
     return Report("verify-cache", tuple(results), notes)

@@ -447,9 +447,9 @@ def test_10_ctrl_c_ends_every_rank_and_releases_the_lock(warm_lab, profile_dir, 
 @pytest.mark.fault_case("11", "two `train-window` at once; a stale lock", "a second `train-window` and the chunk "
                         "runner while one runs; a lock directory holding a dead pid")
 def test_11_second_window_refused_by_the_lock_and_stale_lock_detected(warm_lab, profile_dir):
-    """Preflight refuses ("fab train-window (pid N, since T) holds the window lock …", "a window is
-    still running here"); the chunk runner exits 75 "another window of run_a is running (pid N holds …)"; a dead
-    pid's lock is reported "stale lock … from pid 999999 (not running): taken over" and the window
+    """Preflight refuses ("fab train-window (pid F; chunk runner pid N, since T) holds the window
+    lock …", "a window is still running here"); the chunk runner exits 75 "another window of run_a is
+    running (pid N holds …)"; a dead pid's lock is reported "stale lock … from pid 999999 (not running): taken over" and the window
     runs. (The lock's atomicity: `tests/unit/test_lock.py`, 8 processes racing get exactly one lock.)"""
     first = start_fab(warm_lab, "train-window", "--profile", "run_a", "--target", "60", "--window", "60",
                       env={"THUNDER_PROFILES": str(profile_dir)})
@@ -457,7 +457,8 @@ def test_11_second_window_refused_by_the_lock_and_stale_lock_detected(warm_lab, 
         assert wait_for_step(warm_lab, "mac4", "test_run_a", 5)
         code, r = train(warm_lab, profile_dir, "run_a", "--target", "60")
         assert code == 1 and r["verdict"] == "refused"
-        assert re.search(r"fab train-window \(pid \d+, since [^)]+\) holds the window lock", json.dumps(r)), r
+        assert re.search(rf"fab train-window \(pid {first.pid}; chunk runner pid \d+, since [^)]+\) holds the window "
+                         "lock", json.dumps(r)), r
         chunks = subprocess.run(["bash", str(layout.CHUNKS), "run_a", "60", "60"], capture_output=True, text=True,
                                 env=dict(os.environ, THUNDER_INVENTORY=warm_lab.path, THUNDER_PYTHON=sys.executable,
                                          THUNDER_PROFILES=str(profile_dir)))
@@ -486,8 +487,8 @@ def test_11b_a_window_the_lock_refuses_ends_nothing(warm_lab, profile_dir):
         assert wait_for_step(warm_lab, "mac4", "test_run_a", 5)
         code, r = train(warm_lab, profile_dir, "run_a", "--target", "60", "--skip-preflight")
         assert code == 1 and r["verdict"] == "locked", r
-        assert re.match(r"fab train-window \(pid \d+, since [^)]+\) holds the window lock; this one started nothing",
-                        r["explanation"]), r
+        assert re.match(rf"fab train-window \(pid {first.pid}; chunk runner pid \d+, since [^)]+\) holds the window "
+                        "lock; this one started nothing", r["explanation"]), r
         assert RunFacts.from_json(run_facts(warm_lab, "mac4", "test_run_a")).running  # still training
         assert wait_for_step(warm_lab, "mac4", "test_run_a", 10)  # and still committing
     finally:

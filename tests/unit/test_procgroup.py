@@ -68,3 +68,37 @@ def test_stream_kills_a_leftover_of_the_launchers_group_that_ignores_term(tmp_pa
         if pid and _alive(pid):
             os.kill(pid, signal.SIGKILL)
 
+
+
+class Launcher:
+    """A stand-in for the launcher's Popen: unreaped for ``polls`` calls of poll(), then reaped."""
+
+    def __init__(self, polls):
+        self.pid, self.polls = 4242, polls
+
+    def poll(self):
+        self.polls -= 1
+        return None if self.polls >= 0 else 0
+
+
+def _stop(monkeypatch, looks, polls):
+    group = Group(looks)
+    monkeypatch.setattr(procgroup.os, "killpg", group.killpg)
+    transfer._stop_group(Launcher(polls), grace=0.3)
+    return group.calls
+
+
+def test_stop_group_sends_nothing_after_the_reap_to_a_group_seen_gone(monkeypatch):
+    """The launcher exits on TERM and is reaped with the rest of its group: its pid is free, so
+    the group gets one look and no further signal (once it got a KILL at once)."""
+    assert _stop(monkeypatch, looks=1, polls=1) == [signal.SIGTERM, 0]
+
+
+def test_stop_group_ends_a_leftover_that_outlives_the_reaped_launcher(monkeypatch):
+    calls = _stop(monkeypatch, looks=10_000, polls=1)
+    assert calls[:3] == [signal.SIGTERM, 0, signal.SIGTERM] and calls[-2:] == [0, signal.SIGKILL], calls
+
+
+def test_stop_group_kills_the_group_of_a_launcher_that_outlives_the_grace(monkeypatch):
+    """Unreaped, the launcher's pid is still the group's id: KILL at once, no look needed."""
+    assert _stop(monkeypatch, looks=10_000, polls=10_000) == [signal.SIGTERM, signal.SIGKILL]

@@ -2,6 +2,7 @@
 step's adapters; the split decoded greedily; CER before/after, test loss and the promotion verdict,
 saved beside the checkpoint as ``eval_step<N>_<split>.json`` (atomically)."""
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -15,6 +16,7 @@ from ..mirror import MirrorBusy, locked
 from ..facts import RunFacts, thaw
 from ..fsutil import atomic_write
 from ..onhost.runs import lane_facts
+from ..window.lock import note
 from . import decode, metrics, policy, rows as rows_mod
 
 EVAL_FILE = "eval_step{step}_{split}{part}.json"   # part: "" for the whole split, "_first<N>" with --limit N
@@ -106,14 +108,15 @@ def reproduce(inv, profile, step, split, limit, on=None):
 
 def evaluate(inv, profile, step=None, split="test", limit=0, batch=decode.BATCH, out=sys.stderr):
     """Run the evaluation; return its data (also saved beside the checkpoint). mirror-back's lock
-    on the run is held throughout: the mirror is not replaced under the evaluation."""
+    on the run is held throughout, with a note naming this task: the mirror is not replaced under
+    the evaluation, and a mirror-back refused meanwhile says that an evaluate holds it."""
     lock = layout.local(inv).root / ".locks" / f"mirror-back.run-{profile.run_name}.lock"  # mirror.lock_paths'
     try:
-        with locked([lock]):
+        with locked([lock], note("evaluate", os.getpid())):
             return _evaluate(inv, profile, step, split, limit, batch, out)
-    except MirrorBusy:
-        raise EvaluateError(f"a mirror-back of {profile.run_name} is running ({lock}); evaluate when it has "
-                            "ended") from None
+    except MirrorBusy as e:
+        who = f"{e.holder.words()} holds it" if e.holder else f"a mirror-back of {profile.run_name} is running"
+        raise EvaluateError(f"{who} ({lock}); evaluate when it has ended") from None
 
 
 def _evaluate(inv, profile, step, split, limit, batch, out):

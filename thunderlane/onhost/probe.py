@@ -17,7 +17,7 @@ import time
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
     from .files import CHUNK, HEX64, HexName, json_dumps, json_loads, read_stripped, safetensors_check, sha256_file
     from .runs import lane_facts, read_json_file, reap, site_packages, versions
-    from .store import check_link, finder_file, link_context, repo_folder, store_facts, store_listed
+    from .store import check_link, finder_file, link_context, linked_blobs, repo_folder, store_facts, store_listed
     from .links import links_facts, rdma_facts
     from .macos import macos_command
     from .peer import peer_facts
@@ -184,12 +184,14 @@ def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
     repo_dir = os.path.join(cache_root, repo_folder(repo_id))
     out = {"cache_root": cache_root, "resolved_by": resolved_by, "repo_dir": repo_dir,
            "exists": os.path.isdir(repo_dir), "ref": None, "snapshot_exists": False,
-           "revisions": [], "files": {}, "blobs": {}, "incomplete": [], "locks": [],
+           "revisions": [], "files": {}, "blobs": {}, "linked": {}, "incomplete": [], "locks": [],
            "shards": {}, "index_error": None, "deep": None, "shared_store": store_facts(cache_root)}
     out["locks"] = _locks(os.path.join(cache_root, ".locks", repo_folder(repo_id)))
     if not out["exists"]:
         return out
+    where = link_context(cache_root, repo_id, out["shared_store"])
     out["blobs"], out["incomplete"] = _blobs(os.path.join(repo_dir, "blobs"))
+    out["linked"] = linked_blobs(where)  # store-linked blobs (``blobs`` skips links), by etag
     snaps = os.path.join(repo_dir, "snapshots")
     out["revisions"] = sorted(n for n in (os.listdir(snaps) if os.path.isdir(snaps) else ()) if not finder_file(n))
     out["ref"] = read_stripped(os.path.join(repo_dir, "refs", "main"))
@@ -198,7 +200,7 @@ def cache_facts(cache_root, repo_id, deep=False, resolved_by="inventory"):
     snap = os.path.join(snaps, out["ref"])
     out["snapshot_exists"] = os.path.isdir(snap)
     if out["snapshot_exists"]:
-        out["files"] = _snapshot_files(snap, link_context(cache_root, repo_id, out["shared_store"]))
+        out["files"] = _snapshot_files(snap, where)
         out["shards"], out["index_error"] = _shards(snap, out["files"])
         if deep:
             out["deep"] = _rehash(repo_dir, out["files"])

@@ -57,6 +57,12 @@ def _store_link(path, target, where):
                        os.path.basename(target))
     if os.path.dirname(hop) != os.path.join(where["repo"], "blobs") or not os.path.islink(hop):
         return None, f"links outside the repo folder ({target} -> {os.path.realpath(path)})"
+    return blob_link(hop, where)
+
+
+def blob_link(hop, where):
+    """(entry relative to the cache root, None) when the repo blob ``hop`` (a link) links into the
+    marked store of this same cache as the hub links it; (None, why not) for anything else."""
     inner, store = os.readlink(hop), where["store"]
     lexical = os.path.normpath(os.path.join(os.path.dirname(hop), inner))
     name, real = os.path.basename(lexical), os.path.realpath(hop)
@@ -72,6 +78,20 @@ def _store_link(path, target, where):
     if os.path.lexists(entry) and not os.path.isfile(entry):
         return None, why + f"{rel}, which is not a regular file"
     return rel, None
+
+
+def linked_blobs(where):
+    """{etag: size} of the repo's blobs that are links into the marked store of this same cache
+    (:func:`blob_link`), sized through the link: the blobs the sync launcher keeps as they are
+    (``sync_prep``'s ``linked``) when their size is the source's, so none of them is sent."""
+    folder, found = os.path.join(where["repo"], "blobs"), {}
+    if not (where["store"] or {}).get("marked") or not os.path.isdir(folder):
+        return found
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not finder_file(name) and os.path.islink(path) and os.path.isfile(path) and blob_link(path, where)[0]:
+            found[name] = os.path.getsize(path)
+    return found
 
 
 def store_listed(where, store, blob):

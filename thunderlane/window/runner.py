@@ -78,12 +78,14 @@ def _num(x):
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
-def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout, start=None, first_plan=None):
+def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout, start=None, first_plan=None,
+               task="train-window"):
     """Run the chunk runner; stream progress; end it (and every rank) after ``watchdog`` seconds
     without a progress line, or on Ctrl-C. ``start``: the committed step preflight read, handed over
     so the runner need not read it again (each window's plan checks the writer is still there); the
     caller then gates the last window itself (see :func:`runner_exit`). ``first_plan``: the first
-    window's plan folder, made by the caller (``plan.plan_first``)."""
+    window's plan folder, made by the caller (``plan.plan_first``). ``task``: the fab task running the
+    window, named in the window lock's note."""
     argv = ["bash", str(layout.CHUNKS), profile.name, str(target), str(window)]
     env = dict(os.environ, THUNDER_INVENTORY=inv.path, THUNDER_PYTHON=sys.executable, PYTHONUNBUFFERED="1",
                THUNDER_PLAN_ROOT=str(layout.local(inv).plans(profile.run_name)))
@@ -108,7 +110,7 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
             raise
         finally:
             os.close(lock_r)
-        _hand_lock(inv, profile, p.pid, lock_w)
+        _hand_lock(inv, profile, p.pid, lock_w, task)
         ahead = _gate_ahead(inv, profile, target)
         reader = threading.Thread(target=_read, args=(p, log, outcome, last, out, ahead), daemon=True)
         reader.start()
@@ -120,12 +122,13 @@ def run_chunks(inv, profile, target, window, watchdog, log_path, out=sys.stdout,
     return outcome
 
 
-def _hand_lock(inv, profile, pid, fd):
+def _hand_lock(inv, profile, pid, fd, task="train-window"):
     """Take the window lock for the runner ``pid`` (its owner, as if it had taken it itself) and write
-    on ``fd`` what ``launcher_helpers take-lock`` prints for it: the runner starts no interpreter."""
+    on ``fd`` what ``launcher_helpers take-lock`` prints for it: the runner starts no interpreter.
+    Its note names fab's ``task`` and pid beside the runner's."""
     lock = lock_dir(inv, profile)
     try:
-        state, owner = take_lock(lock, pid, note("train-window", pid))
+        state, owner = take_lock(lock, pid, note(task, pid, fab=os.getpid()))
         line = f"{state} {owner or '-'} {lock}\n"
     except OSError as e:  # the runner reads no lock and exits with its usage code
         line = f"error - \n# {e}\n"

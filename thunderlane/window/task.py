@@ -41,8 +41,10 @@ def gate_writer(inv, profile, target):
     return checkpoint.gate(writer.name, got, target)
 
 
-def train_window(inv, profile, target, window, watchdog=None, skip_preflight=False, out=sys.stdout):
-    """The whole task: preflight, train (unless at the target), reap, gate, classify."""
+def train_window(inv, profile, target, window, watchdog=None, skip_preflight=False, out=sys.stdout,
+                 task="train-window"):
+    """The whole task: preflight, train (unless at the target), reap, gate, classify. ``task``: the
+    fab task running it (``handoff`` runs one), as the window lock's note names it."""
     pre, runs, local = (Report("preflight", ()), {}, None) if skip_preflight else preflight(inv, profile)
     if not pre.ok:
         return WindowResult(profile.name, target, refusal(pre), "preflight failed on " + ", ".join(pre.failed), pre)
@@ -55,7 +57,8 @@ def train_window(inv, profile, target, window, watchdog=None, skip_preflight=Fal
     first = plan_first(inv, profile, start, target, window, (runs[profile.writer], *local)) \
         if handed is not None and local else None
     try:
-        outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed, first)
+        outcome = run_chunks(inv, profile, target, window, watchdog or profile.watchdog_seconds, log, out, handed,
+                             first, task)
         if outcome.exit_code == EX_LOCKED and not outcome.events:  # the lock is another window's: hands off
             return WindowResult(profile.name, target, LOCKED, _locked_why(inv, profile), pre, outcome=outcome,
                                 start_step=start)
