@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
+PROBE = ("files", "runs", "store", "hubroot", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
 # The probe for the commands that need no links, macos or peer (PROBE_LEAN_COMMANDS: verify-cache's and
 # verify-dataset's): a third less source to compile on every host, and no socket, threading,
 # subprocess or base64 to import. Run with python -S (see runs.site_packages).
-PROBE_LEAN = ("files", "runs", "store", "probe")
+PROBE_LEAN = ("files", "runs", "store", "hubroot", "probe")
 PROBE_LEAN_COMMANDS = frozenset({"cache", "dataset", "versions"})
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
