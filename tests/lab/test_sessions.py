@@ -43,7 +43,8 @@ def test_a_host_without_the_kept_copy_is_sent_the_source_in_the_same_session(lab
     shutil.rmtree(lab_dir / "mac4" / ".cache" / "thunderlane", ignore_errors=True)
     opened, programs, open_session, execute = [], [], remote.open_session, remote.channel.execute
     monkeypatch.setattr(remote, "open_session", lambda inv, host: opened.append(host.name) or open_session(inv, host))
-    monkeypatch.setattr(remote.channel, "execute", lambda t, command, *a: programs.append(len(command)) or execute(t, command, *a))
+    monkeypatch.setattr(remote.channel, "execute",
+                        lambda t, command, *a: programs.append(len(command)) or execute(t, command, *a))
     host = lab_inv.hosts["mac4"]
     for _ in range(2):
         cache = remote.ask(lab_inv, host, facts.cache(lab_inv.repo_id, str(lab_dir / "mac4" / "x")))[0]

@@ -8,8 +8,9 @@ the home folder and the package's own code, so the first probe asks and keeps th
 ``~/.cache/thunderlane/hub_root.json`` together with the sha256 of what it was a function of
 (:func:`key`; an environment may hold secrets, never written down): the interpreter, every
 environment variable but the ones ssh and a login set anew per session, and the size and mtime
-of the package's ``__init__.py`` and ``constants.py`` where a plain import finds them. A later probe whose key is equal reads the answer back; any difference (HF_HOME set,
-huggingface_hub upgraded) and it asks the package again. The memo is read and written only in a
+of the package's ``__init__.py`` and ``constants.py`` where a plain import finds them. A later
+probe whose key is equal reads the answer back; any difference (HF_HOME set, huggingface_hub
+upgraded) and it asks the package again. The memo is read and written only in a
 folder (and as a file) of this user's own that nobody else can write, as the probe loader's copy.
 """
 import os
