@@ -132,7 +132,8 @@ def fan_out_phases(lab, n=5):
     jobs = {"true": lambda h: remote.run(inv, h, ["true"]),
             "probe": lambda h: remote.run_probe(inv, h, ["cache", inv.repo_id, h.hf_cache or "-"])}
     out = {"start": c.median([c.run([c.FAB, "--list"], env=lab.env(), check=True).seconds for _ in range(n)]),
-           "probe_alone": c.median([c.run(remote.probe_argv(c.PY, ["cache", inv.repo_id, str(lab.cache("mac5"))]),
+           "probe_alone": c.median([c.run(remote.probe_argv(c.PY, ["cache", inv.repo_id, str(lab.cache("mac5"))],
+                                                            stub=True),
                                           env=dict(os.environ, HOME=str(lab.dir / "mac5")), check=True).seconds
                                     for _ in range(n)])}  # as fab runs it on mac5 (its kept, compiled copy)
     out.update({f"{name}_{size}": t for (name, size), t in on_hosts_medians(hosts, jobs, n).items()})

@@ -16,15 +16,14 @@ import paramiko
 from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
-from paramiko.hostkeys import HostKeyEntry
 
-from . import keys, liveness, onhost, presession, sshopts
+from . import channel, keys, known_hosts, liveness, onhost, presession, sshopts
+from .channel import OutputTooLarge
 from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
 ssh_command, ssh_config, ssh_options = sshopts.ssh_command, sshopts.ssh_config, sshopts.ssh_options
-PROBE_SOURCE = onhost.PROBE_SOURCE
-probe_argv = onhost.probe_command
+PROBE_SOURCE, probe_argv = onhost.PROBE_SOURCE, onhost.probe_command
 # What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
 # model cache) is a few MiB; past this a host is broken or hostile, and the run is stopped.
 MAX_OUTPUT = 64 * 2**20
@@ -37,10 +36,6 @@ class HostError(RuntimeError):
     def __init__(self, host, kind, message):
         super().__init__(f"{host}: {message}")
         self.host, self.kind, self.message = host, kind, message
-
-
-class OutputTooLarge(Exception):
-    """A host printed more than :data:`MAX_OUTPUT` bytes on one stream."""
 
 
 class CappedRemote(Remote):
@@ -111,11 +106,11 @@ def connect(inv, host):
     if known.is_file():
         _check_known_hosts(host, known)
     try:
-        auth, agent = keys.auth_kwargs(inv.ssh.identity)
+        auth, agent = _auth(inv.ssh.identity)
     except keys.KeyProblem as e:
         raise HostError(host.name, "key", str(e)) from None
-    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,
-                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})
+    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,  # one each: a Connection
+                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})  # changes it
     conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=config, connect_timeout=t,
                           connect_kwargs={"banner_timeout": t, "auth_timeout": t, **auth}, forward_agent=False)
     conn.lane_agent = agent
@@ -125,31 +120,24 @@ def connect(inv, host):
     return conn
 
 
-def known_hosts_problem(path):
-    """The first line of the known_hosts file ``path`` that paramiko cannot honour, as
-    ``(line number, why)``, or None. paramiko 5.1 has no ``@revoked``/``@cert-authority``: it reads
-    the marker as a host name and the host pattern as the key type, and ``load_host_keys`` fails
-    with InvalidHostKey (or, were the base64 to decode, skips the line: a revoked key accepted)."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if line.startswith("@"):
-                return number, (f"{line.split()[0][:40]!r} marker: the lane's Fabric connections (paramiko) "
-                                f"cannot honour @revoked or @cert-authority lines")
-            if not line or line.startswith("#"):
-                continue
-            try:
-                HostKeyEntry.from_line(line, number)
-            except paramiko.SSHException:
-                continue  # paramiko skips these lines, as OpenSSH does
-            except Exception as e:  # noqa: BLE001 - InvalidHostKey, or a key paramiko chokes on
-                return number, f"not a host key line paramiko can read ({type(e).__name__})"
-    return None
+_file_keys = {}  # {(identity, size, mtime_ns): connect kwargs}: a key file read once per run, not per host
+
+
+def _auth(identity):
+    """``keys.auth_kwargs(identity)``; a key read from its file (no agent) is kept while the file is unchanged."""
+    st = os.stat(identity) if identity and os.path.isfile(identity) else None
+    version = st and (identity, st.st_size, st.st_mtime_ns)
+    if version not in _file_keys:
+        auth, agent = keys.auth_kwargs(identity)
+        if not (version and agent is None and "pkey" in auth):
+            return auth, agent
+        _file_keys[version] = auth
+    return _file_keys[version], None
 
 
 def _check_known_hosts(host, path):
     try:
-        problem = known_hosts_problem(path)
+        problem = known_hosts.problem_once(path)
     except (OSError, UnicodeDecodeError) as e:
         problem = (None, f"cannot read it: {getattr(e, 'strerror', None) or e}")
     if problem:
@@ -165,36 +153,51 @@ def _check_known_hosts(host, path):
 KEEPALIVE = 10
 
 
-def run(inv, host, argv, timeout=None, stdin=None, relay=None):
+def run(inv, host, argv, timeout=None, stdin=None, relay=None, again=None):
     """Run ``argv`` (quoted here) on ``host`` (or locally for ``local``): (exit code, stdout, stderr).
     ``timeout``: seconds the command may take (default: the inventory's ``ssh.probe_timeout``);
     past it the command is the host's ``timeout`` error. A stream over :data:`MAX_OUTPUT` bytes
     stops the command and is the host's error. Remote hosts only: ``stdin`` (a stream, Fabric's
-    in_stream) and ``relay`` (a file-like getting stderr as it comes; it is still returned too)."""
+    in_stream) and ``relay`` (a file-like getting stderr as it comes; it is still returned too).
+    ``again(code, stdout, stderr)``: None, or a second argv to run instead in the same session."""
     timeout = timeout or inv.ssh.probe_timeout
     if host.is_local:
-        return _run_local(host, argv, timeout)
-    streams = {"hide": "out", "err_stream": relay} if relay is not None else {"hide": True}
+        result = _run_local(host, argv, timeout)
+        second = again and again(*result)
+        return _run_local(host, second, timeout) if second else result
     try:
         with presession.take(inv, host) or open_session(inv, host) as conn:  # one prepared ahead, if any
             with liveness.Watch(conn.transport, host.hostname, host.port, inv.ssh.connect_timeout) as watch:
                 try:
-                    r = conn.run(shlex.join(argv), warn=True, timeout=timeout, **streams,
-                                 in_stream=False if stdin is None else stdin)
-                except (paramiko.SSHException, OSError, ThreadException):
+                    result = _in_session(conn, argv, timeout, stdin, relay)
+                    second = again and again(*result)
+                    result = _in_session(conn, second, timeout, stdin, relay) if second else result
+                except (paramiko.SSHException, OSError, ThreadException, channel.TimedOut):
                     if not watch.down:
                         raise
             if watch.down:
                 raise _link_down(inv, host, argv)
-            return r.exited, r.stdout, r.stderr
+            return result
     except ThreadException as e:
         if any(isinstance(w.value, OutputTooLarge) for w in e.exceptions):
             raise _too_large(host) from None
         raise
-    except CommandTimedOut:
+    except OutputTooLarge:
+        raise _too_large(host) from None
+    except (CommandTimedOut, channel.TimedOut):
         raise _timed_out(host, argv, timeout) from None
     except (paramiko.SSHException, OSError) as e:
         raise _ssh_error(inv, host, e) from None
+
+
+def _in_session(conn, argv, timeout, stdin, relay):
+    """One command on the open ``conn``: on a bare channel (``channel.py``); fed on stdin, by Fabric's runner."""
+    if stdin is None:
+        r = channel.execute(conn.transport, shlex.join(argv), timeout, MAX_OUTPUT, relay)
+        return r.exited, r.stdout, r.stderr
+    streams = {"hide": "out", "err_stream": relay} if relay is not None else {"hide": True}
+    r = conn.run(shlex.join(argv), warn=True, timeout=timeout, in_stream=stdin, **streams)
+    return r.exited, r.stdout, r.stderr
 
 
 def open_session(inv, host):
@@ -317,7 +320,8 @@ def run_probe(inv, host, args, timeout=None):
             return json.loads(json.dumps(onhost_probe.command(list(args))))  # as a host's answer is
         except Exception as e:  # noqa: BLE001 - as a probe process would die of it: local's error
             raise HostError(host.name, "error", f"probe failed: {type(e).__name__}: {str(e)[:300]}") from None
-    code, out, err = run(inv, host, probe_argv(host.python, args), timeout=timeout)
+    code, out, err = run(inv, host, probe_argv(host.python, args, stub=True), timeout=timeout,  # the kept copy
+                         again=lambda code, _, err: onhost.asks_for_source(code, err) and probe_argv(host.python, args))
     if code == 127:
         raise HostError(host.name, "error", f"no interpreter at {host.python} (exit 127)")
     if code != 0:

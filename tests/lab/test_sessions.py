@@ -44,3 +44,24 @@ def test_the_lanes_ssh_agrees_on_aes_gcm_with_a_stock_sshd(lab_inv):
     log = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stderr
     chosen = [line.split("cipher: ", 1)[1].split()[0] for line in log.splitlines() if "kex: " in line and "cipher: " in line]
     assert chosen == ["aes128-gcm@openssh.com"] * 2, log
+
+
+def test_a_host_without_the_kept_copy_is_sent_the_source_in_the_same_session(lab_inv, lab_dir, monkeypatch):
+    """The probe goes first as the loader alone (the stub); mac4, its kept copy removed, says it has
+    none and is sent the source over the session already open (no second handshake), then keeps
+    it: the next probe is answered by the copy."""
+    import shutil
+    from thunderlane import facts, onhost
+    shutil.rmtree(lab_dir / "mac4" / ".cache" / "thunderlane", ignore_errors=True)
+    opened, programs, open_session, execute = [], [], remote.open_session, remote.channel.execute
+    monkeypatch.setattr(remote, "open_session", lambda inv, host: opened.append(host.name) or open_session(inv, host))
+    monkeypatch.setattr(remote.channel, "execute",
+                        lambda t, command, *a: programs.append(len(command)) or execute(t, command, *a))
+    host = lab_inv.hosts["mac4"]
+    for _ in range(2):
+        cache = remote.ask(lab_inv, host, facts.cache(lab_inv.repo_id, str(lab_dir / "mac4" / "x")))[0]
+        assert cache.exists is False
+    stub, whole = len(onhost.PROBE_LEAN_STUB), len(onhost.PROBE_LEAN_LOADER)
+    assert opened == ["mac4", "mac4"] and len(programs) == 3
+    assert programs[0] < stub * 1.2 < whole < programs[1] and programs[2] == programs[0]
+    assert list((lab_dir / "mac4" / ".cache" / "thunderlane").glob("thunderlane_probe_*.py"))

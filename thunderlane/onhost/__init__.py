@@ -10,12 +10,14 @@ import hashlib
 import json
 from pathlib import Path
 
+from .probe_loader import NO_COPY, NO_COPY_EXIT
+
 HERE = Path(__file__).resolve().parent
-PROBE = ("files", "runs", "store", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
+PROBE = ("files", "runs", "store", "hubroot", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
 # The probe for the commands that need no links, macos or peer (PROBE_LEAN_COMMANDS: verify-cache's and
 # verify-dataset's): a third less source to compile on every host, and no socket, threading,
 # subprocess or base64 to import. Run with python -S (see runs.site_packages).
-PROBE_LEAN = ("files", "runs", "store", "probe")
+PROBE_LEAN = ("files", "runs", "store", "hubroot", "probe")
 PROBE_LEAN_COMMANDS = frozenset({"cache", "dataset", "versions"})
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
@@ -54,31 +56,41 @@ def probe_copy(source):
     return f"{source.rstrip()}\n\n\n_PROBE_COMPLETE = {probe_copy_name(source)!r}\n"
 
 
-def probe_loader(source):
+def probe_loader(source, carry=True):
     """The lean probe's -c program: ``probe_loader.py`` carrying ``source`` and the name of the copy
     a host keeps of it (by the source's digest, so that a changed probe is a new copy). The source
-    ends with the copy's completion marker: a copy cut short has none and is written anew."""
+    ends with the copy's completion marker: a copy cut short has none and is written anew.
+    ``carry=False``: the stub, which runs the kept copy or asks for the source (NO_COPY)."""
     name = probe_copy_name(source)
     text = (HERE / "probe_loader.py").read_text(encoding="utf-8")
     filled = text.replace('NAME = "thunderlane_probe"\n', f'NAME = "{name}"\n', 1)
-    filled = filled.replace('SOURCE = ""\n', f"SOURCE = {probe_copy(source)!r}\n", 1)
-    assert filled.count(name) == 2 and len(filled) > len(source), "probe_loader.py lost its NAME or SOURCE line"
+    if carry:
+        filled = filled.replace('SOURCE = ""\n', f"SOURCE = {probe_copy(source)!r}\n", 1)
+    assert filled.count(name) == 1 + carry and len(filled) > carry * len(source), \
+        "probe_loader.py lost its NAME or SOURCE line"
     return filled
 
 
 PROBE_SOURCE = probe_source()
 PROBE_LEAN_LOADER = probe_loader(probe_source(lean=True))
+PROBE_LEAN_STUB = probe_loader(probe_source(lean=True), carry=False)
 
 
-def probe_command(python, args):
+def probe_command(python, args, stub=False):
     """The command line that runs probe command ``args`` with ``python``. Commands the lean bundle
     answers (verify-cache's, verify-dataset's) run it through its loader (a compiled copy kept on
     the host) under ``-S``: no site, whose .pth files can cost more than the scan; the probe adds
-    site-packages itself where an answer depends on them (``runs.site_packages``)."""
+    site-packages itself where an answer depends on them (``runs.site_packages``). ``stub``: the
+    loader without the source where the lean bundle answers (see :func:`asks_for_source`)."""
     try:
         asked = [a[0] for a in json.loads(args[1])] if args[0] == "multi" else [args[0]]
     except (ValueError, TypeError, IndexError, KeyError):
         asked = ["multi"]
     if set(asked) <= PROBE_LEAN_COMMANDS:
-        return [python, "-S", "-c", PROBE_LEAN_LOADER, *args]
+        return [python, "-S", "-c", PROBE_LEAN_STUB if stub else PROBE_LEAN_LOADER, *args]
     return [python, "-c", PROBE_SOURCE, *args]
+
+
+def asks_for_source(code, stderr):
+    """Whether a stub's run (exit ``code``, ``stderr`` text) found no usable copy on its host."""
+    return code == NO_COPY_EXIT and stderr.rstrip().endswith(NO_COPY)

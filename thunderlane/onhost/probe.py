@@ -16,8 +16,9 @@ import time
 
 if __package__:  # imported from thunderlane.onhost; in a bundle, the modules above define these
     from .files import CHUNK, HEX64, HexName, json_dumps, json_loads, read_stripped, safetensors_check, sha256_file
-    from .runs import lane_facts, read_json_file, reap, site_packages, versions
+    from .runs import lane_facts, read_json_file, reap, versions
     from .store import check_link, finder_file, link_context, linked_blobs, repo_folder, store_facts, store_listed
+    from .hubroot import hub_cache_root
     from .links import links_facts, rdma_facts
     from .macos import macos_command
     from .peer import peer_facts
@@ -166,12 +167,9 @@ def resolve_cache_root(configured=None):
     """The hub cache root as this interpreter sees it: (path, how it was found)."""
     if configured:
         return configured, "inventory"
-    site_packages(full=True)  # under python -S (the lean probe): huggingface_hub where a normal start finds it
-    try:
-        from huggingface_hub import constants
-        return constants.HF_HUB_CACHE, "huggingface_hub"
-    except ImportError:
-        pass
+    root = hub_cache_root()  # remembered on the host (hubroot.py): the import costs more than the scan
+    if root is not None:
+        return root, "huggingface_hub"
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"], "HF_HUB_CACHE"
     if os.environ.get("HF_HOME"):

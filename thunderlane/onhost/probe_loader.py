@@ -11,12 +11,18 @@ its marker and a ``main``: no copy yet (the first run after a change), or one th
 and this run writes it anew (where the folder is safe) and runs SOURCE itself, as does a run that
 cannot write it. The copy is loaded by its path, the folder never on sys.path (where a file of it
 could shadow a stdlib module).
+
+The control side sends this loader first without SOURCE (the *stub*, a tenth of the bytes): where
+the copy is usable it answers; where it is not, the stub says so (NO_COPY on stderr, exit
+NO_COPY_EXIT) and the control side sends the whole loader in the same ssh session.
 """
 import os
 import sys
 
 NAME = "thunderlane_probe"
 SOURCE = ""
+NO_COPY = "thunderlane-probe: no usable kept copy; send the source"
+NO_COPY_EXIT = 75  # EX_TEMPFAIL
 HOME = os.path.join(os.path.expanduser("~"), ".cache", "thunderlane")
 
 
@@ -30,10 +36,15 @@ def safe(path):
 
 
 def load(path):
-    """The module at ``path``, compiled once by the interpreter. importlib.machinery, not
-    importlib.util (whose spec_from_file_location this is): util imports contextlib and
-    collections, as long again as the interpreter's whole start."""
-    from importlib.machinery import ModuleSpec, SourceFileLoader
+    """The module at ``path``, compiled once by the interpreter. The import system's own classes,
+    which importlib.machinery re-exports (importing the importlib package costs a third of the
+    interpreter's start), not importlib.util (whose spec_from_file_location this is: it imports
+    contextlib and collections, as long again as the whole start)."""
+    try:
+        from _frozen_importlib import ModuleSpec
+        from _frozen_importlib_external import SourceFileLoader
+    except ImportError:  # an interpreter without them frozen
+        from importlib.machinery import ModuleSpec, SourceFileLoader
     loader = SourceFileLoader(NAME, path)
     spec = ModuleSpec(NAME, loader, origin=path)
     spec.has_location = True  # spec.cached: __pycache__/NAME.*.pyc beside it
@@ -88,6 +99,9 @@ def run():
     probe = installed()
     if probe is not None:
         sys.exit(probe.main(sys.argv[1:]))
+    if not SOURCE:  # the stub: the control side sends the whole loader next
+        sys.stderr.write(NO_COPY + "\n")
+        sys.exit(NO_COPY_EXIT)
     install()  # the first run after a change of the source, or a damaged copy: kept anew
     exec(SOURCE, {"__name__": "__main__", "__package__": None})
 
