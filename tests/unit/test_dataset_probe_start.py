@@ -28,4 +28,7 @@ def test_the_dataset_probe_runs_without_site_and_answers_the_same(tmp_path):
         got = remote.run_probe(inv, inv.local, args)
         assert got.pop("python") == sys.version.split()[0]
         assert got == json.loads(json.dumps(probe.command(args)))
-    assert log.read_text().split() == ["-S", "-S"]  # (versions: tests/unit/test_probe_lean.py)
+    # every start is without site; a host without the kept probe copy answers the stub first (exit
+    # 75) and is sent the source: one more start per probe then (versions: tests/unit/test_probe_lean.py)
+    starts = log.read_text().split()
+    assert set(starts) == {"-S"} and 2 <= len(starts) <= 4, starts
