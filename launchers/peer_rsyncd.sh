@@ -29,7 +29,7 @@ use chroot = no
 uid = $uid
 gid = $gid
 munge symlinks = no
-max connections = 1
+max connections = 2
 lock file = $d/lock
 log file = $d/log
 [lane]
