@@ -597,13 +597,13 @@ printf "%s\n" "$s" >"$d/pw" || exit 1
 echo "pwdir $d"
 { printf "%s\n" "$s"; s=""; cat; } | { eval "$1"; echo "rsyncd-exit $?"; }'
 
-# Run on SRC (POSIX sh) by the rsyncd session for its whole length: the source check (src_script,
-# its lines first), then, only if it named the revision and found nothing unsafe, the daemon
-# (launchers/peer_rsyncd.sh, which reads the secret on this session's stdin); $1 cache root, $2
-# repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the wrapper, $7 HOST's address, $8 SRC's
+# Run on SRC (POSIX sh) by the rsyncd session for its whole length: the daemon (launchers/
+# peer_rsyncd.sh, which reads the secret on this session's stdin) and, beside its start, the source
+# check (src_script): its lines first; the daemon's port only if it named the revision and found
+# nothing unsafe; $1 cache root, $2 repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the
+# wrapper, $7 HOST's address, $8 SRC's
 # shellcheck disable=SC2016  # expanded on SRC
-serve_script='out=$(sh -c "$5" sh "$1" "$2" "$3" "$4" </dev/null); printf "%s\nsrc-end\n" "$out"
-case "$out" in *src-unsafe*) exit 0 ;; *"src-rev "*) exec sh -c "$6" sh "$1" "$3" "$7" "$8" ;; esac'
+serve_script='exec sh -c "$6" sh "$1" "$3" "$7" "$8" "$5" "$1" "$2" "$3" "$4"'
 
 start_rsyncd() {   # one session HOST -> SRC over the peer ssh, in the background: SRC's check, then
   # the daemon (serve_script); runs beside prepare_host, read by await_rsyncd
@@ -716,7 +716,7 @@ run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull
       else
         pull_once "$@" | tee "$logs/$log" || rc=$?
       fi
-      # max connections = 1: the last pass's daemon child may not have gone yet
+      # max connections (peer_rsyncd.sh): the last passes' daemon children may not have gone yet
       if [ "$rc" -ne 5 ] || [ "$transport" != rsyncd ] || [ "$try" -ge 5 ] || ! grep -q 'max connections' "$err"; then
         break
       fi

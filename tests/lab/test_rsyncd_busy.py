@@ -1,8 +1,8 @@
 """The rsyncd transport's two retries, each of which a pull needs in the field: peer_rsyncd.sh moves
 on to the next port when one is taken on SRC's data address (32400-32463), and the sync launcher
-runs a pass again (every second, 5 times) when the one-shot daemon answers "max connections (2)
-reached": the last passes' daemon children (two blob streams) may still hold its slots. Without either, these pulls
-fail (exit 66: no daemon started; exit 5: rsync's "max connections")."""
+runs a pass again (every second, 5 times) when the one-shot daemon answers "max connections (3)
+reached": the last passes' daemon children (two blob streams, a pass) may still hold its slots.
+Without either, these pulls fail (exit 66: no daemon started; exit 5: rsync's "max connections")."""
 import glob
 import socket
 import subprocess
@@ -13,9 +13,7 @@ from tests.lab.test_sync_launcher_peer import DONE, complete
 from tests.lab.test_sync_launcher_rsyncd import daemons, rsyncd_argv
 
 FIRST_PORT = 32400   # peer_rsyncd.sh's first try
-
-
-SLOTS = 2            # peer_rsyncd.sh's max connections: the blobs pass may run as two streams
+SLOTS = 3   # peer_rsyncd.sh's max connections: two blob streams, and the next pass beside their end
 
 
 class SlotHolder:
