@@ -10,9 +10,11 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from thunderlane.lab import kit
 from thunderlane.rsync_lines import parse_summary
-from tests.lab.test_sync_launcher_peer import DONE, blobs, complete
+from tests.lab.test_sync_launcher_peer import DONE, blobs, complete, pull_argv
 from tests.lab.test_sync_launcher_rsyncd import daemons, rsyncd_argv
 
 STREAMS = re.compile(r"^sync: blobs in two streams: (\d+) and (\d+) bytes$", re.M)
@@ -31,17 +33,21 @@ def shards(lab_dir, host):
 
 
 def host_rsyncs(lab_dir):
-    """(pid, command line) of the rsync processes writing into mac4's cache."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    """(pid, command line) of the rsync processes writing into mac4's cache that an ssh session
+    started (not the receiver each forks, whose parent is one of them)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
     dest = str(kit.host_cache(lab_dir, "mac4"))
-    rows = [line.strip().split(" ", 1) for line in out.splitlines()]
-    return [(int(pid), args) for pid, args in rows if args.startswith("rsync ") and dest in args]
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    ours = {int(pid): (int(ppid), args) for pid, ppid, args in rows if args.startswith("rsync ") and dest in args}
+    return [(pid, args) for pid, (ppid, args) in ours.items() if ppid not in ours]
 
 
-def test_two_streams_bring_every_blob_once_and_their_figures_add_up(lab_inv, lab_dir):
+@pytest.mark.parametrize("transport", ["rsyncd", "ssh"])
+def test_two_streams_bring_every_blob_once_and_their_figures_add_up(lab_inv, lab_dir, transport):
     want = shards(lab_dir, "mac5")
     assert len(want) == 2 and not set(want) & set(blobs(lab_dir, "mac4"))   # mac4 lacks both shards
-    p = subprocess.run(rsyncd_argv(lab_inv, lab_dir), capture_output=True, text=True, timeout=120, env=env())
+    argv = rsyncd_argv(lab_inv, lab_dir) if transport == "rsyncd" else pull_argv(lab_inv, lab_dir)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env())
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     split = STREAMS.search(p.stdout)
     assert split and sorted(map(int, split.groups())) == sorted(want.values()), p.stdout[-2000:]
