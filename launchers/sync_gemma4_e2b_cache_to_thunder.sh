@@ -368,15 +368,16 @@ sh -c "$4" sh "$repo"
 exit 0'
 
 # Run on HOST (POSIX sh; $1 rsync, $2 python, $3 cache root, $4 repo folder, $5 --dry-run or "",
-# $6 the peer check's command line or "", $7 tree_script): the rsync version, sync_prep.py (fed on
-# stdin), the host's tree lines, the peer check: one ssh session for all, each answer on tagged lines
+# $6 the peer check's command line or "", $7 tree_script, $8 1 when pulling): the rsync version,
+# sync_prep.py (fed on stdin), the host's tree lines, pulling the sizes of its blobs (for the blob
+# streams), the peer check: one ssh session for all, each answer on tagged lines
 # shellcheck disable=SC2016  # expanded on HOST
 host_script='v=$("$1" --version 2>&1); rc=$?
 echo "version $rc $(printf "%s\n" "$v" | head -n 1)"
 if [ -n "$5" ]; then "$2" - "$3" "$4" "$5"; else "$2" - "$3" "$4"; fi
 echo "prep-exit $?"
 sh -c "$7" sh "$3/$4" | sed "s/^tree /host-tree /"
-for f in "$3/$4"/blobs/*; do [ -f "$f" ] && [ ! -L "$f" ] && echo "host-blob ${f##*/} $(wc -c <"$f" | tr -d " ")"; done
+[ "$8" != 1 ] || for f in "$3/$4"/blobs/*; do [ -f "$f" ] && [ ! -L "$f" ] && echo "host-blob ${f##*/} $(wc -c <"$f" | tr -d " ")"; done
 if [ -n "$6" ]; then eval "$6" </dev/null; echo "peer-exit $?"; fi
 exit 0'
 
@@ -512,7 +513,7 @@ prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the 
   local rc=0 peer="" tag a b
   [ "$pull" -eq 0 ] || [ "$transport" = rsyncd ] || peer=$(peer_check_cmd)
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
-$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script")" <"$prep_script" >"$logs/prep" || rc=$?
+$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script") $pull" <"$prep_script" >"$logs/prep" || rc=$?
   [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
   while IFS=' ' read -r tag a b; do
     case "$tag" in

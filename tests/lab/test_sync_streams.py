@@ -100,3 +100,19 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
         path = repo / "blobs" / name
         assert not path.exists() or path.stat().st_size == size
     assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_one_big_blob_missing_is_one_stream(lab_inv, lab_dir):
+    """mac4 already holds one shard (the host lists its blobs' sizes): only the other is missing, so
+    the blobs pass is one rsync, which sends that shard alone."""
+    want = shards(lab_dir, "mac5")
+    have, missing = sorted(want)
+    src = kit.host_repo(lab_dir, "mac5") / "blobs" / have
+    dst = kit.host_repo(lab_dir, "mac4") / "blobs" / have
+    dst.write_bytes(src.read_bytes())
+    os.utime(dst, (src.stat().st_atime, src.stat().st_mtime))
+    p = subprocess.run(rsyncd_argv(lab_inv, lab_dir), capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert not STREAMS.search(p.stdout), p.stdout[-2000:]
+    assert re.findall(r"^>f\S+ ([0-9a-f]{64})$", p.stdout, re.M) == [missing], p.stdout[-2000:]
+    assert complete(lab_inv, "mac4")
