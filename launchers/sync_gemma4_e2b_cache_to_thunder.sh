@@ -368,14 +368,16 @@ sh -c "$4" sh "$repo"
 exit 0'
 
 # Run on HOST (POSIX sh; $1 rsync, $2 python, $3 cache root, $4 repo folder, $5 --dry-run or "",
-# $6 the peer check's command line or "", $7 tree_script): the rsync version, sync_prep.py (fed on
-# stdin), the host's tree lines, the peer check: one ssh session for all, each answer on tagged lines
+# $6 the peer check's command line or "", $7 tree_script, $8 1 when pulling): the rsync version,
+# sync_prep.py (fed on stdin), the host's tree lines, pulling the sizes of its blobs (for the blob
+# streams), the peer check: one ssh session for all, each answer on tagged lines
 # shellcheck disable=SC2016  # expanded on HOST
 host_script='v=$("$1" --version 2>&1); rc=$?
 echo "version $rc $(printf "%s\n" "$v" | head -n 1)"
 if [ -n "$5" ]; then "$2" - "$3" "$4" "$5"; else "$2" - "$3" "$4"; fi
 echo "prep-exit $?"
 sh -c "$7" sh "$3/$4" | sed "s/^tree /host-tree /"
+[ "$8" != 1 ] || for f in "$3/$4"/blobs/*; do [ -f "$f" ] && [ ! -L "$f" ] && echo "host-blob ${f##*/} $(wc -c <"$f" | tr -d " ")"; done
 if [ -n "$6" ]; then eval "$6" </dev/null; echo "peer-exit $?"; fi
 exit 0'
 
@@ -475,7 +477,10 @@ $ssh_cmd
 EOF
 logs=$(mktemp -d "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")   # one rsync output per pass
 rsyncd_pid=""
+streams=""
 finish() {
+  # shellcheck disable=SC2086  # two pids
+  [ -z "$streams" ] || { kill $streams 2>/dev/null; wait $streams 2>/dev/null; }
   close_rsyncd
   "${ssh_argv[@]}" -O exit "$host" >/dev/null 2>&1 || true
   rm -rf "$ctl" "$logs"
@@ -489,6 +494,7 @@ check_version() {   # WHO PROGRAM RC FIRST-LINE [OPTION]: the answer of `PROGRAM
   fi
   case "$4" in
     *openrsync*|*"version 2."*)
+      old_rsync=1
       echo "sync: $1 runs an old rsync ($4): using only flags it accepts" ;;
     *rsync*version*) ;;
     *) die "$EX_NORSYNC" "'$2' on $1 does not look like rsync ($4); pass ${5:---rsync-path} /path/to/rsync" ;;
@@ -507,7 +513,7 @@ prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the 
   local rc=0 peer="" tag a b
   [ "$pull" -eq 0 ] || [ "$transport" = rsyncd ] || peer=$(peer_check_cmd)
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
-$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script")" <"$prep_script" >"$logs/prep" || rc=$?
+$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script") $pull" <"$prep_script" >"$logs/prep" || rc=$?
   [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
   while IFS=' ' read -r tag a b; do
     case "$tag" in
@@ -519,6 +525,7 @@ $(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_scr
             "is the disk full or read-only? pass --host-python)"
         fi ;;
       linked) host_linked+=("$a $b") ;;
+      host-blob) host_sizes+=("$a $b") ;;
       absent) host_absent=1 ;;
       removed|would|kept) echo "sync: $tag $a $b" ;;
       src-*|peer-exit) check_source "$tag" "$a" "$b" ;;
@@ -591,13 +598,13 @@ printf "%s\n" "$s" >"$d/pw" || exit 1
 echo "pwdir $d"
 { printf "%s\n" "$s"; s=""; cat; } | { eval "$1"; echo "rsyncd-exit $?"; }'
 
-# Run on SRC (POSIX sh) by the rsyncd session for its whole length: the source check (src_script,
-# its lines first), then, only if it named the revision and found nothing unsafe, the daemon
-# (launchers/peer_rsyncd.sh, which reads the secret on this session's stdin); $1 cache root, $2
-# repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the wrapper, $7 HOST's address, $8 SRC's
+# Run on SRC (POSIX sh) by the rsyncd session for its whole length: the daemon (launchers/
+# peer_rsyncd.sh, which reads the secret on this session's stdin) and, beside its start, the source
+# check (src_script): its lines first; the daemon's port only if it named the revision and found
+# nothing unsafe; $1 cache root, $2 repo folder, $3 rsync, $4 tree_script, $5 src_script, $6 the
+# wrapper, $7 HOST's address, $8 SRC's
 # shellcheck disable=SC2016  # expanded on SRC
-serve_script='out=$(sh -c "$5" sh "$1" "$2" "$3" "$4" </dev/null); printf "%s\nsrc-end\n" "$out"
-case "$out" in *src-unsafe*) exit 0 ;; *"src-rev "*) exec sh -c "$6" sh "$1" "$3" "$7" "$8" ;; esac'
+serve_script='exec sh -c "$6" sh "$1" "$3" "$7" "$8" "$5" "$1" "$2" "$3" "$4"'
 
 start_rsyncd() {   # one session HOST -> SRC over the peer ssh, in the background: SRC's check, then
   # the daemon (serve_script); runs beside prepare_host, read by await_rsyncd
@@ -672,20 +679,33 @@ dest_arg() {   # PART: the destination of a pass (HOST:PATH quoted for HOST's sh
   if [ "$pull" -eq 1 ]; then printf '%s' "$dest_repo/$1"; else remote_path "$dest_repo/$1"; fi
 }
 
-pull_once() {   # RSYNC-ARGS...: HOST runs one rsync pass ($env: run_pass's)
-  "${ssh_argv[@]}" "$host" "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; ${env}exec $(host_cmd "$rsync_path" "$@")" \
-    </dev/null
+pull_line() {   # RSYNC-ARGS...: the command line HOST runs for one rsync pass
+  local env=""
+  # rsyncd: the secret reaches HOST's rsync in its environment only (ps shows command lines)
+  if [ "$transport" = rsyncd ]; then
+    env="RSYNC_PASSWORD=\$(cat $(sq "$pwdir/pw")) || exit 5; export RSYNC_PASSWORD; "
+  fi
+  printf '%s' "RSYNC_OLD_ARGS=1; export RSYNC_OLD_ARGS; unset RSYNC_PROTECT_ARGS; ${env}exec $(host_cmd "$rsync_path" "$@")"
+}
+
+pull_once() {   # RSYNC-ARGS...: HOST runs one rsync pass
+  "${ssh_argv[@]}" "$host" "$(pull_line "$@")" </dev/null
+}
+
+pass_exit() {   # RC: end the sync with a pass's failing code (pulling, an ssh exit 255 over a live
+  # connection to HOST was the peer's)
+  [ "$1" -ne 0 ] || return 0
+  if [ "$pull" -eq 1 ] && [ "$1" -eq 255 ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
+    die 255 "$host could not reach $from_host over the peer ssh (rsync exit 255)"
+  fi
+  exit "$1"
 }
 
 run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull), its output shown and
   # kept in $logs/LOG; a failure ends the sync with rsync's code
-  local log=$1 rc=0 env="" try=0 err=$logs/$1.err
+  local log=$1 rc=0 try=0 err=$logs/$1.err
   shift
-  # rsyncd: the secret reaches HOST's rsync in its environment only (ps shows command lines); its
-  # errors are kept to see a busy daemon ("max connections")
-  if [ "$transport" = rsyncd ]; then
-    env="RSYNC_PASSWORD=\$(cat $(sq "$pwdir/pw")) || exit 5; export RSYNC_PASSWORD; "
-  fi
+  # rsyncd: its errors are kept to see a busy daemon ("max connections")
   if [ "$pull" -eq 0 ]; then
     rsync "$@" | tee "$logs/$log" || rc=$?
   else
@@ -697,18 +717,122 @@ run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull
       else
         pull_once "$@" | tee "$logs/$log" || rc=$?
       fi
-      # max connections = 1: the last pass's daemon child may not have gone yet
+      # max connections (peer_rsyncd.sh): the last passes' daemon children may not have gone yet
       if [ "$rc" -ne 5 ] || [ "$transport" != rsyncd ] || [ "$try" -ge 5 ] || ! grep -q 'max connections' "$err"; then
         break
       fi
       try=$((try + 1))
       sleep 1
     done
-    if [ "$rc" -eq 255 ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
-      die 255 "$host could not reach $from_host over the peer ssh (rsync exit 255)"
-    fi
   fi
-  [ "$rc" -eq 0 ] || exit "$rc"
+  pass_exit "$rc"
+}
+
+# bytes: a missing blob this big or bigger is worth a stream of its own (the tests' tiny models set
+# THUNDER_SYNC_STREAM_MIN lower)
+STREAM_MIN=${THUNDER_SYNC_STREAM_MIN:-16777216}
+case "$STREAM_MIN" in ''|*[!0-9]*) die "$EX_USAGE" "THUNDER_SYNC_STREAM_MIN '$STREAM_MIN' is not a whole number of bytes" ;; esac
+
+size_in() {   # ETAG ENTRY...: the size of ETAG in "ETAG SIZE" entries, or nothing
+  local etag=$1 entry
+  shift
+  for entry in "$@"; do
+    [ "${entry% *}" != "$etag" ] || { echo "${entry#* }"; return 0; }
+  done
+}
+
+missing_blobs() {   # "SIZE ETAG" of each source blob of STREAM_MIN bytes or more that HOST lacks (or
+  # holds at another size), biggest first; pulling only (SRC sized them in its check)
+  local entry etag size
+  for entry in "${src_sizes[@]+"${src_sizes[@]}"}"; do
+    etag=${entry% *}
+    size=${entry#* }
+    case "$etag" in ''|*[!0-9a-f]*) continue ;; esac   # hex names and plain sizes only
+    case "$size" in ''|*[!0-9]*) continue ;; esac
+    [ "$size" -ge "$STREAM_MIN" ] || continue
+    [ "$(size_in "$etag" "${host_sizes[@]+"${host_sizes[@]}"}")" != "$size" ] || continue
+    [ "$(size_in "$etag" "${host_linked[@]+"${host_linked[@]}"}")" != "$size" ] || continue
+    echo "$size $etag"
+  done | sort -k1,1nr
+}
+
+split_blobs() {   # stream_a: --include of the blobs dealt to a second stream (each missing big blob,
+  # biggest first, to the stream with fewer bytes so far; the first stream then takes all the rest,
+  # small blobs included), stream_b: their --exclude; both empty when fewer than two big blobs are
+  # missing, when pushing (the control link is the bound, not one rsync's CPU) or in a dry run
+  local size etag a=0 b=0
+  stream_a=()
+  stream_b=()
+  [ "$pull" -eq 1 ] && [ "$dry_run" -eq 0 ] || return 0
+  while read -r size etag; do
+    [ -n "$etag" ] || continue
+    if [ "$b" -lt "$a" ]; then
+      stream_a+=("--include=/$etag")
+      stream_b+=("--exclude=/$etag")
+      b=$((b + size))
+    else
+      a=$((a + size))
+    fi
+  done <<BLOBS
+$(missing_blobs)
+BLOBS
+  [ "$b" -gt 0 ] || return 0
+  stream_a+=("--exclude=*")
+  echo "sync: blobs in two streams: $a and $b bytes"
+}
+
+stop_stream() {   # PID LOG: stop a stream: its rsync on HOST (the pid its session printed first in
+  # LOG) with TERM, so that it removes its temp file and ends its session; else its ssh here
+  local rpid
+  rpid=$(sed -n 's/^stream pid \([0-9][0-9]*\)$/\1/p' "$2" | head -n 1)
+  if [ -z "$rpid" ] || ! "${ssh_argv[@]}" "$host" "kill -TERM $rpid" </dev/null >/dev/null 2>&1; then
+    kill "$1" 2>/dev/null || true
+  fi
+}
+
+await_streams() {   # PID-1 LOG-1 PID-2 LOG-2: both streams (their ssh to HOST, their output); the
+  # first to fail stops the other, which is waited for; sets stream_rc (the first failure's code)
+  local one=$1 two=$3 log=$4 rc=0
+  while kill -0 "$one" 2>/dev/null && kill -0 "$two" 2>/dev/null; do sleep 0.05 2>/dev/null || sleep 1; done
+  if kill -0 "$one" 2>/dev/null; then one=$3; two=$1; log=$2; fi
+  wait "$one" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    stop_stream "$two" "$log"
+    wait "$two" 2>/dev/null || true
+  else
+    wait "$two" || rc=$?
+  fi
+  stream_rc=$rc
+}
+
+run_blobs() {   # RSYNC-ARGS... (without source and destination): the blobs pass, as one rsync, or
+  # (split_blobs) as two side by side over the same daemon or peer ssh: the second's output is kept
+  # and shown once both ended, so the progress lines of one file never interleave with another's
+  local err1=$logs/1.err err2=$logs/1b.err pid1 pid2 tee_pid
+  split_blobs
+  if [ "${#stream_a[@]}" -eq 0 ]; then
+    run_pass 1 "$@" "$(src_arg blobs/)" "$(dest_arg blobs/)"
+    blob_logs=("$here/blobs" "$logs/1")
+    return 0
+  fi
+  mkfifo "$logs/1.fifo"
+  tee "$logs/1" <"$logs/1.fifo" &
+  tee_pid=$!
+  # each session says its rsync's pid first (the shell's, which execs rsync): stop_stream's handle
+  "${ssh_argv[@]}" "$host" "echo \"stream pid \$\$\"; $(pull_line "$@" "${stream_b[@]}" "$(src_arg blobs/)" \
+    "$(dest_arg blobs/)")" </dev/null >"$logs/1.fifo" 2>"$err1" &
+  pid1=$!
+  "${ssh_argv[@]}" "$host" "echo \"stream pid \$\$\"; $(pull_line "$@" "${stream_a[@]}" "$(src_arg blobs/)" \
+    "$(dest_arg blobs/)")" </dev/null >"$logs/1b" 2>"$err2" &
+  pid2=$!
+  streams="$pid1 $pid2"
+  await_streams "$pid1" "$logs/1" "$pid2" "$logs/1b"
+  streams=""
+  wait "$tee_pid" || true
+  cat "$logs/1b"
+  cat "$err1" "$err2" >&2
+  pass_exit "$stream_rc"
+  blob_logs=("$here/blobs" "$logs/1" "$here/blobs" "$logs/1b")
 }
 
 if [ "$transport" = rsyncd ]; then
@@ -741,6 +865,8 @@ prep_script=$(cd -P "$launchers_dir/.." && pwd -P)/thunderlane/onhost/sync_prep.
 keep=()
 host_linked=()
 src_sizes=()
+host_sizes=()
+old_rsync=0
 host_absent=0
 revision=${revision:-}
 if [ "$dry_run" -eq 1 ]; then
@@ -768,16 +894,20 @@ prepare_host
 [ "$transport" != rsyncd ] || await_rsyncd
 [ -z "$tree_pid" ] || wait "$tree_pid" || : >"$logs/tree-src"   # unsure: tree_differs says run them
 keep_linked
+# rsyncd (rsync 3 on both ends): every missing blob whole, not through the delta algorithm, which
+# costs more CPU than the data link's time it could save (a blob's name is its content: one of the
+# wrong size is resent whole anyway)
+if [ "$transport" = rsyncd ] && [ "$old_rsync" -eq 0 ]; then flags+=(--whole-file); fi
 echo "sync: $origin -> $host:$dest_repo (revision $revision)"
 
 # blobs first (their content: a source blob that links into the shared store is sent as the file
 # it names; the host receives a classic blob), then the snapshot links to them, then refs/main: a
 # failed pass (a full disk, a dropped link) never leaves a link to a blob that did not arrive, nor
 # a ref to a missing snapshot
-run_pass 1 -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}" \
-  "$(src_arg blobs/)" "$(dest_arg blobs/)"
-passes=("$here/blobs" "$logs/1")
+run_blobs -L "${flags[@]}" "${blob_check[@]+"${blob_check[@]}"}" "${keep[@]+"${keep[@]}"}"
+passes=("${blob_logs[@]}")
 logs_run=("$logs/1")
+[ "${#blob_logs[@]}" -eq 2 ] || logs_run+=("$logs/1b")
 # each of the two later passes runs only when the host lacks a line of the source's tree there (a
 # pass skipped had nothing to send: the order above holds for what is sent)
 if tree_differs snapshots; then

@@ -1,8 +1,8 @@
 """The rsyncd transport's two retries, each of which a pull needs in the field: peer_rsyncd.sh moves
 on to the next port when one is taken on SRC's data address (32400-32463), and the sync launcher
-runs a pass again (every second, 5 times) when the one-shot daemon answers "max connections (1)
-reached": the last pass's daemon child may still hold the only slot. Without either, these pulls
-fail (exit 66: no daemon started; exit 5: rsync's "max connections")."""
+runs a pass again (every second, 5 times) when the one-shot daemon answers "max connections (3)
+reached": the last passes' daemon children (two blob streams, a pass) may still hold its slots.
+Without either, these pulls fail (exit 66: no daemon started; exit 5: rsync's "max connections")."""
 import glob
 import socket
 import subprocess
@@ -13,13 +13,14 @@ from tests.lab.test_sync_launcher_peer import DONE, complete
 from tests.lab.test_sync_launcher_rsyncd import daemons, rsyncd_argv
 
 FIRST_PORT = 32400   # peer_rsyncd.sh's first try
+SLOTS = 3   # peer_rsyncd.sh's max connections: two blob streams, and the next pass beside their end
 
 
 class SlotHolder:
-    """Takes the one-shot daemon's only connection (max connections = 1) as soon as it listens on
-    SRC's first port: from HOST's address (the only one the daemon lets in), the module asked, the
-    secret never given (the daemon claims the slot before it asks for it). Lets go once ``release``
-    is set, or after ``longest`` seconds."""
+    """Takes the one-shot daemon's every connection (max connections = SLOTS) as soon as it listens
+    on SRC's first port: from HOST's address (the only one the daemon lets in), the module asked,
+    the secret never given (the daemon claims a slot before it asks for it). Lets go once
+    ``release`` is set, or after ``longest`` seconds."""
 
     def __init__(self, src_addr, host_addr, longest=30):
         self.src, self.host, self.longest = src_addr, host_addr, longest
@@ -29,26 +30,28 @@ class SlotHolder:
 
     def hold(self):
         deadline = time.monotonic() + self.longest
-        while time.monotonic() < deadline:
-            s = socket.socket()
-            s.bind((self.host, 0))
-            try:
-                s.connect((self.src, FIRST_PORT))
-            except OSError:
-                s.close()
-                time.sleep(0.01)
-                continue
-            try:
+        held = []
+        try:
+            while len(held) < SLOTS and time.monotonic() < deadline:
+                s = socket.socket()
+                s.bind((self.host, 0))
+                try:
+                    s.connect((self.src, FIRST_PORT))
+                except OSError:
+                    s.close()
+                    time.sleep(0.01)
+                    continue
+                held.append(s)
                 s.settimeout(10)
                 s.recv(4096)                              # the daemon's greeting
                 s.sendall(b"@RSYNCD: 31.0\nlane\n")
                 self.answer = s.recv(4096)                # the auth challenge: the slot is ours
-                self.held.set()
-                self.release.wait(max(0.0, deadline - time.monotonic()))
-            finally:
+            self.held.set()
+            self.release.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            for s in held:
                 s.shutdown(socket.SHUT_RDWR)
                 s.close()
-            return
 
 
 def test_a_busy_daemon_is_asked_again_until_its_slot_is_free(lab_inv, lab_dir):
@@ -75,7 +78,7 @@ def test_a_busy_daemon_is_asked_again_until_its_slot_is_free(lab_inv, lab_dir):
     holder.thread.join(10)
     stderr = "".join(err)
     assert holder.held.is_set() and holder.answer.startswith(b"@RSYNCD: AUTHREQD"), holder.answer
-    assert "max connections (1) reached" in stderr, stderr[-2000:]   # the first try was refused
+    assert f"max connections ({SLOTS}) reached" in stderr, stderr[-2000:]   # the first try was refused
     assert p.returncode == 0, out[-2000:] + stderr[-2000:]
     assert f"port {FIRST_PORT} for" in out and DONE.search(out), out[-2000:]
     assert complete(lab_inv, "mac4")

@@ -1,0 +1,118 @@
+"""The sync launcher's blobs pass as two rsync streams side by side (pulling, when two big blobs or
+more are missing): both arrive, the closing figures add up both streams' (what
+thunderlane.rsync_lines.parse_summary reads), and a failed stream fails the sync at once: the other
+stream is stopped and waited for, the snapshots pass never runs, nothing partial has a final name.
+The lab's model is 1 MB: THUNDER_SYNC_STREAM_MIN=1 makes its two shards "big"."""
+import glob
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from thunderlane.lab import kit
+from thunderlane.rsync_lines import parse_summary
+from tests.lab.test_sync_launcher_peer import DONE, blobs, complete, pull_argv
+from tests.lab.test_sync_launcher_rsyncd import daemons, rsyncd_argv
+
+STREAMS = re.compile(r"^sync: blobs in two streams: (\d+) and (\d+) bytes$", re.M)
+
+
+def env(**extra):
+    return dict(os.environ, THUNDER_SYNC_STREAM_MIN="1", **extra)
+
+
+def shards(lab_dir, host):
+    """{blob name: size} of the host's weight shards (the blobs its snapshot's *.safetensors name)."""
+    repo = kit.host_repo(lab_dir, host)
+    rev = (repo / "refs" / "main").read_text().strip()
+    names = [os.readlink(p).rsplit("/", 1)[-1] for p in (repo / "snapshots" / rev).glob("*.safetensors")]
+    return {n: (repo / "blobs" / n).stat().st_size for n in names}
+
+
+def host_rsyncs(lab_dir):
+    """(pid, command line) of the rsync processes writing into mac4's cache that an ssh session
+    started (not the receiver each forks, whose parent is one of them)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    dest = str(kit.host_cache(lab_dir, "mac4"))
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    ours = {int(pid): (int(ppid), args) for pid, ppid, args in rows if args.startswith("rsync ") and dest in args}
+    return [(pid, args) for pid, (ppid, args) in ours.items() if ppid not in ours]
+
+
+@pytest.mark.parametrize("transport", ["rsyncd", "ssh"])
+def test_two_streams_bring_every_blob_once_and_their_figures_add_up(lab_inv, lab_dir, transport):
+    want = shards(lab_dir, "mac5")
+    assert len(want) == 2 and not set(want) & set(blobs(lab_dir, "mac4"))   # mac4 lacks both shards
+    argv = rsyncd_argv(lab_inv, lab_dir) if transport == "rsyncd" else pull_argv(lab_inv, lab_dir)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    split = STREAMS.search(p.stdout)
+    assert split and sorted(map(int, split.groups())) == sorted(want.values()), p.stdout[-2000:]
+    assert complete(lab_inv, "mac4")
+    # each shard itemized once (one stream each), the figures those of both streams
+    for name in want:
+        assert len(re.findall(rf"^>f\S+ {name}$", p.stdout, re.M)) == 1, p.stdout[-3000:]
+    received = sum(int(v.replace(",", "")) for v in re.findall(r"^Total bytes received: ([\d,]+)$", p.stdout, re.M))
+    literal, total = map(int, DONE.search(p.stdout).groups())
+    assert literal == sum(want.values()) and total == received, p.stdout[-3000:]
+    summary = parse_summary(p.stdout)
+    assert (summary.literal_bytes, summary.total_sent, summary.file_data_from) == (literal, total, "stats")
+    assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir):
+    """Each stream slowed to 20 KiB/s (a shard takes about 20 s); the stream of the blob dealt
+    second (the --include one) is stopped on HOST with SIGTERM (rsync's exit 20): the launcher
+    exits 20 within seconds, the other stream's rsync is gone with it, no snapshot link was made
+    for a shard, and no shard is under its final name unless whole."""
+    want = shards(lab_dir, "mac5")
+    t0 = time.monotonic()
+    p = subprocess.Popen(rsyncd_argv(lab_inv, lab_dir, "--bwlimit", "20"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True)
+    try:
+        both = []
+        while len(both) < 2 and time.monotonic() - t0 < 30:   # both streams running on HOST
+            both = host_rsyncs(lab_dir)
+            time.sleep(0.05)
+        assert len(both) == 2, both
+        second = [pid for pid, args in both if "--include=/" in args]
+        assert len(second) == 1, both
+        os.kill(second[0], signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:   # as fab stops a launcher: its whole process group
+            os.killpg(p.pid, signal.SIGKILL)
+    took = time.monotonic() - t0
+    assert p.returncode == 20, out[-2000:] + err[-2000:]
+    assert took < 15, took   # not after the other stream's 20 s
+    deadline = time.monotonic() + 5   # the daemon's child for a client gone ends on its next write
+    while (host_rsyncs(lab_dir) or daemons()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not host_rsyncs(lab_dir)
+    assert "sync: done" not in out
+    repo = kit.host_repo(lab_dir, "mac4")
+    rev = (repo / "refs" / "main").read_text().strip()
+    assert not list((repo / "snapshots" / rev).glob("*.safetensors"))   # the snapshots pass never ran
+    for name, size in want.items():
+        path = repo / "blobs" / name
+        assert not path.exists() or path.stat().st_size == size
+    assert not daemons() and not glob.glob("/tmp/thunder-rsyncd.*") and not glob.glob("/tmp/thunder-peer.*")
+
+
+def test_one_big_blob_missing_is_one_stream(lab_inv, lab_dir):
+    """mac4 already holds one shard (the host lists its blobs' sizes): only the other is missing, so
+    the blobs pass is one rsync, which sends that shard alone."""
+    want = shards(lab_dir, "mac5")
+    have, missing = sorted(want)
+    src = kit.host_repo(lab_dir, "mac5") / "blobs" / have
+    dst = kit.host_repo(lab_dir, "mac4") / "blobs" / have
+    dst.write_bytes(src.read_bytes())
+    os.utime(dst, (src.stat().st_atime, src.stat().st_mtime))
+    p = subprocess.run(rsyncd_argv(lab_inv, lab_dir), capture_output=True, text=True, timeout=120, env=env())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert not STREAMS.search(p.stdout), p.stdout[-2000:]
+    assert re.findall(r"^>f\S+ ([0-9a-f]{64})$", p.stdout, re.M) == [missing], p.stdout[-2000:]
+    assert complete(lab_inv, "mac4")
