@@ -8,8 +8,8 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import facts as queries, fsutil, layout, mux
@@ -137,32 +137,60 @@ def lock_path(inv, host):
     return layout.local(inv).root / ".locks" / f"sync-cache.{host.name}.lock"
 
 
-@contextmanager
-def host_lock(inv, host):
-    """Hold ``host``'s sync lock for the body, or raise :class:`SyncError` naming who holds it. It
-    refuses rather than waits: a sync runs for minutes, and the second one's plan would be stale."""
-    path = lock_path(inv, host)
-    state, owner = fsutil.take_lock(path, os.getpid())
-    if state == "held":
-        raise SyncError(f"{host.name}: another sync-cache (pid {owner or '?'}) is syncing this host now; "
-                        f"run again when it has finished (lock {path})")
-    try:
-        yield
-    finally:
-        if fsutil.lock_holder(path) == ("held", os.getpid()):
-            shutil.rmtree(path, ignore_errors=True)
+class HostLock:
+    """``host``'s sync lock (:func:`lock_path`): two sync-caches to one host never interleave. It is
+    taken in the background from creation on, so that the ``ps`` recording its owner's start time
+    overlaps the verify before (which only reads); :meth:`hold` waits for it and refuses rather
+    than waits for another sync (a sync runs for minutes, and the second one's plan would be stale)."""
+
+    def __init__(self, inv, host):
+        self.host, self.path = host, lock_path(inv, host)
+        self._state = self._error = None
+        self._thread = threading.Thread(target=self._take, daemon=True)
+        self._thread.start()
+
+    def _take(self):
+        try:
+            self._state = fsutil.take_lock(self.path, os.getpid())
+        except OSError as e:  # the runs root cannot be written: said by hold()
+            self._error = e
+
+    def hold(self):
+        """Return once the lock is ours; else :class:`SyncError` naming who holds it."""
+        self._thread.join()
+        if self._error is not None:
+            raise SyncError(f"{self.host.name}: cannot take the sync lock {self.path}: {self._error}")
+        state, owner = self._state
+        if state == "held":
+            raise SyncError(f"{self.host.name}: another sync-cache (pid {owner or '?'}) is syncing this host now; "
+                            f"run again when it has finished (lock {self.path})")
+
+    def release(self):
+        """Remove the lock if it is ours. The owner's pid in it is enough: a lock is taken over only
+        when its owner is gone (or its start time differs), and then the pid in it is the taker's."""
+        self._thread.join()
+        try:
+            ours = int((self.path / "pid").read_text()) == os.getpid()
+        except (OSError, ValueError):
+            return
+        if ours:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout, source=(),
-               gathered=None):
+               gathered=None, master=None):
     """Verify, push what is missing, verify again, under the host's sync lock. Raises
     :class:`SyncError` on any failure. ``checksum`` compares contents (and verifies deeply before
     and after): it repairs a blob whose bytes changed without its size or mtime changing.
     ``source``: launcher options that make the host pull from a peer (default: push from local).
     ``gathered``: local's and the host's cache facts, just asked (with ``checksum``'s depth), which
-    are then not asked again."""
-    with host_lock(inv, host):
-        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered)
+    are then not asked again. ``master``: a :class:`mux.Master` to the host the caller opened (and
+    closes) for the launcher's sessions; without one, one is opened beside the verify before."""
+    lock = HostLock(inv, host)
+    try:
+        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, lock, master)
+    finally:
+        lock.release()
 
 
 def nothing_missing(result, facts):
@@ -172,19 +200,24 @@ def nothing_missing(result, facts):
     return result.ok and not facts.incomplete
 
 
-def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gathered=None):
+def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, lock, given=None):
     # the launcher's ssh connection, opened while the verify before runs (``mux.py``)
-    master = mux.Master(inv, host) if gathered is None else None
+    master = given or (mux.Master(inv, host) if gathered is None else None)
     try:
-        return _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master)
+        return _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master, lock)
     finally:
-        if master:
+        if master and not given:
             master.close()
 
 
-def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master):
+def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master, lock):
     t0 = time.monotonic()
-    facts, host_before = _plan(inv, host, checksum, gathered)
+    try:
+        facts, host_before = _plan(inv, host, checksum, gathered)
+    except (SyncError, HostError):
+        lock.hold()  # another sync holding the host is said first, whatever the verify found
+        raise
+    lock.hold()
     phases = {"verify_before": time.monotonic() - t0}
     missing = host_before.figures.get("missing_bytes") or 0
     if not dry_run and nothing_missing(host_before, facts[host.name]):
