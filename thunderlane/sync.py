@@ -3,6 +3,7 @@
 Plan (verify local and the host, work out what is missing), act (the launcher's rsync over the
 inventory's ssh settings), check (verify the host again; bytes sent against bytes missing).
 """
+import functools
 import os
 import re
 import shlex
@@ -10,9 +11,10 @@ import shutil
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from . import facts as queries, fsutil, layout, mux
+from . import early_launch, facts as queries, fsutil, layout, mux
 from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
@@ -212,6 +214,17 @@ def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered,
 
 def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master, lock):
     t0 = time.monotonic()
+    argv_for = functools.partial(_argv_for, inv, host, dry_run, checksum, bwlimit, source)
+    # with the verify before still to run, the launcher starts now and waits at its gate (``early_launch.py``)
+    early = _start_early(inv, host, master, argv_for) if gathered is None else None
+    try:
+        return _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master, lock, argv_for, early, t0)
+    finally:
+        if early:
+            early.close()
+
+
+def _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master, lock, argv_for, early, t0):
     try:
         facts, host_before = _plan(inv, host, checksum, gathered)
     except (SyncError, HostError):
@@ -225,23 +238,26 @@ def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, ga
                   f"nothing to send\n")
         return SyncOutcome(host.name, host_before, host_before, 0, 0, 0, "", time.monotonic() - t0,
                            "none", phases=phases)
-    dest = dest_cache_of(host, facts[host.name])
+    roots = (facts["local"].cache_root, dest_cache_of(host, facts[host.name]))
+    _remember(inv, host, roots)
+    if early and not early.fits(roots):  # predicted wrong: that launcher never reached the host
+        early.stop()
+        early = None
     # the verify after, started on the host now (handshake, interpreter, imports) and told to go
     # once the launcher has exited: what it reads is the host after the transfer
     after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
     try:
         shared = _shared_ssh(inv, master, phases)
-        with rsync_shell(inv, host) as ssh:
-            ssh = " ".join([ssh, *map(shlex.quote, shared)])
-            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh, source)
-            command = shlex.join(argv)
+        with rsync_shell(inv, host) if early is None else nullcontext(None) as ssh:
+            argv = early.argv if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
-                      f"missing {human_bytes(missing)}\n$ {command}\n")
+                      f"missing {human_bytes(missing)}\n$ {shlex.join(argv)}\n")
             t1 = time.monotonic()
-            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
+            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum),
+                                  proc=early.go() if early else None)
             phases["launcher"] = time.monotonic() - t1
         if code:
-            free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
+            free = free_bytes(inv, host, roots[1]) if code in (11, 12, 23) else None
             raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
         after = None if dry_run else _verify_after(inv, host, facts, checksum, after_probe, phases)
     finally:
@@ -249,7 +265,29 @@ def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, ga
             after_probe.close()
     summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
     return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
-                       command, time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+                       shlex.join(argv), time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+
+
+def _argv_for(inv, host, dry_run, checksum, bwlimit, source, ssh, src_cache, dest_cache):
+    return launcher_argv(inv, host, src_cache, dest_cache, dry_run, checksum, bwlimit, ssh, source)
+
+
+def _start_early(inv, host, master, argv_for):
+    """The launcher, started with the predicted cache roots and held at its gate, or None when a
+    root is not known yet (or the launcher cannot be started: the sync starts it after the verify)."""
+    roots = (early_launch.predicted_root(inv, inv.local), early_launch.predicted_root(inv, host))
+    if None in roots:
+        return None
+    shared = mux.client_options(master.path) if master and master.path else ()
+    try:
+        return early_launch.EarlyLauncher(inv, host, roots, lambda ssh: argv_for(ssh, *roots), shared)
+    except OSError:
+        return None
+
+
+def _remember(inv, host, roots):
+    early_launch.remember_root(inv, inv.local, roots[0])
+    early_launch.remember_root(inv, host, roots[1])
 
 
 def _shared_ssh(inv, master, phases):
