@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -25,13 +26,14 @@ from .sshopts import ssh_command
 from .transfer import _stop_group
 
 MEMO = ".cache-roots.json"
-STOP_WAIT = 10.0   # seconds a stopped launcher gets to end (it does at its next ssh) before its group is killed
+STOP_WAIT = 10.0   # seconds a stopped launcher gets to end before its group is killed
 
+# fab gone (killed), the folder gone or a stop: no ssh, ever
 WRAPPER = """#!/bin/sh
 # thunder lane: the sync launcher's ssh, held until sync-cache's verify before has passed
 g={folder}
 while [ ! -e "$g/go" ]; do
-  [ ! -e "$g/stop" ] || exit 255
+  [ -d "$g" ] && [ ! -e "$g/stop" ] && kill -0 {pid} 2>/dev/null || exit 255
   sleep 0.01 2>/dev/null || sleep 1
 done
 exec {command} "$@"
@@ -46,7 +48,7 @@ class Gate:
         self.folder = tempfile.mkdtemp(prefix="thunder-gate.", dir="/tmp")
         self.ssh = os.path.join(self.folder, "ssh")
         with open(self.ssh, "w", encoding="utf-8") as f:
-            f.write(WRAPPER.format(folder=shlex.quote(self.folder), command=ssh_command(inv, host)))
+            f.write(WRAPPER.format(folder=shlex.quote(self.folder), pid=os.getpid(), command=ssh_command(inv, host)))
         os.chmod(self.ssh, 0o700)
 
     def open(self):
@@ -86,8 +88,14 @@ class EarlyLauncher:
         return self.proc
 
     def stop(self):
-        """End it before it reaches the host (its ssh fails at the gate), its output dropped."""
+        """End it before it reaches the host, its output dropped: the gate shut (any ssh of it fails),
+        then its group ended at once (its trap removes its temporary folders; a nothing-missing
+        sync does not wait for its local checks)."""
         self.gate.shut()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
         try:
             self.proc.communicate(timeout=STOP_WAIT)
         except subprocess.TimeoutExpired:

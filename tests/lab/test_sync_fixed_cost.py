@@ -132,7 +132,7 @@ def test_a_launcher_started_early_never_reaches_the_host_when_the_verify_before_
     finally:
         shard.write_bytes(whole)
         os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert len(started) == 1 and started[0].proc.returncode == 255, "no launcher was started early"
+    assert len(started) == 1 and started[0].proc.returncode not in (None, 0), "no launcher was started early"
     assert orphan.exists(), "the launcher's host preparation ran"
     assert theirs.stat().st_size == len(whole), "mac4's shard was replaced"
     assert not os.path.exists(started[0].gate.folder)

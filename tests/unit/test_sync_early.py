@@ -65,6 +65,11 @@ def test_the_gate_holds_every_ssh_until_fab_decides(tmp_path):
             assert held.returncode == 255 and "OpenSSH" not in err  # never ran ssh
         finally:
             stopped.remove()
+        gone = early_launch.Gate(inv, inv.host("mac4"))
+        held = _held(gone, "-V")
+        time.sleep(0.3)  # waiting at the gate
+        gone.remove()    # fab ended without a word: the ssh it held never runs
+        assert held.wait(timeout=10) == 255
     finally:
         gate.remove()
     assert not os.path.exists(gate.folder)
