@@ -59,6 +59,15 @@ def survey(inv, targets, forced=None, checksum=False, on_cold=None):
     blocked = peers_blocked(inv) if forced is None else None
     if forced == LOCAL or blocked:
         return Sources({}, [], {}, {}, blocked), {}
+    # --from's host is always looked at: an incomplete source is refused even with nothing to pull
+    others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # --from a host: it and the peer facts are asked beside the targets' probe, not after it
+        ahead = pool.submit(_ask_peers, inv, others, targets, checksum, not peers_blocked(inv)) if forced else None
+        return _surveyed(inv, targets, forced, checksum, on_cold, others, ahead)
+
+
+def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead):
     caches = gather_caches(inv, targets, deep=checksum)
     verdicts = _verdicts(caches, checksum)
     complete = [t.name for t in targets if verdicts[t.name].ok]
@@ -70,11 +79,9 @@ def survey(inv, targets, forced=None, checksum=False, on_cold=None):
         return Sources(caches, complete, {}, {}, blocked), verdicts
     if cold and on_cold:
         on_cold(cold)
-    # --from's host is always looked at: an incomplete source is refused even with nothing to pull
-    others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
     # peer facts of every target too: a complete one named among the targets (no --host) serves the cold
-    more, got = _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete], checksum,
-                           peer_facts=cold and not blocked)
+    more, got = ahead.result() if ahead else _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete],
+                                                        checksum, peer_facts=cold and not blocked)
     caches.update(more)
     verdicts.update(_verdicts({"local": caches["local"], **more}, checksum))
     complete += [h.name for h in others if verdicts[h.name].ok]

@@ -4,8 +4,10 @@ verify, the first transfers of a peer round taking the survey's facts; fab's own
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -141,3 +143,26 @@ def test_fab_keeps_the_lanes_bytecode_even_under_pythondontwritebytecode(tmp_pat
     assert p.returncode == 0, p.stderr
     written = {f.name.split(".")[0] for f in tmp_path.rglob("*.pyc")}
     assert {"sync", "verify", "remote", "inventory"} <= written, sorted(written)
+
+
+def test_from_a_host_is_asked_beside_the_targets_probe_not_after_it(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    asked = threading.Event()
+
+    def ask_peers(inv, others, targets, checksum, peer_facts=True):
+        asked.set()
+        return {h.name: f"{h.name} facts" for h in others}, {h.name: "peer facts" for h in [*others, *targets]}
+
+    def gather(inv, targets, deep=False):
+        assert asked.wait(5), "--from's host was asked only after the targets' probe"
+        return {"local": "local facts", **{t.name: f"{t.name} facts" for t in targets}}
+
+    monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
+    monkeypatch.setattr(peer_sync, "_ask_peers", ask_peers)
+    monkeypatch.setattr(peer_sync, "gather_caches", gather)
+    monkeypatch.setattr(peer_sync, "_verdicts", lambda caches, checksum: {
+        n: SimpleNamespace(ok=n != "mac4") for n in caches if n != "local"})
+    monkeypatch.setattr(peer_sync, "link_problems", lambda inv, sources, cold, got: {("mac6", "mac4"): None})
+    sources, verdicts = peer_sync.survey(inv, [inv.host("mac4")], forced="mac6")
+    assert sources.complete == ["mac6"] and sources.caches["mac6"] == "mac6 facts" and not verdicts["mac4"].ok
+    assert sources.peer_facts == {"mac6": "peer facts", "mac4": "peer facts"}
