@@ -176,8 +176,11 @@ def fill(inv, targets, forced=None, dry_run=False, checksum=False, bwlimit=None,
 
 
 def _fill(inv, targets, forced, checksum, masters, args):
-    sources, verdicts = survey(inv, targets, forced, checksum,
-                               on_cold=lambda cold: masters.update((n, mux.Master(inv, inv.hosts[n])) for n in cold))
+    def open_masters(names):
+        masters.update((n, mux.Master(inv, inv.hosts[n])) for n in names if n not in masters)
+    if forced not in (None, LOCAL):  # --from a host: a transfer is the likely end, the survey is one round
+        open_masters([t.name for t in targets])
+    sources, verdicts = survey(inv, targets, forced, checksum, on_cold=open_masters)
     refuse_forced(forced, targets, sources, verdicts)
     names = [t.name for t in targets]
     dry_run = args["dry_run"]

@@ -166,3 +166,23 @@ def test_from_a_host_is_asked_beside_the_targets_probe_not_after_it(tmp_path, mo
     sources, verdicts = peer_sync.survey(inv, [inv.host("mac4")], forced="mac6")
     assert sources.complete == ["mac6"] and sources.caches["mac6"] == "mac6 facts" and not verdicts["mac4"].ok
     assert sources.peer_facts == {"mac6": "peer facts", "mac4": "peer facts"}
+
+
+def test_from_a_host_the_targets_masters_open_before_the_survey(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    seen = []
+
+    def survey(inv, targets, forced, checksum, on_cold=None):
+        seen.append([m.host for m in FakeMaster.made])
+        return Sources({}, ["mac4", "mac6"], {}, {}), {}
+
+    FakeMaster.made = []
+    monkeypatch.setattr(peer_sync, "survey", survey)
+    monkeypatch.setattr(peer_sync, "sync_cache", lambda inv, host, **args: None)
+    monkeypatch.setattr(peer_sync, "_pull_options", lambda inv, sources, step: ())
+    monkeypatch.setattr(peer_sync.mux, "Master", FakeMaster)
+    with open(os.devnull, "w") as devnull:
+        peer_sync.fill(inv, [inv.host("mac4")], "mac6", out=devnull)
+        assert seen == [["mac4"]] and all(m.closed for m in FakeMaster.made)
+        peer_sync.fill(inv, [inv.host("mac4")], "local", out=devnull)
+    assert seen[-1] == ["mac4"]  # --from local: none more (each sync opens its own beside its verify)
