@@ -13,7 +13,9 @@ from pathlib import Path
 from fabric import Connection, task
 from invoke.exceptions import Exit
 
-from thunderlane import inventory
+# PYTHONDONTWRITEBYTECODE would have each fab compile the lane's modules anew (0.05 s): their bytecode
+sys.dont_write_bytecode = False  # goes to __pycache__ (git ignores it), as onhost/probe_loader.py's does
+from thunderlane import inventory  # noqa: E402
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES
 from thunderlane.remote import HostError
@@ -268,8 +270,7 @@ def lab_down(c):
 
 
 def _lab_of_inventory():
-    """The lab whose inventory $THUNDER_INVENTORY names, if it is a namespaced lab's (its folder
-    holds the record beside hosts.yaml), else .lab/."""
+    """The namespaced lab whose inventory $THUNDER_INVENTORY names (the record beside it), else .lab/."""
     path = os.environ.get("THUNDER_INVENTORY")
     folder = Path(path).parent if path else None
     return folder if folder and (folder / lab.netns.RECORD).is_file() else lab.LAB

@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from . import layout, peers
+from . import layout, mux, peers
 from .peer_plan import LOCAL, Fill, Step
 from .peer_setup import key_path, local_key, pinned_keys
 from .remote import HostError, ask, on_hosts
@@ -50,14 +50,24 @@ def launcher_pulls():
     return "--from-host" in layout.SYNC.read_text(encoding="utf-8")
 
 
-def survey(inv, targets, forced=None, checksum=False):
+def survey(inv, targets, forced=None, checksum=False, on_cold=None):
     """The plan's inputs and every host's verdict. First today's probe (local and the targets); only
-    when a target is cold and a peer could serve, the other hosts' caches and the peer key's facts.
-    Raises :class:`SyncError` when local cannot be the reference. When no peer can serve anyway
-    (``--from local``, no peer key on local) nothing is asked here: each sync asks for itself."""
+    when a target is cold and a peer could serve, the other hosts' caches and the peer key's facts
+    (``on_cold(names)`` is told the cold targets before those are asked). Raises :class:`SyncError`
+    when local cannot be the reference. When no peer can serve anyway (``--from local``, no peer key
+    on local) nothing is asked here: each sync asks for itself."""
     blocked = peers_blocked(inv) if forced is None else None
     if forced == LOCAL or blocked:
         return Sources({}, [], {}, {}, blocked), {}
+    # --from's host is always looked at: an incomplete source is refused even with nothing to pull
+    others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # --from a host: it and the peer facts are asked beside the targets' probe, not after it
+        ahead = pool.submit(_ask_peers, inv, others, targets, checksum, not peers_blocked(inv)) if forced else None
+        return _surveyed(inv, targets, forced, checksum, on_cold, others, ahead)
+
+
+def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead):
     caches = gather_caches(inv, targets, deep=checksum)
     verdicts = _verdicts(caches, checksum)
     complete = [t.name for t in targets if verdicts[t.name].ok]
@@ -67,11 +77,11 @@ def survey(inv, targets, forced=None, checksum=False):
     blocked = peers_blocked(inv) if cold else None
     if blocked and not forced:
         return Sources(caches, complete, {}, {}, blocked), verdicts
-    # --from's host is always looked at: an incomplete source is refused even with nothing to pull
-    others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
+    if cold and on_cold:
+        on_cold(cold)
     # peer facts of every target too: a complete one named among the targets (no --host) serves the cold
-    more, got = _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete], checksum,
-                           peer_facts=cold and not blocked)
+    more, got = ahead.result() if ahead else _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete],
+                                                        checksum, peer_facts=cold and not blocked)
     caches.update(more)
     verdicts.update(_verdicts({"local": caches["local"], **more}, checksum))
     complete += [h.name for h in others if verdicts[h.name].ok]
@@ -156,15 +166,35 @@ def fill(inv, targets, forced=None, dry_run=False, checksum=False, bwlimit=None,
     """Make every target complete, each from its chosen source; a list of :class:`Filled`, in the
     order the targets were given. Raises :class:`SyncError` before any transfer when local is not
     complete or ``forced`` (``--from``) cannot serve."""
-    sources, verdicts = survey(inv, targets, forced, checksum)
+    masters = {}  # the cold targets' ssh masters, opened while the peers are asked (``mux.py``)
+    try:
+        return _fill(inv, targets, forced, checksum, masters, dict(dry_run=dry_run, checksum=checksum,
+                                                                  bwlimit=bwlimit, verbose=verbose, out=out))
+    finally:
+        for master in masters.values():
+            master.close()
+
+
+def _fill(inv, targets, forced, checksum, masters, args):
+    def open_masters(names):
+        masters.update((n, mux.Master(inv, inv.hosts[n])) for n in names if n not in masters)
+    if forced not in (None, LOCAL):  # --from a host: a transfer is the likely end, the survey is one round
+        open_masters([t.name for t in targets])
+    sources, verdicts = survey(inv, targets, forced, checksum, on_cold=open_masters)
     refuse_forced(forced, targets, sources, verdicts)
     names = [t.name for t in targets]
+    dry_run = args["dry_run"]
     plan = Fill(names, list(sources.complete), sources.problems, forced=forced, chain=not dry_run,
                 blocked=sources.blocked)
     first = plan.start()
     warm = [Step(n, forced or LOCAL, "complete already: verified, only what differs is sent") for n in names
             if n in sources.complete]
-    args = dict(dry_run=dry_run, checksum=checksum, bwlimit=bwlimit, verbose=verbose, out=out)
+    # the transfers that start now: the survey's facts of local and their targets are as fresh as a
+    # verify of their own would be; each takes them once, with its target's master (a later transfer
+    # or a fallback asks again: its host may have changed since)
+    args["ahead"] = {s.target: masters.get(s.target) for s in first}
+    for name in set(masters) - set(args["ahead"]):
+        masters.pop(name).close()
     ended, failed_peer = {}, {}
     with ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
         running = {pool.submit(_transfer, inv, sources, s, args): s for s in warm + first}
@@ -193,14 +223,20 @@ def _after(result):
 def _transfer(inv, sources, step, args):
     """One Step: the source named, the launcher run (pulling from a peer, or pushed from local)."""
     host = inv.hosts[step.target]
-    out = args["out"]
+    args = dict(args)
+    ahead, out = args.pop("ahead"), args["out"]
+    started_now = host.name in ahead and not step.fallback
+    master = ahead.pop(host.name, None)
     out.write(describe(inv, step) + "\n")
     try:
         options = () if step.source == LOCAL else _pull_options(inv, sources, step)
-        # a host the survey found complete: its facts are not asked again (the no-op stays one round)
-        known = {n: sources.caches[n] for n in (LOCAL, host.name)} if host.name in sources.complete and \
-            not isinstance(sources.caches.get(host.name, HostError), HostError) and LOCAL in sources.caches else None
-        return Filled(step, sync_cache(inv, host, source=options, gathered=known, **args))
+        # a host the survey found complete (the no-op stays one round), or whose transfer starts right
+        # after the survey: its facts are not asked again
+        known = {n: sources.caches[n] for n in (LOCAL, host.name)} if \
+            (host.name in sources.complete or started_now) and LOCAL in sources.caches and \
+            not isinstance(sources.caches.get(host.name, HostError), HostError) else None
+        return Filled(step, sync_cache(inv, host, source=options, gathered=known, master=master if known else None,
+                                       **args))
     except SyncError as e:
         return Filled(step, error=str(e))
     except HostError as e:

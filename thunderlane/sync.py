@@ -3,16 +3,18 @@
 Plan (verify local and the host, work out what is missing), act (the launcher's rsync over the
 inventory's ssh settings), check (verify the host again; bytes sent against bytes missing).
 """
+import functools
 import os
 import re
 import shlex
 import shutil
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from . import facts as queries, fsutil, layout, mux
+from . import early_launch, facts as queries, fsutil, layout, mux
 from .inventory import InventoryError, abs_path
 from .remote import HostError, ask, ask_each, ssh_command
 from .rsync_ssh import rsync_shell
@@ -137,32 +139,60 @@ def lock_path(inv, host):
     return layout.local(inv).root / ".locks" / f"sync-cache.{host.name}.lock"
 
 
-@contextmanager
-def host_lock(inv, host):
-    """Hold ``host``'s sync lock for the body, or raise :class:`SyncError` naming who holds it. It
-    refuses rather than waits: a sync runs for minutes, and the second one's plan would be stale."""
-    path = lock_path(inv, host)
-    state, owner = fsutil.take_lock(path, os.getpid())
-    if state == "held":
-        raise SyncError(f"{host.name}: another sync-cache (pid {owner or '?'}) is syncing this host now; "
-                        f"run again when it has finished (lock {path})")
-    try:
-        yield
-    finally:
-        if fsutil.lock_holder(path) == ("held", os.getpid()):
-            shutil.rmtree(path, ignore_errors=True)
+class HostLock:
+    """``host``'s sync lock (:func:`lock_path`): two sync-caches to one host never interleave. It is
+    taken in the background from creation on, so that the ``ps`` recording its owner's start time
+    overlaps the verify before (which only reads); :meth:`hold` waits for it and refuses rather
+    than waits for another sync (a sync runs for minutes, and the second one's plan would be stale)."""
+
+    def __init__(self, inv, host):
+        self.host, self.path = host, lock_path(inv, host)
+        self._state = self._error = None
+        self._thread = threading.Thread(target=self._take, daemon=True)
+        self._thread.start()
+
+    def _take(self):
+        try:
+            self._state = fsutil.take_lock(self.path, os.getpid())
+        except OSError as e:  # the runs root cannot be written: said by hold()
+            self._error = e
+
+    def hold(self):
+        """Return once the lock is ours; else :class:`SyncError` naming who holds it."""
+        self._thread.join()
+        if self._error is not None:
+            raise SyncError(f"{self.host.name}: cannot take the sync lock {self.path}: {self._error}")
+        state, owner = self._state
+        if state == "held":
+            raise SyncError(f"{self.host.name}: another sync-cache (pid {owner or '?'}) is syncing this host now; "
+                            f"run again when it has finished (lock {self.path})")
+
+    def release(self):
+        """Remove the lock if it is ours. The owner's pid in it is enough: a lock is taken over only
+        when its owner is gone (or its start time differs), and then the pid in it is the taker's."""
+        self._thread.join()
+        try:
+            ours = int((self.path / "pid").read_text()) == os.getpid()
+        except (OSError, ValueError):
+            return
+        if ours:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def sync_cache(inv, host, dry_run=False, checksum=False, bwlimit=None, verbose=False, out=sys.stdout, source=(),
-               gathered=None):
+               gathered=None, master=None):
     """Verify, push what is missing, verify again, under the host's sync lock. Raises
     :class:`SyncError` on any failure. ``checksum`` compares contents (and verifies deeply before
     and after): it repairs a blob whose bytes changed without its size or mtime changing.
     ``source``: launcher options that make the host pull from a peer (default: push from local).
     ``gathered``: local's and the host's cache facts, just asked (with ``checksum``'s depth), which
-    are then not asked again."""
-    with host_lock(inv, host):
-        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered)
+    are then not asked again. ``master``: a :class:`mux.Master` to the host the caller opened (and
+    closes) for the launcher's sessions; without one, one is opened beside the verify before."""
+    lock = HostLock(inv, host)
+    try:
+        return _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, lock, master)
+    finally:
+        lock.release()
 
 
 def nothing_missing(result, facts):
@@ -172,19 +202,35 @@ def nothing_missing(result, facts):
     return result.ok and not facts.incomplete
 
 
-def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source=(), gathered=None):
+def _sync(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, lock, given=None):
     # the launcher's ssh connection, opened while the verify before runs (``mux.py``)
-    master = mux.Master(inv, host) if gathered is None else None
+    master = given or (mux.Master(inv, host) if gathered is None else None)
     try:
-        return _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master)
+        return _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master, lock)
     finally:
-        if master:
+        if master and not given:
             master.close()
 
 
-def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master):
+def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, gathered, master, lock):
     t0 = time.monotonic()
-    facts, host_before = _plan(inv, host, checksum, gathered)
+    argv_for = functools.partial(_argv_for, inv, host, dry_run, checksum, bwlimit, source)
+    # with the verify before still to run, the launcher starts now and waits at its gate (``early_launch.py``)
+    early = _start_early(inv, host, master, argv_for) if gathered is None else None
+    try:
+        return _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master, lock, argv_for, early, t0)
+    finally:
+        if early:
+            early.close()
+
+
+def _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master, lock, argv_for, early, t0):
+    try:
+        facts, host_before = _plan(inv, host, checksum, gathered)
+    except (SyncError, HostError):
+        lock.hold()  # another sync holding the host is said first, whatever the verify found
+        raise
+    lock.hold()
     phases = {"verify_before": time.monotonic() - t0}
     missing = host_before.figures.get("missing_bytes") or 0
     if not dry_run and nothing_missing(host_before, facts[host.name]):
@@ -192,23 +238,26 @@ def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, ga
                   f"nothing to send\n")
         return SyncOutcome(host.name, host_before, host_before, 0, 0, 0, "", time.monotonic() - t0,
                            "none", phases=phases)
-    dest = dest_cache_of(host, facts[host.name])
+    roots = (facts["local"].cache_root, dest_cache_of(host, facts[host.name]))
+    _remember(inv, host, roots)
+    if early and not early.fits(roots):  # predicted wrong: that launcher never reached the host
+        early.stop()
+        early = None
     # the verify after, started on the host now (handshake, interpreter, imports) and told to go
     # once the launcher has exited: what it reads is the host after the transfer
     after_probe = None if dry_run else StandbyProbe(inv, host, cache_query(inv, host, deep=checksum))
     try:
         shared = _shared_ssh(inv, master, phases)
-        with rsync_shell(inv, host) as ssh:
-            ssh = " ".join([ssh, *map(shlex.quote, shared)])
-            argv = launcher_argv(inv, host, facts["local"].cache_root, dest, dry_run, checksum, bwlimit, ssh, source)
-            command = shlex.join(argv)
+        with rsync_shell(inv, host) if early is None else nullcontext(None) as ssh:
+            argv = early.argv if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
-                      f"missing {human_bytes(missing)}\n$ {command}\n")
+                      f"missing {human_bytes(missing)}\n$ {shlex.join(argv)}\n")
             t1 = time.monotonic()
-            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum))
+            code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum),
+                                  proc=early.go() if early else None)
             phases["launcher"] = time.monotonic() - t1
         if code:
-            free = free_bytes(inv, host, dest) if code in (11, 12, 23) else None
+            free = free_bytes(inv, host, roots[1]) if code in (11, 12, 23) else None
             raise SyncError(f"{host.name}: sync failed with exit {code}: {explain(code, output, free, missing)}")
         after = None if dry_run else _verify_after(inv, host, facts, checksum, after_probe, phases)
     finally:
@@ -216,7 +265,29 @@ def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, ga
             after_probe.close()
     summary = parse_summary(output)  # with openrsync, file data is derived from the files itemized as sent
     return SyncOutcome(host.name, host_before, after, missing, summary.literal_bytes, summary.total_sent,
-                       command, time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+                       shlex.join(argv), time.monotonic() - t0, summary.file_data_from, summary.derivation, phases)
+
+
+def _argv_for(inv, host, dry_run, checksum, bwlimit, source, ssh, src_cache, dest_cache):
+    return launcher_argv(inv, host, src_cache, dest_cache, dry_run, checksum, bwlimit, ssh, source)
+
+
+def _start_early(inv, host, master, argv_for):
+    """The launcher, started with the predicted cache roots and held at its gate, or None when a
+    root is not known yet (or the launcher cannot be started: the sync starts it after the verify)."""
+    roots = (early_launch.predicted_root(inv, inv.local), early_launch.predicted_root(inv, host))
+    if None in roots:
+        return None
+    shared = mux.client_options(master.path) if master and master.path else ()
+    try:
+        return early_launch.EarlyLauncher(inv, host, roots, lambda ssh: argv_for(ssh, *roots), shared)
+    except OSError:
+        return None
+
+
+def _remember(inv, host, roots):
+    early_launch.remember_root(inv, inv.local, roots[0])
+    early_launch.remember_root(inv, host, roots[1])
 
 
 def _shared_ssh(inv, master, phases):

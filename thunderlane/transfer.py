@@ -302,19 +302,20 @@ POLL = 0.2        # seconds between looks at the launcher while its output is qu
 DRAIN_READS = 64  # reads of what is left in the pipe, at most, once AFTER_EXIT is over
 
 
-def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic, silence=None):
+def stream(argv, host, expected_bytes, out=sys.stdout, verbose=False, clock=time.monotonic, silence=None, proc=None):
     """Run ``argv`` (the sync launcher) and show its output to the operator as it comes: with
     ``verbose`` every line prefixed ``[host]``, else the launcher's own lines, errors and one
     progress line against ``expected_bytes`` (the bytes the host is missing). ``clock`` times the
     progress line. ``silence``: seconds without any output after which the launcher is stopped
     (its trap closes ssh) and the exit code is :data:`SILENT_EXIT`; rsync's own ``--timeout``
     does not fire while the host's sshd still takes rsync's keepalives, e.g. when the host's rsync
-    or disk hangs. Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
+    or disk hangs. ``proc``: ``argv`` already started (as here: its output on one pipe, a session of
+    its own). Returns (exit code, the whole output with '\\r' updates as lines of their own)."""
     sink = Echo(out, host, clock) if verbose else Watch(Screen(out, host, expected_bytes, clock))
     raw, fell_silent = [], []
     # a session of its own: the watchdog stops the launcher's whole group (rsync, ssh, tee), whose
     # members would otherwise keep the pipe open after the launcher itself is gone
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = proc or subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     if silence:
         threading.Thread(target=_stop_if_silent, args=(proc, raw, silence, fell_silent), daemon=True).start()
     try:

@@ -5,11 +5,14 @@ import dataclasses
 import os
 import subprocess
 import time
+from pathlib import Path
+
+import pytest
 
 from tests.lab.conftest import fab, fab_json
-from thunderlane import layout, mux, remote, standby
+from thunderlane import early_launch, layout, mux, remote, standby
 from thunderlane.lab import kit
-from thunderlane.sync import sync_cache
+from thunderlane.sync import SyncError, sync_cache
 from thunderlane.verify import cache_query
 
 
@@ -99,3 +102,44 @@ def _standbys(host):
     """Waiting standby probes of ``host`` (their command line: the wrapper, then the host's cache root)."""
     p = subprocess.run(["pgrep", "-f", f"thunderlane_probe.*{host.hf_cache}"], capture_output=True, text=True)
     return p.stdout.split()
+
+
+def test_a_launcher_started_early_never_reaches_the_host_when_the_verify_before_refuses(lab_inv, lab_dir, monkeypatch):
+    """The launcher starts beside the verify before; a verify that refuses (local's shard cut short:
+    only the verify sees it, the launcher would send it over mac4's whole one) shuts its gate, so the
+    host is left as it was: its leftover not cleaned up, its shard not replaced."""
+    mac4 = lab_inv.hosts["mac4"]
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, mac4, out=devnull).ok  # mac4 complete; its cache root remembered
+    started = []
+
+    class Seen(early_launch.EarlyLauncher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+    monkeypatch.setattr(early_launch, "EarlyLauncher", Seen)
+    repo4 = kit.host_repo(lab_dir, "mac4")
+    orphan = next(b for b in (repo4 / "blobs").iterdir() if len(b.name) == 64).with_suffix(".0123abcd.incomplete")
+    orphan.write_bytes(b"part")
+    snap = kit.host_repo(lab_dir, "local") / "snapshots"
+    shard = Path(os.path.realpath(next(snap.glob("*/model*.safetensors"))))
+    theirs = repo4 / "snapshots" / shard_link(snap, shard)
+    whole, st = shard.read_bytes(), shard.stat()
+    try:
+        shard.write_bytes(whole[:-1000])
+        with open(os.devnull, "w") as devnull, pytest.raises(SyncError, match="local cache is"):
+            sync_cache(lab_inv, mac4, out=devnull)
+    finally:
+        shard.write_bytes(whole)
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert len(started) == 1 and started[0].proc.returncode not in (None, 0), "no launcher was started early"
+    assert orphan.exists(), "the launcher's host preparation ran"
+    assert theirs.stat().st_size == len(whole), "mac4's shard was replaced"
+    assert not os.path.exists(started[0].gate.folder)
+    orphan.unlink()
+
+
+def shard_link(snap, shard):
+    """The snapshot path (rev/name) of local's ``shard``."""
+    link = next(p for p in snap.glob("*/model*.safetensors") if os.path.realpath(p) == str(shard))
+    return link.relative_to(snap)

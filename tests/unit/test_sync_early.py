@@ -1,0 +1,188 @@
+"""What sync-cache overlaps with its verify before, and what it no longer repeats: the launcher held
+at a gate (early_launch.py), the cache roots it is started with, the host lock taken beside the
+verify, the first transfers of a peer round taking the survey's facts; fab's own bytecode."""
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from thunderlane import early_launch, fsutil, inventory, peer_sync
+from thunderlane.peer_sync import Sources
+from thunderlane.sync import HostLock, SyncError, lock_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def inv_at(tmp_path, mac4_cache=None):
+    hosts = {name: {"ssh_name": name, "hostname": f"127.0.0.{i}", "user": "me", "port": 22, "data_ip": f"10.0.0.{i}",
+                    "python": sys.executable, "dataset_root": "/d", "runs_root": "/r"}
+             for i, name in ((4, "mac4"), (6, "mac6"))}
+    if mac4_cache:
+        hosts["mac4"]["hf_cache"] = mac4_cache
+    return inventory.parse({"ssh": {"known_hosts": str(tmp_path / "known_hosts")}, "hosts": hosts,
+                            "local": {"dataset_root": "/d", "runs_root": str(tmp_path / "runs"), "python": sys.executable}},
+                           str(tmp_path / "inv.yaml"))
+
+
+def test_the_launcher_gets_the_inventory_root_else_the_one_the_last_verify_resolved(tmp_path):
+    inv = inv_at(tmp_path)
+    mac4, mac6 = inv.host("mac4"), inv.host("mac6")
+    assert early_launch.predicted_root(inv, mac4) is None          # never verified: no early start
+    early_launch.remember_root(inv, mac4, "/Users/me/.cache/huggingface/hub")
+    early_launch.remember_root(inv, inv.local, "/Users/ops/hub")
+    assert early_launch.predicted_root(inv, mac4) == "/Users/me/.cache/huggingface/hub"
+    assert early_launch.predicted_root(inv, inv.local) == "/Users/ops/hub"
+    assert early_launch.predicted_root(inv, mac6) is None          # per host
+    moved = inv_at(tmp_path, mac4_cache="/Volumes/T7/hub")
+    assert early_launch.predicted_root(moved, moved.host("mac4")) == "/Volumes/T7/hub"  # the inventory's first
+    (tmp_path / "runs" / early_launch.MEMO).write_text("[not a memo")
+    assert early_launch.predicted_root(inv, mac4) is None          # unreadable: no prediction, no error
+
+
+def _held(gate, *args):
+    return subprocess.Popen(["sh", gate.ssh, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_gate_holds_every_ssh_until_fab_decides(tmp_path):
+    inv = inv_at(tmp_path)
+    gate = early_launch.Gate(inv, inv.host("mac4"))
+    try:
+        assert " " not in gate.ssh and oct(os.stat(gate.ssh).st_mode & 0o777) == "0o700"
+        waiting = _held(gate, "-V")
+        time.sleep(0.3)
+        assert waiting.poll() is None, "an ssh went through before the verify's verdict"
+        gate.open()
+        _, err = waiting.communicate(timeout=10)
+        assert waiting.returncode == 0 and "OpenSSH" in err     # the lane's ssh itself, run as given
+        stopped = early_launch.Gate(inv, inv.host("mac4"))
+        try:
+            held = _held(stopped, "-V")
+            stopped.shut()
+            _, err = held.communicate(timeout=10)
+            assert held.returncode == 255 and "OpenSSH" not in err  # never ran ssh
+        finally:
+            stopped.remove()
+        gone = early_launch.Gate(inv, inv.host("mac4"))
+        held = _held(gone, "-V")
+        time.sleep(0.3)  # waiting at the gate
+        gone.remove()    # fab ended without a word: the ssh it held never runs
+        assert held.wait(timeout=10) == 255
+    finally:
+        gate.remove()
+    assert not os.path.exists(gate.folder)
+
+
+def test_the_host_lock_names_a_live_owner_and_is_released_only_by_its_own(tmp_path):
+    inv = inv_at(tmp_path)
+    mac4 = inv.host("mac4")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert fsutil.take_lock(lock_path(inv, mac4), other.pid)[0] == "taken"
+        lock = HostLock(inv, mac4)
+        with pytest.raises(SyncError, match=f"another sync-cache \\(pid {other.pid}\\)"):
+            lock.hold()
+        lock.release()
+        assert fsutil.lock_holder(lock_path(inv, mac4)) == ("held", other.pid)   # not ours: kept
+    finally:
+        other.kill()
+        other.wait()
+    lock = HostLock(inv, mac4)   # its owner gone: taken over
+    lock.hold()
+    assert fsutil.lock_holder(lock_path(inv, mac4)) == ("held", os.getpid())
+    lock.release()
+    assert not lock_path(inv, mac4).exists()
+
+
+class FakeMaster:
+    made = []
+
+    def __init__(self, inv, host):
+        self.host, self.closed = host.name, False
+        FakeMaster.made.append(self)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_first_transfers_of_a_peer_round_take_the_surveys_facts_and_its_master(tmp_path, monkeypatch):
+    """Two cold hosts, local the only source (one target at a time): mac4's transfer starts right after
+    the survey and takes its facts and the master opened while the peers were asked; mac6 waits, so
+    it verifies anew with a master of its own (the one opened for it is closed at once)."""
+    inv = inv_at(tmp_path)
+    caches = {"local": "local facts", "mac4": "mac4 facts", "mac6": "mac6 facts"}
+    calls = []
+
+    def survey(inv, targets, forced, checksum, on_cold=None):
+        on_cold(["mac4", "mac6"])
+        return Sources(caches, [], {}, {}, "no peer key"), {}
+
+    def sync_cache(inv, host, gathered=None, master=None, **args):
+        calls.append((host.name, gathered, master and master.host, master and master.closed))
+        raise SyncError("stop here")
+
+    FakeMaster.made = []
+    monkeypatch.setattr(peer_sync, "survey", survey)
+    monkeypatch.setattr(peer_sync, "sync_cache", sync_cache)
+    monkeypatch.setattr(peer_sync.mux, "Master", FakeMaster)
+    with open(os.devnull, "w") as devnull:
+        peer_sync.fill(inv, [inv.host("mac4"), inv.host("mac6")], out=devnull)
+    assert calls == [("mac4", {"local": "local facts", "mac4": "mac4 facts"}, "mac4", False),
+                     ("mac6", None, None, None)]
+    assert [(m.host, m.closed) for m in FakeMaster.made] == [("mac4", True), ("mac6", True)]
+
+
+def test_fab_keeps_the_lanes_bytecode_even_under_pythondontwritebytecode(tmp_path):
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(tmp_path), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", "import fabfile, thunderlane.sync"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    written = {f.name.split(".")[0] for f in tmp_path.rglob("*.pyc")}
+    assert {"sync", "verify", "remote", "inventory"} <= written, sorted(written)
+
+
+def test_from_a_host_is_asked_beside_the_targets_probe_not_after_it(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    asked = threading.Event()
+
+    def ask_peers(inv, others, targets, checksum, peer_facts=True):
+        asked.set()
+        return {h.name: f"{h.name} facts" for h in others}, {h.name: "peer facts" for h in [*others, *targets]}
+
+    def gather(inv, targets, deep=False):
+        assert asked.wait(5), "--from's host was asked only after the targets' probe"
+        return {"local": "local facts", **{t.name: f"{t.name} facts" for t in targets}}
+
+    monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
+    monkeypatch.setattr(peer_sync, "_ask_peers", ask_peers)
+    monkeypatch.setattr(peer_sync, "gather_caches", gather)
+    monkeypatch.setattr(peer_sync, "_verdicts", lambda caches, checksum: {
+        n: SimpleNamespace(ok=n != "mac4") for n in caches if n != "local"})
+    monkeypatch.setattr(peer_sync, "link_problems", lambda inv, sources, cold, got: {("mac6", "mac4"): None})
+    sources, verdicts = peer_sync.survey(inv, [inv.host("mac4")], forced="mac6")
+    assert sources.complete == ["mac6"] and sources.caches["mac6"] == "mac6 facts" and not verdicts["mac4"].ok
+    assert sources.peer_facts == {"mac6": "peer facts", "mac4": "peer facts"}
+
+
+def test_from_a_host_the_targets_masters_open_before_the_survey(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    seen = []
+
+    def survey(inv, targets, forced, checksum, on_cold=None):
+        seen.append([m.host for m in FakeMaster.made])
+        return Sources({}, ["mac4", "mac6"], {}, {}), {}
+
+    FakeMaster.made = []
+    monkeypatch.setattr(peer_sync, "survey", survey)
+    monkeypatch.setattr(peer_sync, "sync_cache", lambda inv, host, **args: None)
+    monkeypatch.setattr(peer_sync, "_pull_options", lambda inv, sources, step: ())
+    monkeypatch.setattr(peer_sync.mux, "Master", FakeMaster)
+    with open(os.devnull, "w") as devnull:
+        peer_sync.fill(inv, [inv.host("mac4")], "mac6", out=devnull)
+        assert seen == [["mac4"]] and all(m.closed for m in FakeMaster.made)
+        peer_sync.fill(inv, [inv.host("mac4")], "local", out=devnull)
+    assert seen[-1] == ["mac4"]  # --from local: none more (each sync opens its own beside its verify)

@@ -1,0 +1,152 @@
+"""The sync launcher started while sync-cache's verify before still runs, held at a gate until the
+verify's verdict is in.
+
+The launcher's first part is local: bash, its argument and source checks, the link walk of the
+local repo folder, the local tree listing (on the lab a third of its fixed cost). Every contact it
+makes with the host is an ssh through its ``--ssh`` command, rsync's ``-e`` included. Here that
+command is a wrapper (:class:`Gate`) that waits until fab decides: ``go`` (the verify passed and
+the cache roots the launcher was given are the verified ones) runs the lane's ssh, ``stop`` makes
+every ssh fail with 255, so the launcher ends having sent nothing and changed nothing on the host.
+
+The launcher needs both cache roots on its command line before the verify has said them: the
+inventory's ``hf_cache``, else the root the host's last verify resolved, kept per host in
+``<local runs root>/.cache-roots.json`` (:func:`predicted_root`). A root not known yet, or not the
+verified one, only means no early start: the sync starts its launcher after the verify, as before.
+"""
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+
+from . import fsutil, layout
+from .sshopts import ssh_command
+from .transfer import _stop_group
+
+MEMO = ".cache-roots.json"
+STOP_WAIT = 10.0   # seconds a stopped launcher gets to end before its group is killed
+
+# fab gone (killed), the folder gone or a stop: no ssh, ever
+WRAPPER = """#!/bin/sh
+# thunder lane: the sync launcher's ssh, held until sync-cache's verify before has passed
+g={folder}
+while [ ! -e "$g/go" ]; do
+  [ -d "$g" ] && [ ! -e "$g/stop" ] && kill -0 {pid} 2>/dev/null || exit 255
+  sleep 0.01 2>/dev/null || sleep 1
+done
+exec {command} "$@"
+"""
+
+
+class Gate:
+    """A private folder holding the ssh wrapper (:attr:`ssh`, a path without spaces) and, once fab
+    has decided, a ``go`` or a ``stop`` file."""
+
+    def __init__(self, inv, host):
+        self.folder = tempfile.mkdtemp(prefix="thunder-gate.", dir="/tmp")
+        self.ssh = os.path.join(self.folder, "ssh")
+        with open(self.ssh, "w", encoding="utf-8") as f:
+            f.write(WRAPPER.format(folder=shlex.quote(self.folder), pid=os.getpid(), command=ssh_command(inv, host)))
+        os.chmod(self.ssh, 0o700)
+
+    def open(self):
+        open(os.path.join(self.folder, "go"), "w").close()
+
+    def shut(self):
+        open(os.path.join(self.folder, "stop"), "w").close()
+
+    def remove(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class EarlyLauncher:
+    """The launcher ``argv_for(ssh)`` (its ``--ssh`` the gate's wrapper, then ``shared`` options),
+    started at creation with its cache roots ``roots`` (local's, the host's). :meth:`go` lets it
+    reach the host; :meth:`stop` ends it without; :meth:`close` (always) removes the gate."""
+
+    def __init__(self, inv, host, roots, argv_for, shared=()):
+        self.roots = roots
+        self.gate = Gate(inv, host)
+        try:
+            self.argv = argv_for(" ".join([self.gate.ssh, *map(shlex.quote, shared)]))
+            # a session of its own, as transfer.stream starts it: the watchdog stops its whole group
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except BaseException:
+            self.gate.remove()
+            raise
+
+    def fits(self, roots):
+        """Were the launcher's cache roots the verified ones?"""
+        return tuple(roots) == tuple(self.roots)
+
+    def go(self):
+        """Let its ssh sessions through; the process, for :func:`transfer.stream` to follow."""
+        self.gate.open()
+        return self.proc
+
+    def stop(self):
+        """End it before it reaches the host, its output dropped: the gate shut (any ssh of it fails),
+        then its group ended at once (its trap removes its temporary folders; a nothing-missing
+        sync does not wait for its local checks)."""
+        self.gate.shut()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.communicate(timeout=STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            _stop_group(self.proc)
+            self.proc.communicate()
+
+    def close(self):
+        """Stop the launcher unless it was let through (then its follower waits for it), and remove the gate."""
+        if not os.path.exists(os.path.join(self.gate.folder, "go")) and self.proc.poll() is None:
+            self.stop()
+        elif self.proc.stdout and not self.proc.stdout.closed and self.proc.poll() is not None:
+            self.proc.stdout.close()
+        self.gate.remove()
+
+
+# ---- the cache roots the launcher is started with ----------------------------------------------
+
+def _memo(inv):
+    return layout.local(inv).root / MEMO
+
+
+def _key(host):
+    return f"{host.name} {host.destination} {host.port}"
+
+
+def predicted_root(inv, host):
+    """``host``'s cache root (``local`` for the control machine) as the inventory names it, else as
+    its last verify resolved it, else None."""
+    if host.hf_cache:
+        return host.hf_cache
+    try:
+        known = json.loads(_memo(inv).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    root = known.get(_key(host)) if isinstance(known, dict) else None
+    return root if isinstance(root, str) else None
+
+
+def remember_root(inv, host, root):
+    """Keep the cache root ``host``'s verify resolved (when the inventory names none), for the next
+    sync's early start. Best effort: a memo that cannot be written only costs that early start."""
+    if host.hf_cache or not root or predicted_root(inv, host) == root:
+        return
+    path = _memo(inv)
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    known[_key(host)] = root
+    try:
+        fsutil.atomic_write(path, json.dumps(known, indent=1, sort_keys=True) + "\n", mode=0o600)
+    except OSError:
+        pass
