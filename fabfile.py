@@ -13,8 +13,6 @@ from pathlib import Path
 from fabric import Connection, task
 from invoke.exceptions import Exit
 
-# PYTHONDONTWRITEBYTECODE would have each fab compile the lane's modules anew (0.05 s): their bytecode
-sys.dont_write_bytecode = False  # goes to __pycache__ (git ignores it), as onhost/probe_loader.py's does
 from thunderlane import inventory  # noqa: E402
 from thunderlane.cache import FIGURES as CACHE_FIGURES
 from thunderlane.dataset import FIGURES as DATASET_FIGURES

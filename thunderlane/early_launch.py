@@ -71,6 +71,9 @@ class EarlyLauncher:
         self.gate = Gate(inv, host)
         try:
             self.argv = argv_for(" ".join([self.gate.ssh, *map(shlex.quote, shared)]))
+            # what the report and the printed `$` line show: the same launcher with the lane's own ssh
+            # (what the gate's wrapper runs once open), a command a person can run again
+            self.shown = argv_for(" ".join([ssh_command(inv, host), *map(shlex.quote, shared)]))
             # a session of its own, as transfer.stream starts it: the watchdog stops its whole group
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          start_new_session=True)

@@ -249,7 +249,7 @@ def _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master,
     try:
         shared = _shared_ssh(inv, master, phases)
         with rsync_shell(inv, host) if early is None else nullcontext(None) as ssh:
-            argv = early.argv if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
+            argv = early.shown if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
                       f"missing {human_bytes(missing)}\n$ {shlex.join(argv)}\n")
             t1 = time.monotonic()

@@ -2,7 +2,10 @@
 no second verify; after a real transfer, the verify after is a probe started ahead on the host and
 told to go once the launcher has exited (so it reads the host after the transfer)."""
 import dataclasses
+import io
 import os
+import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -143,3 +146,27 @@ def shard_link(snap, shard):
     """The snapshot path (rev/name) of local's ``shard``."""
     link = next(p for p in snap.glob("*/model*.safetensors") if os.path.realpath(p) == str(shard))
     return link.relative_to(snap)
+
+
+def test_a_launcher_started_early_sends_what_is_missing_and_reports_a_command_without_its_gate(lab_inv, lab_dir,
+                                                                                                 monkeypatch):
+    """mac4 partial, its cache root remembered: the launcher starts at its gate, the verify passes,
+    the gate opens, the host ends complete; the command printed and reported is the launcher with
+    the lane's own ssh (one a person can run again), not the gate's wrapper."""
+    mac4 = lab_inv.hosts["mac4"]
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, mac4, out=devnull).ok  # the handoff's partial mac4 filled; roots remembered
+    started = []
+
+    class Seen(early_launch.EarlyLauncher):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+    monkeypatch.setattr(early_launch, "EarlyLauncher", Seen)
+    shutil.rmtree(kit.host_repo(lab_dir, "mac4") / "refs")   # something missing again: refs/main
+    printed = io.StringIO()
+    outcome = sync_cache(lab_inv, mac4, out=printed)
+    assert outcome.ok and outcome.after.verdict == "complete" and len(started) == 1
+    assert "thunder-gate" not in outcome.command and "thunder-gate" not in printed.getvalue()
+    ssh = shlex.split(outcome.command)[shlex.split(outcome.command).index("--ssh") + 1]
+    assert ssh.startswith(remote.ssh_command(lab_inv, mac4)), ssh

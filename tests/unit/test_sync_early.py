@@ -1,6 +1,6 @@
 """What sync-cache overlaps with its verify before, and what it no longer repeats: the launcher held
 at a gate (early_launch.py), the cache roots it is started with, the host lock taken beside the
-verify, the first transfers of a peer round taking the survey's facts; fab's own bytecode."""
+verify, the first transfers of a peer round taking the survey's facts."""
 import os
 import subprocess
 import sys
@@ -134,15 +134,6 @@ def test_the_first_transfers_of_a_peer_round_take_the_surveys_facts_and_its_mast
     assert calls == [("mac4", {"local": "local facts", "mac4": "mac4 facts"}, "mac4", False),
                      ("mac6", None, None, None)]
     assert [(m.host, m.closed) for m in FakeMaster.made] == [("mac4", True), ("mac6", True)]
-
-
-def test_fab_keeps_the_lanes_bytecode_even_under_pythondontwritebytecode(tmp_path):
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(tmp_path), PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-c", "import fabfile, thunderlane.sync"], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    written = {f.name.split(".")[0] for f in tmp_path.rglob("*.pyc")}
-    assert {"sync", "verify", "remote", "inventory"} <= written, sorted(written)
 
 
 def test_from_a_host_is_asked_beside_the_targets_probe_not_after_it(tmp_path, monkeypatch):
