@@ -100,7 +100,7 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
     assert p.returncode == 20, out[-2000:] + err[-2000:]
     assert took < 15, took   # not after the other stream's 20 s
     deadline = time.monotonic() + 5   # the daemon's child for a client gone ends on its next write
-    while (host_rsyncs(lab_dir) or daemons()) and time.monotonic() < deadline:
+    while (host_rsyncs(lab_dir, forked=True) or daemons()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not host_rsyncs(lab_dir, forked=True)
     assert "sync: done" not in out
@@ -164,17 +164,21 @@ def test_the_second_stream_is_shown_live_once_the_first_ended(lab_inv, lab_dir):
 
 def test_a_stopped_launcher_stops_both_streams_on_host(lab_inv, lab_dir):
     """SIGTERM to the launcher (as fab's watchdog sends it) mid-streams: both rsyncs on HOST (and
-    the receivers they forked) are stopped before it exits, no partial blob under a final name."""
+    the receivers they forked) are stopped before it exits (left to themselves, its streams' ssh
+    would hold its output open until their shard arrived), no partial blob under a final name."""
     want = shards(lab_dir, "mac5")
     p, both = start_slowed(lab_inv, lab_dir, "20 20")
     try:
+        t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
+        took = time.monotonic() - t0
         left = host_rsyncs(lab_dir, forked=True)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode != 0 and "sync: done" not in out
+    assert took < 10, took   # not once the streams' ssh here end by themselves (a shard's 20 s)
     assert not left, left
     repo = kit.host_repo(lab_dir, "mac4")
     for name, size in want.items():
