@@ -815,17 +815,28 @@ stream_code() {   # N: stream N's exit code (its subshell's file; gone without o
   case "$rc" in ''|*[!0-9]*) echo 1 ;; *) echo "$rc" ;; esac
 }
 
-stop_stream() {   # N: stop stream N: its rsync on HOST (the pid its session printed first, the leader
-  # of the process group sshd started) and that group (its receiver, its ssh to the peer) with
-  # TERM, so that it removes its temp file and ends its session, through the connection to HOST if
-  # up and within 5 s (never blocked on a dead link); else, or then, its ssh here
+# Run on HOST (POSIX sh; dash takes no `--` in kill): stop the process group $1 (a blob stream's
+# session: its rsync, the receiver it forked, its ssh to the peer) with TERM, so that rsync removes
+# its temp file; KILL what is left after 2 s (rsync 3.2's receiver outlives a TERM while data comes;
+# sync_prep.py removes a temp file left)
+# shellcheck disable=SC2016  # expanded on HOST
+stop_script='kill -0 "$1" 2>/dev/null || exit 0
+kill -TERM "-$1"
+n=0
+while kill -0 "-$1" 2>/dev/null && [ "$n" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+kill -KILL "-$1" 2>/dev/null
+exit 0'
+
+stop_stream() {   # N: stop stream N: its process group on HOST (stop_script; the pid its session
+  # printed first leads it), through the connection to HOST if up and within 5 s (never blocked on
+  # a dead link); else, or if it still runs, its ssh here
   local rpid n=0 kpid lssh=""
   rpid=$(sed -n 's/^stream pid \([0-9][0-9]*\)$/\1/p' "${stream_logs[$1]}" | head -n 1)
   if [ -n "$rpid" ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
     "${ssh_argv[0]}" -o ControlMaster=no -o ConnectTimeout=5 "${ssh_argv[@]:1}" "$host" \
-      "kill -0 $rpid 2>/dev/null && kill -TERM -$rpid" </dev/null >/dev/null 2>&1 &
+      "sh -c $(sq "$stop_script") sh $rpid" </dev/null >/dev/null 2>&1 &
     kpid=$!
-    while kill -0 "$kpid" 2>/dev/null && [ "$n" -lt 50 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+    while kill -0 "$kpid" 2>/dev/null && [ "$n" -lt 60 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
     kill "$kpid" 2>/dev/null || true
     n=0
     while stream_live "$1" && [ "$n" -lt 30 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done

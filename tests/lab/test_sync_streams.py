@@ -82,7 +82,7 @@ def test_two_streams_bring_every_blob_once_and_their_figures_add_up(lab_inv, lab
 
 def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir):
     """Each stream slowed to 20 KiB/s (a shard takes about 20 s); the stream of the blob dealt
-    second (the --include one) is stopped on HOST with SIGTERM (rsync's exit 20): the launcher
+    second (the --include one) is stopped on HOST with SIGTERM to its process group (rsync's exit 20): the launcher
     exits 20 within seconds, the other stream's rsync is gone with it, no snapshot link was made
     for a shard, and no shard is under its final name unless whole."""
     want = shards(lab_dir, "mac5")
@@ -91,18 +91,21 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
     try:
         second = [pid for pid, args in both if "--include=/" in args]
         assert len(second) == 1, both
-        os.kill(second[0], signal.SIGTERM)
+        os.killpg(second[0], signal.SIGTERM)   # its session's group (rsync 3.2's receiver may outlive it)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:   # as fab stops a launcher: its whole process group
             os.killpg(p.pid, signal.SIGKILL)
+        for pid, args in host_rsyncs(lab_dir, forked=True):   # what the test's TERM left
+            if "--include=/" in args:
+                os.kill(pid, signal.SIGKILL)
     took = time.monotonic() - t0
     assert p.returncode == 20, out[-2000:] + err[-2000:]
     assert took < 15, took   # not after the other stream's 20 s
     deadline = time.monotonic() + 5   # the daemon's child for a client gone ends on its next write
     while (host_rsyncs(lab_dir, forked=True) or daemons()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not host_rsyncs(lab_dir, forked=True)
+    assert not host_rsyncs(lab_dir, forked=True)   # the other stream's group too (its receiver)
     assert "sync: done" not in out
     repo = kit.host_repo(lab_dir, "mac4")
     rev = (repo / "refs" / "main").read_text().strip()
