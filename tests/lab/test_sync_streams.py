@@ -93,6 +93,8 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
         assert len(second) == 1, both
         os.killpg(second[0], signal.SIGTERM)   # its session's group (rsync 3.2's receiver may outlive it)
         out, err = p.communicate(timeout=60)
+        # the other stream's whole group (its receiver too) ended before the launcher did
+        other = [args for _, args in host_rsyncs(lab_dir, forked=True) if "--include=/" not in args]
     finally:
         if p.poll() is None:   # as fab stops a launcher: its whole process group
             os.killpg(p.pid, signal.SIGKILL)
@@ -102,6 +104,7 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
     took = time.monotonic() - t0
     assert p.returncode == 20, out[-2000:] + err[-2000:]
     assert took < 15, took   # not after the other stream's 20 s
+    assert not other, other
     deadline = time.monotonic() + 5   # the daemon's child for a client gone ends on its next write
     while (host_rsyncs(lab_dir, forked=True) or daemons()) and time.monotonic() < deadline:
         time.sleep(0.1)
