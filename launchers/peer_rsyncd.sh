@@ -37,6 +37,7 @@ fi
 checked() {   # the check's output, then src-end; fails unless it named a revision, nothing unsafe
   [ -n "$check_pid" ] || return 0
   wait "$check_pid"
+  check_pid=""   # reaped: cleanup must not signal a pid the system may give another process
   out=$(cat "$d/check")
   printf '%s\nsrc-end\n' "$out"
   case "$out" in *src-unsafe*) return 1 ;; *"src-rev "*) return 0 ;; *) return 1 ;; esac

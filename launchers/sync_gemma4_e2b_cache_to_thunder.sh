@@ -477,10 +477,17 @@ $ssh_cmd
 EOF
 logs=$(mktemp -d "${TMPDIR:-/tmp}/thunder-sync.XXXXXX")   # one rsync output per pass
 rsyncd_pid=""
-streams=""
+streams=""   # 1 while the blob streams (stream_pids, stream_logs) run
+stream_pids=()
+stream_logs=()
 finish() {
-  # shellcheck disable=SC2086  # two pids
-  [ -z "$streams" ] || { kill $streams 2>/dev/null; wait $streams 2>/dev/null; }
+  # the blob streams still running: stopped on HOST too (stop_stream), before the master goes
+  if [ -n "$streams" ]; then
+    streams=""
+    stream_live 1 && stop_stream 1
+    stream_live 2 && stop_stream 2
+    kill "${stream_pids[1]}" "${stream_pids[2]}" 2>/dev/null || true
+  fi
   close_rsyncd
   "${ssh_argv[@]}" -O exit "$host" >/dev/null 2>&1 || true
   rm -rf "$ctl" "$logs"
@@ -728,10 +735,23 @@ run_pass() {   # LOG RSYNC-ARGS...: one rsync pass, here (push) or on HOST (pull
   pass_exit "$rc"
 }
 
-# bytes: a missing blob this big or bigger is worth a stream of its own (the tests' tiny models set
-# THUNDER_SYNC_STREAM_MIN lower)
+# bytes (1 or more): a missing blob this big or bigger is worth a stream of its own (the tests' tiny
+# models set THUNDER_SYNC_STREAM_MIN lower)
 STREAM_MIN=${THUNDER_SYNC_STREAM_MIN:-16777216}
-case "$STREAM_MIN" in ''|*[!0-9]*) die "$EX_USAGE" "THUNDER_SYNC_STREAM_MIN '$STREAM_MIN' is not a whole number of bytes" ;; esac
+case "$STREAM_MIN" in ''|*[!0-9]*) STREAM_MIN=0 ;; esac
+[ "$STREAM_MIN" -ge 1 ] 2>/dev/null ||
+  die "$EX_USAGE" "THUNDER_SYNC_STREAM_MIN '${THUNDER_SYNC_STREAM_MIN:-}' is not a whole number of bytes, 1 or more"
+# tests only: "K1 K2", each stream's --bwlimit in KiB/s (0: none), to keep one stream slow (--bwlimit
+# itself means one stream: rsync applies it per process)
+stream_bw=(0 0)
+[ -z "${THUNDER_SYNC_STREAM_BWLIMIT:-}" ] || read -r -a stream_bw <<BW
+$THUNDER_SYNC_STREAM_BWLIMIT
+BW
+case "${#stream_bw[@]}:${stream_bw[0]}:${stream_bw[1]:-}" in
+  2:*[!0-9:]*|2::*|2:*:) die "$EX_USAGE" "THUNDER_SYNC_STREAM_BWLIMIT '${THUNDER_SYNC_STREAM_BWLIMIT:-}' is not two KiB/s" ;;
+  2:*) ;;
+  *) die "$EX_USAGE" "THUNDER_SYNC_STREAM_BWLIMIT '${THUNDER_SYNC_STREAM_BWLIMIT:-}' is not two KiB/s" ;;
+esac
 
 size_in() {   # ETAG ENTRY...: the size of ETAG in "ETAG SIZE" entries, or nothing
   local etag=$1 entry
@@ -759,78 +779,146 @@ missing_blobs() {   # "SIZE ETAG" of each source blob of STREAM_MIN bytes or mor
 split_blobs() {   # stream_a: --include of the blobs dealt to a second stream (each missing big blob,
   # biggest first, to the stream with fewer bytes so far; the first stream then takes all the rest,
   # small blobs included), stream_b: their --exclude; both empty when fewer than two big blobs are
-  # missing, when pushing (the control link is the bound, not one rsync's CPU) or in a dry run
-  local size etag a=0 b=0
+  # missing, when pushing (the control link is the bound, not one rsync's CPU), in a dry run, with
+  # --bwlimit (rsync applies it per process: two streams would take twice the rate asked), or with
+  # openrsync or rsync 2.x at either end (their anchored include/exclude is unproven: a blob in
+  # neither stream would let the snapshots pass link to a missing blob)
+  local size etag a=0 b=0 n=0
   stream_a=()
   stream_b=()
-  [ "$pull" -eq 1 ] && [ "$dry_run" -eq 0 ] || return 0
+  [ "$pull" -eq 1 ] && [ "$dry_run" -eq 0 ] && [ -z "$bwlimit" ] && [ "$old_rsync" -eq 0 ] || return 0
   while read -r size etag; do
     [ -n "$etag" ] || continue
     if [ "$b" -lt "$a" ]; then
       stream_a+=("--include=/$etag")
       stream_b+=("--exclude=/$etag")
       b=$((b + size))
+      n=$((n + 1))
     else
       a=$((a + size))
     fi
   done <<BLOBS
 $(missing_blobs)
 BLOBS
-  [ "$b" -gt 0 ] || return 0
+  if [ "$n" -eq 0 ] || [ "$b" -le 0 ]; then stream_a=(); stream_b=(); return 0; fi
   stream_a+=("--exclude=*")
   echo "sync: blobs in two streams: $a and $b bytes"
 }
 
-stop_stream() {   # PID LOG: stop a stream: its rsync on HOST (the pid its session printed first in
-  # LOG) with TERM, so that it removes its temp file and ends its session; else its ssh here
-  local rpid
-  rpid=$(sed -n 's/^stream pid \([0-9][0-9]*\)$/\1/p' "$2" | head -n 1)
-  if [ -z "$rpid" ] || ! "${ssh_argv[@]}" "$host" "kill -TERM $rpid" </dev/null >/dev/null 2>&1; then
-    kill "$1" 2>/dev/null || true
-  fi
+stream_live() {   # N: stream N (1 or 2) still runs (its subshell has not written its exit code)
+  [ ! -f "$logs/rc.$1" ] && kill -0 "${stream_pids[$1]}" 2>/dev/null
 }
 
-await_streams() {   # PID-1 LOG-1 PID-2 LOG-2: both streams (their ssh to HOST, their output); the
-  # first to fail stops the other, which is waited for; sets stream_rc (the first failure's code)
-  local one=$1 two=$3 log=$4 rc=0
-  while kill -0 "$one" 2>/dev/null && kill -0 "$two" 2>/dev/null; do sleep 0.05 2>/dev/null || sleep 1; done
-  if kill -0 "$one" 2>/dev/null; then one=$3; two=$1; log=$2; fi
-  wait "$one" || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    stop_stream "$two" "$log"
-    wait "$two" 2>/dev/null || true
-  else
-    wait "$two" || rc=$?
+stream_code() {   # N: stream N's exit code (its subshell's file; gone without one: killed, 1)
+  local rc=""
+  [ -f "$logs/rc.$1" ] && read -r rc <"$logs/rc.$1"
+  case "$rc" in ''|*[!0-9]*) echo 1 ;; *) echo "$rc" ;; esac
+}
+
+# Run on HOST (POSIX sh; dash takes no `--` in kill): stop the process group $1 (a blob stream's
+# session: its rsync, the receiver it forked, its ssh to the peer) with TERM, so that rsync removes
+# its temp file; KILL what is left after 2 s (rsync 3.2's receiver outlives a TERM while data comes;
+# sync_prep.py removes a temp file left)
+# shellcheck disable=SC2016  # expanded on HOST
+stop_script='kill -0 "$1" 2>/dev/null || exit 0
+kill -TERM "-$1"
+n=0
+while kill -0 "-$1" 2>/dev/null && [ "$n" -lt 20 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+kill -KILL "-$1" 2>/dev/null
+exit 0'
+
+stop_stream() {   # N: stop stream N: its process group on HOST (stop_script; the pid its session
+  # printed first leads it), through the connection to HOST if up and within 5 s (never blocked on
+  # a dead link); else, or if it still runs, its ssh here
+  local rpid n=0 kpid lssh=""
+  rpid=$(sed -n 's/^stream pid \([0-9][0-9]*\)$/\1/p' "${stream_logs[$1]}" | head -n 1)
+  if [ -n "$rpid" ] && "${ssh_argv[@]}" -O check "$host" >/dev/null 2>&1; then
+    "${ssh_argv[0]}" -o ControlMaster=no -o ConnectTimeout=5 "${ssh_argv[@]:1}" "$host" \
+      "sh -c $(sq "$stop_script") sh $rpid" </dev/null >/dev/null 2>&1 &
+    kpid=$!
+    while kill -0 "$kpid" 2>/dev/null && [ "$n" -lt 60 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+    kill "$kpid" 2>/dev/null || true
+    n=0
+    while stream_live "$1" && [ "$n" -lt 30 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
   fi
+  stream_live "$1" || return 0
+  [ -f "$logs/ssh.$1" ] && read -r lssh <"$logs/ssh.$1"
+  [ -z "$lssh" ] || kill "$lssh" 2>/dev/null || true
+}
+
+relay() {   # FILE OFFSET: print FILE's bytes past OFFSET; prints the new offset on fd 3
+  local size
+  size=$(wc -c <"$1" | tr -d ' ')
+  [ "$size" -gt "$2" ] && tail -c +"$(($2 + 1))" "$1" | head -c "$((size - $2))"
+  echo "$size" >&3
+}
+
+await_streams() {   # both streams (stream_pids, stream_logs): stream 1's output is shown live (tee),
+  # stream 2's kept in its log until stream 1 ended, then relayed as it comes (progress lines go on:
+  # fab's silence watchdog); the first to fail stops the other; sets stream_rc (the first failure's)
+  local first=1 other=2 rc=0 off=0
+  while stream_live 1 && stream_live 2; do sleep 0.05 2>/dev/null || sleep 1; done
+  if stream_live 1; then first=2; other=1; fi
+  rc=$(stream_code "$first")
+  if [ "$rc" -ne 0 ]; then
+    stop_stream "$other"
+  fi
+  wait "$tee_pid" 2>/dev/null || true
+  while stream_live 2; do
+    if ! stream_live 1; then off=$(relay "${stream_logs[2]}" "$off" 3>&1 >&4); fi
+    sleep 0.2 2>/dev/null || sleep 1
+  done 4>&1
+  wait "$tee_pid" 2>/dev/null || true
+  relay "${stream_logs[2]}" "$off" 3>/dev/null
+  [ "$rc" -ne 0 ] || rc=$(stream_code "$other")
   stream_rc=$rc
 }
 
+start_stream() {   # N ARGS...: stream N in the background: a subshell running its ssh to HOST (whose
+  # session says its rsync's pid first: stop_stream's handle), recording the ssh's pid and then its
+  # exit code in $logs (read there, not by `wait`: bash may have reaped the job)
+  local n=$1 out=$logs/1.fifo
+  shift
+  [ "$n" -eq 1 ] || out=${stream_logs[2]}
+  (
+    "${ssh_argv[@]}" "$host" "echo \"stream pid \$\$\"; $(pull_line "$@" "$(src_arg blobs/)" "$(dest_arg blobs/)")" \
+      </dev/null >"$out" 2>"$logs/$n.err" &
+    echo "$!" >"$logs/ssh.$n"
+    rc=0
+    wait "$!" || rc=$?
+    echo "$rc" >"$logs/rc.$n.tmp" && mv "$logs/rc.$n.tmp" "$logs/rc.$n"
+  ) &
+  stream_pids[n]=$!
+}
+
+stream_flags() {   # N: stream N's test-only --bwlimit (THUNDER_SYNC_STREAM_BWLIMIT)
+  local k=${stream_bw[$(($1 - 1))]}
+  [ "$k" -eq 0 ] || echo "--bwlimit=$k"
+}
+
 run_blobs() {   # RSYNC-ARGS... (without source and destination): the blobs pass, as one rsync, or
-  # (split_blobs) as two side by side over the same daemon or peer ssh: the second's output is kept
-  # and shown once both ended, so the progress lines of one file never interleave with another's
-  local err1=$logs/1.err err2=$logs/1b.err pid1 pid2 tee_pid
+  # (split_blobs) as two side by side over the same daemon or peer ssh, stream 1 shown live, stream 2
+  # once stream 1 ended (the progress lines of one file never interleave with another's)
+  local tee_pid stream_rc
   split_blobs
   if [ "${#stream_a[@]}" -eq 0 ]; then
     run_pass 1 "$@" "$(src_arg blobs/)" "$(dest_arg blobs/)"
     blob_logs=("$here/blobs" "$logs/1")
     return 0
   fi
+  stream_logs=("" "$logs/1" "$logs/1b")
   mkfifo "$logs/1.fifo"
+  : >"$logs/1b"
   tee "$logs/1" <"$logs/1.fifo" &
   tee_pid=$!
-  # each session says its rsync's pid first (the shell's, which execs rsync): stop_stream's handle
-  "${ssh_argv[@]}" "$host" "echo \"stream pid \$\$\"; $(pull_line "$@" "${stream_b[@]}" "$(src_arg blobs/)" \
-    "$(dest_arg blobs/)")" </dev/null >"$logs/1.fifo" 2>"$err1" &
-  pid1=$!
-  "${ssh_argv[@]}" "$host" "echo \"stream pid \$\$\"; $(pull_line "$@" "${stream_a[@]}" "$(src_arg blobs/)" \
-    "$(dest_arg blobs/)")" </dev/null >"$logs/1b" 2>"$err2" &
-  pid2=$!
-  streams="$pid1 $pid2"
-  await_streams "$pid1" "$logs/1" "$pid2" "$logs/1b"
+  # shellcheck disable=SC2046  # stream_flags: one word or none
+  start_stream 1 "$@" $(stream_flags 1) "${stream_b[@]}"
+  # shellcheck disable=SC2046
+  start_stream 2 "$@" $(stream_flags 2) "${stream_a[@]}"
+  streams=1
+  await_streams
   streams=""
-  wait "$tee_pid" || true
-  cat "$logs/1b"
-  cat "$err1" "$err2" >&2
+  cat "$logs/1.err" "$logs/2.err" >&2
   pass_exit "$stream_rc"
   blob_logs=("$here/blobs" "$logs/1" "$here/blobs" "$logs/1b")
 }
