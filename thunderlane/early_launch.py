@@ -32,9 +32,11 @@ STOP_WAIT = 10.0   # seconds a stopped launcher gets to end before its group is 
 WRAPPER = """#!/bin/sh
 # thunder lane: the sync launcher's ssh, held until sync-cache's verify before has passed
 g={folder}
+n=0
 while [ ! -e "$g/go" ]; do
   [ -d "$g" ] && [ ! -e "$g/stop" ] && kill -0 {pid} 2>/dev/null || exit 255
-  sleep 0.01 2>/dev/null || sleep 1
+  n=$((n + 1))   # a look every 10 ms for the first second (a verify's usual length), then every 100 ms
+  if [ "$n" -le 100 ]; then sleep 0.01 2>/dev/null || sleep 1; else sleep 0.1 2>/dev/null || sleep 1; fi
 done
 exec {command} "$@"
 """
@@ -47,9 +49,14 @@ class Gate:
     def __init__(self, inv, host):
         self.folder = tempfile.mkdtemp(prefix="thunder-gate.", dir="/tmp")
         self.ssh = os.path.join(self.folder, "ssh")
-        with open(self.ssh, "w", encoding="utf-8") as f:
-            f.write(WRAPPER.format(folder=shlex.quote(self.folder), pid=os.getpid(), command=ssh_command(inv, host)))
-        os.chmod(self.ssh, 0o700)
+        try:
+            with open(self.ssh, "w", encoding="utf-8") as f:
+                f.write(WRAPPER.format(folder=shlex.quote(self.folder), pid=os.getpid(),
+                                       command=ssh_command(inv, host)))
+            os.chmod(self.ssh, 0o700)
+        except BaseException:   # /tmp full: no gate folder is left behind
+            self.remove()
+            raise
 
     def open(self):
         open(os.path.join(self.folder, "go"), "w").close()
@@ -106,10 +113,16 @@ class EarlyLauncher:
             self.proc.communicate()
 
     def close(self):
-        """Stop the launcher unless it was let through (then its follower waits for it), and remove the gate."""
-        if not os.path.exists(os.path.join(self.gate.folder, "go")) and self.proc.poll() is None:
-            self.stop()
-        elif self.proc.stdout and not self.proc.stdout.closed and self.proc.poll() is not None:
+        """Stop the launcher if it still runs (never let through: :meth:`stop`; let through, its
+        follower gone without it, e.g. a failure before :func:`transfer.stream` read it: its group
+        ended), close its output and remove the gate."""
+        if self.proc.poll() is None:
+            if not os.path.exists(os.path.join(self.gate.folder, "go")):
+                self.stop()
+            else:
+                _stop_group(self.proc, grace=STOP_WAIT)
+                self.proc.wait()
+        if self.proc.stdout and not self.proc.stdout.closed:
             self.proc.stdout.close()
         self.gate.remove()
 

@@ -61,10 +61,16 @@ def survey(inv, targets, forced=None, checksum=False, on_cold=None):
         return Sources({}, [], {}, {}, blocked), {}
     # --from's host is always looked at: an incomplete source is refused even with nothing to pull
     others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         # --from a host: it and the peer facts are asked beside the targets' probe, not after it
         ahead = pool.submit(_ask_peers, inv, others, targets, checksum, not peers_blocked(inv)) if forced else None
         return _surveyed(inv, targets, forced, checksum, on_cold, others, ahead)
+    except BaseException:   # a refusal or Ctrl-C is said at once, not after that ask (a deep one takes minutes)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead):

@@ -154,7 +154,7 @@ class HostLock:
     def _take(self):
         try:
             self._state = fsutil.take_lock(self.path, os.getpid())
-        except OSError as e:  # the runs root cannot be written: said by hold()
+        except Exception as e:  # the runs root cannot be written, or worse: said by hold(), naming the lock
             self._error = e
 
     def hold(self):

@@ -177,3 +177,58 @@ def test_from_a_host_the_targets_masters_open_before_the_survey(tmp_path, monkey
         assert seen == [["mac4"]] and all(m.closed for m in FakeMaster.made)
         peer_sync.fill(inv, [inv.host("mac4")], "local", out=devnull)
     assert seen[-1] == ["mac4"]  # --from local: none more (each sync opens its own beside its verify)
+
+
+def test_close_ends_a_launcher_let_through_whose_follower_never_came(tmp_path):
+    """go() written, then a failure before transfer.stream read the launcher: close() ends its group
+    (it would run on unread, its next ssh failing on a removed gate) and removes the gate."""
+    inv = inv_at(tmp_path)
+    early = early_launch.EarlyLauncher(inv, inv.host("mac4"), ("/a", "/b"),
+                                       lambda ssh: ["sh", "-c", "sleep 60 & wait"])
+    early.go()
+    early.close()
+    assert early.proc.poll() is not None and early.proc.stdout.closed
+    assert not os.path.exists(early.gate.folder)
+
+
+def test_a_gate_that_cannot_be_written_leaves_no_folder(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    made = []
+    real = early_launch.tempfile.mkdtemp
+    monkeypatch.setattr(early_launch.tempfile, "mkdtemp", lambda **kw: made.append(real(dir=str(tmp_path))) or made[-1])
+    monkeypatch.setattr(early_launch.os, "chmod", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        early_launch.Gate(inv, inv.host("mac4"))
+    assert made and not os.path.exists(made[0])
+
+
+def test_a_lock_taker_that_fails_oddly_is_said_naming_the_lock(tmp_path, monkeypatch):
+    inv = inv_at(tmp_path)
+    monkeypatch.setattr(fsutil, "take_lock", lambda *a: (_ for _ in ()).throw(ValueError("bad pid file")))
+    lock = HostLock(inv, inv.host("mac4"))
+    with pytest.raises(SyncError, match="cannot take the sync lock .*bad pid file"):
+        lock.hold()
+
+
+def test_a_survey_that_refuses_says_so_without_waiting_for_the_from_hosts_ask(tmp_path, monkeypatch):
+    """--from mac6 --checksum: mac6's deep ask runs beside the targets' probe; local failing as the
+    reference is said at once, not after that ask (minutes, deep)."""
+    inv = inv_at(tmp_path)
+    release = threading.Event()
+
+    def slow_ask(*args, **kwargs):
+        release.wait(30)
+        return {}, {}
+
+    def refuse(inv, targets, deep=False):
+        raise SyncError("local cache is incomplete")
+    monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
+    monkeypatch.setattr(peer_sync, "_ask_peers", slow_ask)
+    monkeypatch.setattr(peer_sync, "gather_caches", refuse)
+    t = time.monotonic()
+    try:
+        with pytest.raises(SyncError, match="local cache is incomplete"):
+            peer_sync.survey(inv, [inv.host("mac4")], forced="mac6", checksum=True)
+        assert time.monotonic() - t < 5
+    finally:
+        release.set()
