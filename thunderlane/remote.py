@@ -172,7 +172,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None, again=None):
                     result = _in_session(conn, argv, timeout, stdin, relay)
                     second = again and again(*result)
                     result = _in_session(conn, second, timeout, stdin, relay) if second else result
-                except (paramiko.SSHException, OSError, ThreadException, channel.TimedOut):
+                except (paramiko.SSHException, OSError, EOFError, ThreadException, channel.TimedOut):
                     if not watch.down:
                         raise
             if watch.down:
@@ -186,7 +186,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None, again=None):
         raise _too_large(host) from None
     except (CommandTimedOut, channel.TimedOut):
         raise _timed_out(host, argv, timeout) from None
-    except (paramiko.SSHException, OSError) as e:
+    except (paramiko.SSHException, OSError, EOFError) as e:  # EOFError: paramiko's, bare, on a dropped connection
         raise _ssh_error(inv, host, e) from None
 
 
@@ -240,7 +240,9 @@ def _ssh_error(inv, host, e):
         keys_tried = f"key {inv.ssh.identity}" if inv.ssh.identity else "the agent's keys and ~/.ssh/id_*"
         return HostError(host.name, "key", f"{host.destination}:{host.port} refused {keys_tried} ({e}); "
                                            f"is its public half in the host's authorized_keys?")
-    if isinstance(e, paramiko.SSHException):
+    if isinstance(e, EOFError):
+        e = "the connection closed"
+    if isinstance(e, (paramiko.SSHException, str)):
         return HostError(host.name, "unreachable", f"ssh to {host.destination}:{host.port}: {e}")
     if isinstance(e, (socket.timeout, TimeoutError)):
         return HostError(host.name, "unreachable", f"no answer from {where} within {inv.ssh.connect_timeout}s")
