@@ -54,6 +54,10 @@ class FakeChannel:
     def recv_stderr(self, n):
         return self.err.pop(0)
 
+    def exec_command(self, command):  # as paramiko's: the reply waited for with no bound
+        self.transport._send_user_message(command)
+        self.event.wait()
+
     def shutdown_write(self):
         pass
 
@@ -177,4 +181,9 @@ def test_a_lost_connection_names_the_host(tmp_path, monkeypatch):
         with pytest.raises(remote.HostError) as e:
             remote.run(inv, host, ["python", "-c", "x"])
         assert e.value.host == "mac4" and e.value.kind == "unreachable" and "127.0.0.4" in str(e.value)
-    assert remote._ssh_error(inv, host, EOFError()).kind == "unreachable"
+    def dropped(inv, host):
+        raise EOFError()  # paramiko's, bare, from a handshake whose connection closed
+    monkeypatch.setattr(remote, "open_session", dropped)
+    with pytest.raises(remote.HostError) as e:
+        remote.run(inv, host, ["python", "-c", "x"])
+    assert e.value.host == "mac4" and e.value.kind == "unreachable" and "connection closed" in str(e.value)
