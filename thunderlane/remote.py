@@ -2,6 +2,7 @@
 mlx.launch), Fabric connections that refuse unknown host keys, and the probe asked on every host in
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
+import hashlib
 import json
 import os
 import shlex
@@ -120,13 +121,16 @@ def connect(inv, host):
     return conn
 
 
-_file_keys = {}  # {(identity, size, mtime_ns): connect kwargs}: a key file read once per run, not per host
+_file_keys = {}  # {(identity, sha256 of its bytes): connect kwargs}: a key parsed once per run, not per host
 
 
 def _auth(identity):
-    """``keys.auth_kwargs(identity)``; a key read from its file (no agent) is kept while the file is unchanged."""
-    st = os.stat(identity) if identity and os.path.isfile(identity) else None
-    version = st and (identity, st.st_size, st.st_mtime_ns)
+    """``keys.auth_kwargs(identity)``; a key read from its file (no agent) is kept while the file's
+    bytes are the same (reading is cheap, parsing is the cost; size and mtime can survive an edit)."""
+    try:
+        version = identity and (identity, hashlib.sha256(Path(identity).read_bytes()).digest())
+    except OSError:  # none there, or no file: keys.auth_kwargs says why
+        version = None
     if version not in _file_keys:
         auth, agent = keys.auth_kwargs(identity)
         if not (version and agent is None and "pkey" in auth):
