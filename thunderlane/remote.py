@@ -2,6 +2,7 @@
 mlx.launch), Fabric connections that refuse unknown host keys, and the probe asked on every host in
 parallel, its answers turned into typed facts (``facts.py``) as they arrive.
 """
+import hashlib
 import json
 import os
 import shlex
@@ -120,13 +121,16 @@ def connect(inv, host):
     return conn
 
 
-_file_keys = {}  # {(identity, size, mtime_ns): connect kwargs}: a key file read once per run, not per host
+_file_keys = {}  # {(identity, sha256 of its bytes): connect kwargs}: a key parsed once per run, not per host
 
 
 def _auth(identity):
-    """``keys.auth_kwargs(identity)``; a key read from its file (no agent) is kept while the file is unchanged."""
-    st = os.stat(identity) if identity and os.path.isfile(identity) else None
-    version = st and (identity, st.st_size, st.st_mtime_ns)
+    """``keys.auth_kwargs(identity)``; a key read from its file (no agent) is kept while the file's
+    bytes are the same (reading is cheap, parsing is the cost; size and mtime can survive an edit)."""
+    try:
+        version = identity and (identity, hashlib.sha256(Path(identity).read_bytes()).digest())
+    except OSError:  # none there, or no file: keys.auth_kwargs says why
+        version = None
     if version not in _file_keys:
         auth, agent = keys.auth_kwargs(identity)
         if not (version and agent is None and "pkey" in auth):
@@ -172,7 +176,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None, again=None):
                     result = _in_session(conn, argv, timeout, stdin, relay)
                     second = again and again(*result)
                     result = _in_session(conn, second, timeout, stdin, relay) if second else result
-                except (paramiko.SSHException, OSError, ThreadException, channel.TimedOut):
+                except (paramiko.SSHException, OSError, EOFError, ThreadException, channel.TimedOut):
                     if not watch.down:
                         raise
             if watch.down:
@@ -186,7 +190,7 @@ def run(inv, host, argv, timeout=None, stdin=None, relay=None, again=None):
         raise _too_large(host) from None
     except (CommandTimedOut, channel.TimedOut):
         raise _timed_out(host, argv, timeout) from None
-    except (paramiko.SSHException, OSError) as e:
+    except (paramiko.SSHException, OSError, EOFError) as e:  # EOFError: paramiko's, bare, on a dropped connection
         raise _ssh_error(inv, host, e) from None
 
 
@@ -240,7 +244,9 @@ def _ssh_error(inv, host, e):
         keys_tried = f"key {inv.ssh.identity}" if inv.ssh.identity else "the agent's keys and ~/.ssh/id_*"
         return HostError(host.name, "key", f"{host.destination}:{host.port} refused {keys_tried} ({e}); "
                                            f"is its public half in the host's authorized_keys?")
-    if isinstance(e, paramiko.SSHException):
+    if isinstance(e, EOFError):
+        e = "the connection closed"
+    if isinstance(e, (paramiko.SSHException, str)):
         return HostError(host.name, "unreachable", f"ssh to {host.destination}:{host.port}: {e}")
     if isinstance(e, (socket.timeout, TimeoutError)):
         return HostError(host.name, "unreachable", f"no answer from {where} within {inv.ssh.connect_timeout}s")

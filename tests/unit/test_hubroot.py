@@ -55,6 +55,27 @@ def test_a_changed_environment_or_package_asks_again(tmp_path):
     assert probe_root(tmp_path) == ("/hub/upgraded", False)
 
 
+def test_a_site_start_that_changes_the_environment_still_reads_the_memo(tmp_path):
+    """The key is taken before the site start the first probe needs: a sitecustomize (or .pth)
+    setting a variable there must not make the next probe, which starts no site, miss."""
+    stand_in(tmp_path, "/hub/one")
+    (tmp_path / "pkgs" / "sitecustomize.py").write_text("import os\nos.environ['SET_BY_SITE'] = '1'\n")
+    assert probe_root(tmp_path) == ("/hub/one", True)
+    assert probe_root(tmp_path) == ("/hub/one", False)
+
+
+def test_an_install_beside_the_package_asks_again(tmp_path):
+    """The folder holding the package is in the key: a new package or .pth file there changes its mtime."""
+    stand_in(tmp_path, "/hub/one")
+    assert probe_root(tmp_path) == ("/hub/one", True)
+    assert probe_root(tmp_path) == ("/hub/one", False)
+    folder = tmp_path / "pkgs"
+    mtime = folder.stat().st_mtime_ns
+    (folder / "other.pth").write_text("")
+    os.utime(folder, ns=(mtime + 10**9, mtime + 10**9))  # a coarse clock must not hide the change
+    assert probe_root(tmp_path) == ("/hub/one", True)
+
+
 def test_a_memo_others_can_write_is_not_read(tmp_path):
     constants = stand_in(tmp_path, "/hub/one")
     probe_root(tmp_path)

@@ -7,8 +7,11 @@ host whose inventory entry names no ``hf_cache``. The answer is a function of th
 the home folder and the package's own code, so the first probe asks and keeps the answer in
 ``~/.cache/thunderlane/hub_root.json`` together with the sha256 of what it was a function of
 (:func:`key`; an environment may hold secrets, never written down): the interpreter, every
-environment variable but the ones ssh and a login set anew per session, and the size and mtime
-of the package's ``__init__.py`` and ``constants.py`` where a plain import finds them. A later
+environment variable but the ones ssh and a login set anew per session, the size and mtime of
+the package's ``__init__.py`` and ``constants.py`` where a plain import finds them, and the mtime
+of the folder holding the package (an install or a new .pth file there changes it). The key is
+taken once, before any site start: a .pth file that changes os.environ must not make it differ
+between the probe that writes the memo and the one that reads it. A later
 probe whose key is equal reads the answer back; any difference (HF_HOME set, huggingface_hub
 upgraded) and it asks the package again. The memo is read and written only in a
 folder (and as a file) of this user's own that nobody else can write, as the probe loader's copy.
@@ -41,17 +44,17 @@ def owned(path):
 
 def package_files():
     """[(path, size, mtime_ns)] of huggingface_hub's ``__init__.py`` and ``constants.py`` in the first
-    sys.path folder that holds the package (site-packages added as :func:`site_packages` does), or
-    None: not there (a .pth file of a full site start may still bring it: ask the package)."""
+    sys.path folder that holds the package (site-packages added as :func:`site_packages` does), then
+    of that folder, or None: not there (a .pth file of a full site start may still bring it: ask)."""
     site_packages()
     for entry in sys.path:
         package = os.path.join(entry or ".", "huggingface_hub")
-        files = [os.path.join(package, n) for n in ("__init__.py", "constants.py")]
+        paths = [os.path.join(package, n) for n in ("__init__.py", "constants.py")] + [entry or "."]
         try:
-            stats = [os.stat(f) for f in files]
+            stats = [os.stat(p) for p in paths]
         except OSError:
             continue
-        return [[os.path.realpath(f), s.st_size, s.st_mtime_ns] for f, s in zip(files, stats)]
+        return [[os.path.realpath(p), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)]
     return None
 
 
@@ -76,8 +79,8 @@ def _sha256(data):
     return sha256(data)
 
 
-def recall(files):
-    """The remembered root for ``files`` and this environment, or None."""
+def recall(files, digest):
+    """The remembered root for ``files`` under :func:`key` ``digest``, or None."""
     folder = memo_dir()
     path = os.path.join(folder, MEMO)
     if files is None or not (owned(folder) and owned(path)):
@@ -85,14 +88,14 @@ def recall(files):
     try:
         with open(path, encoding="utf-8") as f:
             memo = json_loads(f.read())
-        if memo["key"] == key(files) and isinstance(memo["root"], str) and memo["root"]:
+        if memo["key"] == digest and isinstance(memo["root"], str) and memo["root"]:
             return memo["root"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         pass
     return None
 
 
-def remember(files, root, constants_file):
+def remember(files, digest, root, constants_file):
     """Keep ``root`` for the next probes, when the package that answered is the one :func:`package_files`
     found (else a later lookup could not tell it changed). Written whole under a temporary name
     and renamed; nothing is written where the folder is not safe."""
@@ -102,7 +105,7 @@ def remember(files, root, constants_file):
     tmp = os.path.join(folder, ".%s.tmp%d" % (MEMO, os.getpid()))
     try:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
-            f.write(json_dumps({"key": key(files), "root": root}))
+            f.write(json_dumps({"key": digest, "root": root}))
         os.replace(tmp, os.path.join(folder, MEMO))
         return True
     except OSError:
@@ -116,7 +119,8 @@ def hub_cache_root():
     """huggingface_hub's ``HF_HUB_CACHE`` as this interpreter sees it, remembered (see above); None
     when the package is not installed."""
     files = package_files()
-    root = recall(files)
+    digest = files and key(files)  # once, before site.main(): its .pth files may change os.environ
+    root = recall(files, digest)
     if root is not None:
         return root
     site_packages(full=True)  # as a normal start finds the package
@@ -124,5 +128,5 @@ def hub_cache_root():
         from huggingface_hub import constants
     except ImportError:
         return None
-    remember(files, constants.HF_HUB_CACHE, getattr(constants, "__file__", None))
+    remember(files, digest, constants.HF_HUB_CACHE, getattr(constants, "__file__", None))
     return constants.HF_HUB_CACHE
