@@ -107,13 +107,8 @@ def _standbys(host):
     return p.stdout.split()
 
 
-def test_a_launcher_started_early_never_reaches_the_host_when_the_verify_before_refuses(lab_inv, lab_dir, monkeypatch):
-    """The launcher starts beside the verify before; a verify that refuses (local's shard cut short:
-    only the verify sees it, the launcher would send it over mac4's whole one) shuts its gate, so the
-    host is left as it was: its leftover not cleaned up, its shard not replaced."""
-    mac4 = lab_inv.hosts["mac4"]
-    with open(os.devnull, "w") as devnull:
-        assert sync_cache(lab_inv, mac4, out=devnull).ok  # mac4 complete; its cache root remembered
+def seen_early(monkeypatch):
+    """The launchers sync-cache starts early from now on (a list filled as they start)."""
     started = []
 
     class Seen(early_launch.EarlyLauncher):
@@ -121,6 +116,17 @@ def test_a_launcher_started_early_never_reaches_the_host_when_the_verify_before_
             super().__init__(*args, **kwargs)
             started.append(self)
     monkeypatch.setattr(early_launch, "EarlyLauncher", Seen)
+    return started
+
+
+def test_a_launcher_started_early_never_reaches_the_host_when_the_verify_before_refuses(lab_inv, lab_dir, monkeypatch):
+    """The launcher starts beside the verify before; a verify that refuses (local's shard cut short:
+    only the verify sees it, the launcher would send it over mac4's whole one) shuts its gate, so the
+    host is left as it was: its leftover not cleaned up, its shard not replaced."""
+    mac4 = lab_inv.hosts["mac4"]
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, mac4, out=devnull).ok  # mac4 complete; its cache root remembered
+    started = seen_early(monkeypatch)
     repo4 = kit.host_repo(lab_dir, "mac4")
     orphan = next(b for b in (repo4 / "blobs").iterdir() if len(b.name) == 64).with_suffix(".0123abcd.incomplete")
     orphan.write_bytes(b"part")
@@ -156,13 +162,7 @@ def test_a_launcher_started_early_sends_what_is_missing_and_reports_a_command_wi
     mac4 = lab_inv.hosts["mac4"]
     with open(os.devnull, "w") as devnull:
         assert sync_cache(lab_inv, mac4, out=devnull).ok  # the handoff's partial mac4 filled; roots remembered
-    started = []
-
-    class Seen(early_launch.EarlyLauncher):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            started.append(self)
-    monkeypatch.setattr(early_launch, "EarlyLauncher", Seen)
+    started = seen_early(monkeypatch)
     shutil.rmtree(kit.host_repo(lab_dir, "mac4") / "refs")   # something missing again: refs/main
     printed = io.StringIO()
     outcome = sync_cache(lab_inv, mac4, out=printed)
