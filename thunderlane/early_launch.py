@@ -26,6 +26,13 @@ from .sshopts import ssh_command
 from .transfer import _stop_group
 
 MEMO = ".cache-roots.json"
+ENV = "THUNDER_EARLY_LAUNCH"  # "1" turns it on; off by default until fault 34's rerun failure is explained
+
+
+def enabled():
+    """Is the early start on? Off by default: in one fresh-clone CI run, fault 34's rerun (the cable
+    plugged back) failed with the launcher's ssh exiting 255 once, with this on; not yet explained."""
+    return os.environ.get(ENV) == "1"
 STOP_WAIT = 10.0   # seconds a stopped launcher gets to end before its group is killed
 
 # fab gone (killed), the folder gone or a stop: no ssh, ever

@@ -275,6 +275,8 @@ def _argv_for(inv, host, dry_run, checksum, bwlimit, source, ssh, src_cache, des
 def _start_early(inv, host, master, argv_for):
     """The launcher, started with the predicted cache roots and held at its gate, or None when a
     root is not known yet (or the launcher cannot be started: the sync starts it after the verify)."""
+    if not early_launch.enabled():
+        return None
     roots = (early_launch.predicted_root(inv, inv.local), early_launch.predicted_root(inv, host))
     if None in roots:
         return None

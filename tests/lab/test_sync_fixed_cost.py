@@ -108,7 +108,9 @@ def _standbys(host):
 
 
 def seen_early(monkeypatch):
-    """The launchers sync-cache starts early from now on (a list filled as they start)."""
+    """The launchers sync-cache starts early from now on (a list filled as they start); the early
+    start turned on (off by default: early_launch.enabled)."""
+    monkeypatch.setenv(early_launch.ENV, "1")
     started = []
 
     class Seen(early_launch.EarlyLauncher):

@@ -232,3 +232,17 @@ def test_a_survey_that_refuses_says_so_without_waiting_for_the_from_hosts_ask(tm
         assert time.monotonic() - t < 5
     finally:
         release.set()
+
+
+def test_the_early_start_is_off_unless_asked_for(tmp_path, monkeypatch):
+    from thunderlane import sync
+    inv = inv_at(tmp_path, mac4_cache="/hub")
+    early_launch.remember_root(inv, inv.local, "/local/hub")
+    monkeypatch.delenv(early_launch.ENV, raising=False)
+    assert sync._start_early(inv, inv.host("mac4"), None, lambda ssh, a, b: ["true"]) is None
+    monkeypatch.setenv(early_launch.ENV, "1")
+    early = sync._start_early(inv, inv.host("mac4"), None, lambda ssh, a, b: ["true"])
+    try:
+        assert early is not None and early.roots == ("/local/hub", "/hub")
+    finally:
+        early.close()
