@@ -50,8 +50,11 @@ EOF
 
 die() { code=$1; shift; echo "sync: $*" >&2; exit "$code"; }
 
-# single-quote a value for the remote shell (sh, bash or zsh)
-sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+# single-quote a value for the remote shell (sh, bash or zsh): each ' becomes '\'' (pattern and
+# replacement from variables: bash 3.2 and 4.3+ treat quotes inside ${x//...} differently)
+sq_q="'"
+sq_r="'\\''"
+sq() { printf "'%s'" "${1//$sq_q/$sq_r}"; }
 
 check_abs_path() {   # NAME VALUE: absolute, no '..', not '/', no control characters
   case "$2" in
@@ -146,6 +149,43 @@ shaped_link_ok() {   # REL TARGET: one of the two links the hub writes, proved b
   esac
 }
 
+link_names=()
+link_values=()
+link_targets() {   # REPO: every symlink under REPO (link_names) and its target (link_values), read
+  # by one readlink for all (GNU's and BSD's take several names; a fork per link costs more than
+  # the check); none kept when a name or a target has a newline (the lines would not pair up):
+  # link_target then asks readlink for each
+  local line n=0
+  link_names=()
+  link_values=()
+  while IFS= read -r line; do
+    [ -z "$line" ] || link_names+=("$line")
+  done <<EOF
+$(find "$1" -type l)
+EOF
+  [ "${#link_names[@]}" -gt 0 ] || return 0
+  while IFS= read -r line; do
+    link_values+=("$line")
+    n=$((n + 1))
+  done <<EOF
+$(readlink -- "${link_names[@]}" 2>/dev/null; echo "end $?")
+EOF
+  # one line per link, then readlink's "end 0": anything else, and the pairs are not trusted
+  if [ "$n" -ne $((${#link_names[@]} + 1)) ] || [ "${link_values[$((n - 1))]}" != "end 0" ]; then
+    link_names=()
+    link_values=()
+  fi
+}
+
+link_target() {   # LINK: its target, from link_targets if it read it, else from readlink
+  local i=0
+  while [ "$i" -lt "${#link_names[@]}" ]; do
+    if [ "${link_names[$i]}" = "$1" ]; then printf '%s\n' "${link_values[$i]}"; return 0; fi
+    i=$((i + 1))
+  done
+  readlink "$1"
+}
+
 check_links() {   # every symlink in the repo folder: relative, and by its real path inside the repo
   # folder, or (a repo blob) into the marked shared store of the same cache, or (a snapshot link)
   # to a repo blob that does so; a blob link must end at a regular file
@@ -156,10 +196,11 @@ check_links() {   # every symlink in the repo folder: relative, and by its real 
     die "$EX_REFUSED" "$repo is a link to $real_src_repo, not a folder of the cache; refusing to sync it"
   store=0
   if store_marked "$real_src_cache"; then store=1; fi
+  link_targets "$repo"
   while IFS= read -r link; do
     [ -n "$link" ] || continue
     rel=${link#"$repo"/}
-    target=$(readlink "$link")
+    target=$(link_target "$link")
     case "$target" in
       /*) die "$EX_REFUSED" "$rel is an absolute link ($target); refusing to sync it" ;;
     esac
@@ -326,13 +367,13 @@ while IFS= read -r e; do
   case "$e" in .|./blobs|*.incomplete|*/.DS_Store|*/._*|*/.rsync-partial/*) continue ;; "?") echo "tree ? (a name with a newline)"; continue ;; esac
   if [ -L "$e" ]; then
     t=$(readlink "$e"; echo .); t=${t%.}; t=${t%"$nl"}
-    case "$t" in *"$nl"*) echo "tree ? $e" ;; *) echo "tree l $e $t" ;; esac
-  elif [ -d "$e" ]; then echo "tree d $e"
+    case "$t" in *"$nl"*) printf "%s\n" "tree ? $e" ;; *) printf "%s\n" "tree l $e $t" ;; esac
+  elif [ -d "$e" ]; then printf "%s\n" "tree d $e"
   elif [ -f "$e" ]; then
     n=$(wc -c <"$e" | tr -d " "); c="?"
     if [ "$n" -le 64 ]; then c=$(cat "$e"); case "$c" in *[!0-9A-Za-z._-]*) c="?" ;; esac; fi
-    echo "tree f $e $n${c:+ $c}"
-  else echo "tree ? $e"; fi
+    printf "%s\n" "tree f $e $n${c:+ $c}"
+  else printf "%s\n" "tree ? $e"; fi
 done'
 
 # Run on SRC by HOST over the peer ssh (POSIX sh; $1 cache root, $2 repo folder, $3 rsync, $4
@@ -368,15 +409,16 @@ sh -c "$4" sh "$repo"
 exit 0'
 
 # Run on HOST (POSIX sh; $1 rsync, $2 python, $3 cache root, $4 repo folder, $5 --dry-run or "",
-# $6 the peer check's command line or "", $7 tree_script, $8 1 when pulling): the rsync version,
-# sync_prep.py (fed on stdin), the host's tree lines, pulling the sizes of its blobs (for the blob
-# streams), the peer check: one ssh session for all, each answer on tagged lines
+# $6 the peer check's command line or "", $7 unused, $8 1 when pulling): the rsync version,
+# sync_prep.py (fed on stdin; -S: stdlib only, no site start) with the host's tree lines (its
+# --tree: tree_script's lines, from one interpreter rather than a process per entry), pulling the
+# sizes of its blobs (for the blob streams), the peer check: one ssh session for all, each answer
+# on tagged lines
 # shellcheck disable=SC2016  # expanded on HOST
 host_script='v=$("$1" --version 2>&1); rc=$?
 echo "version $rc $(printf "%s\n" "$v" | head -n 1)"
-if [ -n "$5" ]; then "$2" - "$3" "$4" "$5"; else "$2" - "$3" "$4"; fi
+if [ -n "$5" ]; then "$2" -S - "$3" "$4" "$5" --tree; else "$2" -S - "$3" "$4" --tree; fi
 echo "prep-exit $?"
-sh -c "$7" sh "$3/$4" | sed "s/^tree /host-tree /"
 [ "$8" != 1 ] || for f in "$3/$4"/blobs/*; do [ -f "$f" ] && [ ! -L "$f" ] && echo "host-blob ${f##*/} $(wc -c <"$f" | tr -d " ")"; done
 if [ -n "$6" ]; then eval "$6" </dev/null; echo "peer-exit $?"; fi
 exit 0'
@@ -520,7 +562,7 @@ prepare_host() {   # [--dry-run]: one session on HOST: its rsync's version, the 
   local rc=0 peer="" tag a b
   [ "$pull" -eq 0 ] || [ "$transport" = rsyncd ] || peer=$(peer_check_cmd)
   "${ssh_argv[@]}" "$host" "sh -c $(sq "$host_script") sh $(sq "$rsync_path") $(sq "$host_python") \
-$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") $(sq "$tree_script") $pull" <"$prep_script" >"$logs/prep" || rc=$?
+$(sq "$dest_cache") $(sq "$folder") $(sq "${1:-}") $(sq "$peer") '' $pull" <"$prep_script" >"$logs/prep" || rc=$?
   [ "$rc" -eq 0 ] || die 255 "ssh to $host failed: unreachable, refused, or its host key is unknown or changed"
   while IFS=' ' read -r tag a b; do
     case "$tag" in

@@ -1,7 +1,9 @@
 """The sync launcher's tree lines (tree_script) and, in rsyncd mode, the daemon's port taken from
 the stream the source's check shares with it (daemon_port): no name on the source can forge a line."""
+import os
 import re
 import subprocess
+import sys
 
 from thunderlane import layout
 
@@ -45,3 +47,63 @@ def test_the_daemons_port_is_the_first_port_line_after_the_checks_last_line(tmp_
     assert daemon_port(forged, tmp_path) == ""  # the daemon has not answered yet
     assert daemon_port(forged + "port 32400\nport 3\n", tmp_path) == "32400"
     assert daemon_port("port 32400\n", tmp_path) == ""  # no check seen: nothing is the daemon's yet
+
+
+# --- the host's tree lines come from sync_prep.py --tree (one interpreter), the source's from
+# tree_script (sh): the two must agree line for line, or every sync would run both later passes
+PREP = layout.ROOT / "thunderlane" / "onhost" / "sync_prep.py"
+
+
+def odd_repo(root):
+    """A repo folder with every kind of entry tree_script has a rule for."""
+    repo = root / "models--o--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    (snap / "sub").mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "b1").write_bytes(b"x" * 100)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40 + "\n")
+    (snap / "config.json").symlink_to("../../blobs/b1")
+    (snap / "sub" / "deep.json").symlink_to("../../../blobs/b1")
+    (snap / "dirlink").symlink_to("sub")
+    (snap / "newline-target").symlink_to("../../blobs/b1\ntree f ./refs/main 41")
+    files = {"plain.txt": b"v1.2_x-y\n\n", "odd.txt": b"a b", "big.txt": b"z" * 65, "empty": b"",
+             "newlines": b"\n\n", "with\\backslash": b"1", "with space": b"ok", "caf\xc3\xa9": b"\xc3\xa9",
+             "nul": b"a\x00b", "x.incomplete": b"1", ".DS_Store": b"1", "._x": b"1", "sixtyfour": b"q" * 64}
+    for name, data in files.items():
+        (snap / os.fsdecode(name.encode() if isinstance(name, str) else name)).write_bytes(data)
+    (snap / ".rsync-partial").mkdir()
+    (snap / ".rsync-partial" / "part").write_bytes(b"1")
+    (snap / "blobs").mkdir()  # only the top blobs/ is left out
+    (snap / "blobs" / "f").write_bytes(b"1")
+    (snap / "name\nwith-newline").write_bytes(b"1")
+    os.mkfifo(snap / "fifo")
+    return repo
+
+
+def test_the_hosts_tree_lines_from_sync_prep_are_tree_scripts(tmp_path):
+    repo = odd_repo(tmp_path)
+    sh = subprocess.run(["sh", "-c", TREE_SCRIPT, "sh", str(repo)], capture_output=True, check=True).stdout
+    with open(PREP, "rb") as source:
+        r = subprocess.run([sys.executable, "-S", "-", str(tmp_path), repo.name, "--tree"], stdin=source,
+                           capture_output=True, check=True)
+    py = [line[len(b"host-"):] for line in r.stdout.splitlines() if line.startswith(b"host-tree ")]
+    # one deliberate difference: sh's $(cat) drops a NUL byte, and the line would carry content the
+    # file does not hold; Python says "?" (a line the source's cannot match: the pass runs)
+    nul = b"tree f ./snapshots/" + b"a" * 40 + b"/nul 3 "
+    assert nul + b"?" in py and nul + b"ab" in sh.splitlines()
+    assert [x for x in py if not x.startswith(nul)] == [x for x in sh.splitlines() if not x.startswith(nul)], (py, sh)
+    assert len(py) > 15
+    assert b"tree l ./snapshots/" + b"a" * 40 + b"/config.json ../../blobs/b1" in py
+    assert b"tree f ./refs/main 41 " + b"a" * 40 in py and b"tree d ./snapshots/" + b"a" * 40 + b"/blobs" in py
+
+
+def test_without_tree_sync_prep_prints_no_tree_lines_and_refuses_unknown_flags(tmp_path):
+    repo = odd_repo(tmp_path)
+    with open(PREP, "rb") as source:
+        r = subprocess.run([sys.executable, "-S", "-", str(tmp_path), repo.name], stdin=source, capture_output=True)
+    assert r.returncode == 0 and b"tree" not in r.stdout
+    with open(PREP, "rb") as source:
+        r = subprocess.run([sys.executable, "-S", "-", str(tmp_path), repo.name, "--tree", "--tree"], stdin=source,
+                           capture_output=True)
+    assert r.returncode == 2 and b"usage" in r.stderr

@@ -1,7 +1,7 @@
 # thunderlane on-host sync preparation: stdlib only, Python 3.9+ (a stock Mac's python3 will do)
 """Run on the host by the sync launcher before any transfer, fed as source on stdin:
 
-    python3 - CACHE_ROOT REPO_FOLDER [--dry-run]
+    python3 - CACHE_ROOT REPO_FOLDER [--dry-run] [--tree]
 
 It checks that the repo folder and its lock folder are real folders of this cache (no link on the
 way that would send rsync's writes elsewhere), removes this repo's stale leftovers and keeps those
@@ -119,11 +119,83 @@ def prepare(root, folder, dry_run):
         os.makedirs(blobs, exist_ok=True)
 
 
+# the launcher's tree_script, line for line: what it leaves out, and the bytes a short plain file's
+# content may hold for the line to carry it
+SKIP_END = (b".incomplete", b"/.DS_Store")
+SKIP_IN = (b"/._", b"/.rsync-partial/")
+PLAIN = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._-")
+
+
+def tree_paths(top):
+    """What ``find . -path ./blobs -prune -o -name "*<newline>*" -prune -exec echo "?" \\; -o -print``
+    prints in ``top``, unsorted: every entry but ``./blobs``, links not followed, a name with a
+    newline as ``?`` (and not entered)."""
+    out, folders = [b"."], [b"."]
+    while folders:
+        folder = folders.pop()
+        try:
+            names = os.listdir(os.path.join(top, folder))
+        except OSError:
+            continue
+        for name in names:
+            rel = folder + b"/" + name
+            if rel == b"./blobs":
+                continue
+            if b"\n" in name:
+                out.append(b"?")
+                continue
+            out.append(rel)
+            if kind(os.path.join(top, rel)) == "dir":
+                folders.append(rel)
+    return out
+
+
+def tree_line(top, rel):
+    """The tree_script's line for entry ``rel`` (bytes), or None where it prints none."""
+    if rel in (b".", b"./blobs") or rel.endswith(SKIP_END) or any(s in rel for s in SKIP_IN):
+        return None
+    if rel == b"?":
+        return b"tree ? (a name with a newline)"
+    path = os.path.join(top, rel)
+    try:
+        found = kind(path)
+        if found == "link":
+            target = os.readlink(path)
+            return b"tree ? " + rel if b"\n" in target else b"tree l " + rel + b" " + target
+        if found == "dir":
+            return b"tree d " + rel
+        if found == "file":
+            size = os.path.getsize(path)
+            content = b"?"
+            if size <= 64:
+                with open(path, "rb") as f:
+                    content = f.read().rstrip(b"\n")  # as $(cat) keeps it
+                content = content if set(content) <= PLAIN else b"?"
+            return b"tree f " + rel + b" " + str(size).encode() + (b" " + content if content else b"")
+    except OSError:
+        pass
+    return b"tree ? " + rel
+
+
+def tree(repo):
+    """The host's tree lines (``host-tree ...``), as the launcher's tree_script (sh) prints them on
+    the source: one interpreter instead of a process per entry. Nothing for a folder not there."""
+    top = os.fsencode(repo)
+    if not os.path.isdir(top):
+        return
+    lines = (tree_line(top, rel) for rel in sorted(tree_paths(top)))  # LC_ALL=C sort: by bytes
+    sys.stdout.flush()
+    sys.stdout.buffer.write(b"".join(b"host-" + line + b"\n" for line in lines if line is not None))
+    sys.stdout.buffer.flush()
+
+
 def main(argv):
-    if len(argv) not in (2, 3) or argv[2:] not in ([], ["--dry-run"]) or "/" in argv[1]:
-        print("usage: python3 - CACHE_ROOT REPO_FOLDER [--dry-run]", file=sys.stderr)
+    flags = argv[2:]
+    if len(argv) < 2 or "/" in argv[1] or any(f not in ("--dry-run", "--tree") for f in flags) or \
+            len(set(flags)) != len(flags):
+        print("usage: python3 - CACHE_ROOT REPO_FOLDER [--dry-run] [--tree]", file=sys.stderr)
         return 2
-    root, folder, dry_run = argv[0], argv[1], argv[2:] == ["--dry-run"]
+    root, folder, dry_run = argv[0], argv[1], "--dry-run" in flags
     if not os.path.isdir(root):
         print("absent", flush=True)
         if dry_run:
@@ -134,6 +206,8 @@ def main(argv):
     except Unsafe as e:
         print(f"sync: {e}", file=sys.stderr)
         return 3
+    if "--tree" in flags:
+        tree(os.path.join(root, folder))
     return 0
 
 
