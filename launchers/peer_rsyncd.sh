@@ -45,8 +45,11 @@ checked() {   # the check's output, then src-end; fails unless it named a revisi
 printf 'lane:%s\n' "$secret" >"$d/secrets"
 secret=""
 uid=$(id -u) && gid=$(id -g) || exit 1
+# socket options: the daemon's small protocol messages go at once, not after the client's delayed
+# ACK (see the launcher's --sockopts)
 cat >"$d/rsyncd.conf" <<CONF
 use chroot = no
+socket options = TCP_NODELAY
 uid = $uid
 gid = $gid
 munge symlinks = no

@@ -113,6 +113,24 @@ def test_the_peer_key_is_refused_from_another_address(peered):
     assert code == 255 and "Permission denied" in err
 
 
+def test_the_rsyncd_peer_ssh_agrees_on_curve25519_and_the_ssh_one_keeps_opensshs_default(peered):
+    """With peer_transport rsyncd the peer ssh only starts the daemon (the bytes cross in clear):
+    it asks for curve25519 first, not OpenSSH's slower post-quantum default; with the ssh
+    transport (the bytes inside that ssh) the default stays."""
+    inv, _ = peered
+    mac4, mac5 = inv.hosts["mac4"], inv.hosts["mac5"]
+    got = run_peer_facts(inv, mac4)
+    chosen = {}
+    for transport in ("rsyncd", "ssh"):
+        command = peers.peer_ssh(mac4, got, inv.ssh, mac5, transport).split()
+        code, _, err = run(inv, mac4, [*command, "-v", f"{mac5.user}@{mac5.data_ip}", "true"])
+        assert code == 0, err
+        chosen[transport] = [line.split("kex: algorithm: ", 1)[1].strip() for line in err.splitlines()
+                             if "kex: algorithm: " in line]
+    assert chosen["rsyncd"] == ["curve25519-sha256"], chosen
+    assert chosen["ssh"] and chosen["ssh"] != ["curve25519-sha256"], chosen
+
+
 def run_peer_facts(inv, host):
     from thunderlane.remote import ask
     return ask(inv, host, peers.query())[0]
