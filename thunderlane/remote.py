@@ -97,11 +97,10 @@ class LaneConnection(Connection):
 
 
 def connect(inv, host):
-    """A Fabric Connection to ``host`` that refuses any key not pinned in known_hosts
-    (Fabric's own default accepts any key) and gives up after the connect timeout. Only the
-    inventory's known_hosts is read (Fabric loads no system file), our key is chosen as ssh's
-    IdentitiesOnly would (``keys.py``: the agent's copy of a passphrase-protected identity), and
-    the agent is never forwarded."""
+    """A Fabric Connection to ``host`` that refuses any key not pinned in known_hosts (Fabric's own
+    default accepts any key) and gives up after the connect timeout. Only the inventory's known_hosts
+    is read (Fabric loads no system file), our key is chosen as ssh's IdentitiesOnly would (``keys.py``:
+    the agent's copy of a passphrase-protected identity), the agent is never forwarded, TCP_NODELAY."""
     t = inv.ssh.connect_timeout
     known = Path(inv.ssh.known_hosts)
     if known.is_file():
@@ -110,10 +109,11 @@ def connect(inv, host):
         auth, agent = _auth(inv.ssh.identity)
     except keys.KeyProblem as e:
         raise HostError(host.name, "key", str(e)) from None
-    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,  # one each: a Connection
-                               "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})  # changes it
+    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False, "timeouts": {"connect": t},
+                               "runners": {"remote": CappedRemote}})  # one Config each: a Connection changes it
+    kwargs = {"banner_timeout": t, "auth_timeout": t, "transport_factory": sshopts.nodelay_transport, **auth}
     conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=config, connect_timeout=t,
-                          connect_kwargs={"banner_timeout": t, "auth_timeout": t, **auth}, forward_agent=False)
+                          connect_kwargs=kwargs, forward_agent=False)
     conn.lane_agent = agent
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if known.is_file():
