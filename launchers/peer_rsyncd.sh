@@ -72,10 +72,10 @@ while [ "$port" -lt 32464 ]; do
   "$prog" --daemon --no-detach "--config=$d/rsyncd.conf" "--address=$listen" "--port=$port" </dev/null >/dev/null 2>&1 &
   pid=$!
   n=0
-  while [ "$n" -lt 100 ]; do   # listening (its log says so), or gone (the port is taken)
+  while [ "$n" -lt 150 ]; do   # listening (its log says so), or gone (the port is taken): 5.5 s
     kill -0 "$pid" 2>/dev/null || break
     grep -q "listening on port" "$d/log" 2>/dev/null && break
-    sleep 0.05 2>/dev/null || sleep 1
+    if [ "$n" -lt 50 ]; then sleep 0.01 2>/dev/null || sleep 1; else sleep 0.05 2>/dev/null || sleep 1; fi
     n=$((n + 1))
   done
   if kill -0 "$pid" 2>/dev/null; then

@@ -671,8 +671,8 @@ $(sq "$from_addr")")"
 await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host reads the ssh
   # transport's), then the daemon's port; sets rsyncd_url and pwdir
   local n=0 port
-  while [ -z "$(daemon_port "$logs/rsyncd")" ]; do
-    if grep -q '^rsyncd-' "$logs/rsyncd" || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 600 ]; then
+  while ! rsyncd_answered "$logs/rsyncd"; do
+    if [ -n "$rsyncd_ended" ] || ! kill -0 "$rsyncd_pid" 2>/dev/null || [ "$n" -ge 680 ]; then
       source_answers
       sed 's/^/sync: rsyncd: /' "$logs/rsyncd" >&2
       [ -n "$revision" ] || ! grep -q '^rsyncd-exit 255$' "$logs/rsyncd" ||
@@ -680,7 +680,9 @@ await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host 
           "peer key or host key is not installed)"
       die "$EX_SOURCE" "could not start an rsync daemon on $from_host at $from_addr through $host (see above)"
     fi
-    sleep 0.05 2>/dev/null || sleep 1
+    # a look every 10 ms for the first second (the peer ssh's handshake, the check, the daemon's
+    # start: about a third of a second), then every 50 ms; 30 s in all
+    if [ "$n" -lt 100 ]; then sleep 0.01 2>/dev/null || sleep 1; else sleep 0.05 2>/dev/null || sleep 1; fi
     n=$((n + 1))
   done
   source_answers
@@ -688,6 +690,20 @@ await_rsyncd() {   # the rsyncd session's answers: SRC's check (as prepare_host 
   pwdir=$(sed -n 's/^pwdir //p' "$logs/rsyncd" | head -n 1)
   case "$from_addr" in *:*) rsyncd_url="rsync://lane@[$from_addr]:$port/lane" ;; *) rsyncd_url="rsync://lane@$from_addr:$port/lane" ;; esac
   echo "sync: rsync daemon on $from_host at $from_addr port $port for $host_addr only"
+}
+
+rsyncd_answered() {   # FILE: has the rsyncd session said the daemon's port (as daemon_port finds it)?
+  # rsyncd_ended: it said it ended ("rsyncd-..."). Read by the shell itself: a look costs no process
+  local line e=0 p="" v
+  rsyncd_ended=""
+  while IFS= read -r line; do
+    case "$line" in
+      src-end) e=1; p="" ;;
+      'port '*) v=${line#port }; case "$v" in ''|*[!0-9]*) ;; *) [ "$e" -eq 0 ] || [ -n "$p" ] || p=$v ;; esac ;;
+      rsyncd-*) rsyncd_ended=1 ;;
+    esac
+  done <"$1"
+  [ -n "$p" ]
 }
 
 daemon_port() {   # FILE: the daemon's port, the first "port N" line after the source check's last line

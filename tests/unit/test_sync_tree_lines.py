@@ -107,3 +107,24 @@ def test_without_tree_sync_prep_prints_no_tree_lines_and_refuses_unknown_flags(t
         r = subprocess.run([sys.executable, "-S", "-", str(tmp_path), repo.name, "--tree", "--tree"], stdin=source,
                            capture_output=True)
     assert r.returncode == 2 and b"usage" in r.stderr
+
+
+RSYNCD_ANSWERED = re.search(r"^rsyncd_answered\(\) \{.*?^\}$", TEXT, re.M | re.S).group(0)
+
+
+def test_the_launchers_cheap_look_agrees_with_daemon_port(tmp_path):
+    """await_rsyncd looks every 10 ms with rsyncd_answered (the shell reads the file itself) and takes
+    the port from daemon_port once it says yes: the two must agree on every stream."""
+    log = tmp_path / "rsyncd"
+    streams = ["pwdir /tmp/d\nsrc-rev abc\ntree f ./a 1\nsrc-end\nport 32401\n",
+               "pwdir /tmp/d\nport 1\nsrc-rev abc\nsrc-unsafe blobs/x (a\nsrc-end\nport 2\n)\nsrc-end\n",
+               "pwdir /tmp/d\nport 1\nsrc-rev abc\nsrc-end\nport 2\n)\nsrc-end\nport 32400\nport 3\n",
+               "port 32400\n", "src-end\nport x\n", "src-end\nport 12\nrsyncd-exit 0\n", ""]
+    for text in streams:
+        log.write_text(text)
+        r = subprocess.run(["bash", "-c", f'{RSYNCD_ANSWERED}\nif rsyncd_answered "$1"; then echo yes; '
+                                          f'else echo no; fi; echo "ended=$rsyncd_ended"', "bash", str(log)],
+                           capture_output=True, text=True, check=True)
+        said, ended = r.stdout.split()
+        assert (said == "yes") == bool(daemon_port(text, tmp_path)), (text, r.stdout)
+        assert (ended == "ended=1") == ("\nrsyncd-" in "\n" + text), (text, r.stdout)
