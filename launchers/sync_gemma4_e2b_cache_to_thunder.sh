@@ -915,7 +915,8 @@ await_streams() {   # both streams (stream_pids, stream_logs): stream 1's output
   # stream 2's kept in its log until stream 1 ended, then relayed as it comes (progress lines go on:
   # fab's silence watchdog); the first to fail stops the other; sets stream_rc (the first failure's)
   local first=1 other=2 rc=0 off=0
-  while stream_live 1 && stream_live 2; do sleep 0.05 2>/dev/null || sleep 1; done
+  # looks every 20 ms (two balanced streams end close together: each look's wait is the sync's)
+  while stream_live 1 && stream_live 2; do sleep 0.02 2>/dev/null || sleep 1; done
   if stream_live 1; then first=2; other=1; fi
   rc=$(stream_code "$first")
   if [ "$rc" -ne 0 ]; then
@@ -924,7 +925,7 @@ await_streams() {   # both streams (stream_pids, stream_logs): stream 1's output
   wait "$tee_pid" 2>/dev/null || true
   while stream_live 2; do
     if ! stream_live 1; then off=$(relay "${stream_logs[2]}" "$off" 3>&1 >&4); fi
-    sleep 0.2 2>/dev/null || sleep 1
+    sleep 0.05 2>/dev/null || sleep 1
   done 4>&1
   wait "$tee_pid" 2>/dev/null || true
   relay "${stream_logs[2]}" "$off" 3>/dev/null
