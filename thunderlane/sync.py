@@ -108,11 +108,24 @@ def dest_cache_of(host, facts):
 
 def explain(code, output, free=None, needed=None):
     """What an exit code of the launcher (or rsync, or ssh) means, the disk-full case first: rsync
-    does not always relay the receiver's ENOSPC message, so the host's free space is asked too."""
+    does not always relay the receiver's ENOSPC message, so the host's free space is asked too. An
+    ssh failure (255) adds what the launcher and ssh said of it (:func:`ssh_said`)."""
     if DISK_FULL.search(output) or (free is not None and needed and free < needed):
         room = f"; {human_bytes(free)} free, {human_bytes(needed)} needed" if free is not None else ""
         return f"the host's disk is full (No space left on device{room}); free space and run again"
-    return EXIT_MEANINGS.get(code, "see the output above")
+    said = ssh_said(output) if code == 255 else ""
+    return EXIT_MEANINGS.get(code, "see the output above") + (f" ({said})" if said else "")
+
+
+SSH_WORDS = re.compile(r"\bssh\b|rsync error|[Cc]onnection|banner|[Mm]aster|not responding")
+
+
+def ssh_said(output, limit=2):
+    """The last ``limit`` lines of the launcher's output that speak of ssh (which ssh failed, and ssh's
+    own reason: a refused or timed-out connection, a closed master), joined; '' if none. With the
+    summary alone (``--json``), an exit 255 did not say which connection failed, nor why."""
+    said = [line.strip() for line in output.splitlines() if SSH_WORDS.search(line)]
+    return "; ".join(said[-limit:])[-400:]
 
 
 def free_bytes(inv, host, path):

@@ -277,3 +277,25 @@ def test_the_early_start_is_off_unless_asked_for(tmp_path, monkeypatch):
         assert early is not None and early.roots == ("/local/hub", "/hub")
     finally:
         early.close()
+
+
+def test_an_ssh_failure_says_which_ssh_failed_and_why():
+    """Exit 255 alone ('ssh failed: host unreachable, ...') did not say whether the launcher's first
+    ssh or the one under rsync failed, nor ssh's reason; the error now carries their last words."""
+    from thunderlane.sync import EXIT_MEANINGS, explain
+    first = ("sync: local tree listed\n"
+             "ssh: connect to host 198.18.77.130 port 22400: Connection timed out\n"
+             "sync: ssh to root@198.18.77.130 failed: unreachable, refused, or its host key is unknown or changed\n")
+    said = explain(255, first)
+    assert said.startswith("ssh failed: host unreachable") and said.endswith(
+        "(ssh: connect to host 198.18.77.130 port 22400: Connection timed out; sync: ssh to root@198.18.77.130 "
+        "failed: unreachable, refused, or its host key is unknown or changed)"), said
+    mid = ("<f+++++++++ 445604a9c63555c797558819af60ecb3b012e16179db07807bbd0715fd93291f\n"
+           "     65,536  12%   64.00kB/s    0:00:07\r"
+           "Timeout, server 198.18.77.130 not responding.\n"
+           "rsync: [sender] write error: Broken pipe (32)\n"
+           "rsync error: unexplained error (code 255) at io.c(949) [sender=3.5.0]\n")
+    assert explain(255, mid).endswith("(Timeout, server 198.18.77.130 not responding.; rsync error: unexplained "
+                                      "error (code 255) at io.c(949) [sender=3.5.0])")
+    assert explain(255, "sync: done\n") == explain(255, "")            # nothing said: the meaning alone
+    assert explain(23, mid) == EXIT_MEANINGS[23]                        # other codes: their meaning only
