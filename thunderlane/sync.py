@@ -108,11 +108,24 @@ def dest_cache_of(host, facts):
 
 def explain(code, output, free=None, needed=None):
     """What an exit code of the launcher (or rsync, or ssh) means, the disk-full case first: rsync
-    does not always relay the receiver's ENOSPC message, so the host's free space is asked too."""
+    does not always relay the receiver's ENOSPC message, so the host's free space is asked too. An
+    ssh failure (255) adds what the launcher and ssh said of it (:func:`ssh_said`)."""
     if DISK_FULL.search(output) or (free is not None and needed and free < needed):
         room = f"; {human_bytes(free)} free, {human_bytes(needed)} needed" if free is not None else ""
         return f"the host's disk is full (No space left on device{room}); free space and run again"
-    return EXIT_MEANINGS.get(code, "see the output above")
+    said = ssh_said(output) if code == 255 else ""
+    return EXIT_MEANINGS.get(code, "see the output above") + (f" ({said})" if said else "")
+
+
+SSH_WORDS = re.compile(r"\bssh\b|rsync error|[Cc]onnection|banner|[Mm]aster|not responding")
+
+
+def ssh_said(output, limit=2):
+    """The last ``limit`` lines of the launcher's output that speak of ssh (which ssh failed, and ssh's
+    own reason: a refused or timed-out connection, a closed master), joined; '' if none. With the
+    summary alone (``--json``), an exit 255 did not say which connection failed, nor why."""
+    said = [line.strip() for line in output.splitlines() if SSH_WORDS.search(line)]
+    return "; ".join(said[-limit:])[-400:]
 
 
 def free_bytes(inv, host, path):
@@ -216,7 +229,7 @@ def _sync_shared(inv, host, dry_run, checksum, bwlimit, verbose, out, source, ga
     t0 = time.monotonic()
     argv_for = functools.partial(_argv_for, inv, host, dry_run, checksum, bwlimit, source)
     # with the verify before still to run, the launcher starts now and waits at its gate (``early_launch.py``)
-    early = _start_early(inv, host, master, argv_for) if gathered is None else None
+    early = _start_early(inv, host, argv_for) if gathered is None else None
     try:
         return _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master, lock, argv_for, early, t0)
     finally:
@@ -249,12 +262,12 @@ def _verified_sync(inv, host, dry_run, checksum, verbose, out, gathered, master,
     try:
         shared = _shared_ssh(inv, master, phases)
         with rsync_shell(inv, host) if early is None else nullcontext(None) as ssh:
-            argv = early.shown if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
+            argv = early.shown(shared) if early else argv_for(" ".join([ssh, *map(shlex.quote, shared)]), *roots)
             out.write(f"{host.name}: {host_before.verdict} before sync ({host_before.detail}); "
                       f"missing {human_bytes(missing)}\n$ {shlex.join(argv)}\n")
             t1 = time.monotonic()
             code, output = stream(argv, host.name, missing, out=out, verbose=verbose, silence=io_timeout(inv, checksum),
-                                  proc=early.go() if early else None)
+                                  proc=early.go(shared) if early else None)
             phases["launcher"] = time.monotonic() - t1
         if code:
             free = free_bytes(inv, host, roots[1]) if code in (11, 12, 23) else None
@@ -272,7 +285,7 @@ def _argv_for(inv, host, dry_run, checksum, bwlimit, source, ssh, src_cache, des
     return launcher_argv(inv, host, src_cache, dest_cache, dry_run, checksum, bwlimit, ssh, source)
 
 
-def _start_early(inv, host, master, argv_for):
+def _start_early(inv, host, argv_for):
     """The launcher, started with the predicted cache roots and held at its gate, or None when a
     root is not known yet (or the launcher cannot be started: the sync starts it after the verify)."""
     if not early_launch.enabled():
@@ -280,9 +293,8 @@ def _start_early(inv, host, master, argv_for):
     roots = (early_launch.predicted_root(inv, inv.local), early_launch.predicted_root(inv, host))
     if None in roots:
         return None
-    shared = mux.client_options(master.path) if master and master.path else ()
-    try:
-        return early_launch.EarlyLauncher(inv, host, roots, lambda ssh: argv_for(ssh, *roots), shared)
+    try:  # its ssh options are decided at its gate's go (``_shared_ssh``), as the late launcher's are
+        return early_launch.EarlyLauncher(inv, host, roots, lambda ssh: argv_for(ssh, *roots))
     except OSError:
         return None
 

@@ -172,3 +172,40 @@ def test_a_launcher_started_early_sends_what_is_missing_and_reports_a_command_wi
     assert "thunder-gate" not in outcome.command and "thunder-gate" not in printed.getvalue()
     ssh = shlex.split(outcome.command)[shlex.split(outcome.command).index("--ssh") + 1]
     assert ssh.startswith(remote.ssh_command(lab_inv, mac4)), ssh
+
+
+@pytest.mark.parametrize("master_up", [True, False], ids=["master-up", "master-failed"])
+def test_an_early_launchers_ssh_is_the_late_ones_whether_or_not_the_master_came_up(lab_inv, lab_dir, monkeypatch,
+                                                                                    master_up):
+    """The ssh options that put the launcher's sessions on fab's master are decided once the master
+    has answered (``_shared_ssh``), for the early launcher as for the late one: the gate's ``go``
+    carries them to its wrapper. A master that failed (its ssh exiting 255 at once) gives neither
+    launcher its path; both sync mac4 with their own connection. Same fab, same pid, same master
+    path: the two commands reported are the same, and so is what the wrapper was let through with."""
+    mac4 = lab_inv.hosts["mac4"]
+    with open(os.devnull, "w") as devnull:
+        assert sync_cache(lab_inv, mac4, out=devnull).ok  # the handoff's partial mac4 filled; roots remembered
+    if not master_up:
+        monkeypatch.setattr(mux, "master_argv", lambda *a: ["sh", "-c", "exit 255"])
+    commands, let_through = [], []
+    monkeypatch.setattr(early_launch.Gate, "open", _recording(early_launch.Gate.open, let_through))
+    for early in ("0", "1"):
+        started = seen_early(monkeypatch)
+        monkeypatch.setenv(early_launch.ENV, early)
+        shutil.rmtree(kit.host_repo(lab_dir, "mac4") / "refs")   # something missing again: refs/main
+        with open(os.devnull, "w") as devnull:
+            outcome = sync_cache(lab_inv, mac4, out=devnull)
+        assert outcome.ok and len(started) == int(early), (early, outcome.phases)
+        commands.append(outcome.command)
+    shared = f"-o ControlPath={mux.control_path(lab_inv, mac4)} -o ControlMaster=auto"
+    assert commands[0] == commands[1] and (shared in commands[0]) == master_up, commands
+    assert let_through == [shared if master_up else ""], let_through
+    assert _masters_left(lab_inv) == []
+
+
+def _recording(open_gate, seen):
+    def open_and_record(gate, options=()):
+        open_gate(gate, options)
+        with open(os.path.join(gate.folder, "go"), encoding="utf-8") as f:
+            seen.append(f.read().strip())
+    return open_and_record

@@ -77,6 +77,37 @@ def test_the_gate_holds_every_ssh_until_fab_decides(tmp_path):
     assert not os.path.exists(gate.folder)
 
 
+def _config(gate, *args):
+    """The settings ssh takes from the wrapper's command line with ``args`` after it (``ssh -G``)."""
+    p = _held(gate, *args, "-G", "mac4")
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 0, err
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_the_ssh_options_fab_decides_at_go_come_before_the_launchers_own(tmp_path):
+    """What the go file carries (fab's master, decided once its ready() has answered) goes where the
+    late launcher's ``--ssh`` puts it: after the lane's options, before the launcher's own (ssh takes
+    an option's first value); an empty go adds nothing; a word that would need quoting is refused."""
+    inv = inv_at(tmp_path)
+    mine = ["-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/launcher/%C"]   # as the launcher adds them
+    shared = early_launch.Gate(inv, inv.host("mac4"))
+    alone = early_launch.Gate(inv, inv.host("mac4"))
+    try:
+        shared.open(["-o", "ControlPath=/r/.ssh-mux/abc.1", "-o", "ControlMaster=auto"])
+        got = _config(shared, *mine)
+        assert (got["controlpath"], got["controlmaster"]) == ("/r/.ssh-mux/abc.1", "auto"), got
+        assert got["userknownhostsfile"] == str(tmp_path / "known_hosts")  # the lane's options are there
+        alone.open()
+        assert _config(alone, *mine)["controlpath"].startswith("/tmp/launcher/")  # -G expands %C
+        for bad in (["-o", "ControlPath=/a b"], ["-o", "ControlPath=/r/*"], [""]):
+            with pytest.raises(ValueError):
+                shared.open(bad)
+    finally:
+        shared.remove()
+        alone.remove()
+
+
 def test_the_host_lock_names_a_live_owner_and_is_released_only_by_its_own(tmp_path):
     inv = inv_at(tmp_path)
     mac4 = inv.host("mac4")
@@ -239,10 +270,32 @@ def test_the_early_start_is_off_unless_asked_for(tmp_path, monkeypatch):
     inv = inv_at(tmp_path, mac4_cache="/hub")
     early_launch.remember_root(inv, inv.local, "/local/hub")
     monkeypatch.delenv(early_launch.ENV, raising=False)
-    assert sync._start_early(inv, inv.host("mac4"), None, lambda ssh, a, b: ["true"]) is None
+    assert sync._start_early(inv, inv.host("mac4"), lambda ssh, a, b: ["true"]) is None
     monkeypatch.setenv(early_launch.ENV, "1")
-    early = sync._start_early(inv, inv.host("mac4"), None, lambda ssh, a, b: ["true"])
+    early = sync._start_early(inv, inv.host("mac4"), lambda ssh, a, b: ["true"])
     try:
         assert early is not None and early.roots == ("/local/hub", "/hub")
     finally:
         early.close()
+
+
+def test_an_ssh_failure_says_which_ssh_failed_and_why():
+    """Exit 255 alone ('ssh failed: host unreachable, ...') did not say whether the launcher's first
+    ssh or the one under rsync failed, nor ssh's reason; the error now carries their last words."""
+    from thunderlane.sync import EXIT_MEANINGS, explain
+    first = ("sync: local tree listed\n"
+             "ssh: connect to host 198.18.77.130 port 22400: Connection timed out\n"
+             "sync: ssh to root@198.18.77.130 failed: unreachable, refused, or its host key is unknown or changed\n")
+    said = explain(255, first)
+    assert said.startswith("ssh failed: host unreachable") and said.endswith(
+        "(ssh: connect to host 198.18.77.130 port 22400: Connection timed out; sync: ssh to root@198.18.77.130 "
+        "failed: unreachable, refused, or its host key is unknown or changed)"), said
+    mid = ("<f+++++++++ 445604a9c63555c797558819af60ecb3b012e16179db07807bbd0715fd93291f\n"
+           "     65,536  12%   64.00kB/s    0:00:07\r"
+           "Timeout, server 198.18.77.130 not responding.\n"
+           "rsync: [sender] write error: Broken pipe (32)\n"
+           "rsync error: unexplained error (code 255) at io.c(949) [sender=3.5.0]\n")
+    assert explain(255, mid).endswith("(Timeout, server 198.18.77.130 not responding.; rsync error: unexplained "
+                                      "error (code 255) at io.c(949) [sender=3.5.0])")
+    assert explain(255, "sync: done\n") == explain(255, "")            # nothing said: the meaning alone
+    assert explain(23, mid) == EXIT_MEANINGS[23]                        # other codes: their meaning only
