@@ -18,7 +18,7 @@ from fabric import Config, Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut, ThreadException
 
-from . import channel, keys, known_hosts, liveness, onhost, presession, sshopts
+from . import channel, handshake, keys, known_hosts, liveness, onhost, presession, sshopts
 from .channel import OutputTooLarge
 from .onhost import probe as onhost_probe
 
@@ -102,8 +102,7 @@ def connect(inv, host):
     inventory's known_hosts is read (Fabric loads no system file), our key is chosen as ssh's
     IdentitiesOnly would (``keys.py``: the agent's copy of a passphrase-protected identity), and
     the agent is never forwarded."""
-    t = inv.ssh.connect_timeout
-    known = Path(inv.ssh.known_hosts)
+    t, known = inv.ssh.connect_timeout, Path(inv.ssh.known_hosts)
     if known.is_file():
         _check_known_hosts(host, known)
     try:
@@ -113,11 +112,12 @@ def connect(inv, host):
     config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,  # one each: a Connection
                                "timeouts": {"connect": t}, "runners": {"remote": CappedRemote}})  # changes it
     conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=config, connect_timeout=t,
-                          connect_kwargs={"banner_timeout": t, "auth_timeout": t, **auth}, forward_agent=False)
+                          connect_kwargs={"banner_timeout": t, "auth_timeout": t, **auth,
+                                          "transport_factory": handshake.transport}, forward_agent=False)
     conn.lane_agent = agent
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if known.is_file():
-        conn.client.load_host_keys(str(known))
+        known_hosts.pin(conn.client.get_host_keys(), known, host.hostname, host.port)
     return conn
 
 
