@@ -37,8 +37,12 @@ class HostError(RuntimeError):
 
 
 class LaneConnection(Connection):
-    """Fabric's Connection, also closing the ssh-agent session its key signs through."""
+    """Fabric's Connection, also closing the ssh-agent session its key signs through. Its
+    ``inline_ssh_env`` is an attribute of its own (Fabric's default, True): as a config key, setting
+    it would write (and re-merge) the Config every Connection shares (``fabconfig.py``) while
+    other threads read it."""
     lane_agent = None
+    inline_ssh_env = True
 
     def close(self):
         try:

@@ -5,7 +5,7 @@ import logging
 
 from thunderlane import remote
 
-from tests.unit.test_fabconfig import _values
+from tests.unit.test_fabconfig import _values, config_writes
 
 
 def test_the_lab_sshd_settles_on_p256(lab_inv, caplog):
@@ -16,10 +16,11 @@ def test_the_lab_sshd_settles_on_p256(lab_inv, caplog):
     assert kex == ["Kex: ecdh-sha2-nistp256"], kex
 
 
-def test_a_command_fed_on_stdin_leaves_the_shared_config_as_it_was(lab_inv):
+def test_a_command_fed_on_stdin_leaves_the_shared_config_as_it_was(lab_inv, monkeypatch):
     """The stdin path runs through Fabric's runner (CappedRemote), which reads the shared Config."""
-    host = lab_inv.hosts["mac4"]
+    host, writes = lab_inv.hosts["mac4"], config_writes(monkeypatch)
     config = remote.connect(lab_inv, host).config
     before = _values(config)
     assert remote.run(lab_inv, host, ["cat"], stdin=io.StringIO("fed\n")) == (0, "fed\n", "")
     assert remote.connect(lab_inv, lab_inv.hosts["mac5"]).config is config and _values(config) == before
+    assert remote.run(lab_inv, host, ["true"]) == (0, "", "") and writes == []
