@@ -2,9 +2,11 @@
 they print), and the one Config every Connection of a run shares.
 
 Building an Invoke Config merges every level of its defaults: a third of a millisecond, which a run
-over many hosts paid once per host. A Connection only reads its Config (the lane never sets a value
-on one: ``user``, ``port`` and the rest are the Connection's own attributes), so one per connect
-timeout serves them all.
+over many hosts paid once per host. A Connection only reads its Config (``user``, ``port`` and the
+rest are its own attributes; ``inline_ssh_env``, the one Fabric would write into the Config, is
+``remote.LaneConnection``'s own too), so one per connect timeout serves them all. A write would
+re-merge the shared Config, emptying it for a moment under the threads reading it: the tests spy
+on every write (tests/unit/test_fabconfig.py, tests/lab/test_handshake.py).
 """
 import threading
 
