@@ -49,3 +49,29 @@ def problem_once(path):
     with _lock:
         _checked[version] = found
     return found
+
+
+_parsed = {}  # {sha256 of the file's bytes: paramiko HostKeys read from them}
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).digest()
+
+
+def pin(host_keys, path, hostname, port):
+    """Add to ``host_keys`` (a connection's ``client.get_host_keys()``) the keys the known_hosts
+    file ``path`` pins for ``hostname:port``: what ``SSHClient.load_host_keys`` would give its
+    check of that host, with the file parsed once per version of its bytes. Parsed for each
+    connection, a run over N hosts decoded N x N keys."""
+    version = _digest(path)
+    with _lock:
+        parsed = _parsed.get(version)
+    if parsed is None:
+        parsed = paramiko.HostKeys(path)
+        if _digest(path) == version:  # what was parsed is that version (no edit in between)
+            with _lock:
+                _parsed[version] = parsed
+    name = hostname if port == 22 else f"[{hostname}]:{port}"  # as SSHClient.connect looks it up
+    for keytype, key in (parsed.lookup(name) or {}).items():
+        host_keys.add(name, keytype, key)

@@ -14,20 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
-from fabric import Config, Connection
-from fabric.runners import Remote
+from fabric import Connection
 from invoke.exceptions import CommandTimedOut, ThreadException
 
-from . import channel, keys, known_hosts, liveness, onhost, presession, sshopts
+from . import channel, fabconfig, handshake, keys, known_hosts, liveness, onhost, presession, sshopts
 from .channel import OutputTooLarge
 from .onhost import probe as onhost_probe
 
 # the ssh options' home is sshopts.py; callers have always found them here
 ssh_command, ssh_config, ssh_options = sshopts.ssh_command, sshopts.ssh_config, sshopts.ssh_options
 PROBE_SOURCE, probe_argv = onhost.PROBE_SOURCE, onhost.probe_command
-# What is kept of one stream a host prints: the probe's largest honest answer (a deep scan of a
-# model cache) is a few MiB; past this a host is broken or hostile, and the run is stopped.
-MAX_OUTPUT = 64 * 2**20
+MAX_OUTPUT, CappedRemote = fabconfig.MAX_OUTPUT, fabconfig.CappedRemote  # Fabric's side: fabconfig.py
 
 
 class HostError(RuntimeError):
@@ -39,54 +36,13 @@ class HostError(RuntimeError):
         self.host, self.kind, self.message = host, kind, message
 
 
-class CappedRemote(Remote):
-    """Fabric's remote runner, stopping the command once a stream passes :data:`MAX_OUTPUT` bytes
-    (Fabric keeps all of it in memory), and reading in 64 KiB chunks."""
-    read_chunk_size = 64 * 1024
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bytes_read = {"stdout": 0, "stderr": 0}
-
-    def _count(self, stream, data):
-        self.bytes_read[stream] += len(data or b"")
-        if self.bytes_read[stream] > MAX_OUTPUT:
-            raise OutputTooLarge(stream)  # ends the reader; Invoke then closes the channel
-        return data
-
-    def read_proc_stdout(self, num_bytes):
-        return self._count("stdout", super().read_proc_stdout(num_bytes))
-
-    def read_proc_stderr(self, num_bytes):
-        return self._count("stderr", super().read_proc_stderr(num_bytes))
-
-    def respond(self, buffer_):
-        if self.watchers:  # Invoke joins the whole buffer after every chunk, watchers or not: quadratic
-            super().respond(buffer_)
-
-    # Invoke's timeout: a Timer thread calls kill(), and the command counts as timed out only once
-    # that thread has ended. Fabric's kill closes the channel, which marks it closed *before*
-    # sending the close message; the main thread can see the channel closed, return an ordinary
-    # result (timed_out still False) and close the transport while the Timer thread is still
-    # sending, which then dies with a traceback (EOFError). So: kill says so first, and a
-    # transport already gone is no error for a kill.
-    _killed = False
-
-    def kill(self):
-        self._killed = True
-        try:
-            super().kill()
-        except (EOFError, OSError, paramiko.SSHException):
-            pass
-
-    @property
-    def timed_out(self):
-        return self._killed or super().timed_out
-
-
 class LaneConnection(Connection):
-    """Fabric's Connection, also closing the ssh-agent session its key signs through."""
+    """Fabric's Connection, also closing the ssh-agent session its key signs through. Its
+    ``inline_ssh_env`` is an attribute of its own (Fabric's default, True): as a config key, setting
+    it would write (and re-merge) the Config every Connection shares (``fabconfig.py``) while
+    other threads read it."""
     lane_agent = None
+    inline_ssh_env = True
 
     def close(self):
         try:
@@ -100,24 +56,22 @@ def connect(inv, host):
     """A Fabric Connection to ``host`` that refuses any key not pinned in known_hosts (Fabric's own
     default accepts any key) and gives up after the connect timeout. Only the inventory's known_hosts
     is read (Fabric loads no system file), our key is chosen as ssh's IdentitiesOnly would (``keys.py``:
-    the agent's copy of a passphrase-protected identity), the agent is never forwarded, TCP_NODELAY."""
-    t = inv.ssh.connect_timeout
-    known = Path(inv.ssh.known_hosts)
+    the agent's copy of a passphrase-protected identity), the agent is never forwarded, and the
+    handshake is ``handshake.transport``'s (TCP_NODELAY, the key exchange's order)."""
+    t, known = inv.ssh.connect_timeout, Path(inv.ssh.known_hosts)
     if known.is_file():
         _check_known_hosts(host, known)
     try:
         auth, agent = _auth(inv.ssh.identity)
     except keys.KeyProblem as e:
         raise HostError(host.name, "key", str(e)) from None
-    config = Config(overrides={"load_ssh_configs": False, "forward_agent": False, "timeouts": {"connect": t},
-                               "runners": {"remote": CappedRemote}})  # one Config each: a Connection changes it
-    kwargs = {"banner_timeout": t, "auth_timeout": t, "transport_factory": sshopts.nodelay_transport, **auth}
-    conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=config, connect_timeout=t,
-                          connect_kwargs=kwargs, forward_agent=False)
+    conn = LaneConnection(host.hostname, user=host.user, port=host.port, config=fabconfig.lane_config(t),
+                          connect_timeout=t, forward_agent=False, connect_kwargs={
+                              "banner_timeout": t, "auth_timeout": t, **auth, "transport_factory": handshake.transport})
     conn.lane_agent = agent
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if known.is_file():
-        conn.client.load_host_keys(str(known))
+        known_hosts.pin(conn.client.get_host_keys(), known, host.hostname, host.port)
     return conn
 
 

@@ -38,3 +38,36 @@ def test_a_key_file_replaced_keeping_size_and_mtime_is_read_again(tmp_path):
     assert remote._auth(str(paths[0]))[0]["pkey"].fingerprint == fingerprint[0]
     same_size_and_mtime(paths[0], paths[1].read_bytes())
     assert remote._auth(str(paths[0]))[0]["pkey"].fingerprint == fingerprint[1]
+
+
+def _key_line(host, seed):
+    import base64
+    import struct
+    blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes([seed] * 32)
+    return f"{host} ssh-ed25519 {base64.b64encode(blob).decode()}"
+
+
+def test_each_connection_gets_its_hosts_keys_from_one_parse_per_file_version(tmp_path, monkeypatch):
+    """known_hosts.pin gives a connection what SSHClient.load_host_keys would for its host (hashed
+    names, port 22 bare, a host's several key types), decoding the file once per version of its
+    bytes, not once per connection."""
+    hashed = paramiko.HostKeys.hash_host("[10.0.0.6]:2206")
+    lines = [_key_line("[10.0.0.4]:2204", 4), _key_line("10.0.0.5", 5), _key_line(hashed, 6),
+             "[10.0.0.4]:2204 ecdsa-sha2-nistp256 " + paramiko.ECDSAKey.generate().get_base64()]
+    path = tmp_path / "known_hosts"
+    path.write_text("\n".join(lines) + "\n")
+    loads, load = [], paramiko.HostKeys.load
+    monkeypatch.setattr(paramiko.HostKeys, "load", lambda self, f: loads.append(f) or load(self, f))
+    for host, port in [("10.0.0.4", 2204), ("10.0.0.5", 22), ("10.0.0.6", 2206), ("10.0.0.7", 22)]:
+        name = host if port == 22 else f"[{host}]:{port}"
+        client, whole = paramiko.SSHClient(), paramiko.SSHClient()
+        known_hosts.pin(client.get_host_keys(), path, host, port)
+        load(whole.get_host_keys(), str(path))  # what the connection read before, whole
+        want = whole.get_host_keys().lookup(name)
+        got = client.get_host_keys().lookup(name)
+        assert (got and dict(got)) == (want and dict(want)) and client.get_host_keys().keys() == ([name] if want else []), name
+    assert len(loads) == 1
+    same_size_and_mtime(path, path.read_bytes().replace(b"10.0.0.5 ", b"10.0.0.9 "))
+    client = paramiko.SSHClient()
+    known_hosts.pin(client.get_host_keys(), path, "10.0.0.9", 22)
+    assert len(loads) == 2 and client.get_host_keys().lookup("10.0.0.9")

@@ -67,3 +67,21 @@ def test_the_kept_copy_loads_without_the_importlib_package(tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["exists"] is False, p.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()}
     assert "importlib" not in imported and "importlib.machinery" not in imported, sorted(imported)
+
+
+def test_the_kept_copy_ends_without_teardown_yet_says_all(tmp_path):
+    """The stub's run of the kept copy exits at once (os._exit, no interpreter teardown) after
+    flushing: the whole answer arrives (a short one sits in the stream's buffer until then), and
+    main's exit code is the process's."""
+    import json
+    import os
+    import subprocess
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    subprocess.run(onhost.probe_command(sys.executable, ["versions"]), env=env, check=True, capture_output=True)  # keeps the copy
+    for names in (["no-such-distribution"], [f"no-such-distribution-{i:05d}" for i in range(2000)]):  # 40 B, 70 KB
+        p = subprocess.run(onhost.probe_command(sys.executable, ["versions", *names], stub=True), env=env,
+                           capture_output=True, text=True)
+        assert p.returncode == 0 and all(json.loads(p.stdout)[n] is None for n in names), p.stderr[-2000:]
+    bad = subprocess.run(onhost.probe_command(sys.executable, ["versions"], stub=True)[:4] + ["nonsense"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage: probe.py") and bad.stdout == "", bad.stderr

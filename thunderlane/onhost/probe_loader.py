@@ -95,10 +95,20 @@ def install():
             os.unlink(tmp)
 
 
+def finish(code):
+    """Exit with ``code`` once stdout and stderr are flushed, without the interpreter's teardown
+    (freeing every module and object, a last collection): an eighth of a probe's CPU on a host,
+    spent on memory the process hands back anyway. The probe leaves no file open and starts no
+    thread, so nothing else waits for a normal exit."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 def run():
     probe = installed()
     if probe is not None:
-        sys.exit(probe.main(sys.argv[1:]))
+        finish(probe.main(sys.argv[1:]))
     if not SOURCE:  # the stub: the control side sends the whole loader next
         sys.stderr.write(NO_COPY + "\n")
         sys.exit(NO_COPY_EXIT)
