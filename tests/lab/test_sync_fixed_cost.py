@@ -109,7 +109,7 @@ def _standbys(host):
 
 def seen_early(monkeypatch):
     """The launchers sync-cache starts early from now on (a list filled as they start); the early
-    start turned on (off by default: early_launch.enabled)."""
+    start on (the default, unless $THUNDER_EARLY_LAUNCH is 0: early_launch.enabled)."""
     monkeypatch.setenv(early_launch.ENV, "1")
     started = []
 

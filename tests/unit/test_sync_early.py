@@ -265,13 +265,13 @@ def test_a_survey_that_refuses_says_so_without_waiting_for_the_from_hosts_ask(tm
         release.set()
 
 
-def test_the_early_start_is_off_unless_asked_for(tmp_path, monkeypatch):
+def test_the_early_start_is_on_unless_turned_off(tmp_path, monkeypatch):
     from thunderlane import sync
     inv = inv_at(tmp_path, mac4_cache="/hub")
     early_launch.remember_root(inv, inv.local, "/local/hub")
-    monkeypatch.delenv(early_launch.ENV, raising=False)
+    monkeypatch.setenv(early_launch.ENV, "0")
     assert sync._start_early(inv, inv.host("mac4"), lambda ssh, a, b: ["true"]) is None
-    monkeypatch.setenv(early_launch.ENV, "1")
+    monkeypatch.delenv(early_launch.ENV, raising=False)
     early = sync._start_early(inv, inv.host("mac4"), lambda ssh, a, b: ["true"])
     try:
         assert early is not None and early.roots == ("/local/hub", "/hub")
