@@ -222,7 +222,10 @@ def links(f):
     fast, slow = facts.get("fast_link"), facts.get("slow_link")
     if fast not in measured or slow not in measured:
         return text
-    bf, bs = _bound(measured[fast], ceiling), _bound(measured[slow], ceiling)
+    # the rsync daemon (fast_transport "rsyncd") sends the fast link's bytes in clear: raw TCP bounds it
+    clear = facts.get("fast_transport") == "rsyncd" and measured[fast].get("tcp_mbit")
+    bf = measured[fast]["tcp_mbit"] if clear else _bound(measured[fast], ceiling)
+    bs = _bound(measured[slow], ceiling)
     if not (bf and bs):
         return text
     shaped = [measured[n].get("shaped_mbit") for n in (fast, slow)]
@@ -231,9 +234,11 @@ def links(f):
         text += (f". The links were shaped to a ratio of {shaped[0] / shaped[1]:.2f}; raw TCP reached "
                  f"{tcp[0] / tcp[1]:.2f} ({fast} {tcp[0] / shaped[0]:.0%} of its shaped rate, "
                  f"{slow} {tcp[1] / shaped[1]:.0%})")
-    text += (f". Over ssh the {fast} link carries at most {bf:.0f} Mbit/s ({_limiter(measured[fast], ceiling)}) "
-             f"and the {slow} link {bs:.0f} Mbit/s ({_limiter(measured[slow], ceiling)}): these rates allow a "
-             f"ratio of {bf / bs:.2f}")
+    over_fast = (f"Through the rsync daemon (no ssh) the {fast} link carries at most {bf:.0f} Mbit/s (raw TCP)"
+                 if clear else
+                 f"Over ssh the {fast} link carries at most {bf:.0f} Mbit/s ({_limiter(measured[fast], ceiling)})")
+    text += (f". {over_fast} and, over ssh, the {slow} link {bs:.0f} Mbit/s ({_limiter(measured[slow], ceiling)}): "
+             f"these rates allow a ratio of {bf / bs:.2f}")
     if f["value"] is not None:
         text += f", the run measured {f['value']:.2f} ({f['value'] / (bf / bs):.0%} of what the rates allow)"
     return text

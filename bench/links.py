@@ -152,7 +152,7 @@ def peer(lab, inv, runs, args, facts):
                f"the control link {m['local']:.2f}s; links shaped at {args.data_mbit} and {args.control_mbit} Mbit",
         phases=median_run(t["peer"], ph["peer"]), baseline_phases=median_run(t["local"], ph["local"]),
         work=["launcher", "launcher passes"],   # the launcher's own setup and close are fixed cost
-        facts={**facts, "fast_link": "data", "slow_link": "control", "bytes": max(sent)})
+        facts={**facts, "fast_link": "data", "slow_link": "control", "fast_transport": "rsyncd", "bytes": max(sent)})
 
 
 def peer_goal(args):

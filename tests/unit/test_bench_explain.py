@@ -100,6 +100,10 @@ def test_the_peer_figure_is_explained_from_measured_link_rates(bench):
             "ssh 2150 Mbit/s with no link in the way)") in text
     assert "the control link 930 Mbit/s (the link's own rate)" in text and "allow a ratio of 2.26" in text
     assert "the run measured 2.10 (93% of what the rates allow)" in text
+    # through the rsync daemon the data link's bytes skip ssh: raw TCP bounds that side
+    rsyncd = explain.explain({**f, "facts": {**f["facts"], "fast_transport": "rsyncd"}})
+    assert ("Through the rsync daemon (no ssh) the data link carries at most 9300 Mbit/s (raw TCP) and, over "
+            "ssh, the control link 930 Mbit/s (the link's own rate): these rates allow a ratio of 10.00") in rsyncd
     f["facts"]["ssh_ceiling_mbit"] = 1800.0   # measured below a link's ssh rate: the machine was busier
     text = explain.explain(f)
     assert "alone (no link) 1800 Mbit/s (below the 2100 Mbit/s ssh carried over a link: load; 2100 taken" in text
