@@ -43,20 +43,26 @@ def host_rsyncs(lab_dir, forked=False):
     return [(pid, args) for pid, (ppid, args) in ours.items() if forked or ppid not in ours]
 
 
-def start_slowed(lab_inv, lab_dir, rates):
-    """The rsyncd pull, its streams slowed to RATES ("K1 K2" KiB/s), once both streams run on HOST:
-    (the launcher, its two rsyncs on HOST)."""
+def start_slowed(lab_inv, lab_dir, rates, second_only=False):
+    """The rsyncd pull, its streams slowed to RATES ("K1 K2" KiB/s), once both streams run on HOST
+    (or, `second_only`, once stream 2 does: an unslowed stream 1 may end before a `ps` sees it):
+    (the launcher, the rsyncs seen on HOST)."""
     t0 = time.monotonic()
     p = subprocess.Popen(rsyncd_argv(lab_inv, lab_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env(THUNDER_SYNC_STREAM_BWLIMIT=rates), start_new_session=True)
-    both = []
-    while len(both) < 2 and time.monotonic() - t0 < 30:   # both streams running on HOST
-        both = host_rsyncs(lab_dir)
+    seen = []
+
+    def enough():
+        return any("--include=/" in args for _, args in seen) if second_only else len(seen) == 2
+
+    while not enough() and time.monotonic() - t0 < 30 and p.poll() is None:   # streams running on HOST
+        seen = host_rsyncs(lab_dir)
         time.sleep(0.05)
-    if len(both) != 2:
+    if not enough():
         os.killpg(p.pid, signal.SIGKILL)
-        raise AssertionError(both)
-    return p, both
+        out, err = p.communicate()
+        raise AssertionError(f"{seen}\n{out[-2000:]}\n{err[-2000:]}")
+    return p, seen
 
 
 @pytest.mark.parametrize("transport", ["rsyncd", "ssh"])
@@ -91,7 +97,16 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
     try:
         second = [pid for pid, args in both if "--include=/" in args]
         assert len(second) == 1, both
-        os.killpg(second[0], signal.SIGTERM)   # its session's group (rsync 3.2's receiver may outlive it)
+        os.killpg(second[0], signal.SIGTERM)   # its session's group: its rsync exits 20
+        # rsync 3's receiver, TERMed, may finish its file first (its "controlled shutdown"), holding
+        # the session open 20 s: once the rsync the session started has exited, it is killed, as a
+        # dead link would end it (the session's exit stays that rsync's 20)
+        deadline = time.monotonic() + 10
+        while any(pid == second[0] for pid, _ in host_rsyncs(lab_dir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid, args in host_rsyncs(lab_dir, forked=True):
+            if "--include=/" in args:
+                os.kill(pid, signal.SIGKILL)
         out, err = p.communicate(timeout=60)
         # the other stream's whole group (its receiver too) ended before the launcher did
         other = [args for _, args in host_rsyncs(lab_dir, forked=True) if "--include=/" not in args]
@@ -103,7 +118,7 @@ def test_a_failed_stream_stops_the_other_and_no_later_pass_runs(lab_inv, lab_dir
                 os.kill(pid, signal.SIGKILL)
     took = time.monotonic() - t0
     assert p.returncode == 20, out[-2000:] + err[-2000:]
-    assert took < 15, took   # not after the other stream's 20 s
+    assert took < 15, (took, out[-3000:], err[-2000:])   # not after the other stream's 20 s
     assert not other, other
     deadline = time.monotonic() + 5   # the daemon's child for a client gone ends on its next write
     while (host_rsyncs(lab_dir, forked=True) or daemons()) and time.monotonic() < deadline:
@@ -151,10 +166,10 @@ def test_bwlimit_is_one_stream_and_stream_min_is_one_or_more(lab_inv, lab_dir):
 def test_the_second_stream_is_shown_live_once_the_first_ended(lab_inv, lab_dir):
     """Stream 1 unslowed, stream 2 at 100 KiB/s: once stream 1 ended, stream 2's lines reach the
     launcher's output while its rsync still runs on HOST (fab's silence watchdog sees progress)."""
-    p, both = start_slowed(lab_inv, lab_dir, "0 100")
+    p, seen = start_slowed(lab_inv, lab_dir, "0 100", second_only=True)
     try:
-        name = [re.search(r"--include=/([0-9a-f]{64})", args).group(1) for _, args in both if "--include=/" in args]
-        assert len(name) == 1, both
+        name = [re.search(r"--include=/([0-9a-f]{64})", args).group(1) for _, args in seen if "--include=/" in args]
+        assert len(name) == 1, seen
         live = None
         for line in p.stdout:
             if line.rstrip("\n").endswith(" " + name[0]) and line.startswith(">f"):
