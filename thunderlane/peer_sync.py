@@ -63,9 +63,11 @@ def survey(inv, targets, forced=None, checksum=False, on_cold=None):
     others = [h for h in inv.hosts.values() if h not in targets and forced in (None, h.name)]
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        # --from a host: it and the peer facts are asked beside the targets' probe, not after it
-        ahead = pool.submit(_ask_peers, inv, others, targets, checksum, not peers_blocked(inv)) if forced else None
-        return _surveyed(inv, targets, forced, checksum, on_cold, others, ahead)
+        # --from a host: it (cache and peer facts) is asked beside the targets' probe, not after it,
+        # and the targets' peer facts come in their probe's session (one session per host)
+        with_peers = bool(forced) and not peers_blocked(inv)
+        ahead = pool.submit(_ask_peers, inv, others, [], checksum, with_peers) if forced else None
+        return _surveyed(inv, targets, forced, checksum, on_cold, others, ahead, with_peers)
     except BaseException:   # a refusal or Ctrl-C is said at once, not after that ask (a deep one takes minutes)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -73,8 +75,8 @@ def survey(inv, targets, forced=None, checksum=False, on_cold=None):
         pool.shutdown(wait=False)
 
 
-def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead):
-    caches = gather_caches(inv, targets, deep=checksum)
+def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead, with_peers=False):
+    caches, targets_peers = gather_targets(inv, targets, checksum, with_peers)
     verdicts = _verdicts(caches, checksum)
     complete = [t.name for t in targets if verdicts[t.name].ok]
     cold = [t.name for t in targets if not verdicts[t.name].ok]
@@ -88,6 +90,7 @@ def _surveyed(inv, targets, forced, checksum, on_cold, others, ahead):
     # peer facts of every target too: a complete one named among the targets (no --host) serves the cold
     more, got = ahead.result() if ahead else _ask_peers(inv, others, [inv.hosts[n] for n in cold + complete],
                                                         checksum, peer_facts=cold and not blocked)
+    got = {**targets_peers, **got}
     caches.update(more)
     verdicts.update(_verdicts({"local": caches["local"], **more}, checksum))
     complete += [h.name for h in others if verdicts[h.name].ok]
@@ -105,6 +108,17 @@ def _verdicts(caches, checksum):
     if not ref.ok:
         raise SyncError(f"local cache is {ref.verdict}, so it cannot be the source: {ref.detail}")
     return {r.host: r for r in report.results[1:]}
+
+
+def gather_targets(inv, targets, checksum, with_peers):
+    """({local and target: CacheFacts or HostError}, {target: PeerFacts or HostError}): the targets'
+    cache facts and, ``with_peers``, their peer facts in the same session (else {})."""
+    if not with_peers:
+        return gather_caches(inv, targets, deep=checksum), {}
+    asked = on_hosts([inv.local, *targets], lambda h: ask(inv, h, cache_query(inv, h, checksum),
+                                                         *([] if h.is_local else [peers.query()])))
+    caches = {n: a if isinstance(a, HostError) else a[0] for n, a in asked.items()}
+    return caches, {n: a if isinstance(a, HostError) else a[1] for n, a in asked.items() if n != LOCAL}
 
 
 def _ask_peers(inv, others, cold, checksum, peer_facts=True):

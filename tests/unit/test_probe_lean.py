@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from thunderlane import onhost, remote
 from thunderlane.onhost import files
 from tests.unit.builders import REPO, build_repo, model_files
+from tests.unit.test_peers import new_key
 
 
 def _run(argv, python=sys.executable, home=None):
@@ -34,15 +36,23 @@ def test_lean_commands_run_the_lean_bundle_without_site():
     assert remote.probe_argv("py", ["lane", "/r", "run"])[:3] == whole
     assert remote.probe_argv("py", ["multi", json.dumps([["cache", REPO, "-"], ["macos", "-"]])])[:3] == whole
     assert remote.probe_argv("py", ["multi", "not json"])[:3] == whole
-    assert len(onhost.probe_source(lean=True)) < 0.8 * len(remote.PROBE_SOURCE)
+    assert remote.probe_argv("py", ["multi", json.dumps([["cache", REPO, "-"], ["peer"]])])[:4] == lean
+    lean_source = onhost.probe_source(lean=True)
+    assert "def links_facts" not in lean_source and "def macos_command" not in lean_source
+    assert len(lean_source) < 0.9 * len(remote.PROBE_SOURCE)
 
 
 def test_lean_probe_answers_as_the_whole_one(tmp_path):
     build_repo(tmp_path / "hub", model_files())
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"text": "a"}\n')
+    private, pub = new_key()   # the peer key installed in the test home: its public half is read
+    key = Path(os.environ["THUNDER_TEST_HOME"]) / ".thunderlane" / "peer" / "id_ed25519"
+    key.parent.mkdir(parents=True)
+    key.write_text(private)
+    key.chmod(0o600)
     queries = [["cache", REPO, str(tmp_path / "hub")], ["versions", "mlx", "paramiko", "no-such-dist"],
-               ["dataset", str(tmp_path / "data"), "--sums"]]
+               ["dataset", str(tmp_path / "data"), "--sums"], ["peer"]]
     args = ["multi", json.dumps(queries)]
     lean, whole = _run(remote.probe_argv("py", args)), _run(["py", "-c", remote.PROBE_SOURCE, *args])
     assert lean.returncode == whole.returncode == 0, lean.stderr + whole.stderr
@@ -50,12 +60,12 @@ def test_lean_probe_answers_as_the_whole_one(tmp_path):
     for answer in (got, want):
         for lock in answer["results"][0]["locks"]:
             lock.pop("age_s")  # seconds apart
-    assert got == want
+    assert got == want and got["results"][3]["key_public"] == pub and got["results"][3]["key_mode"] == 0o600
     assert got["results"][1]["paramiko"] and got["results"][1]["venv"] == want["results"][1]["venv"]
 
 
 def test_the_lean_bundle_refuses_what_it_does_not_carry():
-    for args in (["peer"], ["rdma"], ["macos", "-"], ["links", "{}"]):
+    for args in (["rdma"], ["macos", "-"], ["links", "{}"]):
         r = _run(["py", "-S", "-c", onhost.probe_loader(onhost.probe_source(lean=True)), *args])
         assert r.returncode == 2 and "usage" in r.stderr, (args, r.stderr)
 
@@ -113,7 +123,7 @@ def test_the_probes_json_is_jsons_own():
 
 def test_the_lean_probe_imports_neither_re_nor_json(tmp_path):
     build_repo(tmp_path / "hub", model_files())
-    args = ["multi", json.dumps([["cache", REPO, str(tmp_path / "hub")], ["versions", "paramiko"]])]
+    args = ["multi", json.dumps([["cache", REPO, str(tmp_path / "hub")], ["versions", "paramiko"], ["peer"]])]
     argv = remote.probe_argv(sys.executable, args)
     r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["results"][0]["shards"]

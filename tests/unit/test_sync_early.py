@@ -172,22 +172,25 @@ def test_from_a_host_is_asked_beside_the_targets_probe_not_after_it(tmp_path, mo
     asked = threading.Event()
 
     def ask_peers(inv, others, targets, checksum, peer_facts=True):
+        assert not targets and peer_facts   # the targets' peer facts come with their probe
         asked.set()
-        return {h.name: f"{h.name} facts" for h in others}, {h.name: "peer facts" for h in [*others, *targets]}
+        return {h.name: f"{h.name} facts" for h in others}, {h.name: "peer facts" for h in others}
 
-    def gather(inv, targets, deep=False):
+    def gather(inv, targets, checksum, with_peers):
         assert asked.wait(5), "--from's host was asked only after the targets' probe"
-        return {"local": "local facts", **{t.name: f"{t.name} facts" for t in targets}}
+        assert with_peers
+        return ({"local": "local facts", **{t.name: f"{t.name} facts" for t in targets}},
+                {t.name: "its own peer facts" for t in targets})
 
     monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
     monkeypatch.setattr(peer_sync, "_ask_peers", ask_peers)
-    monkeypatch.setattr(peer_sync, "gather_caches", gather)
+    monkeypatch.setattr(peer_sync, "gather_targets", gather)
     monkeypatch.setattr(peer_sync, "_verdicts", lambda caches, checksum: {
         n: SimpleNamespace(ok=n != "mac4") for n in caches if n != "local"})
     monkeypatch.setattr(peer_sync, "link_problems", lambda inv, sources, cold, got: {("mac6", "mac4"): None})
     sources, verdicts = peer_sync.survey(inv, [inv.host("mac4")], forced="mac6")
     assert sources.complete == ["mac6"] and sources.caches["mac6"] == "mac6 facts" and not verdicts["mac4"].ok
-    assert sources.peer_facts == {"mac6": "peer facts", "mac4": "peer facts"}
+    assert sources.peer_facts == {"mac6": "peer facts", "mac4": "its own peer facts"}
 
 
 def test_from_a_host_the_targets_masters_open_before_the_survey(tmp_path, monkeypatch):
@@ -241,6 +244,27 @@ def test_a_lock_taker_that_fails_oddly_is_said_naming_the_lock(tmp_path, monkeyp
         lock.hold()
 
 
+def test_from_a_host_each_host_is_asked_in_one_session(tmp_path, monkeypatch):
+    """--from mac6: mac4's cache and peer facts in one ask (one ssh session), mac6's likewise, local's
+    cache alone; no host asked twice."""
+    inv = inv_at(tmp_path)
+    asked = []
+
+    def ask(inv, host, *queries, timeout=None):
+        asked.append((host.name, tuple(q.args[0] for q in queries)))
+        return [f"{host.name} {q.args[0]}" for q in queries]
+
+    monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
+    monkeypatch.setattr(peer_sync, "ask", ask)
+    monkeypatch.setattr(peer_sync, "_verdicts", lambda caches, checksum: {
+        n: SimpleNamespace(ok=n != "mac4") for n in caches if n != "local"})
+    monkeypatch.setattr(peer_sync, "link_problems", lambda inv, sources, cold, got: {("mac6", "mac4"): None})
+    sources, _ = peer_sync.survey(inv, [inv.host("mac4")], forced="mac6")
+    assert sorted(asked) == [("local", ("cache",)), ("mac4", ("cache", "peer")), ("mac6", ("cache", "peer"))]
+    assert sources.peer_facts == {"mac4": "mac4 peer", "mac6": "mac6 peer"}
+    assert sources.caches == {"local": "local cache", "mac4": "mac4 cache", "mac6": "mac6 cache"}
+
+
 def test_a_survey_that_refuses_says_so_without_waiting_for_the_from_hosts_ask(tmp_path, monkeypatch):
     """--from mac6 --checksum: mac6's deep ask runs beside the targets' probe; local failing as the
     reference is said at once, not after that ask (minutes, deep)."""
@@ -251,11 +275,11 @@ def test_a_survey_that_refuses_says_so_without_waiting_for_the_from_hosts_ask(tm
         release.wait(30)
         return {}, {}
 
-    def refuse(inv, targets, deep=False):
+    def refuse(inv, targets, checksum, with_peers):
         raise SyncError("local cache is incomplete")
     monkeypatch.setattr(peer_sync, "peers_blocked", lambda inv: None)
     monkeypatch.setattr(peer_sync, "_ask_peers", slow_ask)
-    monkeypatch.setattr(peer_sync, "gather_caches", refuse)
+    monkeypatch.setattr(peer_sync, "gather_targets", refuse)
     t = time.monotonic()
     try:
         with pytest.raises(SyncError, match="local cache is incomplete"):

@@ -14,11 +14,13 @@ from .probe_loader import NO_COPY, NO_COPY_EXIT
 
 HERE = Path(__file__).resolve().parent
 PROBE = ("files", "runs", "store", "hubroot", "links", "macos", "peer", "probe")  # macos: preflight's firewall, caffeinate, F_FULLFSYNC
-# The probe for the commands that need no links, macos or peer (PROBE_LEAN_COMMANDS: verify-cache's and
-# verify-dataset's): a third less source to compile on every host, and no socket, threading,
-# subprocess or base64 to import. Run with python -S (see runs.site_packages).
-PROBE_LEAN = ("files", "runs", "store", "hubroot", "probe")
-PROBE_LEAN_COMMANDS = frozenset({"cache", "dataset", "versions"})
+# The probe for the commands that need neither links nor macos (PROBE_LEAN_COMMANDS: verify-cache's,
+# verify-dataset's and the peer key's facts, which sync-cache's survey asks with a cache): less
+# source, and no socket, threading, subprocess or struct to import. Run with python -S (see
+# runs.site_packages); the whole probe (a site start, its source compiled anew) cost the survey's
+# peer facts ~50 ms per host.
+PROBE_LEAN = ("files", "runs", "store", "hubroot", "peer", "probe")
+PROBE_LEAN_COMMANDS = frozenset({"cache", "dataset", "versions", "peer"})
 ENTRY = ("rank_env", "files", "commit", "lane_train")  # rank_env first: before any import of huggingface_hub
 
 

@@ -5,9 +5,8 @@
 Paths start at the home as the session sees it (``$HOME``, else the passwd entry): sshd reads
 ``~/.ssh/authorized_keys`` there, and the peer ssh is given absolute paths under it.
 """
-import base64
+import binascii  # not base64 (struct, re): the lean probe carries this module (onhost.PROBE_LEAN)
 import os
-import struct
 
 TAG = "thunderlane-peer"  # the comment that marks the lane's one line in authorized_keys
 PEER_DIR = os.path.join(".thunderlane", "peer")
@@ -34,6 +33,13 @@ def _read_text(path):
         return None
 
 
+def _u32(data, pos):
+    """The big-endian uint32 at ``pos`` (ValueError past the end)."""
+    if len(data) < pos + 4:
+        raise ValueError("cut short")
+    return int.from_bytes(data[pos:pos + 4], "big")
+
+
 def public_blob_b64(text):
     """The public key (base64 of ssh's wire format) an OpenSSH private key file carries in clear
     text (PROTOCOL.key), or None if ``text`` is no such file."""
@@ -41,16 +47,16 @@ def public_blob_b64(text):
     if len(lines) < 3 or lines[0] != "-----BEGIN OPENSSH PRIVATE KEY-----":
         return None
     try:
-        data = base64.b64decode("".join(lines[1:-1]))
+        data = binascii.a2b_base64("".join(lines[1:-1]))
         pos = len(b"openssh-key-v1\0")
         if not data.startswith(b"openssh-key-v1\0"):
             return None
         for _ in range(3):  # cipher, kdf, kdf options
-            pos += 4 + struct.unpack(">I", data[pos:pos + 4])[0]
-        size = struct.unpack(">I", data[pos + 4:pos + 8])[0]
+            pos += 4 + _u32(data, pos)
+        size = _u32(data, pos + 4)
         blob = data[pos + 8:pos + 8 + size]
-        return base64.b64encode(blob).decode() if size and len(blob) == size else None
-    except (ValueError, struct.error):
+        return binascii.b2a_base64(blob, newline=False).decode() if size and len(blob) == size else None
+    except ValueError:   # binascii.Error is one
         return None
 
 

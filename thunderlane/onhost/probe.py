@@ -358,8 +358,8 @@ def command(argv):
         return versions(argv[1:])
     if argv[:1] == ["reap"] and len(argv) == 3:
         return reap(argv[1], argv[2])
-    if argv[:1] in (["links"], ["rdma"], ["macos"], ["peer"]) and "peer_facts" not in globals():
-        return None  # the lean bundle (onhost.PROBE_LEAN) carries none of links, macos and peer
+    if argv[:1] in (["links"], ["rdma"], ["macos"]) and not {"links_facts", "macos_command"} <= set(globals()):
+        return None  # the lean bundle (onhost.PROBE_LEAN) carries neither links nor macos
     if argv[:1] == ["links"] and len(argv) == 2:  # the ring's data path (onhost/links.py)
         return links_facts(json_loads(argv[1]))
     if argv == ["rdma"]:
