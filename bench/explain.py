@@ -151,6 +151,13 @@ def fixed_cost(f):
     busy = sum(s for n, s in phases.items() if n in work)
     text = (f"fixed cost {sum(fixed.values()):.2f} s ({', '.join(fixed) or 'none'}) against {busy:.2f} s of "
             f"transfer/compute ({', '.join(n for n in phases if n in work)})")
+    if base and f["op"] == ">=" and f.get("unit", "ratio") == "ratio" and f["limit"] > 0:
+        # the baseline's time over the measured side's: the goal caps the measured side's whole time
+        cap = total_of(f.get("baseline_phases")) / f["limit"]
+        return text + (f"; the goal needs the whole at most {cap:.2f} s (the baseline's "
+                       f"{total_of(f.get('baseline_phases')):.2f} s / {f['limit']:g}): the transfer/compute alone "
+                       f"took {busy:.2f} s, which leaves {cap - busy:.2f} s for every fixed cost, against "
+                       f"{sum(fixed.values()):.2f} s measured")
     if not base or f["op"] != "<=" or f.get("unit", "ratio") != "ratio" or f["limit"] <= 1:
         return text
     b = total_of(f.get("baseline_phases"))
@@ -175,6 +182,29 @@ def work_rate(f):
     rates = [f"{mbit / link['ssh_mbit']:.0%} of ssh's rate on the {name} link"
              for name, link in (facts.get("links") or {}).items() if link.get("ssh_mbit")]
     return text + (f" ({', '.join(rates)})" if rates else "")
+
+
+def cpu_bound(f):
+    """For a figure whose measured side is CPU work spread over the cores (``facts['cpu']``: cores,
+    the single-threaded start's CPU seconds, both sides' CPU seconds and the baseline's wall time,
+    the number of extra units the measured side adds): the least wall time the measured side's own
+    CPU allows (the start on one core, the rest at best spread over every core), the ratio that
+    allows, and the CPU per extra unit the goal would need."""
+    cpu = (f.get("facts") or {}).get("cpu")
+    if not cpu or f["op"] != "<=" or f.get("unit", "ratio") != "ratio":
+        return None
+    cores, start, used, base_cpu, base_wall, extra = (cpu[k] for k in (
+        "cores", "start_cpu_s", "cpu_s", "baseline_cpu_s", "baseline_wall_s", "extra_units"))
+    least = start + max(used - start, 0.0) / cores
+    text = (f"on {cores} cores the measured side's own CPU, {used:.2f} s ({start:.2f} s of it a single-threaded "
+            f"start, the rest at best spread over every core), takes at least {least:.3f} s: a ratio of at least "
+            f"{least / base_wall:.2f} against the baseline's {base_wall:.3f} s")
+    room = (f["limit"] * base_wall - start) * cores + start - base_cpu   # CPU the goal leaves the extra units
+    per, measured_per = room / extra, (used - base_cpu) / extra
+    text += (f"; the goal would need at most {per * 1000:.0f} ms of CPU per {cpu.get('unit', 'extra unit')} "
+             f"({measured_per * 1000:.0f} ms measured)" if room > 0 else
+             "; the goal is out of reach on these cores whatever each extra unit costs")
+    return text
 
 
 def _bound(link, ceiling):
@@ -247,7 +277,7 @@ def links(f):
 def explain(f, machine=None):
     """Sentences explaining figure ``f`` from its own measurements."""
     said = [verdict(f), phase_split(f)]
-    said += [p for p in (overlap(f.get("phases")), fixed_cost(f), work_rate(f), links(f)) if p]
+    said += [p for p in (overlap(f.get("phases")), fixed_cost(f), work_rate(f), links(f), cpu_bound(f)) if p]
     said.append(noise(f))
     if machine:
         said.append("machine: " + machine.sentence())

@@ -215,3 +215,32 @@ def test_the_split_shown_is_the_median_run_s(bench):
     assert median_run([5.0, 3.0, 1.5], runs) == {"a": 2.0, "b": 1.0}
     assert median_run([5.0, 3.0], runs[:2]) == {"a": 2.0, "b": 1.0}     # even: the lower middle
     assert median_run([5.0, 3.0, 1.5], [runs[0], None, runs[2]]) is None  # a run without a split
+
+
+def test_a_higher_is_better_miss_says_what_the_goal_leaves_for_fixed_costs(bench):
+    explain, _ = bench
+    f = {"id": "9", "name": "peer", "goal": ">= 5", "op": ">=", "limit": 5.0, "value": 8.8 / 2.3, "ok": False,
+         "runs": [3.7, 3.8, 3.9], "unit": "ratio", "detail": "", "work": ["launcher passes"],
+         "phases": {"fab start + exit": 0.5, "launcher setup": 0.3, "launcher passes": 1.5},
+         "baseline_phases": {"fab start + exit": 0.3, "launcher passes": 8.5}}
+    text = explain.explain(f)
+    assert ("the goal needs the whole at most 1.76 s (the baseline's 8.80 s / 5): the transfer/compute alone "
+            "took 1.50 s, which leaves 0.26 s for every fixed cost, against 0.80 s measured") in text
+    f["phases"]["launcher passes"] = 1.0
+    assert "alone took 1.00 s, which leaves 0.76 s for every fixed cost" in explain.explain(f)
+
+
+def test_a_cpu_bound_figure_says_the_least_time_its_own_cpu_allows(bench):
+    explain, _ = bench
+    f = {"id": "2c", "name": "8 vs 1", "goal": "<= 1.3", "op": "<=", "limit": 1.3, "value": 1.67, "ok": False,
+         "runs": [1.6, 1.67, 1.7], "unit": "ratio", "detail": "",
+         "facts": {"cpu": {"cores": 2, "start_cpu_s": 0.2, "cpu_s": 0.73, "baseline_cpu_s": 0.36,
+                           "baseline_wall_s": 0.293, "extra_units": 7, "unit": "extra host"}}}
+    text = explain.explain(f)
+    assert ("2 cores the measured side's own CPU, 0.73 s (0.20 s of it a single-threaded start, the rest at "
+            "best spread over every core), takes at least 0.465 s: a ratio of at least 1.59 against the "
+            "baseline's 0.293 s; the goal would need at most 29 ms of CPU per extra host (53 ms measured)") in text
+    f["facts"]["cpu"]["cores"] = 8
+    assert "takes at least 0.266 s: a ratio of at least 0.91" in explain.explain(f)
+    f["facts"]["cpu"].update(cores=2, start_cpu_s=0.45)   # the start alone over the goal's time
+    assert "out of reach on these cores whatever each extra unit costs" in explain.explain(f)
