@@ -195,10 +195,16 @@ def unique_ids(results):
     return results
 
 
-def render(results, args, started, seconds, load, code):
+def render(results, args, started, seconds, load, code, measured_by=None):
+    """The document. ``measured_by``: the driver's arguments when the measurements are an earlier
+    run's (``--render``), named beside the command that wrote the text."""
     ceiling = ssh_ceiling(unique_ids(results))
+    cmd = f"`.venv/bin/python bench/run_all.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`"
+    if measured_by is not None:
+        cmd = (f"`.venv/bin/python bench/run_all.py{' ' + ' '.join(measured_by) if measured_by else ''}` "
+               f"(this text written again from its measurements by {cmd})")
     out = ["# Benchmarks", "",
-           f"Written by `.venv/bin/python bench/run_all.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
+           f"Measured by {cmd} "
            f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; the whole driver took "
            f"{seconds / 60:.1f} min. Machine: {machine()}. Load average {load[0]:.2f} before, {load[1]:.2f} after. "
            f"Model: {args.model_mb:g} MB for the byte-bound figures, {args.train_model_mb:g} MB for the training "
@@ -234,15 +240,17 @@ def main():
         kept = json.loads(Path(args.render).read_text())
         results, started, seconds, (load_before, load_after), code = (kept["results"], kept["started"], kept["seconds"],
                                                                        kept["load"], kept["code"])
+        measured_by = kept.get("argv", [])
         t0 = time.monotonic() - seconds
     else:
+        measured_by = None
         results = [run_script(name, kind, args) for name, kind in SCRIPTS if not only or name in only]
         load_after = load1()
         code = describe_code(code_before, code_state())
         fsutil.atomic_write(Path(args.keep), json.dumps({  # a document that fails to render loses no run
             "results": results, "started": started, "seconds": time.monotonic() - t0,
-            "load": [load_before, load_after], "code": code}) + "\n")
-    text = render(results, args, started, time.monotonic() - t0, (load_before, load_after), code)
+            "load": [load_before, load_after], "code": code, "argv": sys.argv[1:]}) + "\n")
+    text = render(results, args, started, time.monotonic() - t0, (load_before, load_after), code, measured_by)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fsutil.atomic_write(Path(args.out), text)  # an interrupted write never leaves half a document
     print(text)
