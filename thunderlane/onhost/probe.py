@@ -4,8 +4,9 @@
 reads and never writes; the one exception, ``reap``, ends the lane's own training processes by their
 PIDs (``links`` opens short-lived sockets on the ring's ports, see ``links.py``). (To
 see whether a download holds a cache lock it takes a non-blocking flock and releases it at once.)
-verify-cache's and verify-dataset's commands run a lean bundle of it through ``probe_loader.py``,
-which keeps a copy of that bundle under ``~/.cache/thunderlane`` so the host loads it compiled.
+verify-cache's and verify-dataset's commands, and the peer key's facts, run a lean bundle of it
+through ``probe_loader.py``, which keeps a copy of that bundle under ``~/.cache/thunderlane`` so the
+host loads it compiled.
 
 The judging of those facts (verdicts, parity with local) lives in ``dataset.py`` and ``cache.py``.
 """
